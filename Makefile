@@ -1,0 +1,48 @@
+# kassa: `make run` serves on 127.0.0.1:50051, `make test` runs the whole suite.
+# Both do the whole set-up on a fresh machine with Python 3.11+ and a C compiler.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/kassa.toml
+INSTALLED := $(VENV)/.installed
+BUILT := $(VENV)/.built
+CORE_SOURCES := $(wildcard core_ext/*.pyx core_ext/*.pxd core_ext/*.pxi)
+PROTO_SOURCES := $(wildcard proto/kassa/v1/*.proto)
+
+.PHONY: run test build bench loadtest verify clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kassa needs Python 3.11+; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(INSTALLED): $(BIN)/python requirements.txt requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(BUILT): $(INSTALLED) setup.py $(CORE_SOURCES) $(PROTO_SOURCES)
+	$(BIN)/pip install --quiet --no-build-isolation --no-deps -e .
+	$(BIN)/python setup.py --quiet build_proto build_ext --inplace
+	touch $@
+
+build: $(BUILT)
+
+run: $(BUILT)
+	$(BIN)/kassa serve --config $(CONFIG)
+
+test: $(BUILT)
+	$(BIN)/python -m pytest tests
+
+bench: $(BUILT)
+	$(BIN)/python -m bench.run_all
+
+loadtest: $(BUILT)
+	$(BIN)/locust -f loadtest/locustfile.py --headless --users 16 --spawn-rate 16 --run-time 30s \
+		--html bench/results/locust.html --csv bench/results/locust
+
+verify: $(BUILT)
+	$(BIN)/kassa verify --config $(CONFIG)
+
+clean:
+	rm -rf $(VENV) build kassa core_ext/*.c core_ext/*.so *.egg-info

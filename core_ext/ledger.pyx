@@ -1,0 +1,770 @@
+# cython: language_level=3
+"""The points ledger over LMDB: accounts, identifiers, lots, holds, journal, idempotency.
+
+`Ledger.apply(ops, now_ms)` applies a whole batch of operations in one LMDB write transaction and
+one synced commit; each operation gets its own `Outcome`. Every handler checks everything before it
+writes anything, so a refused operation leaves no trace in the batch but its idempotency record.
+Reads (`calculate`, `balance`, `account`, `statement`) run in read transactions and settle time
+virtually: an expired lot or hold never counts, whether or not a write has settled it yet.
+"""
+
+import os
+
+import lmdb
+import msgspec
+
+from core_ext import records as rec
+from core_ext.limits import STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
+from core_ext.model import (
+    AccountView, AccrueOp, AccrueResult, Balance, CalculateResult, CardInfo, Code, CreateAccountOp,
+    IdKind, IssueCardOp, Outcome, Reason, RedeemOp, RedeemResult, RollbackKind, RollbackOp,
+    RollbackResult, Statement, TransactionView, TxnKind, rejected,
+)
+from core_ext.rules import prorate_points
+
+DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"by_account", b"idempotency",
+            b"reversals", b"meta")
+NEXT_TXN_KEY = b"next_txn_id"
+TOMBSTONE_DIGEST = b""
+MAX_DBS = 16  # named databases in the environment
+READERS_MAX = 512  # concurrent read transactions across all processes
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_account = msgspec.msgpack.Decoder(rec.AccountRec).decode
+_decode_ident = msgspec.msgpack.Decoder(rec.IdentRec).decode
+_decode_lot = msgspec.msgpack.Decoder(rec.LotRec).decode
+_decode_hold = msgspec.msgpack.Decoder(rec.HoldRec).decode
+_decode_txn = msgspec.msgpack.Decoder(rec.TxnRec).decode
+_decode_reversal = msgspec.msgpack.Decoder(rec.ReversalRec).decode
+_decode_idempotency = msgspec.msgpack.Decoder(rec.IdempotencyRec).decode
+_decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
+
+
+cdef inline bytes id_key(object number):
+    return (<long long>number).to_bytes(8, "big")
+
+
+def ident_key(int kind, str value):
+    return (b"c:" if kind == IdKind.CARD else b"p:") + value.encode()
+
+
+class LedgerError(Exception):
+    """An operating failure of the ledger (not a business rejection)."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+# One table from LMDB's errors to ours, each with a hint a person can act on.
+LMDB_ERRORS = {
+    lmdb.MapFullError: (Code.RESOURCE_EXHAUSTED,
+                        "ledger map is full; raise ledger.map_size_bytes in the config"),
+    lmdb.DiskError: (Code.RESOURCE_EXHAUSTED, "ledger disk is full or failing; free space under ledger.path"),
+    lmdb.ReadersFullError: (Code.RESOURCE_EXHAUSTED, "too many ledger readers; raise ledger.readers_max"),
+}
+
+
+def ledger_error(error):
+    for kind, (code, hint) in LMDB_ERRORS.items():
+        if isinstance(error, kind):
+            return LedgerError(code, f"{hint} ({error})")
+    if isinstance(error, OSError) and error.errno == 28:  # ENOSPC
+        return LedgerError(Code.RESOURCE_EXHAUSTED, f"no space left for the ledger; free disk space ({error})")
+    return None
+
+
+class _Batch:
+    """The state of one write transaction: the txn, the clock and the next transaction id."""
+
+    __slots__ = ("txn", "dbs", "now_ms", "next_id")
+
+    def __init__(self, txn, dbs, now_ms, next_id):
+        self.txn = txn
+        self.dbs = dbs
+        self.now_ms = now_ms
+        self.next_id = next_id
+
+    def get(self, name, key):
+        return self.txn.get(key, db=self.dbs[name])
+
+    def put(self, name, key, value):
+        self.txn.put(key, value, db=self.dbs[name])
+
+    def take_id(self):
+        self.next_id += 1
+        return self.next_id - 1
+
+
+cdef class Ledger:
+    cdef readonly object env
+    cdef readonly str path
+    cdef dict dbs
+    cdef public object program
+    cdef readonly long long hold_ttl_ms
+
+    def __init__(self, path, program, long long map_size_bytes, long long hold_ttl_s, bint sync=True,
+                 int readers_max=READERS_MAX):
+        os.makedirs(path, exist_ok=True)
+        self.path = str(path)
+        self.program = program
+        self.hold_ttl_ms = hold_ttl_s * 1000
+        self.env = lmdb.open(self.path, map_size=map_size_bytes, max_dbs=MAX_DBS, sync=sync,
+                             metasync=sync, readahead=False, max_readers=readers_max)
+        self.env.reader_check()  # reclaim slots of readers that died
+        self.dbs = {name.decode(): self.env.open_db(name) for name in DB_NAMES}
+
+    def close(self):
+        self.env.close()
+
+    # -----------------------------------------------------------------------------------------
+    # Writes
+
+    def apply(self, list ops, long long now_ms):
+        """Apply `ops` in order in one write transaction; one `Outcome` per operation.
+
+        An unexpected failure of one operation aborts the group; the operations are then applied
+        one per transaction, so that the failure stays with the operation that caused it."""
+        try:
+            return self._apply_group(ops, now_ms)
+        except LedgerError:
+            raise
+        except Exception:
+            if len(ops) == 1:
+                raise
+        return [self._apply_alone(op, now_ms) for op in ops]
+
+    def _apply_alone(self, op, long long now_ms):
+        try:
+            return self._apply_group([op], now_ms)[0]
+        except LedgerError as error:
+            return rejected(error.code, str(error))
+        except Exception as error:
+            return rejected(Code.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+
+    def _apply_group(self, list ops, long long now_ms):
+        try:
+            with self.env.begin(write=True) as txn:
+                meta = self.dbs["meta"]
+                stored = txn.get(NEXT_TXN_KEY, db=meta)
+                batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else 1)
+                outcomes = [self._apply_one(batch, op) for op in ops]
+                txn.put(NEXT_TXN_KEY, id_key(batch.next_id), db=meta)
+            return outcomes
+        except lmdb.Error as error:
+            mapped = ledger_error(error)
+            if mapped is None:
+                raise
+            raise mapped from error
+
+    def _apply_one(self, batch, op):
+        stored = batch.get("idempotency", op.request_id.encode())
+        if stored is not None:
+            return self._replay(op, _decode_idempotency(stored))
+        kind = type(op)
+        if kind is AccrueOp:
+            outcome, txn_id = self._accrue(batch, op)
+        elif kind is RedeemOp:
+            outcome, txn_id = self._redeem(batch, op)
+        elif kind is RollbackOp:
+            outcome, txn_id = self._rollback(batch, op)
+        elif kind is CreateAccountOp:
+            outcome, txn_id = self._create_account(batch, op)
+        elif kind is IssueCardOp:
+            outcome, txn_id = self._issue_card(batch, op)
+        else:
+            raise TypeError(f"not a ledger operation: {kind.__name__}")
+        if outcome.code == Code.OK or outcome.code == Code.FAILED_PRECONDITION:
+            # Business outcomes are final: a retry replays them, never flips them.
+            record = rec.IdempotencyRec(op.digest, txn_id, _encode(outcome))
+            batch.put("idempotency", op.request_id.encode(), _encode(record))
+        return outcome
+
+    def _replay(self, op, record):
+        if record.digest == TOMBSTONE_DIGEST:
+            return rejected(Code.FAILED_PRECONDITION,
+                            f"request_id '{op.request_id}' was rolled back before it arrived",
+                            Reason.ROLLED_BACK_BEFORE_ARRIVAL)
+        if record.digest != op.digest:
+            return rejected(Code.ALREADY_EXISTS,
+                            f"request_id '{op.request_id}' was used before with a different payload")
+        return _decode_outcome(record.outcome)
+
+    # -- customers ------------------------------------------------------------------------------
+
+    def _find_account(self, get, customer):
+        """(account, None) or (None, rejection). `get(db_name, key)` reads in any transaction."""
+        if customer.kind == IdKind.ACCOUNT:
+            account_id = customer.value
+        else:
+            ident = get("idents", ident_key(customer.kind, customer.value))
+            if ident is None:
+                field = "card" if customer.kind == IdKind.CARD else "phone"
+                return None, rejected(Code.NOT_FOUND, f"customer.{field}: no account has {field} '{customer.value}'")
+            account_id = _decode_ident(ident).account_id
+        stored = get("accounts", account_id.encode())
+        if stored is None:
+            return None, rejected(Code.NOT_FOUND, f"customer.account_id: no account '{account_id}'")
+        return _decode_account(stored), None
+
+    def _card_blocked(self, get, customer):
+        if customer.kind != IdKind.CARD:
+            return False
+        return _decode_ident(get("idents", ident_key(IdKind.CARD, customer.value))).blocked
+
+    def _save_account(self, batch, account):
+        batch.put("accounts", account.account_id.encode(), _encode(account))
+
+    def _journal(self, batch, entry):
+        key = id_key(entry.txn_id)
+        batch.put("journal", key, _encode(entry))
+        batch.put("by_account", entry.account_id.encode() + b"\0" + key, b"")
+
+    # -- time: activation, expiry, hold expiry ----------------------------------------------------
+
+    def _settle(self, get, account, long long now_ms, batch=None):
+        """Bring `account` to `now_ms`: activate due lots, expire due lots and holds.
+
+        With `batch` the changes are written (and expiry journaled); without, `account` is a
+        private copy updated for reading only."""
+        if account.next_change_at_ms == 0 or now_ms < account.next_change_at_ms:
+            return account
+        expired_postings = []
+        expired = 0
+        open_lot_ids = []
+        for lot_id in account.open_lot_ids:
+            lot = _decode_lot(get("lots", id_key(lot_id)))
+            changed = False
+            if lot.state == rec.LotState.PENDING and lot.activates_at_ms <= now_ms:
+                lot.state = rec.LotState.ACTIVE
+                account.pending -= lot.remaining
+                account.active += lot.remaining
+                changed = True
+            if lot.state == rec.LotState.ACTIVE and lot.expires_at_ms and lot.expires_at_ms <= now_ms:
+                lot.state = rec.LotState.EXPIRED
+                account.active -= lot.remaining
+                expired += lot.remaining
+                if lot.remaining:
+                    expired_postings.append(rec.Posting(lot_id, -lot.remaining))
+                lot.remaining = 0
+                changed = True
+            if lot.state != rec.LotState.EXPIRED and (lot.remaining or lot.state == rec.LotState.PENDING):
+                open_lot_ids.append(lot_id)
+            if changed and batch is not None:
+                batch.put("lots", id_key(lot_id), _encode(lot))
+        account.open_lot_ids = open_lot_ids
+        live_hold_ids = []
+        for hold_id in account.live_hold_ids:
+            hold = _decode_hold(get("holds", id_key(hold_id)))
+            if hold.expires_at_ms <= now_ms:
+                hold.state = rec.HoldState.EXPIRED
+                account.held -= hold.amount
+                if batch is not None:
+                    batch.put("holds", id_key(hold_id), _encode(hold))
+            else:
+                live_hold_ids.append(hold_id)
+        account.live_hold_ids = live_hold_ids
+        account.next_change_at_ms = self._next_change(get, account)
+        if batch is not None and expired:
+            entry = rec.TxnRec(batch.take_id(), TxnKind.EXPIRE, "", account.account_id, now_ms,
+                               expired=expired, postings=expired_postings)
+            self._journal(batch, entry)
+        return account
+
+    def _next_change(self, get, account):
+        times = []
+        for lot_id in account.open_lot_ids:
+            lot = _decode_lot(get("lots", id_key(lot_id)))
+            if lot.state == rec.LotState.PENDING:
+                times.append(lot.activates_at_ms)
+            elif lot.expires_at_ms:
+                times.append(lot.expires_at_ms)
+        for hold_id in account.live_hold_ids:
+            times.append(_decode_hold(get("holds", id_key(hold_id))).expires_at_ms)
+        return min(times) if times else 0
+
+    def _balance(self, get, account):
+        next_expiry_at_ms = 0
+        next_expiry_points = 0
+        for lot_id in account.open_lot_ids:
+            lot = _decode_lot(get("lots", id_key(lot_id)))
+            if lot.state != rec.LotState.ACTIVE or not lot.expires_at_ms or not lot.remaining:
+                continue
+            if next_expiry_at_ms == 0 or lot.expires_at_ms < next_expiry_at_ms:
+                next_expiry_at_ms, next_expiry_points = lot.expires_at_ms, lot.remaining
+            elif lot.expires_at_ms == next_expiry_at_ms:
+                next_expiry_points += lot.remaining
+        active = account.active - account.debt
+        return Balance(active, account.pending, account.held, active - account.held, account.debt,
+                       next_expiry_at_ms, next_expiry_points)
+
+    # -- lots -------------------------------------------------------------------------------------
+
+    def _consume(self, batch, account, long long points):
+        """Take `points` from ACTIVE lots, earliest expiry first; returns the postings.
+        The caller has checked that the lots hold enough."""
+        lots = [_decode_lot(batch.get("lots", id_key(lot_id))) for lot_id in account.open_lot_ids]
+        lots = [lot for lot in lots if lot.state == rec.LotState.ACTIVE and lot.remaining > 0]
+        lots.sort(key=lambda lot: (lot.expires_at_ms == 0, lot.expires_at_ms, lot.lot_id))
+        postings = []
+        for lot in lots:
+            if points == 0:
+                break
+            take = min(points, lot.remaining)
+            lot.remaining -= take
+            points -= take
+            postings.append(rec.Posting(lot.lot_id, -take))
+            batch.put("lots", id_key(lot.lot_id), _encode(lot))
+            if lot.remaining == 0:
+                account.open_lot_ids.remove(lot.lot_id)
+            account.active -= take
+        if points:
+            raise AssertionError(f"account {account.account_id}: lots short by {points} after the check")
+        return postings
+
+    def _add_lot(self, batch, account, lot):
+        batch.put("lots", id_key(lot.lot_id), _encode(lot))
+        account.open_lot_ids.append(lot.lot_id)
+        if lot.state == rec.LotState.PENDING:
+            account.pending += lot.remaining
+        else:
+            account.active += lot.remaining
+        account.next_change_at_ms = self._next_change(batch.get, account)
+
+    # -- Accrue -----------------------------------------------------------------------------------
+
+    def _accrue(self, batch, op):
+        now_ms = batch.now_ms
+        account, rejection = self._find_account(batch.get, op.customer)
+        if rejection is not None:
+            return rejection, 0
+        account = self._settle(batch.get, account, now_ms, batch)
+        balance = self._balance(batch.get, account)
+        calculation = self.program.calculate(op.receipt, now_ms, balance.available, op.redeem_points)
+        holds = []
+        for index, hold_id in enumerate(op.capture_hold_ids):
+            hold, rejection = self._capturable(batch, account, hold_id, f"capture_hold_ids[{index}]")
+            if rejection is not None:
+                return rejection, 0
+            holds.append(hold)
+        if op.redeem_points:
+            rejection = self._redeem_rejection(balance, op.redeem_points, calculation.redeemable_points)
+            if rejection is not None:
+                return rejection, 0
+        if op.redeem_points and self._card_blocked(batch.get, op.customer):
+            return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
+                            Reason.CARD_BLOCKED), 0
+        captured = sum(hold.amount for hold in holds)
+        if captured + op.redeem_points > account.active - account.debt:
+            return rejected(Code.FAILED_PRECONDITION,
+                            f"capture_hold_ids: the held points are no longer there (lots expired); "
+                            f"available {account.active - account.debt}, needed {captured + op.redeem_points}",
+                            Reason.INSUFFICIENT_POINTS), 0
+
+        txn_id = batch.take_id()
+        for hold in holds:
+            hold.state = rec.HoldState.CAPTURED
+            batch.put("holds", id_key(hold.hold_id), _encode(hold))
+            account.held -= hold.amount
+            account.live_hold_ids.remove(hold.hold_id)
+        spent = op.redeem_points + captured
+        postings = self._consume(batch, account, spent) if spent else []
+        spent_shares = prorate_points(spent, [line.amount_minor - line.discount_minor for line in calculation.lines])
+        new_lot = None
+        if calculation.earned_points:
+            pending = calculation.activate_at_ms > now_ms
+            new_lot = rec.LotRec(txn_id, account.account_id, calculation.earned_points,
+                                 calculation.earned_points, calculation.activate_at_ms,
+                                 calculation.expire_at_ms,
+                                 rec.LotState.PENDING if pending else rec.LotState.ACTIVE)
+            self._add_lot(batch, account, new_lot)
+            postings.append(rec.Posting(txn_id, calculation.earned_points))
+        else:
+            account.next_change_at_ms = self._next_change(batch.get, account)
+        account.lifetime_spend_minor += calculation.payable_minor
+        account.lifetime_earned_points += calculation.earned_points
+        self._save_account(batch, account)
+        receipt = op.receipt
+        lines = [rec.JournalLine(line.line_no, source.qty_milli, line.amount_minor, line.discount_minor,
+                                 line.earned_points, share)
+                 for line, source, share in zip(calculation.lines, receipt.lines, spent_shares)]
+        self._journal(batch, rec.TxnRec(
+            txn_id, TxnKind.ACCRUE, op.request_id, account.account_id, now_ms, receipt.store_id,
+            receipt.terminal_id, receipt.receipt_no, calculation.total_minor, calculation.payable_minor,
+            lines, earned=calculation.earned_points, redeemed=op.redeem_points, captured=captured,
+            new_lot=new_lot, postings=postings, captured_hold_ids=list(op.capture_hold_ids),
+            ruleset_version=calculation.ruleset_version))
+        result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
+        return Outcome(Code.OK, body=result), txn_id
+
+    def _capturable(self, batch, account, hold_id, field):
+        stored = batch.get("holds", id_key(hold_id))
+        if stored is None:
+            return None, rejected(Code.NOT_FOUND, f"{field}: no hold {hold_id}")
+        hold = _decode_hold(stored)
+        if hold.account_id != account.account_id:
+            return None, rejected(Code.FAILED_PRECONDITION, f"{field}: hold {hold_id} belongs to another account",
+                                  Reason.HOLD_OTHER_ACCOUNT)
+        if hold.state == rec.HoldState.EXPIRED:
+            return None, rejected(Code.FAILED_PRECONDITION, f"{field}: hold {hold_id} expired", Reason.HOLD_EXPIRED)
+        if hold.state != rec.HoldState.LIVE:
+            state = rec.HoldState(hold.state).name.lower()
+            return None, rejected(Code.FAILED_PRECONDITION, f"{field}: hold {hold_id} is {state}",
+                                  Reason.HOLD_NOT_ACTIVE)
+        return hold, None
+
+    def _redeem_rejection(self, balance, long long points, long long redeemable):
+        if points > balance.available:
+            reason = Reason.NEGATIVE_BALANCE if balance.debt else Reason.INSUFFICIENT_POINTS
+            return rejected(Code.FAILED_PRECONDITION,
+                            f"insufficient points: available {balance.available}, asked {points}", reason)
+        if points > redeemable:
+            return rejected(Code.FAILED_PRECONDITION,
+                            f"at most {redeemable} points may pay for this receipt, asked {points}",
+                            Reason.REDEEM_SHARE_EXCEEDED)
+        return None
+
+    # -- Redeem -----------------------------------------------------------------------------------
+
+    def _redeem(self, batch, op):
+        now_ms = batch.now_ms
+        account, rejection = self._find_account(batch.get, op.customer)
+        if rejection is not None:
+            return rejection, 0
+        if self._card_blocked(batch.get, op.customer):
+            return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
+                            Reason.CARD_BLOCKED), 0
+        account = self._settle(batch.get, account, now_ms, batch)
+        balance = self._balance(batch.get, account)
+        redeemable = op.receipt_total_minor * self.program.max_redeem_share_bps // 10000
+        rejection = self._redeem_rejection(balance, op.points, redeemable)
+        if rejection is not None:
+            return rejection, 0
+        txn_id = batch.take_id()
+        entry = rec.TxnRec(txn_id, TxnKind.HOLD if op.hold else TxnKind.REDEEM, op.request_id,
+                           account.account_id, now_ms, op.store_id, op.terminal_id,
+                           total_minor=op.receipt_total_minor)
+        if op.hold:
+            hold = rec.HoldRec(txn_id, account.account_id, op.points, now_ms + self.hold_ttl_ms)
+            batch.put("holds", id_key(txn_id), _encode(hold))
+            account.held += op.points
+            account.live_hold_ids.append(txn_id)
+            entry.held = op.points
+            entry.hold_expires_at_ms = hold.expires_at_ms
+        else:
+            entry.postings = self._consume(batch, account, op.points)
+            entry.redeemed = op.points
+        account.next_change_at_ms = self._next_change(batch.get, account)
+        self._save_account(batch, account)
+        self._journal(batch, entry)
+        result = RedeemResult(txn_id, account.account_id, entry.redeemed, entry.held, entry.hold_expires_at_ms,
+                              self._balance(batch.get, account))
+        return Outcome(Code.OK, body=result), txn_id
+
+    # -- Rollback ---------------------------------------------------------------------------------
+
+    def _rollback(self, batch, op):
+        if op.transaction_id:
+            stored = batch.get("journal", id_key(op.transaction_id))
+            if stored is None:
+                return rejected(Code.NOT_FOUND, f"transaction_id: no transaction {op.transaction_id}"), 0
+            target = _decode_txn(stored)
+        else:
+            stored = batch.get("idempotency", op.original_request_id.encode())
+            if stored is None:
+                return self._tombstone(batch, op)
+            original = _decode_idempotency(stored)
+            if original.txn_id == 0:
+                return rejected(Code.FAILED_PRECONDITION,
+                                f"original_request_id: '{op.original_request_id}' made no transaction",
+                                Reason.NOT_REVERSIBLE), 0
+            target = _decode_txn(batch.get("journal", id_key(original.txn_id)))
+        account = _decode_account(batch.get("accounts", target.account_id.encode()))
+        account = self._settle(batch.get, account, batch.now_ms, batch)
+        if target.kind == TxnKind.HOLD:
+            return self._void_hold(batch, op, account, target)
+        if target.kind == TxnKind.REDEEM or target.kind == TxnKind.ACCRUE:
+            return self._reverse(batch, op, account, target)
+        return rejected(Code.FAILED_PRECONDITION,
+                        f"transaction {target.txn_id} ({TxnKind(target.kind).name.lower()}) cannot be rolled back",
+                        Reason.NOT_REVERSIBLE), 0
+
+    def _tombstone(self, batch, op):
+        """Rollback of a transaction that has not arrived: remember it, so the late original is refused."""
+        outcome = Outcome(Code.OK, body=RollbackResult(0, "", RollbackKind.UNSPECIFIED, 0, 0, 0, 0, Balance()))
+        record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"")
+        batch.put("idempotency", op.original_request_id.encode(), _encode(record))
+        return outcome, 0
+
+    def _void_hold(self, batch, op, account, target):
+        if op.return_lines:
+            return rejected(Code.INVALID_ARGUMENT, "return_lines: a hold has no lines; omit return_lines to void it"), 0
+        hold, rejection = self._capturable(batch, account, target.txn_id, "transaction_id")
+        if rejection is not None:
+            if rejection.reason == Reason.HOLD_NOT_ACTIVE:
+                state = _decode_hold(batch.get("holds", id_key(target.txn_id))).state
+                if state == rec.HoldState.VOIDED:
+                    return rejected(Code.FAILED_PRECONDITION, f"hold {target.txn_id} was already voided",
+                                    Reason.ALREADY_ROLLED_BACK), 0
+            return rejection, 0
+        txn_id = batch.take_id()
+        hold.state = rec.HoldState.VOIDED
+        batch.put("holds", id_key(hold.hold_id), _encode(hold))
+        account.held -= hold.amount
+        account.live_hold_ids.remove(hold.hold_id)
+        account.next_change_at_ms = self._next_change(batch.get, account)
+        self._save_account(batch, account)
+        self._journal(batch, rec.TxnRec(txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id,
+                                        batch.now_ms, op.store_id, op.terminal_id, restored=hold.amount,
+                                        reverses=target.txn_id))
+        result = RollbackResult(txn_id, account.account_id, RollbackKind.VOID_HOLD, target.txn_id, 0,
+                                hold.amount, 0, self._balance(batch.get, account))
+        return Outcome(Code.OK, body=result), txn_id
+
+    def _reverse(self, batch, op, account, target):
+        """Cancel or return lines of an ACCRUE, or cancel a REDEEM, pinned to what was recorded."""
+        stored = batch.get("reversals", id_key(target.txn_id))
+        reversal = _decode_reversal(stored) if stored else rec.ReversalRec()
+        if reversal.complete:
+            return rejected(Code.FAILED_PRECONDITION, f"transaction {target.txn_id} was already rolled back in full",
+                            Reason.ALREADY_ROLLED_BACK), 0
+        if op.return_lines and target.kind != TxnKind.ACCRUE:
+            return rejected(Code.INVALID_ARGUMENT,
+                            "return_lines: only a purchase (accrue) has lines; omit return_lines to cancel"), 0
+        returns, rejection = self._returns(op, target, reversal)
+        if rejection is not None:
+            return rejection, 0
+        # Telescoping shares: after returning R of Q units a line has given back floor(x * R / Q) of
+        # each amount x it carried, so partial returns add up exactly to a full one.
+        clawback = 0
+        restore = 0
+        for line in target.lines:
+            before = reversal.returned_qty.get(line.line_no, 0)
+            after = before + returns.get(line.line_no, 0)
+            clawback += line.earned_points * after // line.qty_milli - line.earned_points * before // line.qty_milli
+            restore += line.redeemed_points * after // line.qty_milli - line.redeemed_points * before // line.qty_milli
+            reversal.returned_qty[line.line_no] = after
+        if target.kind == TxnKind.REDEEM:
+            restore = target.redeemed
+        txn_id = batch.take_id()
+        postings = []
+        restored, expired_on_restore = self._restore(batch, account, target, reversal, restore, postings)
+        debt, forgiven = self._claw(batch, account, target, clawback, postings)
+        reversal.complete = all(reversal.returned_qty.get(line.line_no, 0) == line.qty_milli for line in target.lines)
+        reversal.rollback_ids.append(txn_id)
+        batch.put("reversals", id_key(target.txn_id), _encode(reversal))
+        if target.lines:
+            returned_payable = sum(
+                (line.amount_minor - line.discount_minor) * returns.get(line.line_no, 0) // line.qty_milli
+                for line in target.lines)
+            account.lifetime_spend_minor -= returned_payable
+            account.lifetime_earned_points -= clawback
+        account.next_change_at_ms = self._next_change(batch.get, account)
+        self._save_account(batch, account)
+        kind = RollbackKind.CANCEL if not op.return_lines else RollbackKind.RETURN
+        self._journal(batch, rec.TxnRec(
+            txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id, batch.now_ms, op.store_id,
+            op.terminal_id, target.receipt_no, clawed=clawback, restored=restored, expired=expired_on_restore,
+            debt_delta=debt, forgiven=forgiven, postings=postings, reverses=target.txn_id,
+            returned=sorted(returns.items())))
+        result = RollbackResult(txn_id, account.account_id, kind, target.txn_id, clawback, restored, debt,
+                                self._balance(batch.get, account))
+        return Outcome(Code.OK, body=result), txn_id
+
+    def _returns(self, op, target, reversal):
+        """{line_no: qty_milli to give back now}, or a rejection naming the field."""
+        if not op.return_lines:
+            if target.kind == TxnKind.REDEEM:
+                return {}, None
+            return {line.line_no: line.qty_milli - reversal.returned_qty.get(line.line_no, 0)
+                    for line in target.lines}, None
+        bought = {line.line_no: line.qty_milli for line in target.lines}
+        returns = {}
+        for index, item in enumerate(op.return_lines):
+            field = f"return_lines[{index}]"
+            if item.line_no not in bought:
+                return None, rejected(Code.INVALID_ARGUMENT,
+                                      f"{field}.line_no: transaction {target.txn_id} has no line {item.line_no}")
+            if item.line_no in returns:
+                return None, rejected(Code.INVALID_ARGUMENT, f"{field}.line_no: line {item.line_no} named twice")
+            already = reversal.returned_qty.get(item.line_no, 0)
+            if already + item.qty_milli > bought[item.line_no]:
+                return None, rejected(
+                    Code.FAILED_PRECONDITION,
+                    f"{field}.qty_milli: line {item.line_no} bought {bought[item.line_no]}, returned {already}, "
+                    f"asked {item.qty_milli}", Reason.RETURN_EXCEEDS_PURCHASE)
+            returns[item.line_no] = item.qty_milli
+        return returns, None
+
+    def _restore(self, batch, account, target, reversal, long long points, list postings):
+        """Give `points` back to the lots the original took them from, last taken first, each
+        with its original expiry. Points whose lot has expired meanwhile stay expired."""
+        spent = [posting for posting in target.postings if posting.delta < 0]
+        if len(reversal.restored_per_posting) != len(spent):
+            reversal.restored_per_posting = [0] * len(spent)
+        restored = 0
+        expired = 0
+        for index in reversed(range(len(spent))):
+            if points == 0:
+                break
+            posting = spent[index]
+            give = min(points, -posting.delta - reversal.restored_per_posting[index])
+            if give <= 0:
+                continue
+            points -= give
+            reversal.restored_per_posting[index] += give
+            lot = _decode_lot(batch.get("lots", id_key(posting.lot_id)))
+            if lot.state == rec.LotState.EXPIRED or (lot.expires_at_ms and lot.expires_at_ms <= batch.now_ms):
+                expired += give
+                continue
+            if lot.remaining == 0:
+                account.open_lot_ids.append(lot.lot_id)
+            lot.remaining += give
+            account.active += give
+            restored += give
+            postings.append(rec.Posting(lot.lot_id, give))
+            batch.put("lots", id_key(lot.lot_id), _encode(lot))
+        return restored, expired
+
+    def _claw(self, batch, account, target, long long points, list postings):
+        """Take back `points` earned by `target`: from its own lot first, then from the account's
+        other lots; what no lot covers becomes debt (policy "negative") or is dropped ("clamp")."""
+        if points == 0:
+            return 0, 0
+        if target.new_lot is not None:
+            lot = _decode_lot(batch.get("lots", id_key(target.new_lot.lot_id)))
+            if lot.state != rec.LotState.EXPIRED and lot.remaining:
+                take = min(points, lot.remaining)
+                lot.remaining -= take
+                points -= take
+                if lot.state == rec.LotState.PENDING:
+                    account.pending -= take
+                else:
+                    account.active -= take
+                if lot.remaining == 0 and lot.state != rec.LotState.PENDING:
+                    account.open_lot_ids.remove(lot.lot_id)
+                postings.append(rec.Posting(lot.lot_id, -take))
+                batch.put("lots", id_key(lot.lot_id), _encode(lot))
+        available = max(0, account.active - account.debt - account.held)
+        take = min(points, available)
+        if take:
+            postings.extend(self._consume(batch, account, take))
+            points -= take
+        if points == 0:
+            return 0, 0
+        if self.program.clawback_clamp:
+            return 0, points
+        account.debt += points
+        return points, 0
+
+    # -- Accounts ---------------------------------------------------------------------------------
+
+    def _create_account(self, batch, op):
+        account_id = op.account_id
+        if account_id and batch.get("accounts", account_id.encode()) is not None:
+            return rejected(Code.ALREADY_EXISTS, f"account_id: account '{account_id}' exists"), 0
+        if op.phone and batch.get("idents", ident_key(IdKind.PHONE, op.phone)) is not None:
+            return rejected(Code.ALREADY_EXISTS, f"phone: phone '{op.phone}' belongs to another account"), 0
+        txn_id = batch.take_id()
+        if not account_id:
+            account_id = f"A{txn_id:010d}"
+        account = rec.AccountRec(account_id, op.phone, batch.now_ms)
+        self._save_account(batch, account)
+        if op.phone:
+            batch.put("idents", ident_key(IdKind.PHONE, op.phone), _encode(rec.IdentRec(account_id)))
+        self._journal(batch, rec.TxnRec(txn_id, TxnKind.CREATE_ACCOUNT, op.request_id, account_id, batch.now_ms))
+        return Outcome(Code.OK, body=self._account_view(batch.get, account)), txn_id
+
+    def _issue_card(self, batch, op):
+        stored = batch.get("accounts", op.account_id.encode())
+        if stored is None:
+            return rejected(Code.NOT_FOUND, f"account_id: no account '{op.account_id}'"), 0
+        key = ident_key(IdKind.CARD, op.card)
+        owner = batch.get("idents", key)
+        if owner is not None:
+            return rejected(Code.ALREADY_EXISTS, f"card: card '{op.card}' is already issued"), 0
+        account = _decode_account(stored)
+        txn_id = batch.take_id()
+        account.cards.append(op.card)
+        self._save_account(batch, account)
+        batch.put("idents", key, _encode(rec.IdentRec(account.account_id, op.category)))
+        self._journal(batch, rec.TxnRec(txn_id, TxnKind.ISSUE_CARD, op.request_id, account.account_id, batch.now_ms))
+        return Outcome(Code.OK, body=self._account_view(batch.get, account)), txn_id
+
+    def _account_view(self, get, account):
+        cards = []
+        for card in account.cards:
+            ident = _decode_ident(get("idents", ident_key(IdKind.CARD, card)))
+            cards.append(CardInfo(card, ident.category, ident.blocked))
+        return AccountView(account.account_id, account.phone, tuple(cards), self._balance(get, account),
+                           account.created_at_ms, account.lifetime_spend_minor, account.lifetime_earned_points)
+
+    # -----------------------------------------------------------------------------------------
+    # Reads
+
+    def _reader(self, txn):
+        dbs = self.dbs
+        return lambda name, key: txn.get(key, db=dbs[name])
+
+    def calculate(self, query, long long now_ms):
+        with self.env.begin() as txn:
+            get = self._reader(txn)
+            account, rejection = self._find_account(get, query.customer)
+            if rejection is not None:
+                return rejection
+            account = self._settle(get, account, now_ms)
+            balance = self._balance(get, account)
+        calculation = self.program.calculate(query.receipt, now_ms, balance.available, query.redeem_points)
+        if query.redeem_points:
+            rejection = self._redeem_rejection(balance, query.redeem_points, calculation.redeemable_points)
+            if rejection is not None:
+                return rejection
+        return Outcome(Code.OK, body=CalculateResult(account.account_id, calculation, balance))
+
+    def account(self, customer, long long now_ms):
+        with self.env.begin() as txn:
+            get = self._reader(txn)
+            account, rejection = self._find_account(get, customer)
+            if rejection is not None:
+                return rejection
+            return Outcome(Code.OK, body=self._account_view(get, self._settle(get, account, now_ms)))
+
+    def statement(self, customer, int page_size, long long before_id):
+        """Newest first, `page_size` entries older than `before_id` (0: from the newest)."""
+        page_size = min(page_size or STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX)
+        with self.env.begin() as txn:
+            get = self._reader(txn)
+            account, rejection = self._find_account(get, customer)
+            if rejection is not None:
+                return rejection
+            prefix = account.account_id.encode() + b"\0"
+            cursor = txn.cursor(db=self.dbs["by_account"])
+            start = prefix + id_key(before_id) if before_id else prefix + b"\xff" * 8
+            found = cursor.set_range(start)
+            positioned = cursor.prev() if found else cursor.last()
+            views = []
+            while positioned and cursor.key().startswith(prefix) and len(views) <= page_size:
+                views.append(_view(_decode_txn(get("journal", cursor.key()[len(prefix):]))))
+                positioned = cursor.prev()
+        next_before_id = views[page_size - 1].transaction_id if len(views) > page_size else 0
+        return Outcome(Code.OK, body=Statement(account.account_id, tuple(views[:page_size]), next_before_id))
+
+    # -----------------------------------------------------------------------------------------
+    # Invariants
+
+    def verify(self, long long now_ms):
+        """Check the invariants of DESIGN §4 (1-4) over the whole ledger; returns a list of
+        violations, each a string naming the account or record, what was expected, what was found."""
+        from core_ext.verify import check_ledger
+        with self.env.begin() as txn:
+            return check_ledger(txn, self.dbs, now_ms)
+
+    def raw_transaction(self):
+        """A read transaction and the named databases, for tools (verify, backup, tests)."""
+        return self.env.begin(), self.dbs
+
+
+def _view(entry):
+    return TransactionView(entry.txn_id, entry.request_id, entry.kind, entry.created_at_ms, entry.earned,
+                           entry.redeemed + entry.captured, entry.held, entry.clawed, entry.restored,
+                           entry.expired, entry.reverses, entry.store_id, entry.receipt_no, entry.total_minor)

@@ -1,0 +1,14 @@
+"""Limits on what one request may carry. Each is enforced with an error that names the field."""
+
+LINES_PER_RECEIPT_MAX = 1000  # lines
+REQUEST_ID_BYTES_MAX = 128  # bytes of UTF-8
+IDENTIFIER_BYTES_MAX = 64  # bytes of UTF-8, for account ids, cards, phones, skus, store ids
+CATEGORY_BYTES_MAX = 128  # bytes of UTF-8
+AMOUNT_MINOR_MAX = 10**13  # minor units per line, receipt or redemption (100 billion units)
+QTY_MILLI_MAX = 10**9  # thousandths of a unit per line (one million units)
+POINTS_MAX = 10**13  # points in minor units per operation
+RETURN_LINES_MAX = LINES_PER_RECEIPT_MAX  # lines named in one return
+CAPTURE_HOLDS_MAX = 16  # holds captured by one Accrue
+STATEMENT_PAGE_SIZE_DEFAULT = 50  # transactions
+STATEMENT_PAGE_SIZE_MAX = 500  # transactions
+MS_PER_DAY = 86_400_000  # milliseconds

@@ -1,0 +1,290 @@
+"""The plain values that cross the core's boundary: operations in, outcomes out.
+
+The server turns protobuf messages into these and back; the core never sees protobuf. Outcomes are
+stored encoded (msgpack) as the idempotency record, so a replay renders the very same response.
+Points and money are int minor units, quantities int thousandths, times int ms since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class Code(enum.IntEnum):
+    """Per-operation result; the numbers are gRPC's status codes and kassa.v1.Code's."""
+
+    OK = 0
+    INVALID_ARGUMENT = 3
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    INTERNAL = 13
+    UNAVAILABLE = 14
+
+
+class Reason(enum.IntEnum):
+    """Why a business rule refused; the numbers are kassa.v1.Reason's."""
+
+    NONE = 0
+    INSUFFICIENT_POINTS = 1
+    HOLD_EXPIRED = 2
+    HOLD_NOT_ACTIVE = 3
+    ALREADY_ROLLED_BACK = 4
+    RETURN_EXCEEDS_PURCHASE = 5
+    REDEEM_SHARE_EXCEEDED = 6
+    NEGATIVE_BALANCE = 7
+    ACCOUNT_BLOCKED = 8
+    CARD_BLOCKED = 9
+    NOT_REVERSIBLE = 10
+    ROLLED_BACK_BEFORE_ARRIVAL = 11
+    HOLD_OTHER_ACCOUNT = 12
+
+
+class TxnKind(enum.IntEnum):
+    """Journal entry kinds; the numbers are kassa.v1.TransactionKind's."""
+
+    ACCRUE = 1
+    REDEEM = 2
+    HOLD = 3
+    ROLLBACK = 4
+    ADJUST = 5
+    EXPIRE = 6
+    CREATE_ACCOUNT = 7
+    ISSUE_CARD = 8
+
+
+class RollbackKind(enum.IntEnum):
+    UNSPECIFIED = 0
+    VOID_HOLD = 1
+    CANCEL = 2
+    RETURN = 3
+
+
+class IdKind(enum.IntEnum):
+    ACCOUNT = 1
+    CARD = 2
+    PHONE = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+class Customer(msgspec.Struct, array_like=True, frozen=True):
+    kind: int  # IdKind
+    value: str
+
+
+class Line(msgspec.Struct, array_like=True, frozen=True):
+    line_no: int
+    sku: str
+    category: str
+    qty_milli: int
+    price_minor: int
+    amount_minor: int
+    no_earn: bool = False
+    no_discount: bool = False
+
+
+class Receipt(msgspec.Struct, array_like=True, frozen=True):
+    store_id: str
+    terminal_id: str
+    receipt_no: str
+    lines: tuple[Line, ...]
+
+
+class CalculateQuery(msgspec.Struct, array_like=True, frozen=True):
+    customer: Customer
+    receipt: Receipt
+    redeem_points: int = 0
+
+
+class AccrueOp(msgspec.Struct, array_like=True, frozen=True, tag=1):
+    request_id: str
+    digest: bytes
+    customer: Customer
+    receipt: Receipt
+    redeem_points: int = 0
+    capture_hold_ids: tuple[int, ...] = ()
+
+
+class RedeemOp(msgspec.Struct, array_like=True, frozen=True, tag=2):
+    request_id: str
+    digest: bytes
+    customer: Customer
+    points: int
+    receipt_total_minor: int
+    hold: bool = False
+    store_id: str = ""
+    terminal_id: str = ""
+
+
+class ReturnLine(msgspec.Struct, array_like=True, frozen=True):
+    line_no: int
+    qty_milli: int
+
+
+class RollbackOp(msgspec.Struct, array_like=True, frozen=True, tag=3):
+    request_id: str
+    digest: bytes
+    transaction_id: int = 0  # either this
+    original_request_id: str = ""  # or this
+    return_lines: tuple[ReturnLine, ...] = ()  # empty: the whole transaction
+    store_id: str = ""
+    terminal_id: str = ""
+
+
+class CreateAccountOp(msgspec.Struct, array_like=True, frozen=True, tag=4):
+    request_id: str
+    digest: bytes
+    account_id: str = ""
+    phone: str = ""
+
+
+class IssueCardOp(msgspec.Struct, array_like=True, frozen=True, tag=5):
+    request_id: str
+    digest: bytes
+    account_id: str
+    card: str
+    category: str = ""
+
+
+Operation = AccrueOp | RedeemOp | RollbackOp | CreateAccountOp | IssueCardOp
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+class Balance(msgspec.Struct, array_like=True, frozen=True):
+    active: int = 0
+    pending: int = 0
+    held: int = 0
+    available: int = 0
+    debt: int = 0
+    next_expiry_at_ms: int = 0
+    next_expiry_points: int = 0
+
+
+class LineResult(msgspec.Struct, array_like=True, frozen=True):
+    line_no: int
+    amount_minor: int
+    discount_minor: int
+    earned_points: int
+    redeemed_points: int
+
+
+class AppliedCampaign(msgspec.Struct, array_like=True, frozen=True):
+    campaign_id: str
+    effect: str
+    points: int
+    discount_minor: int
+
+
+class Calculation(msgspec.Struct, array_like=True, frozen=True):
+    lines: tuple[LineResult, ...]
+    total_minor: int
+    discount_minor: int
+    payable_minor: int
+    earned_points: int
+    redeemable_points: int
+    redeemed_points: int
+    campaigns: tuple[AppliedCampaign, ...]
+    ruleset_version: str
+    activate_at_ms: int
+    expire_at_ms: int
+
+
+class CardInfo(msgspec.Struct, array_like=True, frozen=True):
+    card: str
+    category: str
+    blocked: bool
+
+
+class AccountView(msgspec.Struct, array_like=True, frozen=True, tag=10):
+    account_id: str
+    phone: str
+    cards: tuple[CardInfo, ...]
+    balance: Balance
+    created_at_ms: int
+    lifetime_spend_minor: int
+    lifetime_earned_points: int
+
+
+class CalculateResult(msgspec.Struct, array_like=True, frozen=True, tag=11):
+    account_id: str
+    calculation: Calculation
+    balance: Balance
+
+
+class AccrueResult(msgspec.Struct, array_like=True, frozen=True, tag=12):
+    transaction_id: int
+    account_id: str
+    calculation: Calculation
+    balance: Balance
+    captured_points: int
+
+
+class RedeemResult(msgspec.Struct, array_like=True, frozen=True, tag=13):
+    transaction_id: int
+    account_id: str
+    redeemed_points: int
+    held_points: int
+    hold_expires_at_ms: int
+    balance: Balance
+
+
+class RollbackResult(msgspec.Struct, array_like=True, frozen=True, tag=14):
+    transaction_id: int
+    account_id: str
+    kind: int  # RollbackKind
+    reversed_transaction_id: int
+    clawed_back_points: int
+    restored_points: int
+    debt_points: int
+    balance: Balance
+
+
+class TransactionView(msgspec.Struct, array_like=True, frozen=True):
+    transaction_id: int
+    request_id: str
+    kind: int
+    created_at_ms: int
+    earned_points: int
+    redeemed_points: int
+    held_points: int
+    clawed_back_points: int
+    restored_points: int
+    expired_points: int
+    reverses_transaction_id: int
+    store_id: str
+    receipt_no: str
+    total_minor: int
+
+
+class Statement(msgspec.Struct, array_like=True, frozen=True, tag=15):
+    account_id: str
+    transactions: tuple[TransactionView, ...]
+    next_before_id: int  # 0 on the last page
+
+
+Body = AccountView | CalculateResult | AccrueResult | RedeemResult | RollbackResult | Statement
+
+
+class Outcome(msgspec.Struct, array_like=True, frozen=True):
+    code: int  # Code
+    reason: int = 0  # Reason
+    message: str = ""
+    body: Body | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == Code.OK
+
+
+def rejected(code: Code, message: str, reason: Reason = Reason.NONE) -> Outcome:
+    return Outcome(int(code), int(reason), message)

@@ -1,0 +1,125 @@
+"""What the ledger stores in LMDB, one msgspec struct per record kind (msgpack, array-like).
+
+Keys: account ids, cards and request ids as UTF-8; transaction and lot ids as 8-byte big-endian,
+so that LMDB's byte order is their numeric order.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class LotState(enum.IntEnum):
+    PENDING = 0  # earned, not active before activates_at_ms
+    ACTIVE = 1
+    EXPIRED = 2  # what remained at expires_at_ms was written off by an EXPIRE entry
+
+
+class HoldState(enum.IntEnum):
+    LIVE = 0
+    CAPTURED = 1
+    VOIDED = 2
+    EXPIRED = 3
+
+
+class AccountRec(msgspec.Struct, array_like=True):
+    account_id: str
+    phone: str
+    created_at_ms: int
+    active: int = 0  # sum of `remaining` over ACTIVE lots
+    pending: int = 0  # sum of `remaining` over PENDING lots
+    held: int = 0  # sum of `amount` over LIVE holds
+    debt: int = 0  # clawback that no lot could cover (policy "negative")
+    next_change_at_ms: int = 0  # earliest activation, expiry or hold expiry; 0: none
+    lifetime_spend_minor: int = 0
+    lifetime_earned_points: int = 0
+    cards: list[str] = []
+    open_lot_ids: list[int] = []  # PENDING lots and ACTIVE lots with remaining > 0
+    live_hold_ids: list[int] = []
+
+
+class IdentRec(msgspec.Struct, array_like=True):
+    account_id: str
+    category: str = ""
+    blocked: bool = False
+
+
+class LotRec(msgspec.Struct, array_like=True):
+    lot_id: int  # the id of the transaction that earned it
+    account_id: str
+    amount: int
+    remaining: int
+    activates_at_ms: int
+    expires_at_ms: int  # 0: never
+    state: int = LotState.ACTIVE
+
+
+class HoldRec(msgspec.Struct, array_like=True):
+    hold_id: int  # the id of the HOLD transaction
+    account_id: str
+    amount: int
+    expires_at_ms: int
+    state: int = HoldState.LIVE
+
+
+class JournalLine(msgspec.Struct, array_like=True):
+    line_no: int
+    qty_milli: int
+    amount_minor: int
+    discount_minor: int
+    earned_points: int
+    redeemed_points: int  # share of redeemed and captured points carried by this line
+
+
+class Posting(msgspec.Struct, array_like=True):
+    """One change to one lot's `remaining`; replaying every posting rebuilds every lot."""
+
+    lot_id: int
+    delta: int
+
+
+class TxnRec(msgspec.Struct, array_like=True):
+    txn_id: int
+    kind: int  # model.TxnKind
+    request_id: str
+    account_id: str
+    created_at_ms: int
+    store_id: str = ""
+    terminal_id: str = ""
+    receipt_no: str = ""
+    total_minor: int = 0
+    payable_minor: int = 0
+    lines: list[JournalLine] = []
+    earned: int = 0
+    redeemed: int = 0
+    held: int = 0
+    captured: int = 0
+    clawed: int = 0
+    restored: int = 0
+    expired: int = 0
+    debt_delta: int = 0
+    forgiven: int = 0  # clawback dropped under policy "clamp"
+    new_lot: LotRec | None = None
+    postings: list[Posting] = []
+    reverses: int = 0
+    captured_hold_ids: list[int] = []
+    returned: list[tuple[int, int]] = []  # (line_no, qty_milli) given back by this rollback
+    hold_expires_at_ms: int = 0
+    ruleset_version: str = ""
+
+
+class ReversalRec(msgspec.Struct, array_like=True):
+    """How much of an ACCRUE or REDEEM transaction has been given back so far."""
+
+    returned_qty: dict[int, int] = {}  # line_no -> qty_milli returned
+    restored_per_posting: list[int] = []  # parallel to the original's negative postings
+    rollback_ids: list[int] = []
+    complete: bool = False
+
+
+class IdempotencyRec(msgspec.Struct, array_like=True):
+    digest: bytes  # of the request payload; b"" for a tombstone
+    txn_id: int  # 0 for a rejection or a tombstone
+    outcome: bytes  # msgpack of model.Outcome, replayed as it is

@@ -1,0 +1,112 @@
+"""The ledger's invariants (DESIGN §4, 1-4), checked over a read transaction.
+
+1. Every account's active, pending and held totals equal the sums over its lots and live holds.
+2. Replaying every journal posting from empty reproduces every lot's `remaining`, and the
+   journal's debt entries reproduce every account's debt.
+3. A request id maps to at most one transaction, and that transaction carries the request id.
+4. No rollback returned more than was bought or clawed back more than was earned.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import msgspec
+
+from core_ext import records as rec
+
+_decode_account = msgspec.msgpack.Decoder(rec.AccountRec).decode
+_decode_lot = msgspec.msgpack.Decoder(rec.LotRec).decode
+_decode_hold = msgspec.msgpack.Decoder(rec.HoldRec).decode
+_decode_txn = msgspec.msgpack.Decoder(rec.TxnRec).decode
+_decode_reversal = msgspec.msgpack.Decoder(rec.ReversalRec).decode
+_decode_idempotency = msgspec.msgpack.Decoder(rec.IdempotencyRec).decode
+
+
+def _records(txn, db, decode):
+    for key, value in txn.cursor(db=db):
+        yield key, decode(value)
+
+
+def check_ledger(txn, dbs, now_ms: int) -> list[str]:
+    violations: list[str] = []
+    accounts = {account.account_id: account for _, account in _records(txn, dbs["accounts"], _decode_account)}
+    lots = {lot.lot_id: lot for _, lot in _records(txn, dbs["lots"], _decode_lot)}
+    holds = [hold for _, hold in _records(txn, dbs["holds"], _decode_hold)]
+    journal = {entry.txn_id: entry for _, entry in _records(txn, dbs["journal"], _decode_txn)}
+
+    # 1. totals against lots and holds
+    sums: dict[str, dict[str, int]] = defaultdict(lambda: {"active": 0, "pending": 0, "held": 0})
+    for lot in lots.values():
+        if lot.state == rec.LotState.ACTIVE:
+            sums[lot.account_id]["active"] += lot.remaining
+        elif lot.state == rec.LotState.PENDING:
+            sums[lot.account_id]["pending"] += lot.remaining
+        if lot.remaining < 0:
+            violations.append(f"lot {lot.lot_id} (account {lot.account_id}): remaining {lot.remaining} < 0")
+    for hold in holds:
+        if hold.state == rec.HoldState.LIVE:
+            sums[hold.account_id]["held"] += hold.amount
+    for account_id in sorted(set(accounts) | set(sums)):
+        account = accounts.get(account_id)
+        if account is None:
+            violations.append(f"account {account_id}: has lots or holds but no account record")
+            continue
+        for field in ("active", "pending", "held"):
+            expected, found = sums[account_id][field], getattr(account, field)
+            if expected != found:
+                violations.append(f"account {account_id}: {field} expected {expected} (from lots/holds), found {found}")
+
+    # 2. replay: postings rebuild every lot, debt entries every debt
+    replayed: dict[int, int] = defaultdict(int)
+    debt: dict[str, int] = defaultdict(int)
+    for entry in journal.values():
+        for posting in entry.postings:
+            replayed[posting.lot_id] += posting.delta
+        debt[entry.account_id] += entry.debt_delta
+        if entry.new_lot is not None and entry.new_lot.lot_id not in lots:
+            violations.append(f"transaction {entry.txn_id}: created lot {entry.new_lot.lot_id}, which is missing")
+    for lot in lots.values():
+        if replayed[lot.lot_id] != lot.remaining:
+            violations.append(f"account {lot.account_id}: lot {lot.lot_id} remaining expected "
+                              f"{replayed[lot.lot_id]} (journal replay), found {lot.remaining}")
+    for account_id, account in accounts.items():
+        if debt[account_id] != account.debt:
+            violations.append(f"account {account_id}: debt expected {debt[account_id]} (journal replay), found {account.debt}")
+
+    # 3. one request id, one transaction
+    owners: dict[int, str] = {}
+    for key, record in _records(txn, dbs["idempotency"], _decode_idempotency):
+        request_id = key.decode()
+        if record.txn_id == 0:
+            continue
+        if record.txn_id in owners:
+            violations.append(f"transaction {record.txn_id}: claimed by request ids '{owners[record.txn_id]}' and '{request_id}'")
+        owners[record.txn_id] = request_id
+        entry = journal.get(record.txn_id)
+        if entry is None:
+            violations.append(f"request '{request_id}': transaction {record.txn_id} is missing from the journal")
+        elif entry.request_id != request_id:
+            violations.append(f"request '{request_id}': transaction {record.txn_id} carries request id '{entry.request_id}'")
+
+    # 4. rollbacks within what was bought and earned
+    for key, reversal in _records(txn, dbs["reversals"], _decode_reversal):
+        txn_id = int.from_bytes(key, "big")
+        original = journal.get(txn_id)
+        if original is None:
+            violations.append(f"transaction {txn_id}: reversal state without a transaction")
+            continue
+        for line in original.lines:
+            returned = reversal.returned_qty.get(line.line_no, 0)
+            if returned > line.qty_milli:
+                violations.append(f"account {original.account_id}: transaction {txn_id} line {line.line_no} "
+                                  f"returned {returned} of {line.qty_milli}")
+        clawed = sum(journal[rollback_id].clawed for rollback_id in reversal.rollback_ids if rollback_id in journal)
+        if clawed > original.earned:
+            violations.append(f"account {original.account_id}: transaction {txn_id} clawed back {clawed} "
+                              f"of {original.earned} earned")
+    return violations
+
+
+def ledger_summary(txn, dbs) -> dict[str, int]:
+    return {name: txn.stat(dbs[name])["entries"] for name in ("accounts", "lots", "holds", "journal", "idempotency")}
