@@ -1,0 +1,1 @@
+"""kassa's server: gRPC servicers over the core, group commit, config and the `kassa` command."""

@@ -1,0 +1,89 @@
+"""The server: create -> add servicers -> add port -> start -> wait -> drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core_ext import Ledger, Program, load_program
+from kassa.v1 import accounts_pb2, accounts_pb2_grpc, admin_pb2, admin_pb2_grpc, processing_pb2, processing_pb2_grpc
+from server.clock import make_clock
+from server.commit import GroupCommitter
+from server.config import ServerConfig
+from server.logs import event
+from server.servicers.accounts import AccountsServicer
+from server.servicers.admin import AdminServicer
+from server.servicers.processing import ProcessingServicer
+
+log = logging.getLogger("kassa.server")
+
+SERVICE_NAMES = (
+    processing_pb2.DESCRIPTOR.services_by_name["Processing"].full_name,
+    accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+def open_ledger(config: ServerConfig) -> Ledger:
+    program = Program(load_program([Path(path) for path in config.rules.paths]))
+    return Ledger(
+        config.ledger.path,
+        program,
+        config.ledger.map_size_bytes,
+        config.processing.hold_ttl_s,
+        sync=config.ledger.sync,
+        readers_max=config.ledger.readers_max,
+    )
+
+
+async def serve(config: ServerConfig) -> None:
+    clock = make_clock(config.clock.file)
+    ledger = open_ledger(config)
+    committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max)
+    committer.start()
+
+    message_bytes_max = config.server.message_bytes_max
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", message_bytes_max),
+            ("grpc.max_send_message_length", message_bytes_max),
+            ("grpc.so_reuseport", 1),
+        ]
+    )
+    processing_pb2_grpc.add_ProcessingServicer_to_server(ProcessingServicer(ledger, committer, clock), server)
+    accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(ledger, [Path(path) for path in config.rules.paths]), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    port = server.add_insecure_port(config.server.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.server.listen}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    host = config.server.listen.rsplit(":", 1)[0]
+    event(log, "serving", address=f"{host}:{port}", pid=os.getpid(), ruleset_version=ledger.program.version)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    event(log, "draining", grace_s=config.server.grace_s)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.server.grace_s)
+    await committer.stop()
+    ledger.close()
+    event(log, "stopped", groups_committed=committer.groups_committed, ops_committed=committer.ops_committed)

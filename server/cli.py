@@ -1,0 +1,128 @@
+"""The `kassa` command: serve, verify, rules check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "config/kassa.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kassa", description="kassa loyalty processing server")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--config", default=DEFAULT_CONFIG)
+    serve.add_argument("--workers", type=int, default=None, help="processes (0: one per core); overrides server.workers")
+
+    verify = commands.add_parser("verify", help="check the ledger's invariants")
+    verify.add_argument("--config", default=DEFAULT_CONFIG)
+
+    rules = commands.add_parser("rules", help="work with loyalty program files")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_commands.add_parser("check", help="validate rule files without a server")
+    check.add_argument("files", nargs="+", type=Path)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "verify":
+        return _verify(args)
+    return _rules_check(args)
+
+
+def _load(path: str):
+    from server.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"kassa: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args) -> int:
+    from server.logs import setup_logging
+
+    config = _load(args.config)
+    workers = config.server.workers if args.workers is None else args.workers
+    workers = workers or os.cpu_count() or 1
+    setup_logging()
+    if workers > 1:
+        return _supervise(args.config, workers)
+    import uvloop
+
+    from core_ext import RulesError
+    from server.app import serve
+
+    try:
+        uvloop.run(serve(config))
+    except RulesError as error:
+        print(f"kassa: the loyalty program is refused:\n{error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _supervise(config_path: str, workers: int) -> int:
+    """Run `workers` single-process servers on one port (SO_REUSEPORT); pass SIGTERM/SIGINT on."""
+    environ = dict(os.environ, KASSA_SERVER_WORKERS="1")
+    command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1"]
+    children = [subprocess.Popen(command, env=environ) for _ in range(workers)]
+
+    def forward(signum, _frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
+def _verify(args) -> int:
+    import lmdb
+
+    from core_ext.ledger import DB_NAMES, MAX_DBS
+    from core_ext.verify import check_ledger, ledger_summary
+    from server.clock import make_clock
+
+    config = _load(args.config)
+    path = config.ledger.path
+    if not Path(path, "data.mdb").exists():
+        print(f"kassa verify: no ledger at {path}", file=sys.stderr)
+        return 2
+    env = lmdb.open(path, max_dbs=MAX_DBS, readonly=False, map_size=config.ledger.map_size_bytes)
+    dbs = {name.decode(): env.open_db(name) for name in DB_NAMES}
+    with env.begin() as txn:
+        violations = check_ledger(txn, dbs, make_clock(config.clock.file).now_ms())
+        summary = ledger_summary(txn, dbs)
+    env.close()
+    for violation in violations:
+        print(f"VIOLATION {violation}")
+    print(json.dumps({"ok": not violations, "violations": len(violations), **summary}))
+    return 1 if violations else 0
+
+
+def _rules_check(args) -> int:
+    from core_ext import Program, RulesError, load_program
+
+    try:
+        spec = load_program(args.files)
+        program = Program(spec)
+    except RulesError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(f"ok: {len(program.campaign_ids)} campaigns, ruleset version {program.version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The server configuration: one TOML file, typed once, overridable by KASSA_* variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSection(_Section):
+    listen: str = "127.0.0.1:50051"
+    workers: int = 1
+    grace_s: float = 10
+    message_bytes_max: int = 4 * 1024 * 1024
+
+
+class LedgerSection(_Section):
+    path: str = "data/ledger"
+    map_size_bytes: int = 4 * 1024**3
+    sync: bool = True
+    readers_max: int = 512
+
+
+class RulesSection(_Section):
+    paths: list[str] = msgspec.field(default_factory=lambda: ["config/rules"])
+
+
+class ProcessingSection(_Section):
+    hold_ttl_s: int = 900
+
+
+class CommitSection(_Section):
+    batch_max: int = 2000
+    wait_us_max: int = 0
+
+
+class ClockSection(_Section):
+    file: str = ""
+
+
+class ServerConfig(_Section):
+    server: ServerSection = ServerSection()
+    ledger: LedgerSection = LedgerSection()
+    rules: RulesSection = RulesSection()
+    processing: ProcessingSection = ProcessingSection()
+    commit: CommitSection = CommitSection()
+    clock: ClockSection = ClockSection()
+
+
+class ConfigError(Exception):
+    pass
+
+
+ENV_PREFIX = "KASSA_"
+LIMITS = {  # (section, key): (least, most), checked after decoding
+    ("server", "workers"): (0, 256),
+    ("server", "grace_s"): (0, 3600),
+    ("server", "message_bytes_max"): (1024, 1024**3),
+    ("ledger", "map_size_bytes"): (1024**2, 1024**5),
+    ("ledger", "readers_max"): (8, 100_000),
+    ("processing", "hold_ttl_s"): (1, 30 * 86_400),
+    ("commit", "batch_max"): (1, 100_000),
+    ("commit", "wait_us_max"): (0, 1_000_000),
+}
+
+
+def load_config(path: str | Path | None, environ: dict[str, str] | None = None) -> ServerConfig:
+    """Decode `path` (None: defaults only), apply KASSA_<SECTION>_<KEY> overrides, check limits."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    _apply_environment(raw, os.environ if environ is None else environ)
+    try:
+        config = msgspec.convert(raw, type=ServerConfig, strict=False)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"{path or 'config'}: {_name_key(str(error))}") from None
+    for (section, key), (least, most) in LIMITS.items():
+        value = getattr(getattr(config, section), key)
+        if not least <= value <= most:
+            raise ConfigError(f"{path or 'config'}: {section}.{key} = {value} is outside {least}..{most}")
+    return config
+
+
+def _apply_environment(raw: dict[str, Any], environ) -> None:
+    for section_name, section_type in ServerConfig.__annotations__.items():
+        section_struct = getattr(ServerConfig(), section_name)
+        for key in type(section_struct).__struct_fields__:
+            value = environ.get(f"{ENV_PREFIX}{section_name}_{key}".upper())
+            if value is None:
+                continue
+            default = getattr(section_struct, key)
+            section = raw.setdefault(section_name, {})
+            if isinstance(default, list):
+                section[key] = [item.strip() for item in value.split(",") if item.strip()]
+            elif isinstance(default, bool):
+                section[key] = value.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                section[key] = value
+
+
+def _name_key(message: str) -> str:
+    """msgspec says `... - at `$.ledger.map_size``; say `ledger.map_size: ...` instead."""
+    detail, _, where = message.partition(" - at `$")
+    where = where.rstrip("`").lstrip(".")
+    unknown = detail.startswith("Object contains unknown field `")
+    if unknown:
+        key = detail.split("`")[1]
+        return f"unknown key '{where + '.' if where else ''}{key}'"
+    return f"{where}: {detail}" if where else detail

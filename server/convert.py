@@ -1,0 +1,322 @@
+"""Between the wire and the core: protobuf requests to checked core values, core outcomes to protobuf.
+
+Every check names the field as the client wrote it (`receipt.lines[2].amount_minor`), so a POS
+integrator can fix the request without reading our code. Nothing here touches the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from core_ext import limits
+from core_ext import model as m
+from kassa.v1 import accounts_pb2, common_pb2, processing_pb2
+
+DIGEST_BYTES = 16  # of the payload digest kept with each idempotency record
+
+
+class InvalidArgument(Exception):
+    """The request is malformed; the message names the field."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidArgument(message)
+
+
+def digest(request) -> bytes:
+    return hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=DIGEST_BYTES).digest()
+
+
+def _text(value: str, field: str, bytes_max: int, required: bool = True) -> str:
+    if required:
+        _check(value != "", f"{field}: must not be empty")
+    _check(len(value.encode()) <= bytes_max, f"{field}: longer than {bytes_max} bytes")
+    return value
+
+
+def _request_id(value: str, field: str = "request_id") -> str:
+    return _text(value, field, limits.REQUEST_ID_BYTES_MAX)
+
+
+def _amount(value: int, field: str, most: int, least: int = 0) -> int:
+    _check(value >= least, f"{field}: must be >= {least}, got {value}")
+    _check(value <= most, f"{field}: must be <= {most}, got {value}")
+    return value
+
+
+_CUSTOMER_KINDS = {"account_id": m.IdKind.ACCOUNT, "card": m.IdKind.CARD, "phone": m.IdKind.PHONE}
+
+
+def customer(message, field: str = "customer") -> m.Customer:
+    which = message.WhichOneof("id")
+    _check(which is not None, f"{field}: set one of account_id, card, phone")
+    value = getattr(message, which)
+    return m.Customer(_CUSTOMER_KINDS[which], _text(value, f"{field}.{which}", limits.IDENTIFIER_BYTES_MAX))
+
+
+def receipt(message, field: str = "receipt") -> m.Receipt:
+    count = len(message.lines)
+    _check(count > 0, f"{field}.lines: a receipt needs at least one line")
+    _check(count <= limits.LINES_PER_RECEIPT_MAX, f"{field}.lines: {count} lines, more than {limits.LINES_PER_RECEIPT_MAX}")
+    seen = set()
+    lines = []
+    for index, line in enumerate(message.lines):
+        where = f"{field}.lines[{index}]"
+        _check(line.line_no > 0, f"{where}.line_no: must be > 0")
+        _check(line.line_no not in seen, f"{where}.line_no: {line.line_no} appears twice")
+        seen.add(line.line_no)
+        _amount(line.qty_milli, f"{where}.qty_milli", limits.QTY_MILLI_MAX, least=1)
+        _amount(line.price_minor, f"{where}.price_minor", limits.AMOUNT_MINOR_MAX)
+        _amount(line.amount_minor, f"{where}.amount_minor", limits.AMOUNT_MINOR_MAX)
+        exact = line.qty_milli * line.price_minor
+        _check(
+            abs(line.amount_minor * 1000 - exact) < 1000,
+            f"{where}.amount_minor: {line.amount_minor} is not qty_milli x price_minor / 1000 "
+            f"({line.qty_milli} x {line.price_minor} / 1000 = {exact // 1000}.{exact % 1000:03d})",
+        )
+        lines.append(
+            m.Line(
+                line.line_no,
+                _text(line.sku, f"{where}.sku", limits.IDENTIFIER_BYTES_MAX, required=False),
+                _text(line.category, f"{where}.category", limits.CATEGORY_BYTES_MAX, required=False),
+                line.qty_milli,
+                line.price_minor,
+                line.amount_minor,
+                line.no_earn,
+                line.no_discount,
+            )
+        )
+    total = sum(line.amount_minor for line in lines)
+    _check(total <= limits.AMOUNT_MINOR_MAX, f"{field}: total {total} is more than {limits.AMOUNT_MINOR_MAX}")
+    return m.Receipt(
+        _text(message.store_id, f"{field}.store_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+        _text(message.terminal_id, f"{field}.terminal_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+        _text(message.receipt_no, f"{field}.receipt_no", limits.IDENTIFIER_BYTES_MAX, required=False),
+        tuple(lines),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def calculate_query(request: processing_pb2.CalculateRequest) -> m.CalculateQuery:
+    return m.CalculateQuery(
+        customer(request.customer),
+        receipt(request.receipt),
+        _amount(request.redeem_points, "redeem_points", limits.POINTS_MAX),
+    )
+
+
+def accrue_op(request: processing_pb2.AccrueRequest, request_id_field: str = "request_id") -> m.AccrueOp:
+    holds = list(request.capture_hold_ids)
+    _check(len(holds) <= limits.CAPTURE_HOLDS_MAX, f"capture_hold_ids: more than {limits.CAPTURE_HOLDS_MAX}")
+    _check(all(holds), "capture_hold_ids: 0 is not a transaction id")
+    _check(len(set(holds)) == len(holds), "capture_hold_ids: a hold is named twice")
+    return m.AccrueOp(
+        _request_id(request.request_id, request_id_field),
+        digest(request),
+        customer(request.customer),
+        receipt(request.receipt),
+        _amount(request.redeem_points, "redeem_points", limits.POINTS_MAX),
+        tuple(holds),
+    )
+
+
+def redeem_op(request: processing_pb2.RedeemRequest, request_id_field: str = "request_id") -> m.RedeemOp:
+    _check(request.mode in (processing_pb2.REDEEM_MODE_IMMEDIATE, processing_pb2.REDEEM_MODE_HOLD),
+           f"mode: unknown redeem mode {request.mode}")
+    return m.RedeemOp(
+        _request_id(request.request_id, request_id_field),
+        digest(request),
+        customer(request.customer),
+        _amount(request.points, "points", limits.POINTS_MAX, least=1),
+        _amount(request.receipt_total_minor, "receipt_total_minor", limits.AMOUNT_MINOR_MAX, least=1),
+        request.mode == processing_pb2.REDEEM_MODE_HOLD,
+        _text(request.store_id, "store_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+        _text(request.terminal_id, "terminal_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+    )
+
+
+def rollback_op(request: processing_pb2.RollbackRequest, request_id_field: str = "request_id") -> m.RollbackOp:
+    target = request.WhichOneof("target")
+    _check(target is not None, "target: set transaction_id or original_request_id")
+    if target == "transaction_id":
+        _check(request.transaction_id > 0, "transaction_id: must be > 0")
+    else:
+        _request_id(request.original_request_id, "original_request_id")
+    count = len(request.return_lines)
+    _check(count <= limits.RETURN_LINES_MAX, f"return_lines: {count} lines, more than {limits.RETURN_LINES_MAX}")
+    returns = []
+    for index, line in enumerate(request.return_lines):
+        _check(line.line_no > 0, f"return_lines[{index}].line_no: must be > 0")
+        _amount(line.qty_milli, f"return_lines[{index}].qty_milli", limits.QTY_MILLI_MAX, least=1)
+        returns.append(m.ReturnLine(line.line_no, line.qty_milli))
+    return m.RollbackOp(
+        _request_id(request.request_id, request_id_field),
+        digest(request),
+        request.transaction_id,
+        request.original_request_id,
+        tuple(returns),
+        _text(request.store_id, "store_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+        _text(request.terminal_id, "terminal_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+    )
+
+
+def create_account_op(request: accounts_pb2.CreateAccountRequest) -> m.CreateAccountOp:
+    return m.CreateAccountOp(
+        _request_id(request.request_id),
+        digest(request),
+        _text(request.account_id, "account_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+        _text(request.phone, "phone", limits.IDENTIFIER_BYTES_MAX, required=False),
+    )
+
+
+def issue_card_op(request: accounts_pb2.IssueCardRequest) -> m.IssueCardOp:
+    return m.IssueCardOp(
+        _request_id(request.request_id),
+        digest(request),
+        _text(request.account_id, "account_id", limits.IDENTIFIER_BYTES_MAX),
+        _text(request.card, "card", limits.IDENTIFIER_BYTES_MAX),
+        _text(request.category, "category", limits.CATEGORY_BYTES_MAX, required=False),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def timestamp(ms: int) -> Timestamp | None:
+    if not ms:
+        return None
+    return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def balance(value: m.Balance) -> common_pb2.Balance:
+    return common_pb2.Balance(
+        active_points=value.active,
+        pending_points=value.pending,
+        held_points=value.held,
+        available_points=value.available,
+        debt_points=value.debt,
+        next_expiry_at=timestamp(value.next_expiry_at_ms),
+        next_expiry_points=value.next_expiry_points,
+    )
+
+
+def calculation(value: m.Calculation) -> common_pb2.Calculation:
+    return common_pb2.Calculation(
+        lines=[
+            common_pb2.LineResult(
+                line_no=line.line_no,
+                amount_minor=line.amount_minor,
+                discount_minor=line.discount_minor,
+                earned_points=line.earned_points,
+                redeemed_points=line.redeemed_points,
+            )
+            for line in value.lines
+        ],
+        total_minor=value.total_minor,
+        discount_minor=value.discount_minor,
+        payable_minor=value.payable_minor,
+        earned_points=value.earned_points,
+        redeemable_points=value.redeemable_points,
+        redeemed_points=value.redeemed_points,
+        campaigns=[
+            common_pb2.AppliedCampaign(
+                campaign_id=c.campaign_id, effect=c.effect, points=c.points, discount_minor=c.discount_minor
+            )
+            for c in value.campaigns
+        ],
+        ruleset_version=value.ruleset_version,
+        points_activate_at=timestamp(value.activate_at_ms),
+        points_expire_at=timestamp(value.expire_at_ms),
+    )
+
+
+def calculate_response(value: m.CalculateResult) -> processing_pb2.CalculateResponse:
+    return processing_pb2.CalculateResponse(
+        account_id=value.account_id, calculation=calculation(value.calculation), balance=balance(value.balance)
+    )
+
+
+def accrue_response(value: m.AccrueResult) -> processing_pb2.AccrueResponse:
+    return processing_pb2.AccrueResponse(
+        transaction_id=value.transaction_id,
+        account_id=value.account_id,
+        calculation=calculation(value.calculation),
+        balance=balance(value.balance),
+        captured_points=value.captured_points,
+    )
+
+
+def redeem_response(value: m.RedeemResult) -> processing_pb2.RedeemResponse:
+    return processing_pb2.RedeemResponse(
+        transaction_id=value.transaction_id,
+        account_id=value.account_id,
+        redeemed_points=value.redeemed_points,
+        held_points=value.held_points,
+        hold_expires_at=timestamp(value.hold_expires_at_ms),
+        balance=balance(value.balance),
+    )
+
+
+def rollback_response(value: m.RollbackResult) -> processing_pb2.RollbackResponse:
+    return processing_pb2.RollbackResponse(
+        transaction_id=value.transaction_id,
+        account_id=value.account_id,
+        kind=value.kind,
+        reversed_transaction_id=value.reversed_transaction_id,
+        clawed_back_points=value.clawed_back_points,
+        restored_points=value.restored_points,
+        debt_points=value.debt_points,
+        balance=balance(value.balance),
+    )
+
+
+def account(value: m.AccountView) -> accounts_pb2.Account:
+    return accounts_pb2.Account(
+        account_id=value.account_id,
+        phone=value.phone,
+        cards=[accounts_pb2.Card(card=c.card, category=c.category, blocked=c.blocked) for c in value.cards],
+        balance=balance(value.balance),
+        created_at=timestamp(value.created_at_ms),
+        lifetime_spend_minor=value.lifetime_spend_minor,
+        lifetime_earned_points=value.lifetime_earned_points,
+    )
+
+
+def statement(value: m.Statement) -> accounts_pb2.ListTransactionsResponse:
+    return accounts_pb2.ListTransactionsResponse(
+        account_id=value.account_id,
+        transactions=[
+            accounts_pb2.Transaction(
+                transaction_id=t.transaction_id,
+                request_id=t.request_id,
+                kind=t.kind,
+                created_at=timestamp(t.created_at_ms),
+                earned_points=t.earned_points,
+                redeemed_points=t.redeemed_points,
+                held_points=t.held_points,
+                clawed_back_points=t.clawed_back_points,
+                restored_points=t.restored_points,
+                expired_points=t.expired_points,
+                reverses_transaction_id=t.reverses_transaction_id,
+                store_id=t.store_id,
+                receipt_no=t.receipt_no,
+                total_minor=t.total_minor,
+            )
+            for t in value.transactions
+        ],
+        next_page_token=str(value.next_before_id) if value.next_before_id else "",
+    )
+
+
+def page_token(token: str) -> int:
+    if not token:
+        return 0
+    _check(token.isdigit() and 0 < len(token) <= 20, "page_token: not a token from next_page_token")
+    return int(token)

@@ -1,0 +1,1 @@
+"""gRPC interceptors, one per file."""

@@ -1,0 +1,1 @@
+"""One servicer per kassa.v1 service."""

@@ -1,0 +1,56 @@
+"""kassa.v1.Admin: the program's rules and the ledger's statistics."""
+
+from __future__ import annotations
+
+import grpc
+
+from core_ext import Program, RulesError, load_program, parse_program
+from core_ext.verify import ledger_summary
+from server.servicers.respond import unimplemented
+from kassa.v1 import admin_pb2, admin_pb2_grpc
+
+RELOADED_SOURCE_NAME = "ReloadRules.source_toml"  # the file name problems are reported under
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, ledger, rule_paths):
+        self._ledger = ledger
+        self._rule_paths = rule_paths
+
+    async def GetRules(self, request, context):
+        program = self._ledger.program
+        sources = "\n".join(f"# --- {name}\n{text}" for name, text in program.spec.sources.items())
+        return admin_pb2.GetRulesResponse(
+            ruleset_version=program.version, campaign_ids=program.campaign_ids, source_toml=sources
+        )
+
+    async def ReloadRules(self, request, context):
+        """Validate and compile the new program; switch only if both succeed."""
+        try:
+            if request.source_toml:
+                spec = parse_program({RELOADED_SOURCE_NAME: request.source_toml})
+            else:
+                spec = load_program(self._rule_paths)
+            program = Program(spec)
+        except RulesError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ruleset refused, the old one keeps serving:\n{error}")
+        self._ledger.program = program
+        return admin_pb2.ReloadRulesResponse(ruleset_version=program.version)
+
+    async def GeneratePromoCodes(self, request, context):
+        return await unimplemented(context, "Admin.GeneratePromoCodes", "the rules engine issue")
+
+    async def ExpirePoints(self, request, context):
+        return await unimplemented(context, "Admin.ExpirePoints", "the ledger depth issue")
+
+    async def GetStats(self, request, context):
+        txn, dbs = self._ledger.raw_transaction()
+        with txn:
+            summary = ledger_summary(txn, dbs)
+        info = self._ledger.env.info()
+        return admin_pb2.GetStatsResponse(
+            accounts=summary["accounts"],
+            transactions=summary["journal"],
+            ledger_bytes=(info["last_pgno"] + 1) * self._ledger.env.stat()["psize"],
+            ruleset_version=self._ledger.program.version,
+        )
