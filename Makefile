@@ -22,8 +22,8 @@ $(INSTALLED): $(BIN)/python requirements.txt requirements-dev.txt
 	touch $@
 
 $(BUILT): $(INSTALLED) setup.py $(CORE_SOURCES) $(PROTO_SOURCES)
-	$(BIN)/pip install --quiet --no-build-isolation --no-deps -e .
 	$(BIN)/python setup.py --quiet build_proto build_ext --inplace
+	$(BIN)/pip install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
 build: $(BUILT)
