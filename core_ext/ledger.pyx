@@ -271,6 +271,13 @@ cdef class Ledger:
             self._journal(batch, entry)
         return account
 
+    @staticmethod
+    def _schedule(account, long long at_ms):
+        """Make sure a settle runs by `at_ms`. `next_change_at_ms` may be early, never late: an
+        early settle finds nothing due and recomputes it."""
+        if at_ms and (account.next_change_at_ms == 0 or at_ms < account.next_change_at_ms):
+            account.next_change_at_ms = at_ms
+
     def _next_change(self, get, account):
         times = []
         for lot_id in account.open_lot_ids:
@@ -283,10 +290,11 @@ cdef class Ledger:
             times.append(_decode_hold(get("holds", id_key(hold_id))).expires_at_ms)
         return min(times) if times else 0
 
-    def _balance(self, get, account):
+    def _balance(self, get, account, bint with_expiry=False):
+        """The account's balance; `with_expiry` also finds the next expiry (a scan of its lots)."""
         next_expiry_at_ms = 0
         next_expiry_points = 0
-        for lot_id in account.open_lot_ids:
+        for lot_id in (account.open_lot_ids if with_expiry else ()):
             lot = _decode_lot(get("lots", id_key(lot_id)))
             if lot.state != rec.LotState.ACTIVE or not lot.expires_at_ms or not lot.remaining:
                 continue
@@ -327,9 +335,10 @@ cdef class Ledger:
         account.open_lot_ids.append(lot.lot_id)
         if lot.state == rec.LotState.PENDING:
             account.pending += lot.remaining
+            self._schedule(account, lot.activates_at_ms)
         else:
             account.active += lot.remaining
-        account.next_change_at_ms = self._next_change(batch.get, account)
+            self._schedule(account, lot.expires_at_ms)
 
     # -- Accrue -----------------------------------------------------------------------------------
 
@@ -379,8 +388,6 @@ cdef class Ledger:
                                  rec.LotState.PENDING if pending else rec.LotState.ACTIVE)
             self._add_lot(batch, account, new_lot)
             postings.append(rec.Posting(txn_id, calculation.earned_points))
-        else:
-            account.next_change_at_ms = self._next_change(batch.get, account)
         account.lifetime_spend_minor += calculation.payable_minor
         account.lifetime_earned_points += calculation.earned_points
         self._save_account(batch, account)
@@ -454,7 +461,8 @@ cdef class Ledger:
         else:
             entry.postings = self._consume(batch, account, op.points)
             entry.redeemed = op.points
-        account.next_change_at_ms = self._next_change(batch.get, account)
+        if op.hold:
+            self._schedule(account, entry.hold_expires_at_ms)
         self._save_account(batch, account)
         self._journal(batch, entry)
         result = RedeemResult(txn_id, account.account_id, entry.redeemed, entry.held, entry.hold_expires_at_ms,
@@ -512,7 +520,6 @@ cdef class Ledger:
         batch.put("holds", id_key(hold.hold_id), _encode(hold))
         account.held -= hold.amount
         account.live_hold_ids.remove(hold.hold_id)
-        account.next_change_at_ms = self._next_change(batch.get, account)
         self._save_account(batch, account)
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id,
                                         batch.now_ms, op.store_id, op.terminal_id, restored=hold.amount,
@@ -696,7 +703,7 @@ cdef class Ledger:
         for card in account.cards:
             ident = _decode_ident(get("idents", ident_key(IdKind.CARD, card)))
             cards.append(CardInfo(card, ident.category, ident.blocked))
-        return AccountView(account.account_id, account.phone, tuple(cards), self._balance(get, account),
+        return AccountView(account.account_id, account.phone, tuple(cards), self._balance(get, account, True),
                            account.created_at_ms, account.lifetime_spend_minor, account.lifetime_earned_points)
 
     # -----------------------------------------------------------------------------------------

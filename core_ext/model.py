@@ -74,12 +74,12 @@ class IdKind(enum.IntEnum):
 # Inputs
 
 
-class Customer(msgspec.Struct, array_like=True, frozen=True):
+class Customer(msgspec.Struct, array_like=True, gc=False, frozen=True):
     kind: int  # IdKind
     value: str
 
 
-class Line(msgspec.Struct, array_like=True, frozen=True):
+class Line(msgspec.Struct, array_like=True, gc=False, frozen=True):
     line_no: int
     sku: str
     category: str
@@ -90,20 +90,20 @@ class Line(msgspec.Struct, array_like=True, frozen=True):
     no_discount: bool = False
 
 
-class Receipt(msgspec.Struct, array_like=True, frozen=True):
+class Receipt(msgspec.Struct, array_like=True, gc=False, frozen=True):
     store_id: str
     terminal_id: str
     receipt_no: str
     lines: tuple[Line, ...]
 
 
-class CalculateQuery(msgspec.Struct, array_like=True, frozen=True):
+class CalculateQuery(msgspec.Struct, array_like=True, gc=False, frozen=True):
     customer: Customer
     receipt: Receipt
     redeem_points: int = 0
 
 
-class AccrueOp(msgspec.Struct, array_like=True, frozen=True, tag=1):
+class AccrueOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=1):
     request_id: str
     digest: bytes
     customer: Customer
@@ -112,7 +112,7 @@ class AccrueOp(msgspec.Struct, array_like=True, frozen=True, tag=1):
     capture_hold_ids: tuple[int, ...] = ()
 
 
-class RedeemOp(msgspec.Struct, array_like=True, frozen=True, tag=2):
+class RedeemOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=2):
     request_id: str
     digest: bytes
     customer: Customer
@@ -123,12 +123,12 @@ class RedeemOp(msgspec.Struct, array_like=True, frozen=True, tag=2):
     terminal_id: str = ""
 
 
-class ReturnLine(msgspec.Struct, array_like=True, frozen=True):
+class ReturnLine(msgspec.Struct, array_like=True, gc=False, frozen=True):
     line_no: int
     qty_milli: int
 
 
-class RollbackOp(msgspec.Struct, array_like=True, frozen=True, tag=3):
+class RollbackOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=3):
     request_id: str
     digest: bytes
     transaction_id: int = 0  # either this
@@ -138,14 +138,14 @@ class RollbackOp(msgspec.Struct, array_like=True, frozen=True, tag=3):
     terminal_id: str = ""
 
 
-class CreateAccountOp(msgspec.Struct, array_like=True, frozen=True, tag=4):
+class CreateAccountOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=4):
     request_id: str
     digest: bytes
     account_id: str = ""
     phone: str = ""
 
 
-class IssueCardOp(msgspec.Struct, array_like=True, frozen=True, tag=5):
+class IssueCardOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=5):
     request_id: str
     digest: bytes
     account_id: str
@@ -160,7 +160,7 @@ Operation = AccrueOp | RedeemOp | RollbackOp | CreateAccountOp | IssueCardOp
 # Results
 
 
-class Balance(msgspec.Struct, array_like=True, frozen=True):
+class Balance(msgspec.Struct, array_like=True, gc=False, frozen=True):
     active: int = 0
     pending: int = 0
     held: int = 0
@@ -170,7 +170,7 @@ class Balance(msgspec.Struct, array_like=True, frozen=True):
     next_expiry_points: int = 0
 
 
-class LineResult(msgspec.Struct, array_like=True, frozen=True):
+class LineResult(msgspec.Struct, array_like=True, gc=False, frozen=True):
     line_no: int
     amount_minor: int
     discount_minor: int
@@ -178,14 +178,14 @@ class LineResult(msgspec.Struct, array_like=True, frozen=True):
     redeemed_points: int
 
 
-class AppliedCampaign(msgspec.Struct, array_like=True, frozen=True):
+class AppliedCampaign(msgspec.Struct, array_like=True, gc=False, frozen=True):
     campaign_id: str
     effect: str
     points: int
     discount_minor: int
 
 
-class Calculation(msgspec.Struct, array_like=True, frozen=True):
+class Calculation(msgspec.Struct, array_like=True, gc=False, frozen=True):
     lines: tuple[LineResult, ...]
     total_minor: int
     discount_minor: int
@@ -199,13 +199,13 @@ class Calculation(msgspec.Struct, array_like=True, frozen=True):
     expire_at_ms: int
 
 
-class CardInfo(msgspec.Struct, array_like=True, frozen=True):
+class CardInfo(msgspec.Struct, array_like=True, gc=False, frozen=True):
     card: str
     category: str
     blocked: bool
 
 
-class AccountView(msgspec.Struct, array_like=True, frozen=True, tag=10):
+class AccountView(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=10):
     account_id: str
     phone: str
     cards: tuple[CardInfo, ...]
@@ -215,13 +215,13 @@ class AccountView(msgspec.Struct, array_like=True, frozen=True, tag=10):
     lifetime_earned_points: int
 
 
-class CalculateResult(msgspec.Struct, array_like=True, frozen=True, tag=11):
+class CalculateResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):
     account_id: str
     calculation: Calculation
     balance: Balance
 
 
-class AccrueResult(msgspec.Struct, array_like=True, frozen=True, tag=12):
+class AccrueResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=12):
     transaction_id: int
     account_id: str
     calculation: Calculation
@@ -229,7 +229,7 @@ class AccrueResult(msgspec.Struct, array_like=True, frozen=True, tag=12):
     captured_points: int
 
 
-class RedeemResult(msgspec.Struct, array_like=True, frozen=True, tag=13):
+class RedeemResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=13):
     transaction_id: int
     account_id: str
     redeemed_points: int
@@ -238,7 +238,7 @@ class RedeemResult(msgspec.Struct, array_like=True, frozen=True, tag=13):
     balance: Balance
 
 
-class RollbackResult(msgspec.Struct, array_like=True, frozen=True, tag=14):
+class RollbackResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=14):
     transaction_id: int
     account_id: str
     kind: int  # RollbackKind
@@ -249,7 +249,7 @@ class RollbackResult(msgspec.Struct, array_like=True, frozen=True, tag=14):
     balance: Balance
 
 
-class TransactionView(msgspec.Struct, array_like=True, frozen=True):
+class TransactionView(msgspec.Struct, array_like=True, gc=False, frozen=True):
     transaction_id: int
     request_id: str
     kind: int
@@ -266,7 +266,7 @@ class TransactionView(msgspec.Struct, array_like=True, frozen=True):
     total_minor: int
 
 
-class Statement(msgspec.Struct, array_like=True, frozen=True, tag=15):
+class Statement(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=15):
     account_id: str
     transactions: tuple[TransactionView, ...]
     next_before_id: int  # 0 on the last page
@@ -275,7 +275,7 @@ class Statement(msgspec.Struct, array_like=True, frozen=True, tag=15):
 Body = AccountView | CalculateResult | AccrueResult | RedeemResult | RollbackResult | Statement
 
 
-class Outcome(msgspec.Struct, array_like=True, frozen=True):
+class Outcome(msgspec.Struct, array_like=True, gc=False, frozen=True):
     code: int  # Code
     reason: int = 0  # Reason
     message: str = ""

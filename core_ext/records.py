@@ -24,7 +24,7 @@ class HoldState(enum.IntEnum):
     EXPIRED = 3
 
 
-class AccountRec(msgspec.Struct, array_like=True):
+class AccountRec(msgspec.Struct, array_like=True, gc=False):
     account_id: str
     phone: str
     created_at_ms: int
@@ -40,13 +40,13 @@ class AccountRec(msgspec.Struct, array_like=True):
     live_hold_ids: list[int] = []
 
 
-class IdentRec(msgspec.Struct, array_like=True):
+class IdentRec(msgspec.Struct, array_like=True, gc=False):
     account_id: str
     category: str = ""
     blocked: bool = False
 
 
-class LotRec(msgspec.Struct, array_like=True):
+class LotRec(msgspec.Struct, array_like=True, gc=False):
     lot_id: int  # the id of the transaction that earned it
     account_id: str
     amount: int
@@ -56,7 +56,7 @@ class LotRec(msgspec.Struct, array_like=True):
     state: int = LotState.ACTIVE
 
 
-class HoldRec(msgspec.Struct, array_like=True):
+class HoldRec(msgspec.Struct, array_like=True, gc=False):
     hold_id: int  # the id of the HOLD transaction
     account_id: str
     amount: int
@@ -64,7 +64,7 @@ class HoldRec(msgspec.Struct, array_like=True):
     state: int = HoldState.LIVE
 
 
-class JournalLine(msgspec.Struct, array_like=True):
+class JournalLine(msgspec.Struct, array_like=True, gc=False):
     line_no: int
     qty_milli: int
     amount_minor: int
@@ -73,14 +73,14 @@ class JournalLine(msgspec.Struct, array_like=True):
     redeemed_points: int  # share of redeemed and captured points carried by this line
 
 
-class Posting(msgspec.Struct, array_like=True):
+class Posting(msgspec.Struct, array_like=True, gc=False):
     """One change to one lot's `remaining`; replaying every posting rebuilds every lot."""
 
     lot_id: int
     delta: int
 
 
-class TxnRec(msgspec.Struct, array_like=True):
+class TxnRec(msgspec.Struct, array_like=True, gc=False):
     txn_id: int
     kind: int  # model.TxnKind
     request_id: str
@@ -110,7 +110,7 @@ class TxnRec(msgspec.Struct, array_like=True):
     ruleset_version: str = ""
 
 
-class ReversalRec(msgspec.Struct, array_like=True):
+class ReversalRec(msgspec.Struct, array_like=True, gc=False):
     """How much of an ACCRUE or REDEEM transaction has been given back so far."""
 
     returned_qty: dict[int, int] = {}  # line_no -> qty_milli returned
@@ -119,7 +119,7 @@ class ReversalRec(msgspec.Struct, array_like=True):
     complete: bool = False
 
 
-class IdempotencyRec(msgspec.Struct, array_like=True):
+class IdempotencyRec(msgspec.Struct, array_like=True, gc=False):
     digest: bytes  # of the request payload; b"" for a tombstone
     txn_id: int  # 0 for a rejection or a tombstone
     outcome: bytes  # msgpack of model.Outcome, replayed as it is

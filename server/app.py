@@ -13,13 +13,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core_ext import Ledger, Program, load_program
-from kassa.v1 import accounts_pb2, accounts_pb2_grpc, admin_pb2, admin_pb2_grpc, processing_pb2, processing_pb2_grpc
+from kassa.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    admin_pb2,
+    admin_pb2_grpc,
+    bench_pb2,
+    bench_pb2_grpc,
+    processing_pb2,
+    processing_pb2_grpc,
+)
 from server.clock import make_clock
 from server.commit import GroupCommitter
 from server.config import ServerConfig
 from server.logs import event
 from server.servicers.accounts import AccountsServicer
 from server.servicers.admin import AdminServicer
+from server.servicers.bench import BenchServicer
 from server.servicers.processing import ProcessingServicer
 
 log = logging.getLogger("kassa.server")
@@ -57,14 +67,25 @@ async def serve(config: ServerConfig) -> None:
             ("grpc.so_reuseport", 1),
         ]
     )
-    processing_pb2_grpc.add_ProcessingServicer_to_server(ProcessingServicer(ledger, committer, clock), server)
+    processing = ProcessingServicer(
+        ledger,
+        committer,
+        clock,
+        config.processing.batch_operations_max,
+        config.processing.stream_events_in_flight_max,
+    )
+    processing_pb2_grpc.add_ProcessingServicer_to_server(processing, server)
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(ledger, [Path(path) for path in config.rules.paths]), server
     )
+    services = SERVICE_NAMES
+    if config.server.bench_noop:
+        bench_pb2_grpc.add_BenchServicer_to_server(BenchServicer(), server)
+        services = (*services, bench_pb2.DESCRIPTOR.services_by_name["Bench"].full_name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     port = server.add_insecure_port(config.server.listen)
     if port == 0:

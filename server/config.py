@@ -19,6 +19,7 @@ class ServerSection(_Section):
     workers: int = 1
     grace_s: float = 10
     message_bytes_max: int = 4 * 1024 * 1024
+    bench_noop: bool = False  # serve kassa.v1.Bench, the no-op baseline of bench/throughput.py
 
 
 class LedgerSection(_Section):
@@ -34,6 +35,8 @@ class RulesSection(_Section):
 
 class ProcessingSection(_Section):
     hold_ttl_s: int = 900
+    batch_operations_max: int = 10_000
+    stream_events_in_flight_max: int = 20_000
 
 
 class CommitSection(_Section):
@@ -66,6 +69,8 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("ledger", "map_size_bytes"): (1024**2, 1024**5),
     ("ledger", "readers_max"): (8, 100_000),
     ("processing", "hold_ttl_s"): (1, 30 * 86_400),
+    ("processing", "batch_operations_max"): (1, 1_000_000),
+    ("processing", "stream_events_in_flight_max"): (1, 10_000_000),
     ("commit", "batch_max"): (1, 100_000),
     ("commit", "wait_us_max"): (0, 1_000_000),
 }

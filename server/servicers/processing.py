@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
+from core_ext.model import AccrueResult, Code, Outcome, RedeemResult, RollbackResult
+from kassa.v1 import common_pb2, processing_pb2, processing_pb2_grpc
 from server import convert
-from server.servicers.respond import answer, invalid, unimplemented
-from kassa.v1 import processing_pb2_grpc
+from server.servicers.respond import answer, invalid
+
+_BUILDERS = {
+    "accrue": convert.accrue_op,
+    "redeem": convert.redeem_op,
+    "rollback": convert.rollback_op,
+}
+_RENDERERS = {
+    AccrueResult: ("accrue", convert.accrue_response),
+    RedeemResult: ("redeem", convert.redeem_response),
+    RollbackResult: ("rollback", convert.rollback_response),
+}
+_EVENT_PAYLOADS = {"purchase": "accrue", "redeem": "redeem", "rollback": "rollback"}
+
+
+def _points(body) -> int:
+    if type(body) is AccrueResult:
+        return body.calculation.earned_points
+    if type(body) is RedeemResult:
+        return body.redeemed_points or body.held_points
+    if type(body) is RollbackResult:
+        return body.clawed_back_points
+    return 0
 
 
 class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
-    def __init__(self, ledger, committer, clock):
+    def __init__(self, ledger, committer, clock, batch_operations_max: int, stream_events_in_flight_max: int):
         self._ledger = ledger
         self._committer = committer
         self._clock = clock
+        self._batch_operations_max = batch_operations_max
+        self._stream_events_in_flight_max = stream_events_in_flight_max
 
     async def _commit_one(self, context, build, request, render):
         try:
@@ -40,8 +67,106 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
     async def Rollback(self, request, context):
         return await self._commit_one(context, convert.rollback_op, request, convert.rollback_response)
 
+    # -- many operations per call -----------------------------------------------------------------
+
+    async def _commit_many(self, payloads: list) -> list[Outcome]:
+        """`payloads` holds (kind, request message, request_id field name); invalid ones are
+        answered INVALID_ARGUMENT in place, the rest committed together, in order."""
+        outcomes: list[Outcome | None] = [None] * len(payloads)
+        ops, positions = [], []
+        for position, (kind, message, field) in enumerate(payloads):
+            if kind is None:
+                outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=field)
+                continue
+            try:
+                ops.append(_BUILDERS[kind](message, field))
+            except convert.InvalidArgument as error:
+                outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=str(error))
+                continue
+            positions.append(position)
+        if ops:
+            for position, outcome in zip(positions, await self._committer.submit(ops)):
+                outcomes[position] = outcome
+        return outcomes  # type: ignore[return-value]
+
     async def ProcessBatch(self, request, context):
-        return await unimplemented(context, "Processing.ProcessBatch", "the throughput issue")
+        count = len(request.operations)
+        if count > self._batch_operations_max:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"operations: {count} operations, more than the limit of {self._batch_operations_max}",
+            )
+        payloads = []
+        for index, operation in enumerate(request.operations):
+            kind = operation.WhichOneof("op")
+            if kind is None:
+                payloads.append((None, None, f"operations[{index}]: set one of accrue, redeem, rollback"))
+            else:
+                payloads.append((kind, getattr(operation, kind), f"operations[{index}].{kind}.request_id"))
+        results = []
+        for outcome in await self._commit_many(payloads):
+            result = processing_pb2.OperationResult(code=outcome.code, reason=outcome.reason, message=outcome.message)
+            if outcome.body is not None:
+                field, render = _RENDERERS[type(outcome.body)]
+                getattr(result, field).CopyFrom(render(outcome.body))
+            results.append(result)
+        return processing_pb2.ProcessBatchResponse(results=results)
 
     async def StreamEvents(self, request_iterator, context):
-        return await unimplemented(context, "Processing.StreamEvents", "the throughput issue")
+        """Acks go out in the order events came in, each after its durable commit. At most
+        `stream_events_in_flight_max` events are read and not yet acked: a client that stops
+        reading acks stops being read, so server memory stays bounded."""
+        in_flight = 0
+        room = asyncio.Condition()
+        acks: asyncio.Queue = asyncio.Queue()
+        limit = self._stream_events_in_flight_max
+
+        async def read() -> None:
+            nonlocal in_flight
+            async for batch in request_iterator:
+                size = len(batch.events)
+                async with room:
+                    await room.wait_for(lambda: in_flight == 0 or in_flight + size <= limit)
+                    in_flight += size
+                await acks.put((size, asyncio.ensure_future(self._events(batch.events))))
+            await acks.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                item = await acks.get()
+                if item is None:
+                    break
+                size, pending = item
+                await context.write(processing_pb2.AckBatch(acks=await pending))
+                async with room:
+                    in_flight -= size
+                    room.notify_all()
+            await reader
+        finally:
+            reader.cancel()
+
+    async def _events(self, events) -> list:
+        payloads = []
+        for index, event in enumerate(events):
+            kind = event.WhichOneof("payload")
+            if not event.event_id:
+                payloads.append((None, None, f"events[{index}].event_id: must not be empty"))
+            elif kind is None:
+                payloads.append((None, None, f"events[{index}]: set one of purchase, redeem, rollback"))
+            else:
+                message = getattr(event, kind)
+                if not message.request_id:
+                    message.request_id = event.event_id
+                payloads.append((_EVENT_PAYLOADS[kind], message, f"events[{index}].{kind}.request_id"))
+        return [
+            processing_pb2.EventAck(
+                event_id=event.event_id,
+                code=outcome.code,
+                reason=outcome.reason,
+                message=outcome.message,
+                transaction_id=getattr(outcome.body, "transaction_id", 0),
+                points=_points(outcome.body),
+            )
+            for event, outcome in zip(events, await self._commit_many(payloads))
+        ]
