@@ -265,10 +265,14 @@ cdef class Ledger:
                 live_hold_ids.append(hold_id)
         account.live_hold_ids = live_hold_ids
         account.next_change_at_ms = self._next_change(get, account)
-        if batch is not None and expired:
-            entry = rec.TxnRec(batch.take_id(), TxnKind.EXPIRE, "", account.account_id, now_ms,
-                               expired=expired, postings=expired_postings)
-            self._journal(batch, entry)
+        if batch is not None:
+            # Saved now: a refusal after the settle must not leave the lots and holds it changed
+            # out of step with the account's totals.
+            self._save_account(batch, account)
+            if expired:
+                entry = rec.TxnRec(batch.take_id(), TxnKind.EXPIRE, "", account.account_id, now_ms,
+                                   expired=expired, postings=expired_postings)
+                self._journal(batch, entry)
         return account
 
     @staticmethod
@@ -364,11 +368,14 @@ cdef class Ledger:
             return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                             Reason.CARD_BLOCKED), 0
         captured = sum(hold.amount for hold in holds)
-        if captured + op.redeem_points > account.active - account.debt:
+        spent = op.redeem_points + captured
+        # Lots may have expired under a live hold: what is spent must still be in the lots, beside
+        # what the account's other holds reserve.
+        spendable = account.active - account.debt - (account.held - captured)
+        if spent and spent > spendable:
             return rejected(Code.FAILED_PRECONDITION,
                             f"capture_hold_ids: the held points are no longer there (lots expired); "
-                            f"available {account.active - account.debt}, needed {captured + op.redeem_points}",
-                            Reason.INSUFFICIENT_POINTS), 0
+                            f"spendable {spendable}, needed {spent}", Reason.INSUFFICIENT_POINTS), 0
 
         txn_id = batch.take_id()
         for hold in holds:
@@ -376,9 +383,11 @@ cdef class Ledger:
             batch.put("holds", id_key(hold.hold_id), _encode(hold))
             account.held -= hold.amount
             account.live_hold_ids.remove(hold.hold_id)
-        spent = op.redeem_points + captured
         postings = self._consume(batch, account, spent) if spent else []
-        spent_shares = prorate_points(spent, [line.amount_minor - line.discount_minor for line in calculation.lines])
+        if spent:
+            spent_shares = prorate_points(spent, [line.amount_minor - line.discount_minor for line in calculation.lines])
+        else:
+            spent_shares = [0] * len(calculation.lines)
         new_lot = None
         if calculation.earned_points:
             pending = calculation.activate_at_ms > now_ms

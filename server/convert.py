@@ -57,46 +57,65 @@ def customer(message, field: str = "customer") -> m.Customer:
     return m.Customer(_CUSTOMER_KINDS[which], _text(value, f"{field}.{which}", limits.IDENTIFIER_BYTES_MAX))
 
 
+def _too_long(value: str, bytes_max: int) -> bool:
+    # A character is at most 4 bytes of UTF-8: encode only when the length could be over.
+    return len(value) * 4 > bytes_max and len(value.encode()) > bytes_max
+
+
 def receipt(message, field: str = "receipt") -> m.Receipt:
+    """The receipt's lines, checked. The loop is the hot path of every purchase: one combined test
+    per line, and the field-by-field explanation only for a line that fails it."""
     count = len(message.lines)
     _check(count > 0, f"{field}.lines: a receipt needs at least one line")
     _check(count <= limits.LINES_PER_RECEIPT_MAX, f"{field}.lines: {count} lines, more than {limits.LINES_PER_RECEIPT_MAX}")
-    seen = set()
+    seen: set[int] = set()
     lines = []
+    total = 0
+    qty_max, amount_max = limits.QTY_MILLI_MAX, limits.AMOUNT_MINOR_MAX
+    id_max, category_max = limits.IDENTIFIER_BYTES_MAX, limits.CATEGORY_BYTES_MAX
+    Line = m.Line
     for index, line in enumerate(message.lines):
-        where = f"{field}.lines[{index}]"
-        _check(line.line_no > 0, f"{where}.line_no: must be > 0")
-        _check(line.line_no not in seen, f"{where}.line_no: {line.line_no} appears twice")
-        seen.add(line.line_no)
-        _amount(line.qty_milli, f"{where}.qty_milli", limits.QTY_MILLI_MAX, least=1)
-        _amount(line.price_minor, f"{where}.price_minor", limits.AMOUNT_MINOR_MAX)
-        _amount(line.amount_minor, f"{where}.amount_minor", limits.AMOUNT_MINOR_MAX)
-        exact = line.qty_milli * line.price_minor
-        _check(
-            abs(line.amount_minor * 1000 - exact) < 1000,
-            f"{where}.amount_minor: {line.amount_minor} is not qty_milli x price_minor / 1000 "
-            f"({line.qty_milli} x {line.price_minor} / 1000 = {exact // 1000}.{exact % 1000:03d})",
-        )
-        lines.append(
-            m.Line(
-                line.line_no,
-                _text(line.sku, f"{where}.sku", limits.IDENTIFIER_BYTES_MAX, required=False),
-                _text(line.category, f"{where}.category", limits.CATEGORY_BYTES_MAX, required=False),
-                line.qty_milli,
-                line.price_minor,
-                line.amount_minor,
-                line.no_earn,
-                line.no_discount,
-            )
-        )
-    total = sum(line.amount_minor for line in lines)
-    _check(total <= limits.AMOUNT_MINOR_MAX, f"{field}: total {total} is more than {limits.AMOUNT_MINOR_MAX}")
+        line_no, qty, price, amount = line.line_no, line.qty_milli, line.price_minor, line.amount_minor
+        sku, category = line.sku, line.category
+        if (
+            line_no <= 0
+            or line_no in seen
+            or not 0 < qty <= qty_max
+            or not 0 <= price <= amount_max
+            or not 0 <= amount <= amount_max
+            or not -1000 < amount * 1000 - qty * price < 1000
+            or _too_long(sku, id_max)
+            or _too_long(category, category_max)
+        ):
+            _explain_line(f"{field}.lines[{index}]", line, seen)
+        seen.add(line_no)
+        total += amount
+        lines.append(Line(line_no, sku, category, qty, price, amount, line.no_earn, line.no_discount))
+    _check(total <= amount_max, f"{field}: total {total} is more than {amount_max}")
     return m.Receipt(
-        _text(message.store_id, f"{field}.store_id", limits.IDENTIFIER_BYTES_MAX, required=False),
-        _text(message.terminal_id, f"{field}.terminal_id", limits.IDENTIFIER_BYTES_MAX, required=False),
-        _text(message.receipt_no, f"{field}.receipt_no", limits.IDENTIFIER_BYTES_MAX, required=False),
+        _text(message.store_id, f"{field}.store_id", id_max, required=False),
+        _text(message.terminal_id, f"{field}.terminal_id", id_max, required=False),
+        _text(message.receipt_no, f"{field}.receipt_no", id_max, required=False),
         tuple(lines),
     )
+
+
+def _explain_line(where: str, line, seen: set[int]) -> None:
+    """Raise the error naming the first bad field of a line that failed the combined test."""
+    _check(line.line_no > 0, f"{where}.line_no: must be > 0")
+    _check(line.line_no not in seen, f"{where}.line_no: {line.line_no} appears twice")
+    _amount(line.qty_milli, f"{where}.qty_milli", limits.QTY_MILLI_MAX, least=1)
+    _amount(line.price_minor, f"{where}.price_minor", limits.AMOUNT_MINOR_MAX)
+    _amount(line.amount_minor, f"{where}.amount_minor", limits.AMOUNT_MINOR_MAX)
+    exact = line.qty_milli * line.price_minor
+    _check(
+        abs(line.amount_minor * 1000 - exact) < 1000,
+        f"{where}.amount_minor: {line.amount_minor} is not qty_milli x price_minor / 1000 "
+        f"({line.qty_milli} x {line.price_minor} / 1000 = {exact // 1000}.{exact % 1000:03d})",
+    )
+    _text(line.sku, f"{where}.sku", limits.IDENTIFIER_BYTES_MAX, required=False)
+    _text(line.category, f"{where}.category", limits.CATEGORY_BYTES_MAX, required=False)
+    raise AssertionError(f"{where}: failed the line check, but no field is wrong")
 
 
 # ---------------------------------------------------------------------------------------------
