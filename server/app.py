@@ -65,15 +65,14 @@ async def serve(config: ServerConfig) -> None:
             ("grpc.max_receive_message_length", message_bytes_max),
             ("grpc.max_send_message_length", message_bytes_max),
             ("grpc.so_reuseport", 1),
+            # Pings find peers that vanished without closing (a POS powered off mid-stream).
+            ("grpc.keepalive_time_ms", int(config.server.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(config.server.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
     )
-    processing = ProcessingServicer(
-        ledger,
-        committer,
-        clock,
-        config.processing.batch_operations_max,
-        config.processing.stream_events_in_flight_max,
-    )
+    processing = ProcessingServicer(ledger, committer, clock, config.processing)
     processing_pb2_grpc.add_ProcessingServicer_to_server(processing, server)
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
     admin_pb2_grpc.add_AdminServicer_to_server(

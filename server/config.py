@@ -19,6 +19,8 @@ class ServerSection(_Section):
     workers: int = 1
     grace_s: float = 10
     message_bytes_max: int = 4 * 1024 * 1024
+    keepalive_s: float = 30  # ping an idle connection this often
+    keepalive_timeout_s: float = 10  # close it when a ping is not answered in this time
     bench_noop: bool = False  # serve kassa.v1.Bench, the no-op baseline of bench/throughput.py
 
 
@@ -37,6 +39,7 @@ class ProcessingSection(_Section):
     hold_ttl_s: int = 900
     batch_operations_max: int = 10_000
     stream_events_in_flight_max: int = 20_000
+    stream_ack_timeout_s: float = 60
 
 
 class CommitSection(_Section):
@@ -71,6 +74,9 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("processing", "hold_ttl_s"): (1, 30 * 86_400),
     ("processing", "batch_operations_max"): (1, 1_000_000),
     ("processing", "stream_events_in_flight_max"): (1, 10_000_000),
+    ("processing", "stream_ack_timeout_s"): (0.1, 3600),
+    ("server", "keepalive_s"): (1, 86_400),
+    ("server", "keepalive_timeout_s"): (1, 3600),
     ("commit", "batch_max"): (1, 100_000),
     ("commit", "wait_us_max"): (0, 1_000_000),
 }

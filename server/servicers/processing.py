@@ -35,12 +35,13 @@ def _points(body) -> int:
 
 
 class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
-    def __init__(self, ledger, committer, clock, batch_operations_max: int, stream_events_in_flight_max: int):
+    def __init__(self, ledger, committer, clock, limits):
         self._ledger = ledger
         self._committer = committer
         self._clock = clock
-        self._batch_operations_max = batch_operations_max
-        self._stream_events_in_flight_max = stream_events_in_flight_max
+        self._batch_operations_max = limits.batch_operations_max
+        self._stream_events_in_flight_max = limits.stream_events_in_flight_max
+        self._stream_ack_timeout_s = limits.stream_ack_timeout_s
 
     async def _commit_one(self, context, build, request, render):
         try:
@@ -115,7 +116,9 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
     async def StreamEvents(self, request_iterator, context):
         """Acks go out in the order events came in, each after its durable commit. At most
         `stream_events_in_flight_max` events are read and not yet acked: a client that stops
-        reading acks stops being read, so server memory stays bounded."""
+        reading acks stops being read, so server memory stays bounded; after
+        `stream_ack_timeout_s` without taking an ack the stream is closed. Its events are
+        committed: the client re-sends what was not acked and gets the original results."""
         in_flight = 0
         room = asyncio.Condition()
         acks: asyncio.Queue = asyncio.Queue()
@@ -138,7 +141,14 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 if item is None:
                     break
                 size, pending = item
-                await context.write(processing_pb2.AckBatch(acks=await pending))
+                reply = processing_pb2.AckBatch(acks=await pending)
+                try:
+                    await asyncio.wait_for(context.write(reply), self._stream_ack_timeout_s)
+                except asyncio.TimeoutError:
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"acks not read for {self._stream_ack_timeout_s} s; reconnect and re-send what was not acked",
+                    )
                 async with room:
                     in_flight -= size
                     room.notify_all()
