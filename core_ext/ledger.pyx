@@ -16,9 +16,10 @@ import msgspec
 from core_ext import records as rec
 from core_ext.limits import STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from core_ext.model import (
-    AccountView, AccrueOp, AccrueResult, Balance, CalculateResult, CardInfo, Code, CreateAccountOp,
-    IdKind, IssueCardOp, Outcome, Reason, RedeemOp, RedeemResult, RollbackKind, RollbackOp,
-    RollbackResult, Statement, TransactionView, TxnKind, rejected,
+    AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, CalculateResult,
+    CardInfo, CardResult, Code, CreateAccountOp, IdKind, IssueCardOp, JoinGroupOp, LeaveGroupOp, Outcome,
+    Reason, RedeemOp, RedeemResult, RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, Statement,
+    SweepOp, SweepResult, TransactionView, TxnKind, rejected,
 )
 from core_ext.rules import prorate_points
 
@@ -102,6 +103,7 @@ cdef class Ledger:
     cdef dict dbs
     cdef public object program
     cdef readonly long long hold_ttl_ms
+    cdef dict _handlers
 
     def __init__(self, path, program, long long map_size_bytes, long long hold_ttl_s, bint sync=True,
                  int readers_max=READERS_MAX):
@@ -113,6 +115,12 @@ cdef class Ledger:
                              metasync=sync, readahead=False, max_readers=readers_max)
         self.env.reader_check()  # reclaim slots of readers that died
         self.dbs = {name.decode(): self.env.open_db(name) for name in DB_NAMES}
+        self._handlers = {
+            AccrueOp: self._accrue, RedeemOp: self._redeem, RollbackOp: self._rollback,
+            CreateAccountOp: self._create_account, IssueCardOp: self._issue_card, BlockCardOp: self._block_card,
+            SetAttributesOp: self._set_attributes, AdjustOp: self._adjust, JoinGroupOp: self._join_group,
+            LeaveGroupOp: self._leave_group,
+        }
 
     def close(self):
         self.env.close()
@@ -158,22 +166,16 @@ cdef class Ledger:
             raise mapped from error
 
     def _apply_one(self, batch, op):
+        kind = type(op)
+        if kind is SweepOp:
+            return self._sweep(batch, op)
         stored = batch.get("idempotency", op.request_id.encode())
         if stored is not None:
             return self._replay(op, _decode_idempotency(stored))
-        kind = type(op)
-        if kind is AccrueOp:
-            outcome, txn_id = self._accrue(batch, op)
-        elif kind is RedeemOp:
-            outcome, txn_id = self._redeem(batch, op)
-        elif kind is RollbackOp:
-            outcome, txn_id = self._rollback(batch, op)
-        elif kind is CreateAccountOp:
-            outcome, txn_id = self._create_account(batch, op)
-        elif kind is IssueCardOp:
-            outcome, txn_id = self._issue_card(batch, op)
-        else:
+        handler = self._handlers.get(kind)
+        if handler is None:
             raise TypeError(f"not a ledger operation: {kind.__name__}")
+        outcome, txn_id = handler(batch, op)
         if outcome.code == Code.OK or outcome.code == Code.FAILED_PRECONDITION:
             # Business outcomes are final: a retry replays them, never flips them.
             record = rec.IdempotencyRec(op.digest, txn_id, _encode(outcome))
@@ -207,6 +209,22 @@ cdef class Ledger:
             return None, rejected(Code.NOT_FOUND, f"customer.account_id: no account '{account_id}'")
         return _decode_account(stored), None
 
+    def _pool(self, get, member):
+        """The account whose lots a member's operations use: the group's parent, or itself."""
+        if not member.parent_id:
+            return member
+        return _decode_account(get("accounts", member.parent_id.encode()))
+
+    def _load_account(self, get, str account_id):
+        stored = get("accounts", account_id.encode())
+        return None if stored is None else _decode_account(stored)
+
+    def _touch(self, account, long long now_ms):
+        """Record activity: it postpones the inactivity burn."""
+        account.last_activity_at_ms = now_ms
+        if self.program.inactivity_burn_ms:
+            self._schedule(account, now_ms + self.program.inactivity_burn_ms)
+
     def _card_blocked(self, get, customer):
         if customer.kind != IdKind.CARD:
             return False
@@ -219,6 +237,8 @@ cdef class Ledger:
         key = id_key(entry.txn_id)
         batch.put("journal", key, _encode(entry))
         batch.put("by_account", entry.account_id.encode() + b"\0" + key, b"")
+        if entry.member_id:
+            batch.put("by_account", entry.member_id.encode() + b"\0" + key, b"")
 
     # -- time: activation, expiry, hold expiry ----------------------------------------------------
 
@@ -232,15 +252,24 @@ cdef class Ledger:
         expired_postings = []
         expired = 0
         open_lot_ids = []
+        burn_ms = self.program.inactivity_burn_ms
+        burn = burn_ms and account.last_activity_at_ms and now_ms >= account.last_activity_at_ms + burn_ms
+        if burn:
+            account.last_activity_at_ms = 0
         for lot_id in account.open_lot_ids:
             lot = _decode_lot(get("lots", id_key(lot_id)))
             changed = False
+            if burn and lot.state == rec.LotState.PENDING:
+                lot.state = rec.LotState.ACTIVE  # burnt below with the active ones
+                account.pending -= lot.remaining
+                account.active += lot.remaining
+                changed = True
             if lot.state == rec.LotState.PENDING and lot.activates_at_ms <= now_ms:
                 lot.state = rec.LotState.ACTIVE
                 account.pending -= lot.remaining
                 account.active += lot.remaining
                 changed = True
-            if lot.state == rec.LotState.ACTIVE and lot.expires_at_ms and lot.expires_at_ms <= now_ms:
+            if lot.state == rec.LotState.ACTIVE and (burn or (lot.expires_at_ms and lot.expires_at_ms <= now_ms)):
                 lot.state = rec.LotState.EXPIRED
                 account.active -= lot.remaining
                 expired += lot.remaining
@@ -292,6 +321,8 @@ cdef class Ledger:
                 times.append(lot.expires_at_ms)
         for hold_id in account.live_hold_ids:
             times.append(_decode_hold(get("holds", id_key(hold_id))).expires_at_ms)
+        if self.program.inactivity_burn_ms and account.last_activity_at_ms:
+            times.append(account.last_activity_at_ms + self.program.inactivity_burn_ms)
         return min(times) if times else 0
 
     def _balance(self, get, account, bint with_expiry=False):
@@ -348,10 +379,14 @@ cdef class Ledger:
 
     def _accrue(self, batch, op):
         now_ms = batch.now_ms
-        account, rejection = self._find_account(batch.get, op.customer)
+        member, rejection = self._find_account(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
-        account = self._settle(batch.get, account, now_ms, batch)
+        blocked = self._card_blocked(batch.get, op.customer)
+        if blocked and (op.redeem_points or op.capture_hold_ids or not self.program.blocked_card_earns):
+            return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
+                            Reason.CARD_BLOCKED), 0
+        account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
         balance = self._balance(batch.get, account)
         calculation = self.program.calculate(op.receipt, now_ms, balance.available, op.redeem_points)
         holds = []
@@ -364,9 +399,6 @@ cdef class Ledger:
             rejection = self._redeem_rejection(balance, op.redeem_points, calculation.redeemable_points)
             if rejection is not None:
                 return rejection, 0
-        if op.redeem_points and self._card_blocked(batch.get, op.customer):
-            return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
-                            Reason.CARD_BLOCKED), 0
         captured = sum(hold.amount for hold in holds)
         spent = op.redeem_points + captured
         # Lots may have expired under a live hold: what is spent must still be in the lots, beside
@@ -397,9 +429,18 @@ cdef class Ledger:
                                  rec.LotState.PENDING if pending else rec.LotState.ACTIVE)
             self._add_lot(batch, account, new_lot)
             postings.append(rec.Posting(txn_id, calculation.earned_points))
-        account.lifetime_spend_minor += calculation.payable_minor
-        account.lifetime_earned_points += calculation.earned_points
+        self._touch(account, now_ms)
+        pooled = member.account_id != account.account_id
+        if pooled:
+            member = self._load_account(batch.get, member.account_id)
+            self._touch(member, now_ms)
+        else:
+            member = account
+        member.lifetime_spend_minor += calculation.payable_minor
+        member.lifetime_earned_points += calculation.earned_points
         self._save_account(batch, account)
+        if pooled:
+            self._save_account(batch, member)
         receipt = op.receipt
         lines = [rec.JournalLine(line.line_no, source.qty_milli, line.amount_minor, line.discount_minor,
                                  line.earned_points, share)
@@ -409,7 +450,7 @@ cdef class Ledger:
             receipt.terminal_id, receipt.receipt_no, calculation.total_minor, calculation.payable_minor,
             lines, earned=calculation.earned_points, redeemed=op.redeem_points, captured=captured,
             new_lot=new_lot, postings=postings, captured_hold_ids=list(op.capture_hold_ids),
-            ruleset_version=calculation.ruleset_version))
+            ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else ""))
         result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
         return Outcome(Code.OK, body=result), txn_id
 
@@ -444,13 +485,13 @@ cdef class Ledger:
 
     def _redeem(self, batch, op):
         now_ms = batch.now_ms
-        account, rejection = self._find_account(batch.get, op.customer)
+        member, rejection = self._find_account(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
         if self._card_blocked(batch.get, op.customer):
             return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                             Reason.CARD_BLOCKED), 0
-        account = self._settle(batch.get, account, now_ms, batch)
+        account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
         balance = self._balance(batch.get, account)
         redeemable = op.receipt_total_minor * self.program.max_redeem_share_bps // 10000
         rejection = self._redeem_rejection(balance, op.points, redeemable)
@@ -459,7 +500,9 @@ cdef class Ledger:
         txn_id = batch.take_id()
         entry = rec.TxnRec(txn_id, TxnKind.HOLD if op.hold else TxnKind.REDEEM, op.request_id,
                            account.account_id, now_ms, op.store_id, op.terminal_id,
-                           total_minor=op.receipt_total_minor)
+                           total_minor=op.receipt_total_minor,
+                           member_id=member.account_id if member.account_id != account.account_id else "")
+        self._touch(account, now_ms)
         if op.hold:
             hold = rec.HoldRec(txn_id, account.account_id, op.points, now_ms + self.hold_ttl_ms)
             batch.put("holds", id_key(txn_id), _encode(hold))
@@ -500,7 +543,7 @@ cdef class Ledger:
         account = self._settle(batch.get, account, batch.now_ms, batch)
         if target.kind == TxnKind.HOLD:
             return self._void_hold(batch, op, account, target)
-        if target.kind == TxnKind.REDEEM or target.kind == TxnKind.ACCRUE:
+        if target.kind in (TxnKind.REDEEM, TxnKind.ACCRUE, TxnKind.ADJUST):
             return self._reverse(batch, op, account, target)
         return rejected(Code.FAILED_PRECONDITION,
                         f"transaction {target.txn_id} ({TxnKind(target.kind).name.lower()}) cannot be rolled back",
@@ -562,6 +605,8 @@ cdef class Ledger:
             reversal.returned_qty[line.line_no] = after
         if target.kind == TxnKind.REDEEM:
             restore = target.redeemed
+        elif target.kind == TxnKind.ADJUST:
+            clawback, restore = max(target.adjusted, 0), max(-target.adjusted, 0)
         txn_id = batch.take_id()
         postings = []
         restored, expired_on_restore = self._restore(batch, account, target, reversal, restore, postings)
@@ -569,20 +614,21 @@ cdef class Ledger:
         reversal.complete = all(reversal.returned_qty.get(line.line_no, 0) == line.qty_milli for line in target.lines)
         reversal.rollback_ids.append(txn_id)
         batch.put("reversals", id_key(target.txn_id), _encode(reversal))
-        if target.lines:
-            returned_payable = sum(
-                (line.amount_minor - line.discount_minor) * returns.get(line.line_no, 0) // line.qty_milli
-                for line in target.lines)
-            account.lifetime_spend_minor -= returned_payable
-            account.lifetime_earned_points -= clawback
         account.next_change_at_ms = self._next_change(batch.get, account)
         self._save_account(batch, account)
+        if target.lines:
+            member = self._load_account(batch.get, target.member_id or account.account_id)
+            member.lifetime_spend_minor -= sum(
+                (line.amount_minor - line.discount_minor) * returns.get(line.line_no, 0) // line.qty_milli
+                for line in target.lines)
+            member.lifetime_earned_points -= clawback
+            self._save_account(batch, member)
         kind = RollbackKind.CANCEL if not op.return_lines else RollbackKind.RETURN
         self._journal(batch, rec.TxnRec(
             txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id, batch.now_ms, op.store_id,
             op.terminal_id, target.receipt_no, clawed=clawback, restored=restored, expired=expired_on_restore,
             debt_delta=debt, forgiven=forgiven, postings=postings, reverses=target.txn_id,
-            returned=sorted(returns.items())))
+            returned=sorted(returns.items()), member_id=target.member_id))
         result = RollbackResult(txn_id, account.account_id, kind, target.txn_id, clawback, restored, debt,
                                 self._balance(batch.get, account))
         return Outcome(Code.OK, body=result), txn_id
@@ -590,7 +636,7 @@ cdef class Ledger:
     def _returns(self, op, target, reversal):
         """{line_no: qty_milli to give back now}, or a rejection naming the field."""
         if not op.return_lines:
-            if target.kind == TxnKind.REDEEM:
+            if target.kind != TxnKind.ACCRUE:
                 return {}, None
             return {line.line_no: line.qty_milli - reversal.returned_qty.get(line.line_no, 0)
                     for line in target.lines}, None
@@ -689,7 +735,7 @@ cdef class Ledger:
         if op.phone:
             batch.put("idents", ident_key(IdKind.PHONE, op.phone), _encode(rec.IdentRec(account_id)))
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.CREATE_ACCOUNT, op.request_id, account_id, batch.now_ms))
-        return Outcome(Code.OK, body=self._account_view(batch.get, account)), txn_id
+        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms)), txn_id
 
     def _issue_card(self, batch, op):
         stored = batch.get("accounts", op.account_id.encode())
@@ -700,20 +746,152 @@ cdef class Ledger:
         if owner is not None:
             return rejected(Code.ALREADY_EXISTS, f"card: card '{op.card}' is already issued"), 0
         account = _decode_account(stored)
+        if op.replaces_card:
+            old_key = ident_key(IdKind.CARD, op.replaces_card)
+            old = batch.get("idents", old_key)
+            if old is None or _decode_ident(old).account_id != account.account_id:
+                return rejected(Code.NOT_FOUND,
+                                f"replaces_card: account '{account.account_id}' has no card '{op.replaces_card}'"), 0
+            old_ident = _decode_ident(old)
+            old_ident.blocked = True
+            batch.put("idents", old_key, _encode(old_ident))
         txn_id = batch.take_id()
         account.cards.append(op.card)
         self._save_account(batch, account)
         batch.put("idents", key, _encode(rec.IdentRec(account.account_id, op.category)))
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.ISSUE_CARD, op.request_id, account.account_id, batch.now_ms))
-        return Outcome(Code.OK, body=self._account_view(batch.get, account)), txn_id
+        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms)), txn_id
 
-    def _account_view(self, get, account):
+    def _block_card(self, batch, op):
+        key = ident_key(IdKind.CARD, op.card)
+        stored = batch.get("idents", key)
+        if stored is None:
+            return rejected(Code.NOT_FOUND, f"card: no card '{op.card}'"), 0
+        ident = _decode_ident(stored)
+        ident.blocked = True
+        batch.put("idents", key, _encode(ident))
+        txn_id = batch.take_id()
+        self._journal(batch, rec.TxnRec(txn_id, TxnKind.BLOCK_CARD, op.request_id, ident.account_id, batch.now_ms))
+        return Outcome(Code.OK, body=CardResult(CardInfo(op.card, ident.category, True))), txn_id
+
+    def _set_attributes(self, batch, op):
+        account, rejection = self._find_account(batch.get, op.customer)
+        if rejection is not None:
+            return rejection, 0
+        account.segments = list(op.segments)
+        account.tags = list(op.tags)
+        account.birthday = op.birthday
+        account.clubs = list(op.clubs)
+        self._save_account(batch, account)
+        txn_id = batch.take_id()
+        self._journal(batch, rec.TxnRec(txn_id, TxnKind.SET_ATTRIBUTES, op.request_id, account.account_id,
+                                        batch.now_ms))
+        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms)), txn_id
+
+    def _adjust(self, batch, op):
+        """A manual credit (a new lot with the program's lifetime) or debit (from the lots, earliest
+        expiry first), journaled with its reason and operator; reversible by Rollback."""
+        now_ms = batch.now_ms
+        member, rejection = self._find_account(batch.get, op.customer)
+        if rejection is not None:
+            return rejection, 0
+        account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
+        if op.points < 0:
+            balance = self._balance(batch.get, account)
+            if -op.points > balance.available:
+                return rejected(Code.FAILED_PRECONDITION,
+                                f"points: debit of {-op.points} exceeds available {balance.available}",
+                                Reason.INSUFFICIENT_POINTS), 0
+        txn_id = batch.take_id()
+        entry = rec.TxnRec(txn_id, TxnKind.ADJUST, op.request_id, account.account_id, now_ms, adjusted=op.points,
+                           reason=op.reason, operator_id=op.operator_id,
+                           member_id=member.account_id if member.account_id != account.account_id else "")
+        if op.points > 0:
+            lifetime_ms = self.program.lifetime_ms
+            entry.new_lot = rec.LotRec(txn_id, account.account_id, op.points, op.points, now_ms,
+                                       now_ms + lifetime_ms if lifetime_ms else 0)
+            self._add_lot(batch, account, entry.new_lot)
+            entry.postings = [rec.Posting(txn_id, op.points)]
+        else:
+            entry.postings = self._consume(batch, account, -op.points)
+        self._touch(account, now_ms)
+        self._save_account(batch, account)
+        self._journal(batch, entry)
+        return Outcome(Code.OK, body=AdjustResult(txn_id, account.account_id, self._balance(batch.get, account))), txn_id
+
+    def _join_group(self, batch, op):
+        member = self._load_account(batch.get, op.account_id)
+        parent = self._load_account(batch.get, op.parent_account_id)
+        if member is None:
+            return rejected(Code.NOT_FOUND, f"account_id: no account '{op.account_id}'"), 0
+        if parent is None:
+            return rejected(Code.NOT_FOUND, f"parent_account_id: no account '{op.parent_account_id}'"), 0
+        if member.account_id == parent.account_id:
+            return rejected(Code.INVALID_ARGUMENT, "parent_account_id: an account cannot join itself"), 0
+        if member.parent_id or member.member_ids or parent.parent_id:
+            return rejected(Code.FAILED_PRECONDITION, "account_id: groups are one level deep and an account "
+                            "belongs to at most one", Reason.ALREADY_IN_GROUP), 0
+        member = self._settle(batch.get, member, batch.now_ms, batch)
+        if member.active or member.pending or member.held or member.debt:
+            return rejected(Code.FAILED_PRECONDITION, f"account_id: '{member.account_id}' holds points, holds or "
+                            "debt; a member joins empty", Reason.ACCOUNT_NOT_EMPTY), 0
+        member.parent_id = parent.account_id
+        parent.member_ids.append(member.account_id)
+        return self._group_changed(batch, op, TxnKind.JOIN_GROUP, member, parent)
+
+    def _leave_group(self, batch, op):
+        member = self._load_account(batch.get, op.account_id)
+        if member is None:
+            return rejected(Code.NOT_FOUND, f"account_id: no account '{op.account_id}'"), 0
+        if not member.parent_id:
+            return rejected(Code.FAILED_PRECONDITION, f"account_id: '{member.account_id}' is in no group",
+                            Reason.NOT_IN_GROUP), 0
+        parent = self._load_account(batch.get, member.parent_id)
+        parent.member_ids.remove(member.account_id)
+        member.parent_id = ""
+        return self._group_changed(batch, op, TxnKind.LEAVE_GROUP, member, parent)
+
+    def _group_changed(self, batch, op, kind, member, parent):
+        self._save_account(batch, member)
+        self._save_account(batch, parent)
+        txn_id = batch.take_id()
+        self._journal(batch, rec.TxnRec(txn_id, kind, op.request_id, parent.account_id, batch.now_ms,
+                                        member_id=member.account_id))
+        return Outcome(Code.OK, body=self._account_view(batch.get, member, batch.now_ms)), txn_id
+
+    def _sweep(self, batch, op):
+        """Settle accounts whose lots or holds came due, writing the expiry journal entries."""
+        settled = 0
+        expired_before = 0
+        cursor = batch.txn.cursor(db=batch.dbs["accounts"])
+        due = []
+        for key, value in cursor:
+            account = _decode_account(value)
+            if account.next_change_at_ms and account.next_change_at_ms <= batch.now_ms:
+                due.append(account)
+                if len(due) > op.accounts_max:
+                    break
+        more = len(due) > op.accounts_max
+        first_id = batch.next_id
+        for account in due[:op.accounts_max]:
+            self._settle(batch.get, account, batch.now_ms, batch)
+            settled += 1
+        expired = 0
+        for txn_id in range(first_id, batch.next_id):
+            expired += _decode_txn(batch.get("journal", id_key(txn_id))).expired
+        return Outcome(Code.OK, body=SweepResult(settled, expired, more))
+
+    def _account_view(self, get, account, long long now_ms):
         cards = []
         for card in account.cards:
             ident = _decode_ident(get("idents", ident_key(IdKind.CARD, card)))
             cards.append(CardInfo(card, ident.category, ident.blocked))
-        return AccountView(account.account_id, account.phone, tuple(cards), self._balance(get, account, True),
-                           account.created_at_ms, account.lifetime_spend_minor, account.lifetime_earned_points)
+        pool = self._pool(get, account)
+        balance = self._balance(get, pool if pool is account else self._settle(get, pool, now_ms), True)
+        return AccountView(account.account_id, account.phone, tuple(cards), balance,
+                           account.created_at_ms, account.lifetime_spend_minor, account.lifetime_earned_points,
+                           account.parent_id, tuple(account.member_ids), tuple(account.segments),
+                           tuple(account.tags), account.birthday, tuple(account.clubs), account.last_activity_at_ms)
 
     # -----------------------------------------------------------------------------------------
     # Reads
@@ -728,7 +906,7 @@ cdef class Ledger:
             account, rejection = self._find_account(get, query.customer)
             if rejection is not None:
                 return rejection
-            account = self._settle(get, account, now_ms)
+            account = self._settle(get, self._pool(get, account), now_ms)
             balance = self._balance(get, account)
         calculation = self.program.calculate(query.receipt, now_ms, balance.available, query.redeem_points)
         if query.redeem_points:
@@ -743,7 +921,7 @@ cdef class Ledger:
             account, rejection = self._find_account(get, customer)
             if rejection is not None:
                 return rejection
-            return Outcome(Code.OK, body=self._account_view(get, self._settle(get, account, now_ms)))
+            return Outcome(Code.OK, body=self._account_view(get, self._settle(get, account, now_ms), now_ms))
 
     def statement(self, customer, int page_size, long long before_id):
         """Newest first, `page_size` entries older than `before_id` (0: from the newest)."""
@@ -783,4 +961,5 @@ cdef class Ledger:
 def _view(entry):
     return TransactionView(entry.txn_id, entry.request_id, entry.kind, entry.created_at_ms, entry.earned,
                            entry.redeemed + entry.captured, entry.held, entry.clawed, entry.restored,
-                           entry.expired, entry.reverses, entry.store_id, entry.receipt_no, entry.total_minor)
+                           entry.expired, entry.reverses, entry.store_id, entry.receipt_no, entry.total_minor,
+                           entry.member_id, entry.reason, entry.operator_id, entry.adjusted)

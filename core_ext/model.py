@@ -42,6 +42,9 @@ class Reason(enum.IntEnum):
     NOT_REVERSIBLE = 10
     ROLLED_BACK_BEFORE_ARRIVAL = 11
     HOLD_OTHER_ACCOUNT = 12
+    ACCOUNT_NOT_EMPTY = 13
+    ALREADY_IN_GROUP = 14
+    NOT_IN_GROUP = 15
 
 
 class TxnKind(enum.IntEnum):
@@ -55,6 +58,10 @@ class TxnKind(enum.IntEnum):
     EXPIRE = 6
     CREATE_ACCOUNT = 7
     ISSUE_CARD = 8
+    BLOCK_CARD = 9
+    SET_ATTRIBUTES = 10
+    JOIN_GROUP = 11
+    LEAVE_GROUP = 12
 
 
 class RollbackKind(enum.IntEnum):
@@ -151,9 +158,59 @@ class IssueCardOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=5)
     account_id: str
     card: str
     category: str = ""
+    replaces_card: str = ""
 
 
-Operation = AccrueOp | RedeemOp | RollbackOp | CreateAccountOp | IssueCardOp
+class BlockCardOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=6):
+    request_id: str
+    digest: bytes
+    card: str
+
+
+class SetAttributesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=7):
+    request_id: str
+    digest: bytes
+    customer: Customer
+    segments: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    birthday: str = ""
+    clubs: tuple[str, ...] = ()
+
+
+class AdjustOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=8):
+    request_id: str
+    digest: bytes
+    customer: Customer
+    points: int  # > 0 credit, < 0 debit
+    reason: str
+    operator_id: str
+
+
+class JoinGroupOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=9):
+    request_id: str
+    digest: bytes
+    account_id: str
+    parent_account_id: str
+
+
+class LeaveGroupOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=10):
+    request_id: str
+    digest: bytes
+    account_id: str
+
+
+class SweepOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):
+    """Settle up to `accounts_max` accounts whose lots or holds came due (the expiry sweep).
+    Not idempotent by request id: a sweep only writes what time has already decided."""
+
+    accounts_max: int
+    request_id: str = ""
+
+
+Operation = (
+    AccrueOp | RedeemOp | RollbackOp | CreateAccountOp | IssueCardOp | BlockCardOp | SetAttributesOp | AdjustOp
+    | JoinGroupOp | LeaveGroupOp | SweepOp
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,10 +266,17 @@ class AccountView(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=10
     account_id: str
     phone: str
     cards: tuple[CardInfo, ...]
-    balance: Balance
+    balance: Balance  # of the group's pool for a group member
     created_at_ms: int
     lifetime_spend_minor: int
     lifetime_earned_points: int
+    parent_account_id: str = ""
+    member_account_ids: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    birthday: str = ""
+    clubs: tuple[str, ...] = ()
+    last_activity_at_ms: int = 0
 
 
 class CalculateResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):
@@ -264,6 +328,10 @@ class TransactionView(msgspec.Struct, array_like=True, gc=False, frozen=True):
     store_id: str
     receipt_no: str
     total_minor: int
+    member_account_id: str = ""
+    reason: str = ""
+    operator_id: str = ""
+    adjusted_points: int = 0
 
 
 class Statement(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=15):
@@ -272,7 +340,26 @@ class Statement(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=15):
     next_before_id: int  # 0 on the last page
 
 
-Body = AccountView | CalculateResult | AccrueResult | RedeemResult | RollbackResult | Statement
+class AdjustResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=16):
+    transaction_id: int
+    account_id: str
+    balance: Balance
+
+
+class CardResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=17):
+    card: CardInfo
+
+
+class SweepResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=18):
+    accounts_settled: int
+    expired_points: int
+    more: bool  # accounts were left for the next sweep
+
+
+Body = (
+    AccountView | CalculateResult | AccrueResult | RedeemResult | RollbackResult | Statement | AdjustResult
+    | CardResult | SweepResult
+)
 
 
 class Outcome(msgspec.Struct, array_like=True, gc=False, frozen=True):

@@ -34,6 +34,8 @@ class ProgramSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     activation_delay_days: int = 0  # earned points are pending this long
     max_redeem_share_bps: int = BPS_PER_UNIT  # of the payable amount, in basis points
     clawback: Literal["negative", "clamp"] = "negative"
+    blocked_card_earns: bool = True  # a purchase with a blocked card still earns
+    inactivity_burn_days: int = 0  # burn the whole balance after this long without activity; 0: never
 
 
 class Conditions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -179,6 +181,8 @@ def _check_settings(name: str, settings: ProgramSettings) -> list[str]:
         problems.append(f"{where}: field 'points_lifetime_days': must be 0..{POINTS_LIFETIME_DAYS_MAX}")
     if not 0 <= settings.activation_delay_days <= ACTIVATION_DELAY_DAYS_MAX:
         problems.append(f"{where}: field 'activation_delay_days': must be 0..{ACTIVATION_DELAY_DAYS_MAX}")
+    if not 0 <= settings.inactivity_burn_days <= POINTS_LIFETIME_DAYS_MAX:
+        problems.append(f"{where}: field 'inactivity_burn_days': must be 0..{POINTS_LIFETIME_DAYS_MAX}")
     if not 0 <= settings.max_redeem_share_bps <= BPS_PER_UNIT:
         problems.append(f"{where}: field 'max_redeem_share_bps': must be 0..{BPS_PER_UNIT}")
     return problems

@@ -38,6 +38,13 @@ class AccountRec(msgspec.Struct, array_like=True, gc=False):
     cards: list[str] = []
     open_lot_ids: list[int] = []  # PENDING lots and ACTIVE lots with remaining > 0
     live_hold_ids: list[int] = []
+    parent_id: str = ""  # a group member's points pool into this account
+    member_ids: list[str] = []  # on a group's parent
+    segments: list[str] = []
+    tags: list[str] = []
+    birthday: str = ""  # "MM-DD"
+    clubs: list[str] = []
+    last_activity_at_ms: int = 0  # last accrue, redeem or adjustment; drives inactivity burn
 
 
 class IdentRec(msgspec.Struct, array_like=True, gc=False):
@@ -108,6 +115,10 @@ class TxnRec(msgspec.Struct, array_like=True, gc=False):
     returned: list[tuple[int, int]] = []  # (line_no, qty_milli) given back by this rollback
     hold_expires_at_ms: int = 0
     ruleset_version: str = ""
+    member_id: str = ""  # the group member who made it, when `account_id` is the group's pool
+    reason: str = ""
+    operator_id: str = ""
+    adjusted: int = 0  # > 0 credit, < 0 debit
 
 
 class ReversalRec(msgspec.Struct, array_like=True, gc=False):

@@ -183,6 +183,8 @@ cdef class Program:
     cdef readonly int64_t activation_delay_ms
     cdef readonly int64_t lifetime_ms
     cdef readonly bint clawback_clamp
+    cdef readonly bint blocked_card_earns
+    cdef readonly int64_t inactivity_burn_ms
 
     def __cinit__(self, spec):
         campaigns = sorted(spec.campaigns, key=lambda c: -c.priority)  # stable: file order breaks ties
@@ -197,6 +199,8 @@ cdef class Program:
         self.activation_delay_ms = settings.activation_delay_days * MS_PER_DAY
         self.lifetime_ms = settings.points_lifetime_days * MS_PER_DAY
         self.clawback_clamp = settings.clawback == "clamp"
+        self.blocked_card_earns = settings.blocked_card_earns
+        self.inactivity_burn_ms = settings.inactivity_burn_days * MS_PER_DAY
         self._compile(campaigns)
 
     cdef _compile(self, list campaigns):

@@ -1,10 +1,11 @@
 """The ledger's invariants (DESIGN §4, 1-4), checked over a read transaction.
 
 1. Every account's active, pending and held totals equal the sums over its lots and live holds.
-2. Replaying every journal posting from empty reproduces every lot's `remaining`, and the
-   journal's debt entries reproduce every account's debt.
+2. Replaying the journal from empty reproduces every lot's `remaining` (from its postings), every
+   account's debt (from its debt entries) and every hold's fate (held, captured or voided).
 3. A request id maps to at most one transaction, and that transaction carries the request id.
 4. No rollback returned more than was bought or clawed back more than was earned.
+5. No lot and no account total is below zero (only clawback debt may make a balance negative).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import defaultdict
 import msgspec
 
 from core_ext import records as rec
+from core_ext.model import TxnKind
 
 _decode_account = msgspec.msgpack.Decoder(rec.AccountRec).decode
 _decode_lot = msgspec.msgpack.Decoder(rec.LotRec).decode
@@ -56,6 +58,8 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
             expected, found = sums[account_id][field], getattr(account, field)
             if expected != found:
                 violations.append(f"account {account_id}: {field} expected {expected} (from lots/holds), found {found}")
+            if found < 0:
+                violations.append(f"account {account_id}: {field} expected >= 0, found {found}")
 
     # 2. replay: postings rebuild every lot, debt entries every debt
     replayed: dict[int, int] = defaultdict(int)
@@ -70,6 +74,13 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
         if replayed[lot.lot_id] != lot.remaining:
             violations.append(f"account {lot.account_id}: lot {lot.lot_id} remaining expected "
                               f"{replayed[lot.lot_id]} (journal replay), found {lot.remaining}")
+    fates = _replay_holds(journal)
+    for hold in holds:
+        expected = fates.get(hold.hold_id)
+        found = {rec.HoldState.CAPTURED: "captured", rec.HoldState.VOIDED: "voided"}.get(hold.state, "held")
+        if expected != found:
+            violations.append(f"account {hold.account_id}: hold {hold.hold_id} expected {expected} "
+                              f"(journal replay), found {found}")
     for account_id, account in accounts.items():
         if debt[account_id] != account.debt:
             violations.append(f"account {account_id}: debt expected {debt[account_id]} (journal replay), found {account.debt}")
@@ -106,6 +117,19 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
             violations.append(f"account {original.account_id}: transaction {txn_id} clawed back {clawed} "
                               f"of {original.earned} earned")
     return violations
+
+
+def _replay_holds(journal: dict) -> dict[int, str]:
+    fates: dict[int, str] = {}
+    for txn_id in sorted(journal):
+        entry = journal[txn_id]
+        if entry.kind == TxnKind.HOLD:
+            fates[txn_id] = "held"
+        for hold_id in entry.captured_hold_ids:
+            fates[hold_id] = "captured"
+        if entry.kind == TxnKind.ROLLBACK and fates.get(entry.reverses) == "held":
+            fates[entry.reverses] = "voided"
+    return fates
 
 
 def ledger_summary(txn, dbs) -> dict[str, int]:

@@ -28,7 +28,7 @@ from server.commit import GroupCommitter
 from server.config import ServerConfig
 from server.logs import event
 from server.servicers.accounts import AccountsServicer
-from server.servicers.admin import AdminServicer
+from server.servicers.admin import AdminServicer, sweep_expired
 from server.servicers.bench import BenchServicer
 from server.servicers.processing import ProcessingServicer
 
@@ -51,6 +51,20 @@ def open_ledger(config: ServerConfig) -> Ledger:
         sync=config.ledger.sync,
         readers_max=config.ledger.readers_max,
     )
+
+
+async def sweep_periodically(committer, interval_s: float) -> None:
+    """Write the expiry journal entries of lots and holds that came due (reads never count them)."""
+    if interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            settled, expired = await sweep_expired(committer)
+        except RuntimeError:
+            log.exception("expiry sweep failed; the next one retries")
+            continue
+        event(log, "expiry sweep", accounts_settled=settled, expired_points=expired)
 
 
 async def serve(config: ServerConfig) -> None:
@@ -76,7 +90,7 @@ async def serve(config: ServerConfig) -> None:
     processing_pb2_grpc.add_ProcessingServicer_to_server(processing, server)
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(ledger, [Path(path) for path in config.rules.paths]), server
+        AdminServicer(ledger, committer, [Path(path) for path in config.rules.paths]), server
     )
     services = SERVICE_NAMES
     if config.server.bench_noop:
@@ -99,7 +113,9 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    sweeper = loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s))
     await stop.wait()
+    sweeper.cancel()
 
     event(log, "draining", grace_s=config.server.grace_s)
     await health_servicer.enter_graceful_shutdown()

@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     verify = commands.add_parser("verify", help="check the ledger's invariants")
     verify.add_argument("--config", default=DEFAULT_CONFIG)
 
+    backup = commands.add_parser("backup", help="write a consistent copy of the ledger while it serves")
+    backup.add_argument("directory", type=Path, help="an empty or new directory")
+    backup.add_argument("--config", default=DEFAULT_CONFIG)
+
     rules = commands.add_parser("rules", help="work with loyalty program files")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_commands.add_parser("check", help="validate rule files without a server")
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "backup":
+        return _backup(args)
     return _rules_check(args)
 
 
@@ -86,20 +92,39 @@ def _supervise(config_path: str, workers: int) -> int:
     return max(codes, key=abs)
 
 
-def _verify(args) -> int:
+def _open_existing(command: str, path: str, map_size_bytes: int):
     import lmdb
 
     from core_ext.ledger import DB_NAMES, MAX_DBS
+
+    if not Path(path, "data.mdb").exists():
+        print(f"kassa {command}: no ledger at {path}", file=sys.stderr)
+        raise SystemExit(2)
+    env = lmdb.open(path, max_dbs=MAX_DBS, map_size=map_size_bytes)
+    return env, {name.decode(): env.open_db(name) for name in DB_NAMES}
+
+
+def _backup(args) -> int:
+    """LMDB copies inside one read transaction: a consistent snapshot, taken while writers go on."""
+    config = _load(args.config)
+    target = args.directory
+    if target.exists() and any(target.iterdir()):
+        print(f"kassa backup: {target} is not empty", file=sys.stderr)
+        return 2
+    target.mkdir(parents=True, exist_ok=True)
+    env, _ = _open_existing("backup", config.ledger.path, config.ledger.map_size_bytes)
+    env.copy(str(target), compact=True)
+    env.close()
+    print(json.dumps({"ok": True, "backup": str(target), "bytes": Path(target, "data.mdb").stat().st_size}))
+    return 0
+
+
+def _verify(args) -> int:
     from core_ext.verify import check_ledger, ledger_summary
     from server.clock import make_clock
 
     config = _load(args.config)
-    path = config.ledger.path
-    if not Path(path, "data.mdb").exists():
-        print(f"kassa verify: no ledger at {path}", file=sys.stderr)
-        return 2
-    env = lmdb.open(path, max_dbs=MAX_DBS, readonly=False, map_size=config.ledger.map_size_bytes)
-    dbs = {name.decode(): env.open_db(name) for name in DB_NAMES}
+    env, dbs = _open_existing("verify", config.ledger.path, config.ledger.map_size_bytes)
     with env.begin() as txn:
         violations = check_ledger(txn, dbs, make_clock(config.clock.file).now_ms())
         summary = ledger_summary(txn, dbs)

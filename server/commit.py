@@ -59,12 +59,13 @@ class GroupCommitter:
         positions = []
         batch_ids = set()
         for position, op in enumerate(ops):
-            if op.request_id in self._in_flight and op.request_id not in batch_ids:
+            if op.request_id and op.request_id in self._in_flight and op.request_id not in batch_ids:
                 outcomes[position] = rejected(
                     Code.ABORTED, f"request_id '{op.request_id}' is in flight; retry after it is answered"
                 )
                 continue
-            batch_ids.add(op.request_id)
+            if op.request_id:
+                batch_ids.add(op.request_id)
             accepted.append(op)
             positions.append(position)
         if accepted:

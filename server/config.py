@@ -40,6 +40,7 @@ class ProcessingSection(_Section):
     batch_operations_max: int = 10_000
     stream_events_in_flight_max: int = 20_000
     stream_ack_timeout_s: float = 60
+    expiry_sweep_interval_s: float = 3600  # 0: only Admin.ExpirePoints sweeps
 
 
 class CommitSection(_Section):
@@ -75,6 +76,7 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("processing", "batch_operations_max"): (1, 1_000_000),
     ("processing", "stream_events_in_flight_max"): (1, 10_000_000),
     ("processing", "stream_ack_timeout_s"): (0.1, 3600),
+    ("processing", "expiry_sweep_interval_s"): (0, 86_400),
     ("server", "keepalive_s"): (1, 86_400),
     ("server", "keepalive_timeout_s"): (1, 3600),
     ("commit", "batch_max"): (1, 100_000),

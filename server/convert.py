@@ -201,6 +201,63 @@ def issue_card_op(request: accounts_pb2.IssueCardRequest) -> m.IssueCardOp:
         _text(request.account_id, "account_id", limits.IDENTIFIER_BYTES_MAX),
         _text(request.card, "card", limits.IDENTIFIER_BYTES_MAX),
         _text(request.category, "category", limits.CATEGORY_BYTES_MAX, required=False),
+        _text(request.replaces_card, "replaces_card", limits.IDENTIFIER_BYTES_MAX, required=False),
+    )
+
+
+def block_card_op(request: accounts_pb2.BlockCardRequest) -> m.BlockCardOp:
+    return m.BlockCardOp(
+        _request_id(request.request_id), digest(request), _text(request.card, "card", limits.IDENTIFIER_BYTES_MAX)
+    )
+
+
+def _labels(values, field: str) -> tuple[str, ...]:
+    _check(len(values) <= limits.LABELS_PER_ACCOUNT_MAX, f"{field}: more than {limits.LABELS_PER_ACCOUNT_MAX}")
+    return tuple(_text(value, f"{field}[{i}]", limits.IDENTIFIER_BYTES_MAX) for i, value in enumerate(values))
+
+
+def set_attributes_op(request: accounts_pb2.SetAttributesRequest) -> m.SetAttributesOp:
+    birthday = request.birthday
+    if birthday:
+        month, _, day = birthday.partition("-")
+        valid = len(birthday) == 5 and month.isdigit() and day.isdigit() and 1 <= int(month) <= 12 and 1 <= int(day) <= 31
+        _check(valid, f"birthday: '{birthday}' is not MM-DD")
+    return m.SetAttributesOp(
+        _request_id(request.request_id),
+        digest(request),
+        customer(request.customer),
+        _labels(request.segments, "segments"),
+        _labels(request.tags, "tags"),
+        birthday,
+        _labels(request.clubs, "clubs"),
+    )
+
+
+def adjust_op(request: accounts_pb2.AdjustRequest) -> m.AdjustOp:
+    _check(request.points != 0, "points: must not be 0 (> 0 credits, < 0 debits)")
+    _check(abs(request.points) <= limits.POINTS_MAX, f"points: more than {limits.POINTS_MAX} either way")
+    return m.AdjustOp(
+        _request_id(request.request_id),
+        digest(request),
+        customer(request.customer),
+        request.points,
+        _text(request.reason, "reason", limits.REASON_BYTES_MAX),
+        _text(request.operator_id, "operator_id", limits.IDENTIFIER_BYTES_MAX),
+    )
+
+
+def join_group_op(request: accounts_pb2.JoinGroupRequest) -> m.JoinGroupOp:
+    return m.JoinGroupOp(
+        _request_id(request.request_id),
+        digest(request),
+        _text(request.account_id, "account_id", limits.IDENTIFIER_BYTES_MAX),
+        _text(request.parent_account_id, "parent_account_id", limits.IDENTIFIER_BYTES_MAX),
+    )
+
+
+def leave_group_op(request: accounts_pb2.LeaveGroupRequest) -> m.LeaveGroupOp:
+    return m.LeaveGroupOp(
+        _request_id(request.request_id), digest(request), _text(request.account_id, "account_id", limits.IDENTIFIER_BYTES_MAX)
     )
 
 
@@ -296,15 +353,26 @@ def rollback_response(value: m.RollbackResult) -> processing_pb2.RollbackRespons
     )
 
 
+def card(value: m.CardInfo) -> accounts_pb2.Card:
+    return accounts_pb2.Card(card=value.card, category=value.category, blocked=value.blocked)
+
+
 def account(value: m.AccountView) -> accounts_pb2.Account:
     return accounts_pb2.Account(
         account_id=value.account_id,
         phone=value.phone,
-        cards=[accounts_pb2.Card(card=c.card, category=c.category, blocked=c.blocked) for c in value.cards],
+        cards=[card(c) for c in value.cards],
         balance=balance(value.balance),
         created_at=timestamp(value.created_at_ms),
         lifetime_spend_minor=value.lifetime_spend_minor,
         lifetime_earned_points=value.lifetime_earned_points,
+        parent_account_id=value.parent_account_id,
+        member_account_ids=value.member_account_ids,
+        segments=value.segments,
+        tags=value.tags,
+        birthday=value.birthday,
+        clubs=value.clubs,
+        last_activity_at=timestamp(value.last_activity_at_ms),
     )
 
 
@@ -327,6 +395,10 @@ def statement(value: m.Statement) -> accounts_pb2.ListTransactionsResponse:
                 store_id=t.store_id,
                 receipt_no=t.receipt_no,
                 total_minor=t.total_minor,
+                member_account_id=t.member_account_id,
+                reason=t.reason,
+                operator_id=t.operator_id,
+                adjusted_points=t.adjusted_points,
             )
             for t in value.transactions
         ],

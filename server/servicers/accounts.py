@@ -1,11 +1,14 @@
-"""kassa.v1.Accounts: customers, cards, balances and statements."""
+"""kassa.v1.Accounts: customers, cards, groups, balances and statements."""
 
 from __future__ import annotations
 
-from core_ext.model import Code, Outcome
-from server import convert
-from server.servicers.respond import answer, invalid, unimplemented
 from kassa.v1 import accounts_pb2, accounts_pb2_grpc
+from server import convert
+from server.servicers.respond import answer, commit_one, invalid
+
+
+def _account_response(response_type):
+    return lambda view: response_type(account=convert.account(view))
 
 
 class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
@@ -15,20 +18,34 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         self._clock = clock
 
     async def CreateAccount(self, request, context):
-        try:
-            op = convert.create_account_op(request)
-        except convert.InvalidArgument as error:
-            return await invalid(context, error)
-        (outcome,) = await self._committer.submit([op])
-        return await answer(context, outcome, lambda view: accounts_pb2.CreateAccountResponse(account=convert.account(view)))
+        render = _account_response(accounts_pb2.CreateAccountResponse)
+        return await commit_one(self._committer, context, convert.create_account_op, request, render)
 
     async def IssueCard(self, request, context):
-        try:
-            op = convert.issue_card_op(request)
-        except convert.InvalidArgument as error:
-            return await invalid(context, error)
-        (outcome,) = await self._committer.submit([op])
-        return await answer(context, outcome, lambda view: accounts_pb2.IssueCardResponse(account=convert.account(view)))
+        render = _account_response(accounts_pb2.IssueCardResponse)
+        return await commit_one(self._committer, context, convert.issue_card_op, request, render)
+
+    async def BlockCard(self, request, context):
+        render = lambda result: accounts_pb2.BlockCardResponse(card=convert.card(result.card))  # noqa: E731
+        return await commit_one(self._committer, context, convert.block_card_op, request, render)
+
+    async def SetAttributes(self, request, context):
+        render = _account_response(accounts_pb2.SetAttributesResponse)
+        return await commit_one(self._committer, context, convert.set_attributes_op, request, render)
+
+    async def Adjust(self, request, context):
+        def render(result):
+            return accounts_pb2.AdjustResponse(
+                transaction_id=result.transaction_id, balance=convert.balance(result.balance), account_id=result.account_id
+            )
+
+        return await commit_one(self._committer, context, convert.adjust_op, request, render)
+
+    async def JoinGroup(self, request, context):
+        return await commit_one(self._committer, context, convert.join_group_op, request, convert.account)
+
+    async def LeaveGroup(self, request, context):
+        return await commit_one(self._committer, context, convert.leave_group_op, request, convert.account)
 
     async def GetAccount(self, request, context):
         try:
@@ -57,12 +74,3 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             return await invalid(context, error)
         outcome = self._ledger.statement(customer, request.page_size, before_id)
         return await answer(context, outcome, convert.statement)
-
-    async def BlockCard(self, request, context):
-        return await unimplemented(context, "Accounts.BlockCard", "the ledger depth issue")
-
-    async def SetAttributes(self, request, context):
-        return await unimplemented(context, "Accounts.SetAttributes", "the ledger depth issue")
-
-    async def Adjust(self, request, context):
-        return await unimplemented(context, "Accounts.Adjust", "the ledger depth issue")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import grpc
 
 from core_ext import Program, RulesError, load_program, parse_program
+from core_ext.limits import SWEEP_ACCOUNTS_MAX
+from core_ext.model import Code, SweepOp
 from core_ext.verify import ledger_summary
 from server.servicers.respond import unimplemented
 from kassa.v1 import admin_pb2, admin_pb2_grpc
@@ -12,9 +14,24 @@ from kassa.v1 import admin_pb2, admin_pb2_grpc
 RELOADED_SOURCE_NAME = "ReloadRules.source_toml"  # the file name problems are reported under
 
 
+async def sweep_expired(committer) -> tuple[int, int]:
+    """Run the expiry sweep to the end, `SWEEP_ACCOUNTS_MAX` accounts per transaction.
+    Returns (accounts settled, points expired)."""
+    settled = expired = 0
+    while True:
+        (outcome,) = await committer.submit([SweepOp(SWEEP_ACCOUNTS_MAX)])
+        if outcome.code != Code.OK:
+            raise RuntimeError(f"expiry sweep failed: {outcome.message}")
+        settled += outcome.body.accounts_settled
+        expired += outcome.body.expired_points
+        if not outcome.body.more:
+            return settled, expired
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, ledger, rule_paths):
+    def __init__(self, ledger, committer, rule_paths):
         self._ledger = ledger
+        self._committer = committer
         self._rule_paths = rule_paths
 
     async def GetRules(self, request, context):
@@ -41,7 +58,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await unimplemented(context, "Admin.GeneratePromoCodes", "the rules engine issue")
 
     async def ExpirePoints(self, request, context):
-        return await unimplemented(context, "Admin.ExpirePoints", "the ledger depth issue")
+        try:
+            settled, expired = await sweep_expired(self._committer)
+        except RuntimeError as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        return admin_pb2.ExpirePointsResponse(accounts_settled=settled, expired_points=expired)
 
     async def GetStats(self, request, context):
         txn, dbs = self._ledger.raw_transaction()

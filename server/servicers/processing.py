@@ -9,7 +9,7 @@ import grpc
 from core_ext.model import AccrueResult, Code, Outcome, RedeemResult, RollbackResult
 from kassa.v1 import common_pb2, processing_pb2, processing_pb2_grpc
 from server import convert
-from server.servicers.respond import answer, invalid
+from server.servicers.respond import answer, commit_one, invalid
 
 _BUILDERS = {
     "accrue": convert.accrue_op,
@@ -43,14 +43,6 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         self._stream_events_in_flight_max = limits.stream_events_in_flight_max
         self._stream_ack_timeout_s = limits.stream_ack_timeout_s
 
-    async def _commit_one(self, context, build, request, render):
-        try:
-            op = build(request)
-        except convert.InvalidArgument as error:
-            return await invalid(context, error)
-        (outcome,) = await self._committer.submit([op])
-        return await answer(context, outcome, render)
-
     async def Calculate(self, request, context: grpc.aio.ServicerContext):
         try:
             query = convert.calculate_query(request)
@@ -60,13 +52,13 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         return await answer(context, outcome, convert.calculate_response)
 
     async def Accrue(self, request, context):
-        return await self._commit_one(context, convert.accrue_op, request, convert.accrue_response)
+        return await commit_one(self._committer, context, convert.accrue_op, request, convert.accrue_response)
 
     async def Redeem(self, request, context):
-        return await self._commit_one(context, convert.redeem_op, request, convert.redeem_response)
+        return await commit_one(self._committer, context, convert.redeem_op, request, convert.redeem_response)
 
     async def Rollback(self, request, context):
-        return await self._commit_one(context, convert.rollback_op, request, convert.rollback_response)
+        return await commit_one(self._committer, context, convert.rollback_op, request, convert.rollback_response)
 
     # -- many operations per call -----------------------------------------------------------------
 

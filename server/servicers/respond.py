@@ -18,6 +18,16 @@ async def answer(context: grpc.aio.ServicerContext, outcome: Outcome, render):
     await context.abort(STATUS_CODES[outcome.code], outcome.message, trailing_metadata=metadata)
 
 
+async def commit_one(committer, context: grpc.aio.ServicerContext, build, request, render):
+    """The unary mutating call: check and convert, commit in the next group, answer."""
+    try:
+        op = build(request)
+    except InvalidArgument as error:
+        return await invalid(context, error)
+    (outcome,) = await committer.submit([op])
+    return await answer(context, outcome, render)
+
+
 async def invalid(context: grpc.aio.ServicerContext, error: InvalidArgument):
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
