@@ -75,24 +75,31 @@ def ledger_error(error):
     return None
 
 
-class _Batch:
-    """The state of one write transaction: the txn, the clock and the next transaction id."""
+cdef class _Batch:
+    """The state of one write transaction: the txn, its databases, the clock and the next id."""
 
-    __slots__ = ("txn", "dbs", "now_ms", "next_id")
+    cdef readonly object txn
+    cdef readonly dict dbs
+    cdef readonly long long now_ms
+    cdef readonly long long next_id
 
-    def __init__(self, txn, dbs, now_ms, next_id):
+    def __init__(self, txn, dict dbs, long long now_ms, long long next_id):
         self.txn = txn
         self.dbs = dbs
         self.now_ms = now_ms
         self.next_id = next_id
 
-    def get(self, name, key):
+    cpdef get(self, str name, bytes key):
         return self.txn.get(key, db=self.dbs[name])
 
-    def put(self, name, key, value):
+    cpdef put(self, str name, bytes key, bytes value):
         self.txn.put(key, value, db=self.dbs[name])
 
-    def take_id(self):
+    cpdef append(self, str name, bytes key, bytes value):
+        """Put a key greater than every key in `name` (ids grow): LMDB appends without a search."""
+        self.txn.put(key, value, db=self.dbs[name], append=True)
+
+    cpdef long long take_id(self):
         self.next_id += 1
         return self.next_id - 1
 
@@ -165,7 +172,7 @@ cdef class Ledger:
                 raise
             raise mapped from error
 
-    def _apply_one(self, batch, op):
+    def _apply_one(self, _Batch batch, op):
         kind = type(op)
         if kind is SweepOp:
             return self._sweep(batch, op)
@@ -230,12 +237,12 @@ cdef class Ledger:
             return False
         return _decode_ident(get("idents", ident_key(IdKind.CARD, customer.value))).blocked
 
-    def _save_account(self, batch, account):
+    def _save_account(self, _Batch batch, account):
         batch.put("accounts", account.account_id.encode(), _encode(account))
 
-    def _journal(self, batch, entry):
+    def _journal(self, _Batch batch, entry):
         key = id_key(entry.txn_id)
-        batch.put("journal", key, _encode(entry))
+        batch.append("journal", key, _encode(entry))
         batch.put("by_account", entry.account_id.encode() + b"\0" + key, b"")
         if entry.member_id:
             batch.put("by_account", entry.member_id.encode() + b"\0" + key, b"")
@@ -343,7 +350,7 @@ cdef class Ledger:
 
     # -- lots -------------------------------------------------------------------------------------
 
-    def _consume(self, batch, account, long long points):
+    def _consume(self, _Batch batch, account, long long points):
         """Take `points` from ACTIVE lots, earliest expiry first; returns the postings.
         The caller has checked that the lots hold enough."""
         lots = [_decode_lot(batch.get("lots", id_key(lot_id))) for lot_id in account.open_lot_ids]
@@ -365,7 +372,7 @@ cdef class Ledger:
             raise AssertionError(f"account {account.account_id}: lots short by {points} after the check")
         return postings
 
-    def _add_lot(self, batch, account, lot):
+    def _add_lot(self, _Batch batch, account, lot):
         batch.put("lots", id_key(lot.lot_id), _encode(lot))
         account.open_lot_ids.append(lot.lot_id)
         if lot.state == rec.LotState.PENDING:
@@ -377,7 +384,7 @@ cdef class Ledger:
 
     # -- Accrue -----------------------------------------------------------------------------------
 
-    def _accrue(self, batch, op):
+    def _accrue(self, _Batch batch, op):
         now_ms = batch.now_ms
         member, rejection = self._find_account(batch.get, op.customer)
         if rejection is not None:
@@ -454,7 +461,7 @@ cdef class Ledger:
         result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
         return Outcome(Code.OK, body=result), txn_id
 
-    def _capturable(self, batch, account, hold_id, field):
+    def _capturable(self, _Batch batch, account, hold_id, field):
         stored = batch.get("holds", id_key(hold_id))
         if stored is None:
             return None, rejected(Code.NOT_FOUND, f"{field}: no hold {hold_id}")
@@ -483,7 +490,7 @@ cdef class Ledger:
 
     # -- Redeem -----------------------------------------------------------------------------------
 
-    def _redeem(self, batch, op):
+    def _redeem(self, _Batch batch, op):
         now_ms = batch.now_ms
         member, rejection = self._find_account(batch.get, op.customer)
         if rejection is not None:
@@ -523,7 +530,7 @@ cdef class Ledger:
 
     # -- Rollback ---------------------------------------------------------------------------------
 
-    def _rollback(self, batch, op):
+    def _rollback(self, _Batch batch, op):
         if op.transaction_id:
             stored = batch.get("journal", id_key(op.transaction_id))
             if stored is None:
@@ -549,14 +556,14 @@ cdef class Ledger:
                         f"transaction {target.txn_id} ({TxnKind(target.kind).name.lower()}) cannot be rolled back",
                         Reason.NOT_REVERSIBLE), 0
 
-    def _tombstone(self, batch, op):
+    def _tombstone(self, _Batch batch, op):
         """Rollback of a transaction that has not arrived: remember it, so the late original is refused."""
         outcome = Outcome(Code.OK, body=RollbackResult(0, "", RollbackKind.UNSPECIFIED, 0, 0, 0, 0, Balance()))
         record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"")
         batch.put("idempotency", op.original_request_id.encode(), _encode(record))
         return outcome, 0
 
-    def _void_hold(self, batch, op, account, target):
+    def _void_hold(self, _Batch batch, op, account, target):
         if op.return_lines:
             return rejected(Code.INVALID_ARGUMENT, "return_lines: a hold has no lines; omit return_lines to void it"), 0
         hold, rejection = self._capturable(batch, account, target.txn_id, "transaction_id")
@@ -580,7 +587,7 @@ cdef class Ledger:
                                 hold.amount, 0, self._balance(batch.get, account))
         return Outcome(Code.OK, body=result), txn_id
 
-    def _reverse(self, batch, op, account, target):
+    def _reverse(self, _Batch batch, op, account, target):
         """Cancel or return lines of an ACCRUE, or cancel a REDEEM, pinned to what was recorded."""
         stored = batch.get("reversals", id_key(target.txn_id))
         reversal = _decode_reversal(stored) if stored else rec.ReversalRec()
@@ -658,7 +665,7 @@ cdef class Ledger:
             returns[item.line_no] = item.qty_milli
         return returns, None
 
-    def _restore(self, batch, account, target, reversal, long long points, list postings):
+    def _restore(self, _Batch batch, account, target, reversal, long long points, list postings):
         """Give `points` back to the lots the original took them from, last taken first, each
         with its original expiry. Points whose lot has expired meanwhile stay expired."""
         spent = [posting for posting in target.postings if posting.delta < 0]
@@ -688,7 +695,7 @@ cdef class Ledger:
             batch.put("lots", id_key(lot.lot_id), _encode(lot))
         return restored, expired
 
-    def _claw(self, batch, account, target, long long points, list postings):
+    def _claw(self, _Batch batch, account, target, long long points, list postings):
         """Take back `points` earned by `target`: from its own lot first, then from the account's
         other lots; what no lot covers becomes debt (policy "negative") or is dropped ("clamp")."""
         if points == 0:
@@ -721,7 +728,7 @@ cdef class Ledger:
 
     # -- Accounts ---------------------------------------------------------------------------------
 
-    def _create_account(self, batch, op):
+    def _create_account(self, _Batch batch, op):
         account_id = op.account_id
         if account_id and batch.get("accounts", account_id.encode()) is not None:
             return rejected(Code.ALREADY_EXISTS, f"account_id: account '{account_id}' exists"), 0
@@ -737,7 +744,7 @@ cdef class Ledger:
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.CREATE_ACCOUNT, op.request_id, account_id, batch.now_ms))
         return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms)), txn_id
 
-    def _issue_card(self, batch, op):
+    def _issue_card(self, _Batch batch, op):
         stored = batch.get("accounts", op.account_id.encode())
         if stored is None:
             return rejected(Code.NOT_FOUND, f"account_id: no account '{op.account_id}'"), 0
@@ -762,7 +769,7 @@ cdef class Ledger:
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.ISSUE_CARD, op.request_id, account.account_id, batch.now_ms))
         return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms)), txn_id
 
-    def _block_card(self, batch, op):
+    def _block_card(self, _Batch batch, op):
         key = ident_key(IdKind.CARD, op.card)
         stored = batch.get("idents", key)
         if stored is None:
@@ -774,7 +781,7 @@ cdef class Ledger:
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.BLOCK_CARD, op.request_id, ident.account_id, batch.now_ms))
         return Outcome(Code.OK, body=CardResult(CardInfo(op.card, ident.category, True))), txn_id
 
-    def _set_attributes(self, batch, op):
+    def _set_attributes(self, _Batch batch, op):
         account, rejection = self._find_account(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
@@ -788,7 +795,7 @@ cdef class Ledger:
                                         batch.now_ms))
         return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms)), txn_id
 
-    def _adjust(self, batch, op):
+    def _adjust(self, _Batch batch, op):
         """A manual credit (a new lot with the program's lifetime) or debit (from the lots, earliest
         expiry first), journaled with its reason and operator; reversible by Rollback."""
         now_ms = batch.now_ms
@@ -819,7 +826,7 @@ cdef class Ledger:
         self._journal(batch, entry)
         return Outcome(Code.OK, body=AdjustResult(txn_id, account.account_id, self._balance(batch.get, account))), txn_id
 
-    def _join_group(self, batch, op):
+    def _join_group(self, _Batch batch, op):
         member = self._load_account(batch.get, op.account_id)
         parent = self._load_account(batch.get, op.parent_account_id)
         if member is None:
@@ -839,7 +846,7 @@ cdef class Ledger:
         parent.member_ids.append(member.account_id)
         return self._group_changed(batch, op, TxnKind.JOIN_GROUP, member, parent)
 
-    def _leave_group(self, batch, op):
+    def _leave_group(self, _Batch batch, op):
         member = self._load_account(batch.get, op.account_id)
         if member is None:
             return rejected(Code.NOT_FOUND, f"account_id: no account '{op.account_id}'"), 0
@@ -851,7 +858,7 @@ cdef class Ledger:
         member.parent_id = ""
         return self._group_changed(batch, op, TxnKind.LEAVE_GROUP, member, parent)
 
-    def _group_changed(self, batch, op, kind, member, parent):
+    def _group_changed(self, _Batch batch, op, kind, member, parent):
         self._save_account(batch, member)
         self._save_account(batch, parent)
         txn_id = batch.take_id()
@@ -859,7 +866,7 @@ cdef class Ledger:
                                         member_id=member.account_id))
         return Outcome(Code.OK, body=self._account_view(batch.get, member, batch.now_ms)), txn_id
 
-    def _sweep(self, batch, op):
+    def _sweep(self, _Batch batch, op):
         """Settle accounts whose lots or holds came due, writing the expiry journal entries."""
         settled = 0
         expired_before = 0
