@@ -66,12 +66,17 @@ LMDB_ERRORS = {
 }
 
 
+NO_SPACE_MESSAGES = ("No space left on device", "Disk quota exceeded")  # ENOSPC, EDQUOT from a commit
+
+
 def ledger_error(error):
+    """Our error for an LMDB error, or None for one that is a bug."""
     for kind, (code, hint) in LMDB_ERRORS.items():
         if isinstance(error, kind):
             return LedgerError(code, f"{hint} ({error})")
-    if isinstance(error, OSError) and error.errno == 28:  # ENOSPC
-        return LedgerError(Code.RESOURCE_EXHAUSTED, f"no space left for the ledger; free disk space ({error})")
+    if any(message in str(error) for message in NO_SPACE_MESSAGES):
+        return LedgerError(Code.RESOURCE_EXHAUSTED,
+                           f"no space left on the ledger's disk; free space under ledger.path ({error})")
     return None
 
 
@@ -131,6 +136,10 @@ cdef class Ledger:
 
     def close(self):
         self.env.close()
+
+    def reader_check(self):
+        """Free the reader slots of processes that died inside a read; returns how many."""
+        return self.env.reader_check()
 
     # -----------------------------------------------------------------------------------------
     # Writes

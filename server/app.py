@@ -67,6 +67,15 @@ async def sweep_periodically(committer, interval_s: float) -> None:
         event(log, "expiry sweep", accounts_settled=settled, expired_points=expired)
 
 
+async def check_readers_periodically(ledger, interval_s: float) -> None:
+    """A reader process killed mid-read leaves its LMDB slot taken; reclaim such slots."""
+    while True:
+        await asyncio.sleep(interval_s)
+        freed = ledger.reader_check()
+        if freed:
+            event(log, "stale ledger readers freed", readers=freed)
+
+
 async def serve(config: ServerConfig) -> None:
     clock = make_clock(config.clock.file)
     ledger = open_ledger(config)
@@ -113,9 +122,13 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    sweeper = loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s))
+    chores = [
+        loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s)),
+        loop.create_task(check_readers_periodically(ledger, config.ledger.reader_check_interval_s)),
+    ]
     await stop.wait()
-    sweeper.cancel()
+    for chore in chores:
+        chore.cancel()
 
     event(log, "draining", grace_s=config.server.grace_s)
     await health_servicer.enter_graceful_shutdown()

@@ -49,22 +49,25 @@ class GroupCommitter:
                 pass
         self._executor.shutdown(wait=True)
 
-    async def submit(self, ops: list) -> list[Outcome]:
+    async def submit(self, ops: list, abort_in_flight: bool = True) -> list[Outcome]:
         """Commit `ops` (in this order, within one group); one outcome each, after the durable commit.
 
         An operation whose request_id is being committed right now for another caller is answered
-        ABORTED at once: the client retries and then gets the replayed response."""
+        ABORTED at once: the client retries and then gets the replayed response. With
+        `abort_in_flight` false it queues behind the first instead and gets the replayed response:
+        groups commit in order, so it sees the first one's idempotency record (a stream re-sending
+        an event it has not seen acked yet)."""
         outcomes: list[Outcome | None] = [None] * len(ops)
         accepted = []
         positions = []
         batch_ids = set()
         for position, op in enumerate(ops):
-            if op.request_id and op.request_id in self._in_flight and op.request_id not in batch_ids:
+            if abort_in_flight and op.request_id in self._in_flight and op.request_id not in batch_ids:
                 outcomes[position] = rejected(
                     Code.ABORTED, f"request_id '{op.request_id}' is in flight; retry after it is answered"
                 )
                 continue
-            if op.request_id:
+            if op.request_id and op.request_id not in self._in_flight:
                 batch_ids.add(op.request_id)
             accepted.append(op)
             positions.append(position)

@@ -29,6 +29,7 @@ class LedgerSection(_Section):
     map_size_bytes: int = 4 * 1024**3
     sync: bool = True
     readers_max: int = 512
+    reader_check_interval_s: float = 10  # reclaim reader slots of dead processes this often
 
 
 class RulesSection(_Section):
@@ -40,6 +41,7 @@ class ProcessingSection(_Section):
     batch_operations_max: int = 10_000
     stream_events_in_flight_max: int = 20_000
     stream_ack_timeout_s: float = 60
+    streams_max: int = 256  # concurrent StreamEvents calls per worker process
     expiry_sweep_interval_s: float = 3600  # 0: only Admin.ExpirePoints sweeps
 
 
@@ -72,10 +74,12 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("server", "message_bytes_max"): (1024, 1024**3),
     ("ledger", "map_size_bytes"): (1024**2, 1024**5),
     ("ledger", "readers_max"): (8, 100_000),
+    ("ledger", "reader_check_interval_s"): (0.1, 3600),
     ("processing", "hold_ttl_s"): (1, 30 * 86_400),
     ("processing", "batch_operations_max"): (1, 1_000_000),
     ("processing", "stream_events_in_flight_max"): (1, 10_000_000),
     ("processing", "stream_ack_timeout_s"): (0.1, 3600),
+    ("processing", "streams_max"): (1, 100_000),
     ("processing", "expiry_sweep_interval_s"): (0, 86_400),
     ("server", "keepalive_s"): (1, 86_400),
     ("server", "keepalive_timeout_s"): (1, 3600),

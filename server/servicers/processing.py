@@ -42,6 +42,8 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         self._batch_operations_max = limits.batch_operations_max
         self._stream_events_in_flight_max = limits.stream_events_in_flight_max
         self._stream_ack_timeout_s = limits.stream_ack_timeout_s
+        self._streams_max = limits.streams_max
+        self._streams_open = 0
 
     async def Calculate(self, request, context: grpc.aio.ServicerContext):
         try:
@@ -62,7 +64,7 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
 
     # -- many operations per call -----------------------------------------------------------------
 
-    async def _commit_many(self, payloads: list) -> list[Outcome]:
+    async def _commit_many(self, payloads: list, abort_in_flight: bool = True) -> list[Outcome]:
         """`payloads` holds (kind, request message, request_id field name); invalid ones are
         answered INVALID_ARGUMENT in place, the rest committed together, in order."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
@@ -78,7 +80,7 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 continue
             positions.append(position)
         if ops:
-            for position, outcome in zip(positions, await self._committer.submit(ops)):
+            for position, outcome in zip(positions, await self._committer.submit(ops, abort_in_flight)):
                 outcomes[position] = outcome
         return outcomes  # type: ignore[return-value]
 
@@ -111,6 +113,18 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         reading acks stops being read, so server memory stays bounded; after
         `stream_ack_timeout_s` without taking an ack the stream is closed. Its events are
         committed: the client re-sends what was not acked and gets the original results."""
+        if self._streams_open >= self._streams_max:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._streams_open} event streams open, the limit (processing.streams_max) is {self._streams_max}",
+            )
+        self._streams_open += 1
+        try:
+            await self._stream_events(request_iterator, context)
+        finally:
+            self._streams_open -= 1
+
+    async def _stream_events(self, request_iterator, context):
         in_flight = 0
         room = asyncio.Condition()
         acks: asyncio.Queue = asyncio.Queue()
@@ -170,5 +184,5 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 transaction_id=getattr(outcome.body, "transaction_id", 0),
                 points=_points(outcome.body),
             )
-            for event, outcome in zip(events, await self._commit_many(payloads))
+            for event, outcome in zip(events, await self._commit_many(payloads, abort_in_flight=False))
         ]
