@@ -27,6 +27,7 @@ DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"by_account"
             b"reversals", b"meta")
 NEXT_TXN_KEY = b"next_txn_id"
 TOMBSTONE_DIGEST = b""
+SYSTEM_ACTOR = "system"  # the journal's actor for what time does (expiry)
 MAX_DBS = 16  # named databases in the environment
 READERS_MAX = 512  # concurrent read transactions across all processes
 
@@ -87,8 +88,10 @@ cdef class _Batch:
     cdef readonly dict dbs
     cdef readonly long long now_ms
     cdef readonly long long next_id
+    cdef public str actor  # of the operation being applied, stamped on its journal entries
 
     def __init__(self, txn, dict dbs, long long now_ms, long long next_id):
+        self.actor = ""
         self.txn = txn
         self.dbs = dbs
         self.now_ms = now_ms
@@ -188,6 +191,7 @@ cdef class Ledger:
         stored = batch.get("idempotency", op.request_id.encode())
         if stored is not None:
             return self._replay(op, _decode_idempotency(stored))
+        batch.actor = op.actor
         handler = self._handlers.get(kind)
         if handler is None:
             raise TypeError(f"not a ledger operation: {kind.__name__}")
@@ -250,6 +254,7 @@ cdef class Ledger:
         batch.put("accounts", account.account_id.encode(), _encode(account))
 
     def _journal(self, _Batch batch, entry):
+        entry.actor = SYSTEM_ACTOR if entry.kind == TxnKind.EXPIRE else batch.actor
         key = id_key(entry.txn_id)
         batch.append("journal", key, _encode(entry))
         batch.put("by_account", entry.account_id.encode() + b"\0" + key, b"")
@@ -381,6 +386,21 @@ cdef class Ledger:
             raise AssertionError(f"account {account.account_id}: lots short by {points} after the check")
         return postings
 
+    def _repay_debt(self, _Batch batch, account, lot, list postings):
+        """New active points pay clawback debt first, so the debt cannot outlive the points that
+        covered it (and come back when they expire). Returns the points repaid."""
+        repaid = min(account.debt, lot.remaining) if lot.state == rec.LotState.ACTIVE else 0
+        if repaid <= 0:
+            return 0
+        lot.remaining -= repaid
+        account.active -= repaid
+        account.debt -= repaid
+        if lot.remaining == 0:
+            account.open_lot_ids.remove(lot.lot_id)
+        postings.append(rec.Posting(lot.lot_id, -repaid))
+        batch.put("lots", id_key(lot.lot_id), _encode(lot))
+        return repaid
+
     def _add_lot(self, _Batch batch, account, lot):
         batch.put("lots", id_key(lot.lot_id), _encode(lot))
         account.open_lot_ids.append(lot.lot_id)
@@ -445,6 +465,9 @@ cdef class Ledger:
                                  rec.LotState.PENDING if pending else rec.LotState.ACTIVE)
             self._add_lot(batch, account, new_lot)
             postings.append(rec.Posting(txn_id, calculation.earned_points))
+            repaid = self._repay_debt(batch, account, new_lot, postings)
+        else:
+            repaid = 0
         self._touch(account, now_ms)
         pooled = member.account_id != account.account_id
         if pooled:
@@ -465,6 +488,7 @@ cdef class Ledger:
             txn_id, TxnKind.ACCRUE, op.request_id, account.account_id, now_ms, receipt.store_id,
             receipt.terminal_id, receipt.receipt_no, calculation.total_minor, calculation.payable_minor,
             lines, earned=calculation.earned_points, redeemed=op.redeem_points, captured=captured,
+            debt_delta=-repaid,
             new_lot=new_lot, postings=postings, captured_hold_ids=list(op.capture_hold_ids),
             ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else ""))
         result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
@@ -828,6 +852,7 @@ cdef class Ledger:
                                        now_ms + lifetime_ms if lifetime_ms else 0)
             self._add_lot(batch, account, entry.new_lot)
             entry.postings = [rec.Posting(txn_id, op.points)]
+            entry.debt_delta = -self._repay_debt(batch, account, entry.new_lot, entry.postings)
         else:
             entry.postings = self._consume(batch, account, -op.points)
         self._touch(account, now_ms)
@@ -978,4 +1003,4 @@ def _view(entry):
     return TransactionView(entry.txn_id, entry.request_id, entry.kind, entry.created_at_ms, entry.earned,
                            entry.redeemed + entry.captured, entry.held, entry.clawed, entry.restored,
                            entry.expired, entry.reverses, entry.store_id, entry.receipt_no, entry.total_minor,
-                           entry.member_id, entry.reason, entry.operator_id, entry.adjusted)
+                           entry.member_id, entry.reason, entry.operator_id, entry.adjusted, entry.actor)

@@ -19,6 +19,7 @@ class Code(enum.IntEnum):
     INVALID_ARGUMENT = 3
     NOT_FOUND = 5
     ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
     ABORTED = 10
@@ -117,6 +118,7 @@ class AccrueOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=1):
     receipt: Receipt
     redeem_points: int = 0
     capture_hold_ids: tuple[int, ...] = ()
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class RedeemOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=2):
@@ -128,6 +130,7 @@ class RedeemOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=2):
     hold: bool = False
     store_id: str = ""
     terminal_id: str = ""
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class ReturnLine(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -143,6 +146,7 @@ class RollbackOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=3):
     return_lines: tuple[ReturnLine, ...] = ()  # empty: the whole transaction
     store_id: str = ""
     terminal_id: str = ""
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class CreateAccountOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=4):
@@ -150,6 +154,7 @@ class CreateAccountOp(msgspec.Struct, array_like=True, gc=False, frozen=True, ta
     digest: bytes
     account_id: str = ""
     phone: str = ""
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class IssueCardOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=5):
@@ -159,12 +164,14 @@ class IssueCardOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=5)
     card: str
     category: str = ""
     replaces_card: str = ""
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class BlockCardOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=6):
     request_id: str
     digest: bytes
     card: str
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class SetAttributesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=7):
@@ -175,6 +182,7 @@ class SetAttributesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, ta
     tags: tuple[str, ...] = ()
     birthday: str = ""
     clubs: tuple[str, ...] = ()
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class AdjustOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=8):
@@ -184,6 +192,7 @@ class AdjustOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=8):
     points: int  # > 0 credit, < 0 debit
     reason: str
     operator_id: str
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class JoinGroupOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=9):
@@ -191,12 +200,14 @@ class JoinGroupOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=9)
     digest: bytes
     account_id: str
     parent_account_id: str
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class LeaveGroupOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=10):
     request_id: str
     digest: bytes
     account_id: str
+    actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
 class SweepOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):
@@ -332,6 +343,7 @@ class TransactionView(msgspec.Struct, array_like=True, gc=False, frozen=True):
     reason: str = ""
     operator_id: str = ""
     adjusted_points: int = 0
+    actor: str = ""
 
 
 class Statement(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=15):

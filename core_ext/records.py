@@ -119,6 +119,7 @@ class TxnRec(msgspec.Struct, array_like=True, gc=False):
     reason: str = ""
     operator_id: str = ""
     adjusted: int = 0  # > 0 credit, < 0 debit
+    actor: str = ""  # who did it: the API key's terminal or operator; "system" for expiry
 
 
 class ReversalRec(msgspec.Struct, array_like=True, gc=False):

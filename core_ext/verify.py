@@ -113,9 +113,10 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
                 violations.append(f"account {original.account_id}: transaction {txn_id} line {line.line_no} "
                                   f"returned {returned} of {line.qty_milli}")
         clawed = sum(journal[rollback_id].clawed for rollback_id in reversal.rollback_ids if rollback_id in journal)
-        if clawed > original.earned:
+        credited = original.earned + max(original.adjusted, 0)  # an adjustment's credit is taken back too
+        if clawed > credited:
             violations.append(f"account {original.account_id}: transaction {txn_id} clawed back {clawed} "
-                              f"of {original.earned} earned")
+                              f"of {credited} credited")
     return violations
 
 

@@ -25,6 +25,7 @@ from kassa.v1 import (
 )
 from server.clock import make_clock
 from server.commit import GroupCommitter
+from server.interceptors.auth import AuthInterceptor
 from server.config import ServerConfig
 from server.logs import event
 from server.servicers.accounts import AccountsServicer
@@ -67,6 +68,20 @@ async def sweep_periodically(committer, interval_s: float) -> None:
         event(log, "expiry sweep", accounts_settled=settled, expired_points=expired)
 
 
+def add_port(server, config: ServerConfig) -> int:
+    """Plaintext, TLS, or mutual TLS when tls.client_ca_file is set."""
+    tls = config.tls
+    if not tls.cert_file:
+        return server.add_insecure_port(config.server.listen)
+    client_ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    credentials = grpc.ssl_server_credentials(
+        [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    return server.add_secure_port(config.server.listen, credentials)
+
+
 async def check_readers_periodically(ledger, interval_s: float) -> None:
     """A reader process killed mid-read leaves its LMDB slot taken; reclaim such slots."""
     while True:
@@ -84,6 +99,7 @@ async def serve(config: ServerConfig) -> None:
 
     message_bytes_max = config.server.message_bytes_max
     server = grpc.aio.server(
+        interceptors=[AuthInterceptor(config.auth)] if config.auth.enabled else [],
         options=[
             ("grpc.max_receive_message_length", message_bytes_max),
             ("grpc.max_send_message_length", message_bytes_max),
@@ -109,7 +125,7 @@ async def serve(config: ServerConfig) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    port = server.add_insecure_port(config.server.listen)
+    port = add_port(server, config)
     if port == 0:
         raise OSError(f"cannot listen on {config.server.listen}")
     await server.start()

@@ -54,6 +54,32 @@ class ClockSection(_Section):
     file: str = ""
 
 
+class ApiKey(_Section):
+    key_sha256: str  # hex SHA-256 of the key sent in the x-api-key metadata
+    name: str  # the terminal or operator, recorded in the journal
+    stores: list[str] = []  # the stores it may act for; empty: every store
+    admin: bool = False  # may call Admin and Accounts.Adjust
+    rate_per_s: float = 0  # 0: auth.rate_per_s
+    burst: int = 0  # 0: auth.burst
+
+
+class AuthSection(_Section):
+    enabled: bool = False  # off: every caller is "anonymous" with every right
+    rate_per_s: float = 1000  # calls a second per key, on average
+    burst: int = 2000  # calls per key at once
+    keys: list[ApiKey] = []
+
+
+class TlsSection(_Section):
+    cert_file: str = ""  # PEM; empty: plaintext
+    key_file: str = ""
+    client_ca_file: str = ""  # PEM; set: clients must present a certificate it signed (mTLS)
+
+
+class MetricsSection(_Section):
+    listen: str = ""  # host:port of the Prometheus /metrics endpoint; empty: off
+
+
 class ServerConfig(_Section):
     server: ServerSection = ServerSection()
     ledger: LedgerSection = LedgerSection()
@@ -61,6 +87,9 @@ class ServerConfig(_Section):
     processing: ProcessingSection = ProcessingSection()
     commit: CommitSection = CommitSection()
     clock: ClockSection = ClockSection()
+    auth: AuthSection = AuthSection()
+    tls: TlsSection = TlsSection()
+    metrics: MetricsSection = MetricsSection()
 
 
 class ConfigError(Exception):
@@ -84,6 +113,8 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("server", "keepalive_s"): (1, 86_400),
     ("server", "keepalive_timeout_s"): (1, 3600),
     ("commit", "batch_max"): (1, 100_000),
+    ("auth", "rate_per_s"): (0.001, 1_000_000),
+    ("auth", "burst"): (1, 10_000_000),
     ("commit", "wait_us_max"): (0, 1_000_000),
 }
 
@@ -103,6 +134,13 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
         config = msgspec.convert(raw, type=ServerConfig, strict=False)
     except msgspec.ValidationError as error:
         raise ConfigError(f"{path or 'config'}: {_name_key(str(error))}") from None
+    for index, key in enumerate(config.auth.keys):
+        if len(key.key_sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key.key_sha256):
+            raise ConfigError(f"{path or 'config'}: auth.keys[{index}].key_sha256: not a hex SHA-256 (64 hex digits)")
+    if config.auth.enabled and not config.auth.keys:
+        raise ConfigError(f"{path or 'config'}: auth.enabled is true but auth.keys is empty")
+    if bool(config.tls.cert_file) != bool(config.tls.key_file):
+        raise ConfigError(f"{path or 'config'}: tls.cert_file and tls.key_file go together")
     for (section, key), (least, most) in LIMITS.items():
         value = getattr(getattr(config, section), key)
         if not least <= value <= most:
@@ -114,6 +152,8 @@ def _apply_environment(raw: dict[str, Any], environ) -> None:
     for section_name, section_type in ServerConfig.__annotations__.items():
         section_struct = getattr(ServerConfig(), section_name)
         for key in type(section_struct).__struct_fields__:
+            if (section_name, key) == ("auth", "keys"):
+                continue  # a list of tables: only the config file can hold it
             value = environ.get(f"{ENV_PREFIX}{section_name}_{key}".upper())
             if value is None:
                 continue

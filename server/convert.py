@@ -399,6 +399,7 @@ def statement(value: m.Statement) -> accounts_pb2.ListTransactionsResponse:
                 reason=t.reason,
                 operator_id=t.operator_id,
                 adjusted_points=t.adjusted_points,
+                actor=t.actor,
             )
             for t in value.transactions
         ],

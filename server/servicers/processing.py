@@ -9,7 +9,8 @@ import grpc
 from core_ext.model import AccrueResult, Code, Outcome, RedeemResult, RollbackResult
 from kassa.v1 import common_pb2, processing_pb2, processing_pb2_grpc
 from server import convert
-from server.servicers.respond import answer, commit_one, invalid
+from server.interceptors.auth import CALLER
+from server.servicers.respond import answer, as_caller, commit_one, invalid
 
 _BUILDERS = {
     "accrue": convert.accrue_op,
@@ -50,6 +51,9 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
             query = convert.calculate_query(request)
         except convert.InvalidArgument as error:
             return await invalid(context, error)
+        refusal = CALLER.get().store_refusal(query.receipt.store_id)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         outcome = self._ledger.calculate(query, self._clock.now_ms())
         return await answer(context, outcome, convert.calculate_response)
 
@@ -74,10 +78,15 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=field)
                 continue
             try:
-                ops.append(_BUILDERS[kind](message, field))
+                op = _BUILDERS[kind](message, field)
             except convert.InvalidArgument as error:
                 outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=str(error))
                 continue
+            op, refusal = as_caller(op)
+            if refusal is not None:
+                outcomes[position] = refusal
+                continue
+            ops.append(op)
             positions.append(position)
         if ops:
             for position, outcome in zip(positions, await self._committer.submit(ops, abort_in_flight)):

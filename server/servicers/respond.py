@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import grpc
+import msgspec
 
-from core_ext.model import Code, Outcome, Reason
+from core_ext.model import AccrueOp, Code, Outcome, Reason, RedeemOp, RollbackOp
 from server.convert import InvalidArgument
+from server.interceptors.auth import CALLER
 
 REASON_METADATA_KEY = "kassa-reason"  # trailing metadata naming the business reason of a refusal
 STATUS_CODES = {int(code): grpc.StatusCode[code.name] for code in Code}
@@ -18,12 +20,35 @@ async def answer(context: grpc.aio.ServicerContext, outcome: Outcome, render):
     await context.abort(STATUS_CODES[outcome.code], outcome.message, trailing_metadata=metadata)
 
 
+def store_of(op) -> str | None:
+    """The store an operation acts for; None for operations that belong to no store."""
+    kind = type(op)
+    if kind is AccrueOp:
+        return op.receipt.store_id
+    if kind is RedeemOp or kind is RollbackOp:
+        return op.store_id
+    return None
+
+
+def as_caller(op):
+    """`op` stamped with the caller, or the reason the caller may not do it."""
+    caller = CALLER.get()
+    store_id = store_of(op)
+    refusal = None if store_id is None else caller.store_refusal(store_id)
+    if refusal is not None:
+        return None, Outcome(Code.PERMISSION_DENIED, message=refusal)
+    return msgspec.structs.replace(op, actor=caller.name), None
+
+
 async def commit_one(committer, context: grpc.aio.ServicerContext, build, request, render):
-    """The unary mutating call: check and convert, commit in the next group, answer."""
+    """The unary mutating call: check and convert, check the caller's scope, commit, answer."""
     try:
         op = build(request)
     except InvalidArgument as error:
         return await invalid(context, error)
+    op, refusal = as_caller(op)
+    if refusal is not None:
+        return await answer(context, refusal, render)
     (outcome,) = await committer.submit([op])
     return await answer(context, outcome, render)
 

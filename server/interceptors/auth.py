@@ -1,0 +1,103 @@
+"""Who is calling: API keys in metadata, each scoped to a merchant's stores, with a rate limit.
+
+The key travels in the `x-api-key` metadata. The config keeps only its SHA-256, so a leaked config
+file leaks no key. Admin RPCs (and manual adjustments) need a key with `admin = true`. The caller
+found here is kept in a context variable for the servicers, which check the store of each operation
+and stamp the caller on the journal entry it makes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import time
+from dataclasses import dataclass
+
+import grpc
+
+API_KEY_METADATA = "x-api-key"
+KASSA_METHOD_PREFIX = "/kassa.v1."  # health and reflection stay open
+ADMIN_METHODS = ("/kassa.v1.Admin/", "/kassa.v1.Accounts/Adjust")
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str  # terminal or operator id, recorded in the journal
+    stores: frozenset[str]  # empty: every store
+    admin: bool
+
+    def store_refusal(self, store_id: str) -> str | None:
+        """Why this caller may not act for `store_id`, or None when it may."""
+        if not self.stores or store_id in self.stores:
+            return None
+        if not store_id:
+            return f"store_id: required for '{self.name}', whose key is scoped to stores"
+        return f"store_id: '{self.name}' may not act for store '{store_id}'"
+
+
+ANONYMOUS = Caller("anonymous", frozenset(), True)  # when auth is off
+CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("kassa_caller", default=ANONYMOUS)
+
+
+class TokenBucket:
+    """`rate_per_s` calls a second on average, up to `burst` at once."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock=time.monotonic):
+        self._rate_per_s = rate_per_s
+        self._burst = burst
+        self._tokens = float(burst)
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate_per_s)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that answers `code` and does nothing else."""
+
+    async def refuse(request_or_iterator, context):
+        await context.abort(code, details)
+
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+    return grpc.stream_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, auth):
+        self._callers: dict[str, Caller] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        for key in auth.keys:
+            digest = key.key_sha256.lower()
+            self._callers[digest] = Caller(key.name, frozenset(key.stores), key.admin)
+            self._buckets[digest] = TokenBucket(key.rate_per_s or auth.rate_per_s, key.burst or auth.burst)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or not method.startswith(KASSA_METHOD_PREFIX):
+            return handler
+        key = dict(handler_call_details.invocation_metadata or ()).get(API_KEY_METADATA, "")
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        caller = self._callers.get(digest) if key else None
+        if caller is None:
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
+                            f"missing or unknown API key (metadata '{API_KEY_METADATA}')")
+        if method.startswith(ADMIN_METHODS) and not caller.admin:
+            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, f"'{caller.name}' is not an admin key")
+        if not self._buckets[digest].take():
+            return _refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"rate limit for '{caller.name}' exceeded; slow down and retry")
+        CALLER.set(caller)
+        return handler
