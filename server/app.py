@@ -26,6 +26,8 @@ from kassa.v1 import (
 from server.clock import make_clock
 from server.commit import GroupCommitter
 from server.interceptors.auth import AuthInterceptor
+from server.interceptors.metrics import MetricsInterceptor
+from server.metrics import Metrics, serve_metrics
 from server.config import ServerConfig
 from server.logs import event
 from server.servicers.accounts import AccountsServicer
@@ -91,15 +93,17 @@ async def check_readers_periodically(ledger, interval_s: float) -> None:
             event(log, "stale ledger readers freed", readers=freed)
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     clock = make_clock(config.clock.file)
     ledger = open_ledger(config)
-    committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max)
+    metrics = Metrics()
+    metrics.ledger = ledger
+    committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
     committer.start()
 
     message_bytes_max = config.server.message_bytes_max
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(config.auth)] if config.auth.enabled else [],
+        interceptors=[MetricsInterceptor(metrics), *([AuthInterceptor(config.auth)] if config.auth.enabled else [])],
         options=[
             ("grpc.max_receive_message_length", message_bytes_max),
             ("grpc.max_send_message_length", message_bytes_max),
@@ -113,6 +117,7 @@ async def serve(config: ServerConfig) -> None:
     )
     processing = ProcessingServicer(ledger, committer, clock, config.processing)
     processing_pb2_grpc.add_ProcessingServicer_to_server(processing, server)
+    metrics.gauges["kassa_streams_open"] = lambda: processing.streams_open
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(ledger, committer, [Path(path) for path in config.rules.paths]), server
@@ -131,6 +136,12 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_server = None
+    if config.metrics.listen:
+        host, _, base_port = config.metrics.listen.rpartition(":")
+        metrics_address = f"{host}:{int(base_port) + worker_index}"
+        metrics_server = await serve_metrics(metrics, metrics_address)
+        event(log, "metrics", address=metrics_address)
     host = config.server.listen.rsplit(":", 1)[0]
     event(log, "serving", address=f"{host}:{port}", pid=os.getpid(), ruleset_version=ledger.program.version)
 
@@ -150,5 +161,7 @@ async def serve(config: ServerConfig) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.server.grace_s)
     await committer.stop()
+    if metrics_server is not None:
+        metrics_server.close()
     ledger.close()
     event(log, "stopped", groups_committed=committer.groups_committed, ops_committed=committer.ops_committed)

@@ -20,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--config", default=DEFAULT_CONFIG)
     serve.add_argument("--workers", type=int, default=None, help="processes (0: one per core); overrides server.workers")
+    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+    stats = commands.add_parser("stats", help="print the server's figures from its metrics endpoint")
+    stats.add_argument("--config", default=DEFAULT_CONFIG)
+    stats.add_argument("--worker", type=int, default=0, help="which worker's endpoint (metrics.listen + index)")
 
     verify = commands.add_parser("verify", help="check the ledger's invariants")
     verify.add_argument("--config", default=DEFAULT_CONFIG)
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args)
     if args.command == "backup":
         return _backup(args)
+    if args.command == "stats":
+        return _stats(args)
     return _rules_check(args)
 
 
@@ -68,7 +75,7 @@ def _serve(args) -> int:
     from server.app import serve
 
     try:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, args.worker_index))
     except RulesError as error:
         print(f"kassa: the loyalty program is refused:\n{error}", file=sys.stderr)
         return 2
@@ -79,7 +86,7 @@ def _supervise(config_path: str, workers: int) -> int:
     """Run `workers` single-process servers on one port (SO_REUSEPORT); pass SIGTERM/SIGINT on."""
     environ = dict(os.environ, KASSA_SERVER_WORKERS="1")
     command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1"]
-    children = [subprocess.Popen(command, env=environ) for _ in range(workers)]
+    children = [subprocess.Popen([*command, "--worker-index", str(index)], env=environ) for index in range(workers)]
 
     def forward(signum, _frame):
         for child in children:
@@ -133,6 +140,54 @@ def _verify(args) -> int:
         print(f"VIOLATION {violation}")
     print(json.dumps({"ok": not violations, "violations": len(violations), **summary}))
     return 1 if violations else 0
+
+
+STATS_SHOWN = (  # (metric name prefix, label in the table)
+    ("kassa_accounts", "accounts"),
+    ("kassa_transactions", "journal entries"),
+    ("kassa_ledger_bytes", "ledger bytes"),
+    ("kassa_ledger_map_bytes", "map bytes"),
+    ("kassa_streams_open", "streams open"),
+    ("kassa_commit_operations_count", "commits"),
+    ("kassa_commit_operations_sum", "operations committed"),
+    ("kassa_commit_duration_seconds_sum", "seconds in commits"),
+)
+STATS_TIMEOUT_S = 5  # seconds to wait for the metrics endpoint
+
+
+def _stats(args) -> int:
+    import urllib.request
+
+    config = _load(args.config)
+    if not config.metrics.listen:
+        print("kassa stats: metrics.listen is not set in the config", file=sys.stderr)
+        return 2
+    host, _, port = config.metrics.listen.rpartition(":")
+    url = f"http://{host}:{int(port) + args.worker}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=STATS_TIMEOUT_S) as reply:
+            text = reply.read().decode()
+    except OSError as error:
+        print(f"kassa stats: cannot read {url}: {error}", file=sys.stderr)
+        return 1
+    values: dict[str, float] = {}
+    calls: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("kassa_calls_total"):
+            method = name.split('method="')[1].split('"')[0]
+            code = name.split('code="')[1].split('"')[0]
+            calls[f"{method} {code}"] = float(value)
+        else:
+            values[name.split("{")[0] if "{}" in name or "{" not in name else name] = float(value)
+    for name, label in STATS_SHOWN:
+        print(f"{label:<24} {values.get(name, 0):>16,.0f}" if "seconds" not in name
+              else f"{label:<24} {values.get(name, 0):>16,.3f}")
+    for key in sorted(calls):
+        print(f"{key:<48} {calls[key]:>12,.0f}")
+    return 0
 
 
 def _rules_check(args) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,7 +21,8 @@ log = logging.getLogger("kassa.commit")
 
 
 class GroupCommitter:
-    def __init__(self, ledger, clock, batch_max: int, wait_us_max: int):
+    def __init__(self, ledger, clock, batch_max: int, wait_us_max: int, metrics=None):
+        self._metrics = metrics
         self._ledger = ledger
         self._clock = clock
         self._batch_max = batch_max
@@ -95,6 +97,7 @@ class GroupCommitter:
             while self._queue:
                 group = self._take_group()
                 ops = [op for chunk, _ in group for op in chunk]
+                started = time.perf_counter()
                 try:
                     results = await loop.run_in_executor(self._executor, self._ledger.apply, ops, self._clock.now_ms())
                 except LedgerError as error:
@@ -102,6 +105,8 @@ class GroupCommitter:
                 except Exception as error:  # a bug: answer, log, and keep serving
                     log.exception("commit of %d operations failed", len(ops))
                     results = [rejected(Code.INTERNAL, f"internal error: {type(error).__name__}")] * len(ops)
+                if self._metrics is not None:
+                    self._metrics.observe_commit(len(ops), time.perf_counter() - started)
                 self.groups_committed += 1
                 self.ops_committed += len(ops)
                 start = 0

@@ -130,13 +130,13 @@ def calculate_query(request: processing_pb2.CalculateRequest) -> m.CalculateQuer
     )
 
 
-def accrue_op(request: processing_pb2.AccrueRequest, request_id_field: str = "request_id") -> m.AccrueOp:
+def accrue_op(request: processing_pb2.AccrueRequest) -> m.AccrueOp:
     holds = list(request.capture_hold_ids)
     _check(len(holds) <= limits.CAPTURE_HOLDS_MAX, f"capture_hold_ids: more than {limits.CAPTURE_HOLDS_MAX}")
     _check(all(holds), "capture_hold_ids: 0 is not a transaction id")
     _check(len(set(holds)) == len(holds), "capture_hold_ids: a hold is named twice")
     return m.AccrueOp(
-        _request_id(request.request_id, request_id_field),
+        _request_id(request.request_id),
         digest(request),
         customer(request.customer),
         receipt(request.receipt),
@@ -145,11 +145,11 @@ def accrue_op(request: processing_pb2.AccrueRequest, request_id_field: str = "re
     )
 
 
-def redeem_op(request: processing_pb2.RedeemRequest, request_id_field: str = "request_id") -> m.RedeemOp:
+def redeem_op(request: processing_pb2.RedeemRequest) -> m.RedeemOp:
     _check(request.mode in (processing_pb2.REDEEM_MODE_IMMEDIATE, processing_pb2.REDEEM_MODE_HOLD),
            f"mode: unknown redeem mode {request.mode}")
     return m.RedeemOp(
-        _request_id(request.request_id, request_id_field),
+        _request_id(request.request_id),
         digest(request),
         customer(request.customer),
         _amount(request.points, "points", limits.POINTS_MAX, least=1),
@@ -160,7 +160,7 @@ def redeem_op(request: processing_pb2.RedeemRequest, request_id_field: str = "re
     )
 
 
-def rollback_op(request: processing_pb2.RollbackRequest, request_id_field: str = "request_id") -> m.RollbackOp:
+def rollback_op(request: processing_pb2.RollbackRequest) -> m.RollbackOp:
     target = request.WhichOneof("target")
     _check(target is not None, "target: set transaction_id or original_request_id")
     if target == "transaction_id":
@@ -175,7 +175,7 @@ def rollback_op(request: processing_pb2.RollbackRequest, request_id_field: str =
         _amount(line.qty_milli, f"return_lines[{index}].qty_milli", limits.QTY_MILLI_MAX, least=1)
         returns.append(m.ReturnLine(line.line_no, line.qty_milli))
     return m.RollbackOp(
-        _request_id(request.request_id, request_id_field),
+        _request_id(request.request_id),
         digest(request),
         request.transaction_id,
         request.original_request_id,

@@ -40,12 +40,15 @@ class Clock:
 
 
 class KassaServer:
-    def __init__(self, workdir: Path, rules: Path | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self, workdir: Path, rules: Path | None = None, env: dict[str, str] | None = None, config_text: str | None = None
+    ):
         self.workdir = workdir
         self.ledger_path = workdir / "ledger"
         self.clock = Clock(workdir / "clock")
         self.rules = rules or REPO / "config" / "rules"
         self.extra_env = env or {}
+        self.config_text = config_text  # a config file of the test's own instead of config/kassa.toml
         self.process: subprocess.Popen | None = None
         self.address = ""
         self.log_lines: list[str] = []
@@ -66,7 +69,11 @@ class KassaServer:
         }
 
     def config_path(self) -> Path:
-        return REPO / "config" / "kassa.toml"
+        if self.config_text is None:
+            return REPO / "config" / "kassa.toml"
+        path = self.workdir / "kassa.toml"
+        path.write_text(self.config_text)
+        return path
 
     def start(self) -> "KassaServer":
         command = [sys.executable, "-m", "server.cli", "serve", "--config", str(self.config_path())]

@@ -7,7 +7,6 @@ import grpc
 from core_ext import Program, RulesError, load_program, parse_program
 from core_ext.limits import SWEEP_ACCOUNTS_MAX
 from core_ext.model import Code, SweepOp
-from core_ext.verify import ledger_summary
 from server.servicers.respond import unimplemented
 from kassa.v1 import admin_pb2, admin_pb2_grpc
 
@@ -65,13 +64,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ExpirePointsResponse(accounts_settled=settled, expired_points=expired)
 
     async def GetStats(self, request, context):
-        txn, dbs = self._ledger.raw_transaction()
-        with txn:
-            summary = ledger_summary(txn, dbs)
-        info = self._ledger.env.info()
+        stats = self._ledger.stats()
         return admin_pb2.GetStatsResponse(
-            accounts=summary["accounts"],
-            transactions=summary["journal"],
-            ledger_bytes=(info["last_pgno"] + 1) * self._ledger.env.stat()["psize"],
+            accounts=stats["accounts"],
+            transactions=stats["transactions"],
+            ledger_bytes=stats["ledger_bytes"],
             ruleset_version=self._ledger.program.version,
         )

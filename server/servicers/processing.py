@@ -44,7 +44,7 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         self._stream_events_in_flight_max = limits.stream_events_in_flight_max
         self._stream_ack_timeout_s = limits.stream_ack_timeout_s
         self._streams_max = limits.streams_max
-        self._streams_open = 0
+        self.streams_open = 0
 
     async def Calculate(self, request, context: grpc.aio.ServicerContext):
         try:
@@ -69,18 +69,19 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
     # -- many operations per call -----------------------------------------------------------------
 
     async def _commit_many(self, payloads: list, abort_in_flight: bool = True) -> list[Outcome]:
-        """`payloads` holds (kind, request message, request_id field name); invalid ones are
-        answered INVALID_ARGUMENT in place, the rest committed together, in order."""
+        """`payloads` holds (kind, request message, where it is in the call, e.g. "operations[3].accrue");
+        invalid ones are answered INVALID_ARGUMENT naming the field in place, the rest committed
+        together, in order."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
         ops, positions = [], []
-        for position, (kind, message, field) in enumerate(payloads):
+        for position, (kind, message, where) in enumerate(payloads):
             if kind is None:
-                outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=field)
+                outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=where)
                 continue
             try:
-                op = _BUILDERS[kind](message, field)
+                op = _BUILDERS[kind](message)
             except convert.InvalidArgument as error:
-                outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=str(error))
+                outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=f"{where}.{error}")
                 continue
             op, refusal = as_caller(op)
             if refusal is not None:
@@ -106,7 +107,7 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
             if kind is None:
                 payloads.append((None, None, f"operations[{index}]: set one of accrue, redeem, rollback"))
             else:
-                payloads.append((kind, getattr(operation, kind), f"operations[{index}].{kind}.request_id"))
+                payloads.append((kind, getattr(operation, kind), f"operations[{index}].{kind}"))
         results = []
         for outcome in await self._commit_many(payloads):
             result = processing_pb2.OperationResult(code=outcome.code, reason=outcome.reason, message=outcome.message)
@@ -122,16 +123,16 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         reading acks stops being read, so server memory stays bounded; after
         `stream_ack_timeout_s` without taking an ack the stream is closed. Its events are
         committed: the client re-sends what was not acked and gets the original results."""
-        if self._streams_open >= self._streams_max:
+        if self.streams_open >= self._streams_max:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self._streams_open} event streams open, the limit (processing.streams_max) is {self._streams_max}",
+                f"{self.streams_open} event streams open, the limit (processing.streams_max) is {self._streams_max}",
             )
-        self._streams_open += 1
+        self.streams_open += 1
         try:
             await self._stream_events(request_iterator, context)
         finally:
-            self._streams_open -= 1
+            self.streams_open -= 1
 
     async def _stream_events(self, request_iterator, context):
         in_flight = 0
@@ -183,7 +184,7 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 message = getattr(event, kind)
                 if not message.request_id:
                     message.request_id = event.event_id
-                payloads.append((_EVENT_PAYLOADS[kind], message, f"events[{index}].{kind}.request_id"))
+                payloads.append((_EVENT_PAYLOADS[kind], message, f"events[{index}].{kind}"))
         return [
             processing_pb2.EventAck(
                 event_id=event.event_id,
