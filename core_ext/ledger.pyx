@@ -32,13 +32,13 @@ MAX_DBS = 16  # named databases in the environment
 READERS_MAX = 512  # concurrent read transactions across all processes
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_account = msgspec.msgpack.Decoder(rec.AccountRec).decode
-_decode_ident = msgspec.msgpack.Decoder(rec.IdentRec).decode
-_decode_lot = msgspec.msgpack.Decoder(rec.LotRec).decode
-_decode_hold = msgspec.msgpack.Decoder(rec.HoldRec).decode
-_decode_txn = msgspec.msgpack.Decoder(rec.TxnRec).decode
-_decode_reversal = msgspec.msgpack.Decoder(rec.ReversalRec).decode
-_decode_idempotency = msgspec.msgpack.Decoder(rec.IdempotencyRec).decode
+_decode_account = rec.decode_account
+_decode_ident = rec.decode_ident
+_decode_lot = rec.decode_lot
+_decode_hold = rec.decode_hold
+_decode_txn = rec.decode_txn
+_decode_reversal = rec.decode_reversal
+_decode_idempotency = rec.decode_idempotency
 _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
 
 

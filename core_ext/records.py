@@ -135,3 +135,13 @@ class IdempotencyRec(msgspec.Struct, array_like=True, gc=False):
     digest: bytes  # of the request payload; b"" for a tombstone
     txn_id: int  # 0 for a rejection or a tombstone
     outcome: bytes  # msgpack of model.Outcome, replayed as it is
+
+
+# One decoder per record kind, shared by the ledger and the invariant checks.
+decode_account = msgspec.msgpack.Decoder(AccountRec).decode
+decode_ident = msgspec.msgpack.Decoder(IdentRec).decode
+decode_lot = msgspec.msgpack.Decoder(LotRec).decode
+decode_hold = msgspec.msgpack.Decoder(HoldRec).decode
+decode_txn = msgspec.msgpack.Decoder(TxnRec).decode
+decode_reversal = msgspec.msgpack.Decoder(ReversalRec).decode
+decode_idempotency = msgspec.msgpack.Decoder(IdempotencyRec).decode

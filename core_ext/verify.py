@@ -12,17 +12,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import msgspec
-
 from core_ext import records as rec
 from core_ext.model import TxnKind
 
-_decode_account = msgspec.msgpack.Decoder(rec.AccountRec).decode
-_decode_lot = msgspec.msgpack.Decoder(rec.LotRec).decode
-_decode_hold = msgspec.msgpack.Decoder(rec.HoldRec).decode
-_decode_txn = msgspec.msgpack.Decoder(rec.TxnRec).decode
-_decode_reversal = msgspec.msgpack.Decoder(rec.ReversalRec).decode
-_decode_idempotency = msgspec.msgpack.Decoder(rec.IdempotencyRec).decode
+_decode_account = rec.decode_account
+_decode_lot = rec.decode_lot
+_decode_hold = rec.decode_hold
+_decode_txn = rec.decode_txn
+_decode_reversal = rec.decode_reversal
+_decode_idempotency = rec.decode_idempotency
 
 
 def _records(txn, db, decode):
