@@ -30,10 +30,20 @@ def digest(request) -> bytes:
     return hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=DIGEST_BYTES).digest()
 
 
+def _too_long(value: str, bytes_max: int) -> bool:
+    # A character is at most 4 bytes of UTF-8: encode only when the length could be over.
+    return len(value) * 4 > bytes_max and len(value.encode()) > bytes_max
+
+
+# The checks below run for every field of every request: each tests first and builds its message
+# only for a field that fails.
+
+
 def _text(value: str, field: str, bytes_max: int, required: bool = True) -> str:
-    if required:
-        _check(value != "", f"{field}: must not be empty")
-    _check(len(value.encode()) <= bytes_max, f"{field}: longer than {bytes_max} bytes")
+    if required and not value:
+        raise InvalidArgument(f"{field}: must not be empty")
+    if _too_long(value, bytes_max):
+        raise InvalidArgument(f"{field}: longer than {bytes_max} bytes")
     return value
 
 
@@ -42,8 +52,10 @@ def _request_id(value: str, field: str = "request_id") -> str:
 
 
 def _amount(value: int, field: str, most: int, least: int = 0) -> int:
-    _check(value >= least, f"{field}: must be >= {least}, got {value}")
-    _check(value <= most, f"{field}: must be <= {most}, got {value}")
+    if value < least:
+        raise InvalidArgument(f"{field}: must be >= {least}, got {value}")
+    if value > most:
+        raise InvalidArgument(f"{field}: must be <= {most}, got {value}")
     return value
 
 
@@ -57,17 +69,13 @@ def customer(message, field: str = "customer") -> m.Customer:
     return m.Customer(_CUSTOMER_KINDS[which], _text(value, f"{field}.{which}", limits.IDENTIFIER_BYTES_MAX))
 
 
-def _too_long(value: str, bytes_max: int) -> bool:
-    # A character is at most 4 bytes of UTF-8: encode only when the length could be over.
-    return len(value) * 4 > bytes_max and len(value.encode()) > bytes_max
-
-
 def receipt(message, field: str = "receipt") -> m.Receipt:
     """The receipt's lines, checked. The loop is the hot path of every purchase: one combined test
     per line, and the field-by-field explanation only for a line that fails it."""
     count = len(message.lines)
-    _check(count > 0, f"{field}.lines: a receipt needs at least one line")
-    _check(count <= limits.LINES_PER_RECEIPT_MAX, f"{field}.lines: {count} lines, more than {limits.LINES_PER_RECEIPT_MAX}")
+    if not 0 < count <= limits.LINES_PER_RECEIPT_MAX:
+        _check(count > 0, f"{field}.lines: a receipt needs at least one line")
+        raise InvalidArgument(f"{field}.lines: {count} lines, more than {limits.LINES_PER_RECEIPT_MAX}")
     seen: set[int] = set()
     lines = []
     total = 0
@@ -91,13 +99,14 @@ def receipt(message, field: str = "receipt") -> m.Receipt:
         seen.add(line_no)
         total += amount
         lines.append(Line(line_no, sku, category, qty, price, amount, line.no_earn, line.no_discount))
-    _check(total <= amount_max, f"{field}: total {total} is more than {amount_max}")
-    return m.Receipt(
-        _text(message.store_id, f"{field}.store_id", id_max, required=False),
-        _text(message.terminal_id, f"{field}.terminal_id", id_max, required=False),
-        _text(message.receipt_no, f"{field}.receipt_no", id_max, required=False),
-        tuple(lines),
-    )
+    if total > amount_max:
+        raise InvalidArgument(f"{field}: total {total} is more than {amount_max}")
+    store_id, terminal_id, receipt_no = message.store_id, message.terminal_id, message.receipt_no
+    if _too_long(store_id, id_max) or _too_long(terminal_id, id_max) or _too_long(receipt_no, id_max):
+        _text(store_id, f"{field}.store_id", id_max, required=False)
+        _text(terminal_id, f"{field}.terminal_id", id_max, required=False)
+        _text(receipt_no, f"{field}.receipt_no", id_max, required=False)
+    return m.Receipt(store_id, terminal_id, receipt_no, tuple(lines))
 
 
 def _explain_line(where: str, line, seen: set[int]) -> None:
@@ -131,17 +140,18 @@ def calculate_query(request: processing_pb2.CalculateRequest) -> m.CalculateQuer
 
 
 def accrue_op(request: processing_pb2.AccrueRequest) -> m.AccrueOp:
-    holds = list(request.capture_hold_ids)
-    _check(len(holds) <= limits.CAPTURE_HOLDS_MAX, f"capture_hold_ids: more than {limits.CAPTURE_HOLDS_MAX}")
-    _check(all(holds), "capture_hold_ids: 0 is not a transaction id")
-    _check(len(set(holds)) == len(holds), "capture_hold_ids: a hold is named twice")
+    holds = tuple(request.capture_hold_ids)
+    if holds:
+        _check(len(holds) <= limits.CAPTURE_HOLDS_MAX, f"capture_hold_ids: more than {limits.CAPTURE_HOLDS_MAX}")
+        _check(all(holds), "capture_hold_ids: 0 is not a transaction id")
+        _check(len(set(holds)) == len(holds), "capture_hold_ids: a hold is named twice")
     return m.AccrueOp(
         _request_id(request.request_id),
         digest(request),
         customer(request.customer),
         receipt(request.receipt),
         _amount(request.redeem_points, "redeem_points", limits.POINTS_MAX),
-        tuple(holds),
+        holds,
     )
 
 
