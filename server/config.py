@@ -40,7 +40,6 @@ class ProcessingSection(_Section):
     hold_ttl_s: int = 900
     batch_operations_max: int = 10_000
     stream_events_in_flight_max: int = 20_000
-    stream_ack_timeout_s: float = 60
     streams_max: int = 256  # concurrent StreamEvents calls per worker process
     expiry_sweep_interval_s: float = 3600  # 0: only Admin.ExpirePoints sweeps
 
@@ -107,7 +106,6 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("processing", "hold_ttl_s"): (1, 30 * 86_400),
     ("processing", "batch_operations_max"): (1, 1_000_000),
     ("processing", "stream_events_in_flight_max"): (1, 10_000_000),
-    ("processing", "stream_ack_timeout_s"): (0.1, 3600),
     ("processing", "streams_max"): (1, 100_000),
     ("processing", "expiry_sweep_interval_s"): (0, 86_400),
     ("server", "keepalive_s"): (1, 86_400),

@@ -42,7 +42,6 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         self._clock = clock
         self._batch_operations_max = limits.batch_operations_max
         self._stream_events_in_flight_max = limits.stream_events_in_flight_max
-        self._stream_ack_timeout_s = limits.stream_ack_timeout_s
         self._streams_max = limits.streams_max
         self.streams_open = 0
 
@@ -120,8 +119,9 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
     async def StreamEvents(self, request_iterator, context):
         """Acks go out in the order events came in, each after its durable commit. At most
         `stream_events_in_flight_max` events are read and not yet acked: a client that stops
-        reading acks stops being read, so server memory stays bounded; after
-        `stream_ack_timeout_s` without taking an ack the stream is closed. Its events are
+        reading acks stops being read, so server memory stays bounded, and the stream lasts until
+        the client's deadline or the connection's keepalive ends it (grpc.aio has no server-side
+        cancel: a status cannot be sent past acks the client does not take). What it sent is
         committed: the client re-sends what was not acked and gets the original results."""
         if self.streams_open >= self._streams_max:
             await context.abort(
@@ -157,14 +157,7 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 if item is None:
                     break
                 size, pending = item
-                reply = processing_pb2.AckBatch(acks=await pending)
-                try:
-                    await asyncio.wait_for(context.write(reply), self._stream_ack_timeout_s)
-                except asyncio.TimeoutError:
-                    await context.abort(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"acks not read for {self._stream_ack_timeout_s} s; reconnect and re-send what was not acked",
-                    )
+                await context.write(processing_pb2.AckBatch(acks=await pending))
                 async with room:
                     in_flight -= size
                     room.notify_all()

@@ -180,11 +180,10 @@ class TestKillMidStream:
         verify(kassa)
 
 
-ACK_TIMEOUT_S = 3
+STALL_WATCH_S = 7  # seconds the test watches a client that reads no acks
 IN_FLIGHT_MAX = 200
 SLOW_READER_ENV = {
     "KASSA_PROCESSING_STREAM_EVENTS_IN_FLIGHT_MAX": str(IN_FLIGHT_MAX),
-    "KASSA_PROCESSING_STREAM_ACK_TIMEOUT_S": str(ACK_TIMEOUT_S),
 }
 MEMORY_GROWTH_MAX_BYTES = 32 * 1024 * 1024
 
@@ -200,19 +199,23 @@ def strangers_batch(number: int) -> processing_pb2.EventBatch:
 
 
 class TestClientThatStopsReading:
-    def test_the_server_stops_reading_and_closes_the_stream_within_the_ack_timeout(self, start_kassa):
+    def test_the_server_stops_reading_its_memory_stays_bounded_and_it_serves_others(self, start_kassa):
+        """The stream itself ends with the client's deadline (the next test) or its connection."""
         server = start_kassa(env=SLOW_READER_ENV)
         progress = []  # (seconds since the stream began, bytes gRPC took from the client)
 
         with MemoryWatch(server.process.pid) as memory:
             client = NonReadingClient(server.address, strangers_batch)
             try:
-                limit = client.started_at + ACK_TIMEOUT_S + 4
+                limit = client.started_at + STALL_WATCH_S
                 while not client.ended.is_set() and time.monotonic() < limit:
                     progress.append((time.monotonic() - client.started_at, client.offered_bytes))
                     time.sleep(0.05)
-                ended = client.ended.is_set()
-                code, details = (client.call.code(), client.call.details()) if ended else (None, "")
+                assert not client.ended.is_set(), (client.call.code(), client.call.details())
+                # While that stream stalls, the server goes on serving.
+                open_account(server, "A-1")
+                assert flat_acks(stream_all(server, [processing_pb2.EventBatch(events=[
+                    purchase_event("after", "A-1", 2_000)])]))[0].points == 100
             finally:
                 client.close()
 
@@ -222,17 +225,9 @@ class TestClientThatStopsReading:
             f"growing at {last_growth_at:.1f}s")
         assert memory.growth_bytes < MEMORY_GROWTH_MAX_BYTES, (
             f"server memory grew {memory.growth_bytes / 1e6:.1f} MB; the client offered {client.offered_bytes / 1e6:.1f} MB")
-        assert ended, (
-            f"the stream was still open {time.monotonic() - client.started_at:.1f}s after it began; the server "
-            f"should close it {ACK_TIMEOUT_S}s after its acks stopped being taken")
-        assert code != grpc.StatusCode.OK, (code, details)  # closed by the server, not finished
-        # The server goes on serving.
-        open_account(server, "A-1")
-        assert flat_acks(stream_all(server, [processing_pb2.EventBatch(events=[
-            purchase_event("after", "A-1", 2_000)])]))[0].points == 100
 
     def test_a_client_deadline_closes_the_stream_and_what_it_left_is_committed_once(self, start_kassa):
-        server = start_kassa(env={**SLOW_READER_ENV, "KASSA_PROCESSING_STREAM_ACK_TIMEOUT_S": "60"})
+        server = start_kassa(env=SLOW_READER_ENV)
         accounts = [f"A-{n}" for n in range(10)]
         open_accounts(server, accounts)
         transactions_before = ledger_transactions(server)
