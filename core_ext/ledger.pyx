@@ -410,6 +410,31 @@ cdef class Ledger:
         batch.put("lots", id_key(lot.lot_id), _encode(lot))
         return repaid
 
+    def _earn(self, _Batch batch, account, long long txn_id, long long points, long long activates_at_ms,
+              long long expires_at_ms, list postings):
+        """Put earned points in a lot: the account's newest lot when it activates and expires at
+        the same moments (the same day's purchases), else a new lot with id `txn_id`."""
+        state = rec.LotState.PENDING if activates_at_ms > batch.now_ms else rec.LotState.ACTIVE
+        if account.last_lot_id:
+            lot = _decode_lot(batch.get("lots", id_key(account.last_lot_id)))
+            if lot.state == state and lot.activates_at_ms == activates_at_ms and lot.expires_at_ms == expires_at_ms:
+                if lot.remaining == 0 and state == rec.LotState.ACTIVE:
+                    account.open_lot_ids.append(lot.lot_id)  # spent to nothing, open again
+                lot.amount += points
+                lot.remaining += points
+                if state == rec.LotState.PENDING:
+                    account.pending += points
+                else:
+                    account.active += points
+                batch.put("lots", id_key(lot.lot_id), _encode(lot))
+                postings.append(rec.Posting(lot.lot_id, points))
+                return lot
+        lot = rec.LotRec(txn_id, account.account_id, points, points, activates_at_ms, expires_at_ms, state)
+        self._add_lot(batch, account, lot)
+        account.last_lot_id = txn_id
+        postings.append(rec.Posting(txn_id, points))
+        return lot
+
     def _add_lot(self, _Batch batch, account, lot):
         batch.put("lots", id_key(lot.lot_id), _encode(lot))
         account.open_lot_ids.append(lot.lot_id)
@@ -439,6 +464,10 @@ cdef class Ledger:
             hold, rejection = self._capturable(batch, account, hold_id, f"capture_hold_ids[{index}]")
             if rejection is not None:
                 return rejection, 0
+            if op.stores:
+                made = _decode_txn(batch.get("journal", id_key(hold_id)))
+                if made.store_id not in op.stores:
+                    return self._foreign_store(made, f"capture_hold_ids[{index}]"), 0
             holds.append(hold)
         if op.redeem_points:
             rejection = self._redeem_rejection(balance, op.redeem_points, calculation.redeemable_points)
@@ -466,17 +495,11 @@ cdef class Ledger:
         else:
             spent_shares = [0] * len(calculation.lines)
         new_lot = None
+        repaid = 0
         if calculation.earned_points:
-            pending = calculation.activate_at_ms > now_ms
-            new_lot = rec.LotRec(txn_id, account.account_id, calculation.earned_points,
-                                 calculation.earned_points, calculation.activate_at_ms,
-                                 calculation.expire_at_ms,
-                                 rec.LotState.PENDING if pending else rec.LotState.ACTIVE)
-            self._add_lot(batch, account, new_lot)
-            postings.append(rec.Posting(txn_id, calculation.earned_points))
+            new_lot = self._earn(batch, account, txn_id, calculation.earned_points, calculation.activate_at_ms,
+                                 calculation.expire_at_ms, postings)
             repaid = self._repay_debt(batch, account, new_lot, postings)
-        else:
-            repaid = 0
         self._touch(account, now_ms)
         pooled = member.account_id != account.account_id
         if pooled:
@@ -588,6 +611,8 @@ cdef class Ledger:
                                 f"original_request_id: '{op.original_request_id}' made no transaction",
                                 Reason.NOT_REVERSIBLE), 0
             target = _decode_txn(batch.get("journal", id_key(original.txn_id)))
+        if op.stores and target.store_id not in op.stores:
+            return self._foreign_store(target, "transaction_id" if op.transaction_id else "original_request_id"), 0
         account = _decode_account(batch.get("accounts", target.account_id.encode()))
         account = self._settle(batch.get, account, batch.now_ms, batch)
         if target.kind == TxnKind.HOLD:
@@ -597,6 +622,11 @@ cdef class Ledger:
         return rejected(Code.FAILED_PRECONDITION,
                         f"transaction {target.txn_id} ({TxnKind(target.kind).name.lower()}) cannot be rolled back",
                         Reason.NOT_REVERSIBLE), 0
+
+    @staticmethod
+    def _foreign_store(target, field):
+        return rejected(Code.PERMISSION_DENIED, f"{field}: transaction {target.txn_id} belongs to store "
+                        f"'{target.store_id}', outside the caller's stores")
 
     def _tombstone(self, _Batch batch, op):
         """Rollback of a transaction that has not arrived: remember it, so the late original is refused."""

@@ -119,6 +119,7 @@ class AccrueOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=1):
     redeem_points: int = 0
     capture_hold_ids: tuple[int, ...] = ()
     actor: str = ""  # who asks: the API key's terminal or operator, for the journal
+    stores: tuple[str, ...] = ()  # the caller's stores: what it may roll back or capture; (): any
 
 
 class RedeemOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=2):
@@ -147,6 +148,7 @@ class RollbackOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=3):
     store_id: str = ""
     terminal_id: str = ""
     actor: str = ""  # who asks: the API key's terminal or operator, for the journal
+    stores: tuple[str, ...] = ()  # the caller's stores: what it may roll back or capture; (): any
 
 
 class CreateAccountOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=4):

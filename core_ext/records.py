@@ -45,6 +45,7 @@ class AccountRec(msgspec.Struct, array_like=True, gc=False):
     birthday: str = ""  # "MM-DD"
     clubs: list[str] = []
     last_activity_at_ms: int = 0  # last accrue, redeem or adjustment; drives inactivity burn
+    last_lot_id: int = 0  # the newest earned lot: the day's purchases add to it
 
 
 class IdentRec(msgspec.Struct, array_like=True, gc=False):

@@ -43,7 +43,7 @@ cdef enum Rounding:
 
 EFFECT_KINDS = {"earn_percent": EARN_PERCENT, "earn_fixed": EARN_FIXED, "discount_percent": DISCOUNT_PERCENT}
 ROUNDINGS = {"floor": ROUND_FLOOR, "half_up": ROUND_HALF_UP, "ceil": ROUND_CEIL}
-MS_PER_DAY = 86_400_000  # milliseconds
+DEF MS_PER_DAY = 86_400_000  # milliseconds
 
 cdef struct CampaignC:
     int kind
@@ -160,6 +160,11 @@ def prorate_points(int64_t total, weights):
     finally:
         free(c_weights)
         free(out)
+
+
+cdef inline int64_t day_end_ms(int64_t at_ms) noexcept:
+    """The next UTC midnight at or after `at_ms`."""
+    return ((at_ms + MS_PER_DAY - 1) // MS_PER_DAY) * MS_PER_DAY
 
 
 def to_ms(value):
@@ -425,8 +430,10 @@ cdef class Program:
                 c_lines[i].redeemed = shares[i]
             redeemed = redeem_points
 
-        activate_at_ms = now_ms + self.activation_delay_ms
-        expire_at_ms = activate_at_ms + self.lifetime_ms if self.lifetime_ms else 0
+        # Activation and expiry fall on UTC day boundaries, so that one account's purchases of a
+        # day share one lot: an account holds at most one open lot per day of its points' lifetime.
+        activate_at_ms = day_end_ms(now_ms + self.activation_delay_ms) if self.activation_delay_ms else now_ms
+        expire_at_ms = day_end_ms(activate_at_ms + self.lifetime_ms) if self.lifetime_ms else 0
         return Calculation(
             tuple([LineResult(lines[i].line_no, c_lines[i].amount, c_lines[i].discount,
                               c_lines[i].earned, c_lines[i].redeemed) for i in range(count)]),

@@ -37,6 +37,9 @@ def as_caller(op):
     refusal = None if store_id is None else caller.store_refusal(store_id)
     if refusal is not None:
         return None, Outcome(Code.PERMISSION_DENIED, message=refusal)
+    if caller.stores and (type(op) is RollbackOp or type(op) is AccrueOp):
+        # The ledger checks the store of what a rollback or a capture reaches back to.
+        return msgspec.structs.replace(op, actor=caller.name, stores=tuple(sorted(caller.stores))), None
     return msgspec.structs.replace(op, actor=caller.name), None
 
 
