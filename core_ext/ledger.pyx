@@ -417,7 +417,9 @@ cdef class Ledger:
         state = rec.LotState.PENDING if activates_at_ms > batch.now_ms else rec.LotState.ACTIVE
         if account.last_lot_id:
             lot = _decode_lot(batch.get("lots", id_key(account.last_lot_id)))
-            if lot.state == state and lot.activates_at_ms == activates_at_ms and lot.expires_at_ms == expires_at_ms:
+            # An active lot's activation is past: only its expiry tells lots apart.
+            same_activation = state == rec.LotState.ACTIVE or lot.activates_at_ms == activates_at_ms
+            if lot.state == state and same_activation and lot.expires_at_ms == expires_at_ms:
                 if lot.remaining == 0 and state == rec.LotState.ACTIVE:
                     account.open_lot_ids.append(lot.lot_id)  # spent to nothing, open again
                 lot.amount += points
