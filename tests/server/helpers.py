@@ -17,6 +17,12 @@ UNIT = 1000  # qty_milli of one unit
 BASE_EARN_BPS = 500  # the sample program's base earn: 5 %
 HOLD_TTL_S = 900  # config/kassa.toml [processing] hold_ttl_s
 LIFETIME_DAYS = 365  # config/rules/program.toml points_lifetime_days
+
+
+def expiry_ms(earned_at_ms: int) -> int:
+    """When points earned at `earned_at_ms` expire: the UTC midnight at or after the lifetime's end."""
+    end = earned_at_ms + LIFETIME_DAYS * 86_400_000
+    return -(-end // 86_400_000) * 86_400_000
 REASON_KEY = "kassa-reason"
 
 

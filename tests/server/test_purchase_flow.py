@@ -7,7 +7,7 @@ import grpc
 from kassa.v1 import accounts_pb2, processing_pb2
 from tests.kassa_harness import DAY_MS, T0_MS
 from tests.server.helpers import (
-    LIFETIME_DAYS, accrue, balance, by_account, by_card, earn, line, open_account, receipt, redeem, refused,
+    LIFETIME_DAYS, accrue, expiry_ms, balance, by_account, by_card, earn, line, open_account, receipt, redeem, refused,
     snapshot, statement,
 )
 
@@ -56,7 +56,7 @@ class TestFullPurchase:
         assert shown.balance.active_points == 3_600
         assert shown.balance.available_points == 3_600
         assert (shown.balance.pending_points, shown.balance.held_points, shown.balance.debt_points) == (0, 0, 0)
-        assert shown.balance.next_expiry_at.ToMilliseconds() == T0_MS + LIFETIME_DAYS * DAY_MS
+        assert shown.balance.next_expiry_at.ToMilliseconds() == expiry_ms(T0_MS)
         assert shown.balance.next_expiry_points == 3_600
 
         newest, *older = statement(kassa, "A-100")
