@@ -67,7 +67,8 @@ LMDB_ERRORS = {
 }
 
 
-NO_SPACE_MESSAGES = ("No space left on device", "Disk quota exceeded")  # ENOSPC, EDQUOT from a commit
+# ENOSPC, EDQUOT from a commit; EIO too: LMDB reports a short write on a full disk as EIO.
+NO_SPACE_MESSAGES = ("No space left on device", "Disk quota exceeded", "Input/output error")
 
 
 def ledger_error(error):
@@ -77,7 +78,7 @@ def ledger_error(error):
             return LedgerError(code, f"{hint} ({error})")
     if any(message in str(error) for message in NO_SPACE_MESSAGES):
         return LedgerError(Code.RESOURCE_EXHAUSTED,
-                           f"no space left on the ledger's disk; free space under ledger.path ({error})")
+                           f"the ledger's disk is full or failing; free space under ledger.path ({error})")
     return None
 
 
@@ -263,7 +264,7 @@ cdef class Ledger:
         batch.put("accounts", account.account_id.encode(), _encode(account))
 
     def _journal(self, _Batch batch, entry):
-        entry.actor = SYSTEM_ACTOR if entry.kind == TxnKind.EXPIRE else batch.actor
+        entry.actor = SYSTEM_ACTOR if entry.kind in (TxnKind.EXPIRE, TxnKind.DEBT_REPAID) else batch.actor
         key = id_key(entry.txn_id)
         batch.append("journal", key, _encode(entry))
         batch.put("by_account", entry.account_id.encode() + b"\0" + key, b"")
@@ -281,11 +282,15 @@ cdef class Ledger:
             return account
         expired_postings = []
         expired = 0
+        repaid_postings = []
+        repaid = 0
         open_lot_ids = []
         burn_ms = self.program.inactivity_burn_ms
         burn = burn_ms and account.last_activity_at_ms and now_ms >= account.last_activity_at_ms + burn_ms
         if burn:
             account.last_activity_at_ms = 0
+            if batch is not None:
+                account.burnt_below_lot_id = batch.next_id
         for lot_id in account.open_lot_ids:
             lot = _decode_lot(get("lots", id_key(lot_id)))
             changed = False
@@ -299,6 +304,14 @@ cdef class Ledger:
                 account.pending -= lot.remaining
                 account.active += lot.remaining
                 changed = True
+                # Points that become active pay clawback debt first, as points earned active do.
+                repay = min(account.debt, lot.remaining)
+                if repay > 0:
+                    lot.remaining -= repay
+                    account.active -= repay
+                    account.debt -= repay
+                    repaid += repay
+                    repaid_postings.append(rec.Posting(lot_id, -repay))
             if lot.state == rec.LotState.ACTIVE and (burn or (lot.expires_at_ms and lot.expires_at_ms <= now_ms)):
                 lot.state = rec.LotState.EXPIRED
                 account.active -= lot.remaining
@@ -328,6 +341,9 @@ cdef class Ledger:
             # Saved now: a refusal after the settle must not leave the lots and holds it changed
             # out of step with the account's totals.
             self._save_account(batch, account)
+            if repaid:
+                self._journal(batch, rec.TxnRec(batch.take_id(), TxnKind.DEBT_REPAID, "", account.account_id,
+                                                now_ms, debt_delta=-repaid, postings=repaid_postings))
             if expired:
                 entry = rec.TxnRec(batch.take_id(), TxnKind.EXPIRE, "", account.account_id, now_ms,
                                    expired=expired, postings=expired_postings)
@@ -355,13 +371,16 @@ cdef class Ledger:
             times.append(account.last_activity_at_ms + self.program.inactivity_burn_ms)
         return min(times) if times else 0
 
-    def _balance(self, get, account, bint with_expiry=False):
-        """The account's balance; `with_expiry` also finds the next expiry (a scan of its lots)."""
+    def _balance(self, get, account, long long expiry_at_ms=0):
+        """The account's balance; with `expiry_at_ms` (now) also the next expiry after it, from a
+        scan of its lots, taking the lots as a settle at that moment left them."""
         next_expiry_at_ms = 0
         next_expiry_points = 0
-        for lot_id in (account.open_lot_ids if with_expiry else ()):
+        for lot_id in (account.open_lot_ids if expiry_at_ms else ()):
             lot = _decode_lot(get("lots", id_key(lot_id)))
-            if lot.state != rec.LotState.ACTIVE or not lot.expires_at_ms or not lot.remaining:
+            active = lot.state == rec.LotState.ACTIVE or (
+                lot.state == rec.LotState.PENDING and lot.activates_at_ms <= expiry_at_ms)
+            if not active or not lot.expires_at_ms or lot.expires_at_ms <= expiry_at_ms or not lot.remaining:
                 continue
             if next_expiry_at_ms == 0 or lot.expires_at_ms < next_expiry_at_ms:
                 next_expiry_at_ms, next_expiry_points = lot.expires_at_ms, lot.remaining
@@ -426,8 +445,10 @@ cdef class Ledger:
                 lot.remaining += points
                 if state == rec.LotState.PENDING:
                     account.pending += points
+                    self._schedule(account, activates_at_ms)
                 else:
                     account.active += points
+                    self._schedule(account, expires_at_ms)
                 batch.put("lots", id_key(lot.lot_id), _encode(lot))
                 postings.append(rec.Posting(lot.lot_id, points))
                 return lot
@@ -699,8 +720,10 @@ cdef class Ledger:
         self._save_account(batch, account)
         if target.lines:
             member = self._load_account(batch.get, target.member_id or account.account_id)
-            member.lifetime_spend_minor -= sum(
-                (line.amount_minor - line.discount_minor) * returns.get(line.line_no, 0) // line.qty_milli
+            member.lifetime_spend_minor -= sum(  # telescoping, like the clawback
+                (line.amount_minor - line.discount_minor) * reversal.returned_qty.get(line.line_no, 0) // line.qty_milli
+                - (line.amount_minor - line.discount_minor)
+                * (reversal.returned_qty.get(line.line_no, 0) - returns.get(line.line_no, 0)) // line.qty_milli
                 for line in target.lines)
             member.lifetime_earned_points -= clawback
             self._save_account(batch, member)
@@ -757,7 +780,8 @@ cdef class Ledger:
             points -= give
             reversal.restored_per_posting[index] += give
             lot = _decode_lot(batch.get("lots", id_key(posting.lot_id)))
-            if lot.state == rec.LotState.EXPIRED or (lot.expires_at_ms and lot.expires_at_ms <= batch.now_ms):
+            burnt = lot.lot_id < account.burnt_below_lot_id
+            if burnt or lot.state == rec.LotState.EXPIRED or (lot.expires_at_ms and lot.expires_at_ms <= batch.now_ms):
                 expired += give
                 continue
             if lot.remaining == 0:
@@ -969,7 +993,7 @@ cdef class Ledger:
             ident = _decode_ident(get("idents", ident_key(IdKind.CARD, card)))
             cards.append(CardInfo(card, ident.category, ident.blocked))
         pool = self._pool(get, account)
-        balance = self._balance(get, pool if pool is account else self._settle(get, pool, now_ms), True)
+        balance = self._balance(get, pool if pool is account else self._settle(get, pool, now_ms), now_ms)
         return AccountView(account.account_id, account.phone, tuple(cards), balance,
                            account.created_at_ms, account.lifetime_spend_minor, account.lifetime_earned_points,
                            account.parent_id, tuple(account.member_ids), tuple(account.segments),
@@ -983,6 +1007,12 @@ cdef class Ledger:
         return lambda name, key: txn.get(key, db=dbs[name])
 
     def calculate(self, query, long long now_ms):
+        try:
+            return self._calculate(query, now_ms)
+        except lmdb.Error as error:
+            return _read_refusal(error)
+
+    def _calculate(self, query, long long now_ms):
         with self.env.begin() as txn:
             get = self._reader(txn)
             account, rejection = self._find_account(get, query.customer)
@@ -998,6 +1028,12 @@ cdef class Ledger:
         return Outcome(Code.OK, body=CalculateResult(account.account_id, calculation, balance))
 
     def account(self, customer, long long now_ms):
+        try:
+            return self._account(customer, now_ms)
+        except lmdb.Error as error:
+            return _read_refusal(error)
+
+    def _account(self, customer, long long now_ms):
         with self.env.begin() as txn:
             get = self._reader(txn)
             account, rejection = self._find_account(get, customer)
@@ -1005,9 +1041,15 @@ cdef class Ledger:
                 return rejection
             return Outcome(Code.OK, body=self._account_view(get, self._settle(get, account, now_ms), now_ms))
 
-    def statement(self, customer, int page_size, long long before_id):
+    def statement(self, customer, page_size, before_id):
         """Newest first, `page_size` entries older than `before_id` (0: from the newest)."""
-        page_size = min(page_size or STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX)
+        try:
+            return self._statement(customer, min(page_size or STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX),
+                                   before_id)
+        except lmdb.Error as error:
+            return _read_refusal(error)
+
+    def _statement(self, customer, int page_size, long long before_id):
         with self.env.begin() as txn:
             get = self._reader(txn)
             account, rejection = self._find_account(get, customer)
@@ -1038,6 +1080,14 @@ cdef class Ledger:
     def raw_transaction(self):
         """A read transaction and the named databases, for tools (verify, backup, tests)."""
         return self.env.begin(), self.dbs
+
+
+def _read_refusal(error):
+    """A read that LMDB refused (readers full, ...) as an outcome; a bug stays an exception."""
+    mapped = ledger_error(error)
+    if mapped is None:
+        raise error
+    return rejected(mapped.code, str(mapped))
 
 
 def _view(entry):

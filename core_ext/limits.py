@@ -7,6 +7,7 @@ CATEGORY_BYTES_MAX = 128  # bytes of UTF-8
 AMOUNT_MINOR_MAX = 10**13  # minor units per line, receipt or redemption (100 billion units)
 QTY_MILLI_MAX = 10**9  # thousandths of a unit per line (one million units)
 POINTS_MAX = 10**13  # points in minor units per operation
+TRANSACTION_ID_MAX = 2**63 - 1  # transaction ids are stored as signed 64-bit
 RETURN_LINES_MAX = LINES_PER_RECEIPT_MAX  # lines named in one return
 CAPTURE_HOLDS_MAX = 16  # holds captured by one Accrue
 LABELS_PER_ACCOUNT_MAX = 64  # segments, tags or clubs on one account, each

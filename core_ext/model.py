@@ -63,6 +63,7 @@ class TxnKind(enum.IntEnum):
     SET_ATTRIBUTES = 10
     JOIN_GROUP = 11
     LEAVE_GROUP = 12
+    DEBT_REPAID = 13
 
 
 class RollbackKind(enum.IntEnum):

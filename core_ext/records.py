@@ -46,6 +46,7 @@ class AccountRec(msgspec.Struct, array_like=True, gc=False):
     clubs: list[str] = []
     last_activity_at_ms: int = 0  # last accrue, redeem or adjustment; drives inactivity burn
     last_lot_id: int = 0  # the newest earned lot: the day's purchases add to it
+    burnt_below_lot_id: int = 0  # an inactivity burn took every lot with a smaller id
 
 
 class IdentRec(msgspec.Struct, array_like=True, gc=False):

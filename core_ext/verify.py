@@ -72,6 +72,22 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
         if replayed[lot.lot_id] != lot.remaining:
             violations.append(f"account {lot.account_id}: lot {lot.lot_id} remaining expected "
                               f"{replayed[lot.lot_id]} (journal replay), found {lot.remaining}")
+    # What time will change must be scheduled: an account settles by its earliest activation,
+    # expiry or hold expiry, or points could outlive their lifetime.
+    due: dict[str, int] = {}
+    for lot in lots.values():
+        at = lot.activates_at_ms if lot.state == rec.LotState.PENDING else (
+            lot.expires_at_ms if lot.state == rec.LotState.ACTIVE and lot.remaining else 0)
+        if at:
+            due[lot.account_id] = min(at, due.get(lot.account_id, at))
+    for hold in holds:
+        if hold.state == rec.HoldState.LIVE:
+            due[hold.account_id] = min(hold.expires_at_ms, due.get(hold.account_id, hold.expires_at_ms))
+    for account_id, at in due.items():
+        account = accounts.get(account_id)
+        if account is not None and not 0 < account.next_change_at_ms <= at:
+            violations.append(f"account {account_id}: next settle expected by {at}, found {account.next_change_at_ms}")
+
     fates = _replay_holds(journal)
     for hold in holds:
         expected = fates.get(hold.hold_id)

@@ -26,6 +26,7 @@ from kassa.v1 import (
 from server.clock import make_clock
 from server.commit import GroupCommitter
 from server.interceptors.auth import AuthInterceptor
+from server.interceptors.decode import DecodeInterceptor
 from server.interceptors.metrics import MetricsInterceptor
 from server.metrics import Metrics, serve_metrics
 from server.config import ServerConfig
@@ -103,7 +104,11 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
 
     message_bytes_max = config.server.message_bytes_max
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(metrics), *([AuthInterceptor(config.auth)] if config.auth.enabled else [])],
+        interceptors=[
+            MetricsInterceptor(metrics),
+            *([AuthInterceptor(config.auth)] if config.auth.enabled else []),
+            DecodeInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", message_bytes_max),
             ("grpc.max_send_message_length", message_bytes_max),

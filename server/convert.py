@@ -143,7 +143,8 @@ def accrue_op(request: processing_pb2.AccrueRequest) -> m.AccrueOp:
     holds = tuple(request.capture_hold_ids)
     if holds:
         _check(len(holds) <= limits.CAPTURE_HOLDS_MAX, f"capture_hold_ids: more than {limits.CAPTURE_HOLDS_MAX}")
-        _check(all(holds), "capture_hold_ids: 0 is not a transaction id")
+        _check(all(0 < hold <= limits.TRANSACTION_ID_MAX for hold in holds),
+               f"capture_hold_ids: a transaction id is 1..{limits.TRANSACTION_ID_MAX}")
         _check(len(set(holds)) == len(holds), "capture_hold_ids: a hold is named twice")
     return m.AccrueOp(
         _request_id(request.request_id),
@@ -174,7 +175,7 @@ def rollback_op(request: processing_pb2.RollbackRequest) -> m.RollbackOp:
     target = request.WhichOneof("target")
     _check(target is not None, "target: set transaction_id or original_request_id")
     if target == "transaction_id":
-        _check(request.transaction_id > 0, "transaction_id: must be > 0")
+        _amount(request.transaction_id, "transaction_id", limits.TRANSACTION_ID_MAX, least=1)
     else:
         _request_id(request.original_request_id, "original_request_id")
     count = len(request.return_lines)
@@ -420,5 +421,10 @@ def statement(value: m.Statement) -> accounts_pb2.ListTransactionsResponse:
 def page_token(token: str) -> int:
     if not token:
         return 0
-    _check(token.isdigit() and 0 < len(token) <= 20, "page_token: not a token from next_page_token")
-    return int(token)
+    _check(token.isdigit() and 0 < len(token) <= 19, "page_token: not a token from next_page_token")
+    return _amount(int(token), "page_token", limits.TRANSACTION_ID_MAX, least=1)
+
+
+def page_size(size: int) -> int:
+    """0: the default; more than the most: the most (a page is a hint, not a contract)."""
+    return min(size, limits.STATEMENT_PAGE_SIZE_MAX)

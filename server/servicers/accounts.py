@@ -72,5 +72,5 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             before_id = convert.page_token(request.page_token)
         except convert.InvalidArgument as error:
             return await invalid(context, error)
-        outcome = self._ledger.statement(customer, request.page_size, before_id)
+        outcome = self._ledger.statement(customer, convert.page_size(request.page_size), before_id)
         return await answer(context, outcome, convert.statement)

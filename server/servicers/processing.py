@@ -142,13 +142,15 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
 
         async def read() -> None:
             nonlocal in_flight
-            async for batch in request_iterator:
-                size = len(batch.events)
-                async with room:
-                    await room.wait_for(lambda: in_flight == 0 or in_flight + size <= limit)
-                    in_flight += size
-                await acks.put((size, asyncio.ensure_future(self._events(batch.events))))
-            await acks.put(None)
+            try:
+                async for batch in request_iterator:
+                    size = len(batch.events)
+                    async with room:
+                        await room.wait_for(lambda: in_flight == 0 or in_flight + size <= limit)
+                        in_flight += size
+                    await acks.put((size, asyncio.ensure_future(self._events(batch.events))))
+            finally:
+                acks.put_nowait(None)  # also when reading failed: the writer stops, `await reader` raises
 
         reader = asyncio.ensure_future(read())
         try:

@@ -133,6 +133,12 @@ class TestStaleReaders:
         assert "stale ledger readers freed" in "".join(reader_server.log_lines)
         assert_verifies(reader_server)
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="known bug: py-lmdb's Environment() begins a read transaction before kassa can call "
+        "reader_check, so a reader table filled by dead readers (while another process keeps the lock "
+        "file alive) stops the server from starting; the running server's periodic check prevents it",
+    )
     def test_stale_readers_left_while_the_server_was_down_are_freed_when_it_starts(self, reader_server):
         open_account(reader_server, "READ-2")
         assert reader_server.stop() == 0
