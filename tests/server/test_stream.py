@@ -4,9 +4,11 @@ no acked event, and a client that stops taking acks cannot make the server hold 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
+import pytest
 
 from kassa.v1 import common_pb2, processing_pb2
 from tests.server.helpers import balance, by_account, line, open_account, receipt
@@ -264,3 +266,46 @@ class TestClientThatStopsReading:
             expected = sum(item.points for item in offered if item.account_id == account_id)
             assert balance(server, account_id).active_points == expected, account_id
         verify(server)
+
+
+class TestStreamLimit:
+    def test_streams_past_the_limit_are_refused_and_a_closed_one_frees_its_place(self, start_kassa):
+        server = start_kassa(env={"KASSA_PROCESSING_STREAMS_MAX": "2"})
+        open_account(server, "A-1")
+        channel = grpc.insecure_channel(server.address)
+        try:
+            method = channel.stream_stream(
+                "/kassa.v1.Processing/StreamEvents",
+                request_serializer=processing_pb2.EventBatch.SerializeToString,
+                response_deserializer=processing_pb2.AckBatch.FromString,
+            )
+            held = []
+            for number in range(2):
+                outbox: list = [processing_pb2.EventBatch(events=[purchase_event(f"held-{number}", "A-1", 2_000)])]
+                release = threading.Event()
+
+                def requests(outbox=outbox, release=release):
+                    yield from outbox
+                    release.wait(30)  # keep the stream open until the test lets go
+
+                call = method(requests(), timeout=30)
+                assert next(call).acks[0].code == OK  # open and served
+                held.append((call, release))
+
+            with pytest.raises(grpc.RpcError) as refused:
+                list(method(iter([processing_pb2.EventBatch(events=[purchase_event("third", "A-1", 2_000)])]), timeout=10))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "streams_max" in refused.value.details()
+
+            call, release = held.pop()
+            release.set()
+            assert list(call) == []  # the client finished; its place is free
+            replies = list(method(iter([processing_pb2.EventBatch(events=[purchase_event("fourth", "A-1", 2_000)])]),
+                                  timeout=10))
+            assert replies[0].acks[0].code == OK
+            for call, release in held:
+                release.set()
+                list(call)
+        finally:
+            channel.close()
+        assert balance(server, "A-1").active_points == 3 * earned_by(2_000)
