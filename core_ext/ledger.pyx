@@ -113,6 +113,27 @@ cdef class _Batch:
         return self.next_id - 1
 
 
+cdef class _ReadView:
+    """A read transaction's getter, with the lots a read-only settle changed laid over it, so
+    that what follows the settle (the next expiry) sees the lots as the settle left them."""
+
+    cdef object txn
+    cdef dict dbs
+    cdef dict lots
+
+    def __init__(self, txn, dict dbs):
+        self.txn = txn
+        self.dbs = dbs
+        self.lots = {}
+
+    def __call__(self, str name, bytes key):
+        if name == "lots":
+            changed = self.lots.get(key)
+            if changed is not None:
+                return changed
+        return self.txn.get(key, db=self.dbs[name])
+
+
 cdef class Ledger:
     cdef readonly object env
     cdef readonly str path
@@ -324,6 +345,8 @@ cdef class Ledger:
                 open_lot_ids.append(lot_id)
             if changed and batch is not None:
                 batch.put("lots", id_key(lot_id), _encode(lot))
+            elif changed and type(get) is _ReadView:
+                (<_ReadView>get).lots[id_key(lot_id)] = _encode(lot)
         account.open_lot_ids = open_lot_ids
         live_hold_ids = []
         for hold_id in account.live_hold_ids:
@@ -840,7 +863,7 @@ cdef class Ledger:
         if op.phone:
             batch.put("idents", ident_key(IdKind.PHONE, op.phone), _encode(rec.IdentRec(account_id)))
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.CREATE_ACCOUNT, op.request_id, account_id, batch.now_ms))
-        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms)), txn_id
+        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _issue_card(self, _Batch batch, op):
         stored = batch.get("accounts", op.account_id.encode())
@@ -865,7 +888,7 @@ cdef class Ledger:
         self._save_account(batch, account)
         batch.put("idents", key, _encode(rec.IdentRec(account.account_id, op.category)))
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.ISSUE_CARD, op.request_id, account.account_id, batch.now_ms))
-        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms)), txn_id
+        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _block_card(self, _Batch batch, op):
         key = ident_key(IdKind.CARD, op.card)
@@ -891,7 +914,7 @@ cdef class Ledger:
         txn_id = batch.take_id()
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.SET_ATTRIBUTES, op.request_id, account.account_id,
                                         batch.now_ms))
-        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms)), txn_id
+        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _adjust(self, _Batch batch, op):
         """A manual credit (a new lot with the program's lifetime) or debit (from the lots, earliest
@@ -963,7 +986,7 @@ cdef class Ledger:
         txn_id = batch.take_id()
         self._journal(batch, rec.TxnRec(txn_id, kind, op.request_id, parent.account_id, batch.now_ms,
                                         member_id=member.account_id))
-        return Outcome(Code.OK, body=self._account_view(batch.get, member, batch.now_ms)), txn_id
+        return Outcome(Code.OK, body=self._account_view(batch.get, member, batch.now_ms, batch)), txn_id
 
     def _sweep(self, _Batch batch, op):
         """Settle accounts whose lots or holds came due, writing the expiry journal entries."""
@@ -987,13 +1010,17 @@ cdef class Ledger:
             expired += _decode_txn(batch.get("journal", id_key(txn_id))).expired
         return Outcome(Code.OK, body=SweepResult(settled, expired, more))
 
-    def _account_view(self, get, account, long long now_ms):
+    def _account_view(self, get, account, long long now_ms, _Batch batch=None):
+        """The account as shown (after the caller saved it); its balance is its pool's as a settle
+        at `now_ms` would leave it, computed on a copy laid over the read or the write `batch`, so
+        that showing an account writes nothing."""
         cards = []
         for card in account.cards:
             ident = _decode_ident(get("idents", ident_key(IdKind.CARD, card)))
             cards.append(CardInfo(card, ident.category, ident.blocked))
-        pool = self._pool(get, account)
-        balance = self._balance(get, pool if pool is account else self._settle(get, pool, now_ms), now_ms)
+        view = _ReadView(batch.txn, batch.dbs) if batch is not None else get
+        pool = self._settle(view, self._pool(view, account), now_ms)
+        balance = self._balance(view, pool, now_ms)
         return AccountView(account.account_id, account.phone, tuple(cards), balance,
                            account.created_at_ms, account.lifetime_spend_minor, account.lifetime_earned_points,
                            account.parent_id, tuple(account.member_ids), tuple(account.segments),
@@ -1003,8 +1030,7 @@ cdef class Ledger:
     # Reads
 
     def _reader(self, txn):
-        dbs = self.dbs
-        return lambda name, key: txn.get(key, db=dbs[name])
+        return _ReadView(txn, self.dbs)
 
     def calculate(self, query, long long now_ms):
         try:
@@ -1039,7 +1065,7 @@ cdef class Ledger:
             account, rejection = self._find_account(get, customer)
             if rejection is not None:
                 return rejection
-            return Outcome(Code.OK, body=self._account_view(get, self._settle(get, account, now_ms), now_ms))
+            return Outcome(Code.OK, body=self._account_view(get, account, now_ms))
 
     def statement(self, customer, page_size, before_id):
         """Newest first, `page_size` entries older than `before_id` (0: from the newest)."""

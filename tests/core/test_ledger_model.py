@@ -20,7 +20,7 @@ The program: 10 % of every line (floor), 365-day lifetime, at most 50 % of a rec
 points. Each run draws the activation delay (0 or 14 days) and the clawback policy (negative or
 clamp). Earned points activate (after a delay) and expire on UTC day ends, and a purchase adds to
 the account's newest lot when that lot is in the same state with the same expiry (and, pending,
-the same activation); new points that are active at once repay debt first.
+the same activation); new points repay debt first, when they are active at once or when they become active.
 The inactivity burn is pinned by the tests after the machine, not modelled.
 
 Default run: bounded (100 examples of up to 35 steps; seconds when it passes). Longer runs:
@@ -108,6 +108,7 @@ class MLot:
     activates_at: int
     expires_at: int
     dead: bool = False  # its expiry was written (an EXPIRE entry); remaining is 0
+    activated: bool = False  # active since creation, or its activation has repaid debt
 
 
 @dataclass
@@ -210,7 +211,20 @@ class Model:
         return [hold for hold in self.holds.values()
                 if hold.account == account_id and hold.state == "live" and hold.expires_at > now]
 
+    def activate(self, account_id: str, now: int) -> None:
+        """Points that became active since pay clawback debt first, lot by lot in creation order,
+        as the ledger's settle does when it activates them (a write does it for real, a read on its copy)."""
+        account = self.accounts[account_id]
+        for lot in sorted((lot for lot in self.lots.values() if lot.account == account_id), key=lambda l: l.lot_id):
+            if lot.activated or lot.dead or lot.activates_at > now:
+                continue
+            lot.activated = True
+            repaid = min(account.debt, lot.remaining)
+            lot.remaining -= repaid
+            account.debt -= repaid
+
     def totals(self, account_id: str, now: int) -> tuple[int, int, int]:
+        self.activate(account_id, now)
         active = sum(lot.remaining for lot in self.lots_of(account_id, now, "active"))
         pending = sum(lot.remaining for lot in self.lots_of(account_id, now, "pending"))
         held = sum(hold.amount for hold in self.live_holds(account_id, now))
@@ -234,7 +248,9 @@ class Model:
     # -- time ----------------------------------------------------------------------------------
 
     def settle(self, account_id: str, now: int) -> int:
-        """What a write does first: write off the lots that expired, drop the holds that lapsed."""
+        """What a write does first: activate (repaying debt), write off the lots that expired, drop
+        the holds that lapsed."""
+        self.activate(account_id, now)
         expired = 0
         for lot in self.lots.values():
             if lot.account == account_id and not lot.dead and lot.expires_at <= now:
@@ -545,7 +561,7 @@ class LedgerMachine(RuleBasedStateMachine):
         txn_id = body.transaction_id
         txn = MTxn(txn_id, TxnKind.ADJUST, pool, member, op.request_id, adjusted=op.points)
         if op.points > 0:
-            model.lots[txn_id] = MLot(txn_id, pool, op.points, now, now + LIFETIME_MS)
+            model.lots[txn_id] = MLot(txn_id, pool, op.points, now, now + LIFETIME_MS, activated=True)
             txn.new_lot = txn_id
             self.repay_debt(model.lots[txn_id])
         else:
@@ -659,7 +675,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 and (state == "active" or last.activates_at == activates_at)):
             last.remaining += points
             return last
-        model.lots[txn_id] = MLot(txn_id, account_id, points, activates_at, expires_at)
+        model.lots[txn_id] = MLot(txn_id, account_id, points, activates_at, expires_at, activated=state == "active")
         account.last_lot = txn_id
         return model.lots[txn_id]
 
