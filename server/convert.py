@@ -282,62 +282,67 @@ def timestamp(ms: int) -> Timestamp | None:
     return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
+# Responses are filled in place: a sub-message built apart and passed in would be copied.
+
+
+def _set_time(field: Timestamp, ms: int) -> None:
+    if ms:
+        field.seconds, field.nanos = ms // 1000, (ms % 1000) * 1_000_000
+
+
+def fill_balance(target: common_pb2.Balance, value: m.Balance) -> common_pb2.Balance:
+    target.active_points = value.active
+    target.pending_points = value.pending
+    target.held_points = value.held
+    target.available_points = value.available
+    target.debt_points = value.debt
+    target.next_expiry_points = value.next_expiry_points
+    _set_time(target.next_expiry_at, value.next_expiry_at_ms)
+    return target
+
+
 def balance(value: m.Balance) -> common_pb2.Balance:
-    return common_pb2.Balance(
-        active_points=value.active,
-        pending_points=value.pending,
-        held_points=value.held,
-        available_points=value.available,
-        debt_points=value.debt,
-        next_expiry_at=timestamp(value.next_expiry_at_ms),
-        next_expiry_points=value.next_expiry_points,
-    )
+    return fill_balance(common_pb2.Balance(), value)
 
 
-def calculation(value: m.Calculation) -> common_pb2.Calculation:
-    return common_pb2.Calculation(
-        lines=[
-            common_pb2.LineResult(
-                line_no=line.line_no,
-                amount_minor=line.amount_minor,
-                discount_minor=line.discount_minor,
-                earned_points=line.earned_points,
-                redeemed_points=line.redeemed_points,
-            )
-            for line in value.lines
-        ],
-        total_minor=value.total_minor,
-        discount_minor=value.discount_minor,
-        payable_minor=value.payable_minor,
-        earned_points=value.earned_points,
-        redeemable_points=value.redeemable_points,
-        redeemed_points=value.redeemed_points,
-        campaigns=[
-            common_pb2.AppliedCampaign(
-                campaign_id=c.campaign_id, effect=c.effect, points=c.points, discount_minor=c.discount_minor
-            )
-            for c in value.campaigns
-        ],
-        ruleset_version=value.ruleset_version,
-        points_activate_at=timestamp(value.activate_at_ms),
-        points_expire_at=timestamp(value.expire_at_ms),
-    )
+def fill_calculation(target: common_pb2.Calculation, value: m.Calculation) -> None:
+    add_line = target.lines.add
+    for line in value.lines:
+        add_line(
+            line_no=line.line_no,
+            amount_minor=line.amount_minor,
+            discount_minor=line.discount_minor,
+            earned_points=line.earned_points,
+            redeemed_points=line.redeemed_points,
+        )
+    add_campaign = target.campaigns.add
+    for c in value.campaigns:
+        add_campaign(campaign_id=c.campaign_id, effect=c.effect, points=c.points, discount_minor=c.discount_minor)
+    target.total_minor = value.total_minor
+    target.discount_minor = value.discount_minor
+    target.payable_minor = value.payable_minor
+    target.earned_points = value.earned_points
+    target.redeemable_points = value.redeemable_points
+    target.redeemed_points = value.redeemed_points
+    target.ruleset_version = value.ruleset_version
+    _set_time(target.points_activate_at, value.activate_at_ms)
+    _set_time(target.points_expire_at, value.expire_at_ms)
 
 
 def calculate_response(value: m.CalculateResult) -> processing_pb2.CalculateResponse:
-    return processing_pb2.CalculateResponse(
-        account_id=value.account_id, calculation=calculation(value.calculation), balance=balance(value.balance)
-    )
+    response = processing_pb2.CalculateResponse(account_id=value.account_id)
+    fill_calculation(response.calculation, value.calculation)
+    fill_balance(response.balance, value.balance)
+    return response
 
 
 def accrue_response(value: m.AccrueResult) -> processing_pb2.AccrueResponse:
-    return processing_pb2.AccrueResponse(
-        transaction_id=value.transaction_id,
-        account_id=value.account_id,
-        calculation=calculation(value.calculation),
-        balance=balance(value.balance),
-        captured_points=value.captured_points,
+    response = processing_pb2.AccrueResponse(
+        transaction_id=value.transaction_id, account_id=value.account_id, captured_points=value.captured_points
     )
+    fill_calculation(response.calculation, value.calculation)
+    fill_balance(response.balance, value.balance)
+    return response
 
 
 def redeem_response(value: m.RedeemResult) -> processing_pb2.RedeemResponse:
