@@ -37,9 +37,10 @@ test: $(BUILT)
 bench: $(BUILT)
 	$(BIN)/python -m bench.run_all
 
-loadtest: $(BUILT)
+HOST ?= 127.0.0.1:50051
+loadtest: $(BUILT)  # against a running server: make run, then make loadtest [HOST=host:port]
 	$(BIN)/locust -f loadtest/locustfile.py --headless --users 16 --spawn-rate 16 --run-time 30s \
-		--html bench/results/locust.html --csv bench/results/locust
+		--host $(HOST) --html bench/results/locust.html --csv bench/results/locust
 
 verify: $(BUILT)
 	$(BIN)/kassa verify --config $(CONFIG)
