@@ -32,6 +32,8 @@ class GroupCommitter:
         self._in_flight: set[str] = set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kassa-commit")
         self._wake = asyncio.Event()
+        self.idle = asyncio.Event()  # set while no commit runs
+        self.idle.set()
         self._task: asyncio.Task | None = None
         self.groups_committed = 0
         self.ops_committed = 0
@@ -98,6 +100,7 @@ class GroupCommitter:
                 group = self._take_group()
                 ops = [op for chunk, _ in group for op in chunk]
                 started = time.perf_counter()
+                self.idle.clear()
                 try:
                     results = await loop.run_in_executor(self._executor, self._ledger.apply, ops, self._clock.now_ms())
                 except LedgerError as error:
@@ -105,6 +108,7 @@ class GroupCommitter:
                 except Exception as error:  # a bug: answer, log, and keep serving
                     log.exception("commit of %d operations failed", len(ops))
                     results = [rejected(Code.INTERNAL, f"internal error: {type(error).__name__}")] * len(ops)
+                self.idle.set()
                 if self._metrics is not None:
                     self._metrics.observe_commit(len(ops), time.perf_counter() - started)
                 self.groups_committed += 1

@@ -71,6 +71,9 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         """`payloads` holds (kind, request message, where it is in the call, e.g. "operations[3].accrue");
         invalid ones are answered INVALID_ARGUMENT naming the field in place, the rest committed
         together, in order."""
+        # Decode while no commit of ours runs: the commit thread shares this process's GIL and holds
+        # LMDB's writer lock, so decoding beside it would slow every worker's commits.
+        await self._committer.idle.wait()
         outcomes: list[Outcome | None] = [None] * len(payloads)
         ops, positions = [], []
         for position, (kind, message, where) in enumerate(payloads):
