@@ -23,7 +23,7 @@ from core_ext.model import (
 )
 from core_ext.rules import prorate_points
 
-DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"by_account", b"idempotency",
+DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
             b"reversals", b"meta")
 NEXT_TXN_KEY = b"next_txn_id"
 TOMBSTONE_DIGEST = b""
@@ -284,13 +284,19 @@ cdef class Ledger:
     def _save_account(self, _Batch batch, account):
         batch.put("accounts", account.account_id.encode(), _encode(account))
 
-    def _journal(self, _Batch batch, entry):
+    def _journal(self, _Batch batch, entry, account, member=None):
+        """Append `entry` and link it into the statement of `account` (and of the group `member`
+        who made it): each account keeps its newest entry's id, each entry the previous one's.
+        Saves the account objects, which the caller keeps using."""
         entry.actor = SYSTEM_ACTOR if entry.kind in (TxnKind.EXPIRE, TxnKind.DEBT_REPAID) else batch.actor
-        key = id_key(entry.txn_id)
-        batch.append("journal", key, _encode(entry))
-        batch.put("by_account", entry.account_id.encode() + b"\0" + key, b"")
+        entry.prev_id = account.last_txn_id
+        account.last_txn_id = entry.txn_id
+        self._save_account(batch, account)
         if entry.member_id:
-            batch.put("by_account", entry.member_id.encode() + b"\0" + key, b"")
+            entry.member_prev_id = member.last_txn_id
+            member.last_txn_id = entry.txn_id
+            self._save_account(batch, member)
+        batch.append("journal", id_key(entry.txn_id), _encode(entry))
 
     # -- time: activation, expiry, hold expiry ----------------------------------------------------
 
@@ -366,11 +372,11 @@ cdef class Ledger:
             self._save_account(batch, account)
             if repaid:
                 self._journal(batch, rec.TxnRec(batch.take_id(), TxnKind.DEBT_REPAID, "", account.account_id,
-                                                now_ms, debt_delta=-repaid, postings=repaid_postings))
+                                                now_ms, debt_delta=-repaid, postings=repaid_postings), account)
             if expired:
                 entry = rec.TxnRec(batch.take_id(), TxnKind.EXPIRE, "", account.account_id, now_ms,
                                    expired=expired, postings=expired_postings)
-                self._journal(batch, entry)
+                self._journal(batch, entry, account)
         return account
 
     @staticmethod
@@ -555,9 +561,6 @@ cdef class Ledger:
             member = account
         member.lifetime_spend_minor += calculation.payable_minor
         member.lifetime_earned_points += calculation.earned_points
-        self._save_account(batch, account)
-        if pooled:
-            self._save_account(batch, member)
         receipt = op.receipt
         lines = [rec.JournalLine(line.line_no, source.qty_milli, line.amount_minor, line.discount_minor,
                                  line.earned_points, share)
@@ -568,7 +571,8 @@ cdef class Ledger:
             lines, earned=calculation.earned_points, redeemed=op.redeem_points, captured=captured,
             debt_delta=-repaid,
             new_lot=new_lot, postings=postings, captured_hold_ids=list(op.capture_hold_ids),
-            ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else ""))
+            ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else ""),
+            account, member)
         result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
         return Outcome(Code.OK, body=result), txn_id
 
@@ -633,8 +637,7 @@ cdef class Ledger:
             entry.redeemed = op.points
         if op.hold:
             self._schedule(account, entry.hold_expires_at_ms)
-        self._save_account(batch, account)
-        self._journal(batch, entry)
+        self._journal(batch, entry, account, member)
         result = RedeemResult(txn_id, account.account_id, entry.redeemed, entry.held, entry.hold_expires_at_ms,
                               self._balance(batch.get, account))
         return Outcome(Code.OK, body=result), txn_id
@@ -697,10 +700,10 @@ cdef class Ledger:
         batch.put("holds", id_key(hold.hold_id), _encode(hold))
         account.held -= hold.amount
         account.live_hold_ids.remove(hold.hold_id)
-        self._save_account(batch, account)
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id,
                                         batch.now_ms, op.store_id, op.terminal_id, restored=hold.amount,
-                                        reverses=target.txn_id))
+                                        reverses=target.txn_id, member_id=target.member_id),
+                      account, self._load_account(batch.get, target.member_id) if target.member_id else None)
         result = RollbackResult(txn_id, account.account_id, RollbackKind.VOID_HOLD, target.txn_id, 0,
                                 hold.amount, 0, self._balance(batch.get, account))
         return Outcome(Code.OK, body=result), txn_id
@@ -740,22 +743,21 @@ cdef class Ledger:
         reversal.rollback_ids.append(txn_id)
         batch.put("reversals", id_key(target.txn_id), _encode(reversal))
         account.next_change_at_ms = self._next_change(batch.get, account)
-        self._save_account(batch, account)
+        member = self._load_account(batch.get, target.member_id) if target.member_id else None
         if target.lines:
-            member = self._load_account(batch.get, target.member_id or account.account_id)
-            member.lifetime_spend_minor -= sum(  # telescoping, like the clawback
+            spender = member if member is not None else account
+            spender.lifetime_spend_minor -= sum(  # telescoping, like the clawback
                 (line.amount_minor - line.discount_minor) * reversal.returned_qty.get(line.line_no, 0) // line.qty_milli
                 - (line.amount_minor - line.discount_minor)
                 * (reversal.returned_qty.get(line.line_no, 0) - returns.get(line.line_no, 0)) // line.qty_milli
                 for line in target.lines)
-            member.lifetime_earned_points -= clawback
-            self._save_account(batch, member)
+            spender.lifetime_earned_points -= clawback
         kind = RollbackKind.CANCEL if not op.return_lines else RollbackKind.RETURN
         self._journal(batch, rec.TxnRec(
             txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id, batch.now_ms, op.store_id,
             op.terminal_id, target.receipt_no, clawed=clawback, restored=restored, expired=expired_on_restore,
             debt_delta=debt, forgiven=forgiven, postings=postings, reverses=target.txn_id,
-            returned=sorted(returns.items()), member_id=target.member_id))
+            returned=sorted(returns.items()), member_id=target.member_id), account, member)
         result = RollbackResult(txn_id, account.account_id, kind, target.txn_id, clawback, restored, debt,
                                 self._balance(batch.get, account))
         return Outcome(Code.OK, body=result), txn_id
@@ -862,7 +864,8 @@ cdef class Ledger:
         self._save_account(batch, account)
         if op.phone:
             batch.put("idents", ident_key(IdKind.PHONE, op.phone), _encode(rec.IdentRec(account_id)))
-        self._journal(batch, rec.TxnRec(txn_id, TxnKind.CREATE_ACCOUNT, op.request_id, account_id, batch.now_ms))
+        self._journal(batch, rec.TxnRec(txn_id, TxnKind.CREATE_ACCOUNT, op.request_id, account_id, batch.now_ms),
+                      account)
         return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _issue_card(self, _Batch batch, op):
@@ -887,7 +890,8 @@ cdef class Ledger:
         account.cards.append(op.card)
         self._save_account(batch, account)
         batch.put("idents", key, _encode(rec.IdentRec(account.account_id, op.category)))
-        self._journal(batch, rec.TxnRec(txn_id, TxnKind.ISSUE_CARD, op.request_id, account.account_id, batch.now_ms))
+        self._journal(batch, rec.TxnRec(txn_id, TxnKind.ISSUE_CARD, op.request_id, account.account_id, batch.now_ms),
+                      account)
         return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _block_card(self, _Batch batch, op):
@@ -899,7 +903,8 @@ cdef class Ledger:
         ident.blocked = True
         batch.put("idents", key, _encode(ident))
         txn_id = batch.take_id()
-        self._journal(batch, rec.TxnRec(txn_id, TxnKind.BLOCK_CARD, op.request_id, ident.account_id, batch.now_ms))
+        self._journal(batch, rec.TxnRec(txn_id, TxnKind.BLOCK_CARD, op.request_id, ident.account_id, batch.now_ms),
+                      self._load_account(batch.get, ident.account_id))
         return Outcome(Code.OK, body=CardResult(CardInfo(op.card, ident.category, True))), txn_id
 
     def _set_attributes(self, _Batch batch, op):
@@ -913,7 +918,7 @@ cdef class Ledger:
         self._save_account(batch, account)
         txn_id = batch.take_id()
         self._journal(batch, rec.TxnRec(txn_id, TxnKind.SET_ATTRIBUTES, op.request_id, account.account_id,
-                                        batch.now_ms))
+                                        batch.now_ms), account)
         return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _adjust(self, _Batch batch, op):
@@ -944,8 +949,7 @@ cdef class Ledger:
         else:
             entry.postings = self._consume(batch, account, -op.points)
         self._touch(account, now_ms)
-        self._save_account(batch, account)
-        self._journal(batch, entry)
+        self._journal(batch, entry, account, member)
         return Outcome(Code.OK, body=AdjustResult(txn_id, account.account_id, self._balance(batch.get, account))), txn_id
 
     def _join_group(self, _Batch batch, op):
@@ -981,11 +985,9 @@ cdef class Ledger:
         return self._group_changed(batch, op, TxnKind.LEAVE_GROUP, member, parent)
 
     def _group_changed(self, _Batch batch, op, kind, member, parent):
-        self._save_account(batch, member)
-        self._save_account(batch, parent)
         txn_id = batch.take_id()
         self._journal(batch, rec.TxnRec(txn_id, kind, op.request_id, parent.account_id, batch.now_ms,
-                                        member_id=member.account_id))
+                                        member_id=member.account_id), parent, member)
         return Outcome(Code.OK, body=self._account_view(batch.get, member, batch.now_ms, batch)), txn_id
 
     def _sweep(self, _Batch batch, op):
@@ -1081,15 +1083,19 @@ cdef class Ledger:
             account, rejection = self._find_account(get, customer)
             if rejection is not None:
                 return rejection
-            prefix = account.account_id.encode() + b"\0"
-            cursor = txn.cursor(db=self.dbs["by_account"])
-            start = prefix + id_key(before_id) if before_id else prefix + b"\xff" * 8
-            found = cursor.set_range(start)
-            positioned = cursor.prev() if found else cursor.last()
+            me = account.account_id
+            next_id = account.last_txn_id
+            if before_id:
+                stored = get("journal", id_key(before_id))
+                entry = _decode_txn(stored) if stored is not None else None
+                if entry is None or me not in (entry.account_id, entry.member_id):
+                    return rejected(Code.INVALID_ARGUMENT, f"page_token: not a page of account '{me}'")
+                next_id = _previous_of(entry, me)
             views = []
-            while positioned and cursor.key().startswith(prefix) and len(views) <= page_size:
-                views.append(_view(_decode_txn(get("journal", cursor.key()[len(prefix):]))))
-                positioned = cursor.prev()
+            while next_id and len(views) <= page_size:
+                entry = _decode_txn(get("journal", id_key(next_id)))
+                views.append(_view(entry))
+                next_id = _previous_of(entry, me)
         next_before_id = views[page_size - 1].transaction_id if len(views) > page_size else 0
         return Outcome(Code.OK, body=Statement(account.account_id, tuple(views[:page_size]), next_before_id))
 
@@ -1106,6 +1112,11 @@ cdef class Ledger:
     def raw_transaction(self):
         """A read transaction and the named databases, for tools (verify, backup, tests)."""
         return self.env.begin(), self.dbs
+
+
+cdef inline long long _previous_of(entry, str account_id):
+    """The account's entry before `entry` in its statement (0: none)."""
+    return entry.prev_id if entry.account_id == account_id else entry.member_prev_id
 
 
 def _read_refusal(error):

@@ -47,6 +47,7 @@ class AccountRec(msgspec.Struct, array_like=True, gc=False):
     last_activity_at_ms: int = 0  # last accrue, redeem or adjustment; drives inactivity burn
     last_lot_id: int = 0  # the newest earned lot: the day's purchases add to it
     burnt_below_lot_id: int = 0  # an inactivity burn took every lot with a smaller id
+    last_txn_id: int = 0  # the newest journal entry of its statement
 
 
 class IdentRec(msgspec.Struct, array_like=True, gc=False):
@@ -122,6 +123,8 @@ class TxnRec(msgspec.Struct, array_like=True, gc=False):
     operator_id: str = ""
     adjusted: int = 0  # > 0 credit, < 0 debit
     actor: str = ""  # who did it: the API key's terminal or operator; "system" for expiry
+    prev_id: int = 0  # the previous entry of `account_id`'s statement (0: none)
+    member_prev_id: int = 0  # the previous entry of `member_id`'s statement
 
 
 class ReversalRec(msgspec.Struct, array_like=True, gc=False):
