@@ -24,7 +24,7 @@ RUNS = (  # (mode, concurrency, batch size)
     ("unary", 64, 1),
     ("noop-stream", 8, 500),
     ("stream", 8, 500),
-    ("batch", 8, 500),
+    ("batch", 16, 500),
 )
 
 

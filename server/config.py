@@ -45,7 +45,7 @@ class ProcessingSection(_Section):
 
 
 class CommitSection(_Section):
-    batch_max: int = 2000
+    batch_max: int = 10_000
     wait_us_max: int = 0
 
 
