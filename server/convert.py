@@ -336,13 +336,17 @@ def calculate_response(value: m.CalculateResult) -> processing_pb2.CalculateResp
     return response
 
 
+def fill_accrue_response(target: processing_pb2.AccrueResponse, value: m.AccrueResult):
+    target.transaction_id = value.transaction_id
+    target.account_id = value.account_id
+    target.captured_points = value.captured_points
+    fill_calculation(target.calculation, value.calculation)
+    fill_balance(target.balance, value.balance)
+    return target
+
+
 def accrue_response(value: m.AccrueResult) -> processing_pb2.AccrueResponse:
-    response = processing_pb2.AccrueResponse(
-        transaction_id=value.transaction_id, account_id=value.account_id, captured_points=value.captured_points
-    )
-    fill_calculation(response.calculation, value.calculation)
-    fill_balance(response.balance, value.balance)
-    return response
+    return fill_accrue_response(processing_pb2.AccrueResponse(), value)
 
 
 def redeem_response(value: m.RedeemResult) -> processing_pb2.RedeemResponse:

@@ -113,7 +113,9 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         results = []
         for outcome in await self._commit_many(payloads):
             result = processing_pb2.OperationResult(code=outcome.code, reason=outcome.reason, message=outcome.message)
-            if outcome.body is not None:
+            if type(outcome.body) is AccrueResult:
+                convert.fill_accrue_response(result.accrue, outcome.body)  # the common case, filled in place
+            elif outcome.body is not None:
                 field, render = _RENDERERS[type(outcome.body)]
                 getattr(result, field).CopyFrom(render(outcome.body))
             results.append(result)
