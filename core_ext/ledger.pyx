@@ -993,7 +993,6 @@ cdef class Ledger:
     def _sweep(self, _Batch batch, op):
         """Settle accounts whose lots or holds came due, writing the expiry journal entries."""
         settled = 0
-        expired_before = 0
         cursor = batch.txn.cursor(db=batch.dbs["accounts"])
         due = []
         for key, value in cursor:

@@ -28,7 +28,6 @@ class GroupCommitter:
         self._batch_max = batch_max
         self._wait_s = wait_us_max / 1_000_000
         self._queue: deque[tuple[list, asyncio.Future]] = deque()
-        self._queued_ops = 0
         self._in_flight: set[str] = set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kassa-commit")
         self._wake = asyncio.Event()
@@ -79,7 +78,6 @@ class GroupCommitter:
             self._in_flight.update(batch_ids)
             future = asyncio.get_running_loop().create_future()
             self._queue.append((accepted, future))
-            self._queued_ops += len(accepted)
             self._wake.set()
             try:
                 results = await asyncio.shield(future)
@@ -127,5 +125,4 @@ class GroupCommitter:
             chunk = self._queue.popleft()
             group.append(chunk)
             count += len(chunk[0])
-        self._queued_ops -= count
         return group
