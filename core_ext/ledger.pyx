@@ -12,20 +12,25 @@ import os
 
 import lmdb
 import msgspec
+from msgspec.structs import replace as _replace
 
 from core_ext import records as rec
 from core_ext.limits import STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from core_ext.model import (
     AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, CalculateResult,
-    CardInfo, CardResult, Code, CreateAccountOp, IdKind, IssueCardOp, JoinGroupOp, LeaveGroupOp, Outcome,
-    Reason, RedeemOp, RedeemResult, RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, Statement,
-    SweepOp, SweepResult, TransactionView, TxnKind, rejected,
+    CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
+    LeaveGroupOp, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
+    RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, SetRulesOp, Shopper, Statement, SweepOp,
+    SweepResult, TransactionView, TxnKind, rejected,
 )
-from core_ext.rules import prorate_points
+from core_ext.program import parse_program
+from core_ext.promo import PatternError, check_code, generate, parse_pattern
+from core_ext.rules import Program, prorate_points
 
 DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
-            b"reversals", b"meta")
+            b"reversals", b"meta", b"counters", b"codes")
 NEXT_TXN_KEY = b"next_txn_id"
+RULESET_KEY = b"ruleset"  # the serving ruleset: (version, sources), shared by every worker
 TOMBSTONE_DIGEST = b""
 SYSTEM_ACTOR = "system"  # the journal's actor for what time does (expiry)
 MAX_DBS = 16  # named databases in the environment
@@ -39,6 +44,8 @@ _decode_hold = rec.decode_hold
 _decode_txn = rec.decode_txn
 _decode_reversal = rec.decode_reversal
 _decode_idempotency = rec.decode_idempotency
+_decode_promo_code = rec.decode_promo_code
+_decode_ruleset = msgspec.msgpack.Decoder(tuple[str, dict[str, str]]).decode
 _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
 
 
@@ -141,6 +148,10 @@ cdef class Ledger:
     cdef public object program
     cdef readonly long long hold_ttl_ms
     cdef dict _handlers
+    cdef object _switched  # a ruleset written by this group, served once it commits
+    cdef object _counted_program  # the program `_counted` was built for
+    cdef dict _counted  # campaign id -> (amount limits [(period, cap)], uses cap), of `program`
+    cdef long long _now_ms  # of the group being applied
 
     def __init__(self, path, program, long long map_size_bytes, long long hold_ttl_s, bint sync=True,
                  int readers_max=READERS_MAX):
@@ -156,7 +167,7 @@ cdef class Ledger:
             AccrueOp: self._accrue, RedeemOp: self._redeem, RollbackOp: self._rollback,
             CreateAccountOp: self._create_account, IssueCardOp: self._issue_card, BlockCardOp: self._block_card,
             SetAttributesOp: self._set_attributes, AdjustOp: self._adjust, JoinGroupOp: self._join_group,
-            LeaveGroupOp: self._leave_group,
+            LeaveGroupOp: self._leave_group, EventOp: self._event, PromoCodesOp: self._promo_codes,
         }
 
     def close(self):
@@ -204,10 +215,14 @@ cdef class Ledger:
         try:
             with self.env.begin(write=True) as txn:
                 meta = self.dbs["meta"]
+                self._follow_ruleset(txn.get(RULESET_KEY, db=meta))
                 stored = txn.get(NEXT_TXN_KEY, db=meta)
                 batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else 1)
+                self._now_ms = now_ms
                 outcomes = [self._apply_one(batch, op) for op in ops]
                 txn.put(NEXT_TXN_KEY, id_key(batch.next_id), db=meta)
+            if self._switched is not None:
+                self.program, self._switched = self._switched, None
             return outcomes
         except lmdb.Error as error:
             mapped = ledger_error(error)
@@ -219,6 +234,8 @@ cdef class Ledger:
         kind = type(op)
         if kind is SweepOp:
             return self._sweep(batch, op)
+        if kind is SetRulesOp:
+            return self._set_rules(batch, op)
         stored = batch.get("idempotency", op.request_id.encode())
         if stored is not None:
             return self._replay(op, _decode_idempotency(stored))
@@ -497,6 +514,332 @@ cdef class Ledger:
             account.active += lot.remaining
             self._schedule(account, lot.expires_at_ms)
 
+    # -- Rulesets ---------------------------------------------------------------------------------
+
+    def _set_rules(self, _Batch batch, op):
+        """Store a validated ruleset for every worker; this one serves it once the group commits."""
+        program = Program(parse_program(dict(op.sources)))
+        batch.put("meta", RULESET_KEY, _encode((program.version, dict(op.sources))))
+        self._switched = program
+        return Outcome(Code.OK)
+
+    def _follow_ruleset(self, stored):
+        """Serve the ruleset another worker stored, when it differs from ours."""
+        if stored is None:
+            return False
+        version, sources = _decode_ruleset(stored)
+        if version == self.program.version:
+            return False
+        self.program = Program(parse_program(sources))
+        return True
+
+    def refresh_program(self):
+        """Switch to the ruleset stored by another worker's ReloadRules; True when it switched."""
+        with self.env.begin() as txn:
+            return self._follow_ruleset(txn.get(RULESET_KEY, db=self.dbs["meta"]))
+
+    # -- What the rules read from the ledger ----------------------------------------------------------
+
+    def _shopper(self, get, member, customer, long long now_ms):
+        category = ""
+        if customer.kind == IdKind.CARD:
+            stored = get("idents", ident_key(IdKind.CARD, customer.value))
+            if stored is not None:
+                category = _decode_ident(stored).category
+        tier = self._tier(member, now_ms)[0] if self.program.tier_levels else ""
+        return Shopper(category, tier, tuple(member.segments), tuple(member.tags), tuple(member.clubs),
+                       member.created_at_ms, member.birthday, member.purchases, member.lifetime_spend_minor)
+
+    def _tier(self, account, long long now_ms):
+        """(tier, next tier, missing) from the account's activity inside the tier window."""
+        program = self.program
+        first_day = program.local_day(now_ms) - program.tier_window_days
+        spend = points = 0
+        for day, day_spend, day_points in account.activity:
+            if day > first_day:
+                spend += day_spend
+                points += day_points
+        return program.tier_of(spend, points)
+
+    def _record_activity(self, account, long long at_ms, long long spend, long long points):
+        """Add to (or, negative, take from) the tier metrics of the local day of `at_ms`; days
+        that left the window are dropped."""
+        if not self.program.tier_levels:
+            return
+        program = self.program
+        day = program.local_day(at_ms)
+        first_day = program.local_day(self._now_ms) - program.tier_window_days
+        activity = [entry for entry in account.activity if entry[0] > first_day]
+        for index, (known, day_spend, day_points) in enumerate(activity):
+            if known == day:
+                activity[index] = (day, day_spend + spend, day_points + points)
+                break
+        else:
+            if day > first_day:
+                activity.append((day, spend, points))
+        account.activity = activity
+
+    def _counting(self):
+        """Per campaign with ledger-kept limits: its amount caps [(period, cap)] and its uses cap."""
+        program = self.program
+        if self._counted_program is not program:
+            counted = {}
+            for campaign_id, (limits, discount) in program.limits.items():
+                caps = []
+                for period, points_cap, minor_cap in (
+                        (b"D", limits.account_day_max_points, limits.account_day_max_minor),
+                        (b"W", limits.account_week_max_points, limits.account_week_max_minor),
+                        (b"M", limits.account_month_max_points, limits.account_month_max_minor),
+                        (b"B", limits.budget_points, limits.budget_minor)):
+                    cap = minor_cap if discount else points_cap
+                    if cap:
+                        caps.append((period, cap))
+                if caps or limits.uses_per_account:
+                    counted[campaign_id] = (caps, limits.uses_per_account)
+            self._counted, self._counted_program = counted, program
+        return self._counted
+
+    def _amount_keys(self, str campaign_id, list caps, str account_id, long long now_ms):
+        """[(counter key, cap)] of a campaign's amount limits for this account and moment."""
+        keys = []
+        periods = None
+        for period, cap in caps:
+            if period == b"B":
+                keys.append((b"B:" + campaign_id.encode(), cap))
+                continue
+            if periods is None:
+                periods = dict(zip((b"D", b"W", b"M"), self.program.period_keys(now_ms)))
+            keys.append((b"%s%d:%s\0%s" % (period, periods[period], campaign_id.encode(), account_id.encode()), cap))
+        return keys
+
+    @staticmethod
+    def _use_key(str campaign_id, str account_id):
+        return b"U:" + campaign_id.encode() + b"\0" + account_id.encode()
+
+    @staticmethod
+    def _counter(get, bytes key):
+        stored = get("counters", key)
+        return 0 if stored is None else int.from_bytes(stored, "big", signed=True)
+
+    def _allowances(self, get, str account_id, long long now_ms):
+        """{campaign id: what its ledger-kept limits have left} for this account now."""
+        counted = self._counting()
+        if not counted:
+            return None
+        allowances = {}
+        for campaign_id, (caps, uses_cap) in counted.items():
+            left = None
+            if uses_cap and self._counter(get, self._use_key(campaign_id, account_id)) >= uses_cap:
+                left = 0
+            else:
+                for key, cap in self._amount_keys(campaign_id, caps, account_id, now_ms):
+                    remaining = cap - self._counter(get, key)
+                    left = remaining if left is None else min(left, remaining)
+            if left is not None:
+                allowances[campaign_id] = left
+        return allowances
+
+    def _promo_statuses(self, get, tuple codes, str account_id, long long now_ms):
+        """[(code, record, refusal or "")] for the presented codes, and the campaigns they unlock."""
+        statuses, unlocked = [], set()
+        for code in codes:
+            stored = get("codes", code.encode())
+            record = None if stored is None else _decode_promo_code(stored)
+            if record is None:
+                refusal = "unknown"
+            elif (record.valid_from_ms and now_ms < record.valid_from_ms) or \
+                    (record.valid_to_ms and now_ms >= record.valid_to_ms):
+                refusal = "expired"
+            elif record.uses_total and self._counter(get, b"C:" + code.encode()) >= record.uses_total:
+                refusal = "exhausted"
+            elif record.uses_per_account and \
+                    self._counter(get, b"c:" + code.encode() + b"\0" + account_id.encode()) >= record.uses_per_account:
+                refusal = "limit_per_account"
+            else:
+                refusal = ""
+                unlocked.add(record.campaign_id)
+            statuses.append((code, record, refusal))
+        return statuses, unlocked
+
+    def _evaluate(self, get, member, customer, receipt, long long now_ms, long long available,
+                  long long redeem_points, bint explain=False):
+        """The program's result for this customer and ledger state, and the promo codes accepted."""
+        program = self.program
+        shopper = self._shopper(get, member, customer, now_ms)
+        allowances = self._allowances(get, member.account_id, now_ms) if program.limits else None
+        statuses, unlocked = ((), None)
+        if receipt.promo_codes:
+            statuses, unlocked = self._promo_statuses(get, receipt.promo_codes, member.account_id, now_ms)
+        calculation = program.calculate(receipt, now_ms, available, redeem_points, shopper, allowances,
+                                        unlocked, explain)
+        accepted = []
+        if statuses:
+            applied = {campaign.campaign_id for campaign in calculation.campaigns}
+            results = []
+            for code, record, refusal in statuses:
+                if not refusal and (record.campaign_id not in applied or code in accepted
+                                    or any(record.campaign_id == other.campaign_id for _, other in accepted)):
+                    refusal = "not_applicable"
+                if not refusal:
+                    accepted.append((code, record))
+                results.append(PromoCodeResult(code, not refusal, refusal))
+            calculation = _replace(calculation, promo_codes=tuple(results))
+        return calculation, accepted
+
+    def _count(self, _Batch batch, entry, limited, accepted, str account_id):
+        """Add what the campaigns with limits gave, their uses and the promo codes' uses to the
+        counters, and record on `entry` how to give each back."""
+        counted = self._counting()
+        for campaign_id, amounts in limited:
+            if campaign_id not in counted:
+                continue
+            caps, uses_cap = counted[campaign_id]
+            keys = [key for key, _ in self._amount_keys(campaign_id, caps, account_id, batch.now_ms)]
+            given = sum(amounts)
+            for key in keys:
+                self._add_counter(batch, entry, key, given)
+            entry.limited.append(rec.LimitedUse(campaign_id, list(amounts), keys))
+            if uses_cap:
+                self._add_counter(batch, entry, self._use_key(campaign_id, account_id), 1)
+                entry.use_keys.append(self._use_key(campaign_id, account_id))
+        for code, record in accepted:
+            for key in (b"C:" + code.encode(), b"c:" + code.encode() + b"\0" + account_id.encode()):
+                self._add_counter(batch, entry, key, 1)
+                entry.use_keys.append(key)
+            entry.promo_codes.append(code)
+
+    def _add_counter(self, _Batch batch, entry, bytes key, long long delta):
+        if delta == 0:
+            return
+        value = self._counter(batch.get, key) + delta
+        batch.put("counters", key, value.to_bytes(8, "big", signed=True))
+        entry.counters.append((key, delta))
+
+    def _uncount(self, _Batch batch, entry, target, dict returns, reversal, bint complete):
+        """Give back to the counters what the rolled-back part of `target` consumed: each line's
+        share by returned quantity (telescoping, like the points), the uses on a full rollback."""
+        for use in target.limited:
+            if target.lines:
+                given = 0
+                for amount, line in zip(use.amounts, target.lines):
+                    after = reversal.returned_qty.get(line.line_no, 0)
+                    before = after - returns.get(line.line_no, 0)
+                    given += amount * after // line.qty_milli - amount * before // line.qty_milli
+            else:
+                given = sum(use.amounts)
+            for key in use.keys:
+                self._add_counter(batch, entry, key, -given)
+        if complete:
+            for key in target.use_keys:
+                self._add_counter(batch, entry, key, -1)
+
+    # -- Events -------------------------------------------------------------------------------------
+
+    def _event(self, _Batch batch, op):
+        now_ms = batch.now_ms
+        member, rejection = self._find_account(batch.get, op.customer)
+        if rejection is not None:
+            return rejection, 0
+        related = None
+        if op.related is not None:
+            related, rejection = self._find_account(batch.get, op.related)
+            if rejection is not None:
+                return rejected(rejection.code, "related." + rejection.message.split(".", 1)[1]), 0
+            if related.account_id == member.account_id:
+                return rejected(Code.INVALID_ARGUMENT, "related: the related customer is the event's customer"), 0
+        account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
+        self._now_ms = now_ms
+        shopper = self._shopper(batch.get, member, op.customer, now_ms)
+        allowances = self._allowances(batch.get, member.account_id, now_ms) if self.program.limits else None
+        result = self.program.evaluate_event(op.event_type, dict(op.attributes), op.amount_minor, now_ms, shopper,
+                                             allowances, related is not None)
+        if result.points == 0 and result.related_points == 0:
+            body = EventResult(0, member.account_id, 0, 0, "", 0, result.campaigns, self._balance(batch.get, account))
+            return Outcome(Code.OK, body=body), 0
+        pooled = member.account_id != account.account_id
+        txn_id = batch.take_id()
+        entry = rec.TxnRec(txn_id, TxnKind.EVENT, op.request_id, account.account_id, now_ms, earned=result.points,
+                           ruleset_version=result.ruleset_version, reason=op.event_type,
+                           member_id=member.account_id if pooled else "")
+        self._count(batch, entry, result.limited, (), member.account_id)
+        if result.points:
+            entry.new_lot = self._earn(batch, account, txn_id, result.points, result.activate_at_ms,
+                                       result.expire_at_ms, entry.postings)
+            entry.debt_delta = -self._repay_debt(batch, account, entry.new_lot, entry.postings)
+        self._touch(account, now_ms)
+        if pooled:
+            member = self._load_account(batch.get, member.account_id)
+            self._touch(member, now_ms)
+        else:
+            member = account
+        member.lifetime_earned_points += result.points
+        self._record_activity(member, now_ms, 0, result.points)
+        self._journal(batch, entry, account, member)
+        related_txn_id = 0
+        if result.related_points:
+            related_txn_id = self._related_event(batch, op, related, result)
+        body = EventResult(txn_id, member.account_id, result.points, related_txn_id, related.account_id if related else "",
+                           result.related_points, result.campaigns, self._balance(batch.get, account))
+        return Outcome(Code.OK, body=body), txn_id
+
+    def _related_event(self, _Batch batch, op, related, result):
+        """The related customer's share of an event (a referrer's points): an entry of its own."""
+        now_ms = batch.now_ms
+        related = self._load_account(batch.get, related.account_id)  # the event's entry may have saved it
+        account = self._settle(batch.get, self._pool(batch.get, related), now_ms, batch)
+        pooled = related.account_id != account.account_id
+        txn_id = batch.take_id()
+        entry = rec.TxnRec(txn_id, TxnKind.EVENT, op.request_id, account.account_id, now_ms,
+                           earned=result.related_points, ruleset_version=result.ruleset_version,
+                           reason=f"{op.event_type} (related)", member_id=related.account_id if pooled else "")
+        entry.new_lot = self._earn(batch, account, txn_id, result.related_points, result.activate_at_ms,
+                                   result.expire_at_ms, entry.postings)
+        entry.debt_delta = -self._repay_debt(batch, account, entry.new_lot, entry.postings)
+        self._touch(account, now_ms)
+        if pooled:
+            related = self._load_account(batch.get, related.account_id)
+            self._touch(related, now_ms)
+        else:
+            related = account
+        related.lifetime_earned_points += result.related_points
+        self._record_activity(related, now_ms, 0, result.related_points)
+        self._journal(batch, entry, account, related)
+        return txn_id
+
+    # -- Promo codes --------------------------------------------------------------------------------
+
+    def _promo_codes(self, _Batch batch, op):
+        campaign = next((c for c in self.program.spec.campaigns if c.id == op.campaign_id), None)
+        if campaign is None:
+            return rejected(Code.FAILED_PRECONDITION, f"campaign_id: no campaign '{op.campaign_id}' in ruleset "
+                            f"{self.program.version}", Reason.UNKNOWN_CAMPAIGN), 0
+        if not campaign.promo_code:
+            return rejected(Code.FAILED_PRECONDITION, f"campaign_id: campaign '{op.campaign_id}' takes no promo "
+                            f"codes (its promo_code is false)", Reason.UNKNOWN_CAMPAIGN), 0
+        if op.valid_from_ms and op.valid_to_ms and op.valid_from_ms >= op.valid_to_ms:
+            return rejected(Code.INVALID_ARGUMENT, "valid_to: must be after valid_from"), 0
+        taken = lambda code: batch.get("codes", code.encode()) is not None
+        try:
+            if op.pattern:
+                codes = generate(parse_pattern(op.pattern, op.charset), op.count, taken)
+            else:
+                seen = set()
+                for index, code in enumerate(op.codes):
+                    check_code(code, f"codes[{index}]")
+                    if code in seen:
+                        return rejected(Code.INVALID_ARGUMENT, f"codes[{index}]: '{code}' given twice"), 0
+                    if taken(code):
+                        return rejected(Code.ALREADY_EXISTS, f"codes[{index}]: code '{code}' exists"), 0
+                    seen.add(code)
+                codes = list(op.codes)
+        except PatternError as error:
+            return rejected(Code.INVALID_ARGUMENT, str(error)), 0
+        record = _encode(rec.PromoCodeRec(op.campaign_id, op.valid_from_ms, op.valid_to_ms, op.uses_total,
+                                          op.uses_per_account))
+        for code in codes:
+            batch.put("codes", code.encode(), record)
+        return Outcome(Code.OK, body=PromoCodesResult(op.campaign_id, tuple(codes))), 0
+
     # -- Accrue -----------------------------------------------------------------------------------
 
     def _accrue(self, _Batch batch, op):
@@ -510,7 +853,8 @@ cdef class Ledger:
                             Reason.CARD_BLOCKED), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
         balance = self._balance(batch.get, account)
-        calculation = self.program.calculate(op.receipt, now_ms, balance.available, op.redeem_points)
+        calculation, accepted = self._evaluate(batch.get, member, op.customer, op.receipt, now_ms, balance.available,
+                                               op.redeem_points)
         holds = []
         for index, hold_id in enumerate(op.capture_hold_ids):
             hold, rejection = self._capturable(batch, account, hold_id, f"capture_hold_ids[{index}]")
@@ -561,18 +905,22 @@ cdef class Ledger:
             member = account
         member.lifetime_spend_minor += calculation.payable_minor
         member.lifetime_earned_points += calculation.earned_points
+        member.purchases += 1
+        self._record_activity(member, now_ms, calculation.payable_minor, calculation.earned_points)
         receipt = op.receipt
         lines = [rec.JournalLine(line.line_no, source.qty_milli, line.amount_minor, line.discount_minor,
                                  line.earned_points, share)
                  for line, source, share in zip(calculation.lines, receipt.lines, spent_shares)]
-        self._journal(batch, rec.TxnRec(
+        entry = rec.TxnRec(
             txn_id, TxnKind.ACCRUE, op.request_id, account.account_id, now_ms, receipt.store_id,
             receipt.terminal_id, receipt.receipt_no, calculation.total_minor, calculation.payable_minor,
             lines, earned=calculation.earned_points, redeemed=op.redeem_points, captured=captured,
             debt_delta=-repaid,
             new_lot=new_lot, postings=postings, captured_hold_ids=list(op.capture_hold_ids),
-            ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else ""),
-            account, member)
+            ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else "")
+        if calculation.limited or accepted:
+            self._count(batch, entry, calculation.limited, accepted, member.account_id)
+        self._journal(batch, entry, account, member)
         result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
         return Outcome(Code.OK, body=result), txn_id
 
@@ -666,7 +1014,7 @@ cdef class Ledger:
         account = self._settle(batch.get, account, batch.now_ms, batch)
         if target.kind == TxnKind.HOLD:
             return self._void_hold(batch, op, account, target)
-        if target.kind in (TxnKind.REDEEM, TxnKind.ACCRUE, TxnKind.ADJUST):
+        if target.kind in (TxnKind.REDEEM, TxnKind.ACCRUE, TxnKind.ADJUST, TxnKind.EVENT):
             return self._reverse(batch, op, account, target)
         return rejected(Code.FAILED_PRECONDITION,
                         f"transaction {target.txn_id} ({TxnKind(target.kind).name.lower()}) cannot be rolled back",
@@ -733,6 +1081,8 @@ cdef class Ledger:
             reversal.returned_qty[line.line_no] = after
         if target.kind == TxnKind.REDEEM:
             restore = target.redeemed
+        elif target.kind == TxnKind.EVENT:
+            clawback = target.earned
         elif target.kind == TxnKind.ADJUST:
             clawback, restore = max(target.adjusted, 0), max(-target.adjusted, 0)
         txn_id = batch.take_id()
@@ -744,20 +1094,25 @@ cdef class Ledger:
         batch.put("reversals", id_key(target.txn_id), _encode(reversal))
         account.next_change_at_ms = self._next_change(batch.get, account)
         member = self._load_account(batch.get, target.member_id) if target.member_id else None
-        if target.lines:
-            spender = member if member is not None else account
-            spender.lifetime_spend_minor -= sum(  # telescoping, like the clawback
+        spender = member if member is not None else account
+        if target.kind in (TxnKind.ACCRUE, TxnKind.EVENT):
+            spend_back = sum(  # telescoping, like the clawback
                 (line.amount_minor - line.discount_minor) * reversal.returned_qty.get(line.line_no, 0) // line.qty_milli
                 - (line.amount_minor - line.discount_minor)
                 * (reversal.returned_qty.get(line.line_no, 0) - returns.get(line.line_no, 0)) // line.qty_milli
                 for line in target.lines)
+            spender.lifetime_spend_minor -= spend_back
             spender.lifetime_earned_points -= clawback
+            self._record_activity(spender, target.created_at_ms, -spend_back, -clawback)
         kind = RollbackKind.CANCEL if not op.return_lines else RollbackKind.RETURN
-        self._journal(batch, rec.TxnRec(
+        entry = rec.TxnRec(
             txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id, batch.now_ms, op.store_id,
             op.terminal_id, target.receipt_no, clawed=clawback, restored=restored, expired=expired_on_restore,
             debt_delta=debt, forgiven=forgiven, postings=postings, reverses=target.txn_id,
-            returned=sorted(returns.items()), member_id=target.member_id), account, member)
+            returned=sorted(returns.items()), member_id=target.member_id)
+        if target.limited or target.use_keys:
+            self._uncount(batch, entry, target, returns, reversal, reversal.complete)
+        self._journal(batch, entry, account, member)
         result = RollbackResult(txn_id, account.account_id, kind, target.txn_id, clawback, restored, debt,
                                 self._balance(batch.get, account))
         return Outcome(Code.OK, body=result), txn_id
@@ -1022,10 +1377,12 @@ cdef class Ledger:
         view = _ReadView(batch.txn, batch.dbs) if batch is not None else get
         pool = self._settle(view, self._pool(view, account), now_ms)
         balance = self._balance(view, pool, now_ms)
+        tier, next_tier, missing = self._tier(account, now_ms) if self.program.tier_levels else ("", "", 0)
         return AccountView(account.account_id, account.phone, tuple(cards), balance,
                            account.created_at_ms, account.lifetime_spend_minor, account.lifetime_earned_points,
                            account.parent_id, tuple(account.member_ids), tuple(account.segments),
-                           tuple(account.tags), account.birthday, tuple(account.clubs), account.last_activity_at_ms)
+                           tuple(account.tags), account.birthday, tuple(account.clubs), account.last_activity_at_ms,
+                           tier, next_tier, missing, account.purchases)
 
     # -----------------------------------------------------------------------------------------
     # Reads
@@ -1042,12 +1399,13 @@ cdef class Ledger:
     def _calculate(self, query, long long now_ms):
         with self.env.begin() as txn:
             get = self._reader(txn)
-            account, rejection = self._find_account(get, query.customer)
+            member, rejection = self._find_account(get, query.customer)
             if rejection is not None:
                 return rejection
-            account = self._settle(get, self._pool(get, account), now_ms)
+            account = self._settle(get, self._pool(get, member), now_ms)
             balance = self._balance(get, account)
-        calculation = self.program.calculate(query.receipt, now_ms, balance.available, query.redeem_points)
+            calculation, _ = self._evaluate(get, member, query.customer, query.receipt, now_ms, balance.available,
+                                            query.redeem_points, query.explain)
         if query.redeem_points:
             rejection = self._redeem_rejection(balance, query.redeem_points, calculation.redeemable_points)
             if rejection is not None:

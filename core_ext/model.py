@@ -46,6 +46,7 @@ class Reason(enum.IntEnum):
     ACCOUNT_NOT_EMPTY = 13
     ALREADY_IN_GROUP = 14
     NOT_IN_GROUP = 15
+    UNKNOWN_CAMPAIGN = 16
 
 
 class TxnKind(enum.IntEnum):
@@ -64,6 +65,7 @@ class TxnKind(enum.IntEnum):
     JOIN_GROUP = 11
     LEAVE_GROUP = 12
     DEBT_REPAID = 13
+    EVENT = 14
 
 
 class RollbackKind(enum.IntEnum):
@@ -97,6 +99,7 @@ class Line(msgspec.Struct, array_like=True, gc=False, frozen=True):
     amount_minor: int
     no_earn: bool = False
     no_discount: bool = False
+    brand: str = ""
 
 
 class Receipt(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -104,12 +107,35 @@ class Receipt(msgspec.Struct, array_like=True, gc=False, frozen=True):
     terminal_id: str
     receipt_no: str
     lines: tuple[Line, ...]
+    region: str = ""
+    channel: str = ""
+    payment_method: str = ""
+    card_bin: str = ""  # leading digits of the bank card paid with
+    promo_codes: tuple[str, ...] = ()
+
+
+class Shopper(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """What the rules may ask about the customer, read from the ledger before a purchase."""
+
+    card_category: str = ""
+    tier: str = ""
+    segments: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    clubs: tuple[str, ...] = ()
+    created_at_ms: int = 0
+    birthday: str = ""  # "MM-DD"
+    purchases: int = 0  # purchases before this one
+    lifetime_spend_minor: int = 0
+
+
+NO_SHOPPER = Shopper()
 
 
 class CalculateQuery(msgspec.Struct, array_like=True, gc=False, frozen=True):
     customer: Customer
     receipt: Receipt
     redeem_points: int = 0
+    explain: bool = False  # say why each campaign applied or not (off on the hot path)
 
 
 class AccrueOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=1):
@@ -213,6 +239,44 @@ class LeaveGroupOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=1
     actor: str = ""  # who asks: the API key's terminal or operator, for the journal
 
 
+class EventOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=12):
+    """A non-purchase event (registration, referral, birthday, check-in, top-up, bill paid, ...)."""
+
+    request_id: str
+    digest: bytes
+    customer: Customer
+    event_type: str
+    attributes: tuple[tuple[str, str], ...] = ()
+    amount_minor: int = 0  # top-up or bill amount, for percent campaigns
+    related: Customer | None = None  # e.g. the referred friend, for `related_points`
+    actor: str = ""
+
+
+class PromoCodesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=13):
+    """Create promo codes bound to a campaign: generated from `pattern`, or the `codes` given."""
+
+    request_id: str
+    digest: bytes
+    campaign_id: str
+    pattern: str = ""
+    charset: str = ""
+    count: int = 0
+    codes: tuple[str, ...] = ()  # imported external codes (then no pattern)
+    valid_from_ms: int = 0  # 0: open
+    valid_to_ms: int = 0  # 0: open
+    uses_total: int = 0  # 0: unlimited
+    uses_per_account: int = 0  # 0: unlimited
+    actor: str = ""
+
+
+class SetRulesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=14):
+    """Switch every worker to this (already validated) ruleset. Not idempotent by request id."""
+
+    sources: tuple[tuple[str, str], ...]
+    version: str
+    request_id: str = ""
+
+
 class SweepOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):
     """Settle up to `accounts_max` accounts whose lots or holds came due (the expiry sweep).
     Not idempotent by request id: a sweep only writes what time has already decided."""
@@ -223,7 +287,7 @@ class SweepOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):
 
 Operation = (
     AccrueOp | RedeemOp | RollbackOp | CreateAccountOp | IssueCardOp | BlockCardOp | SetAttributesOp | AdjustOp
-    | JoinGroupOp | LeaveGroupOp | SweepOp
+    | JoinGroupOp | LeaveGroupOp | SweepOp | EventOp | PromoCodesOp | SetRulesOp
 )
 
 
@@ -256,6 +320,18 @@ class AppliedCampaign(msgspec.Struct, array_like=True, gc=False, frozen=True):
     discount_minor: int
 
 
+class PromoCodeResult(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    code: str
+    accepted: bool
+    reason: str = ""  # unknown | expired | exhausted | limit_per_account | not_applicable
+
+
+class CampaignExplain(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    campaign_id: str
+    applied: bool
+    reason: str  # why it did not apply, or what it gave
+
+
 class Calculation(msgspec.Struct, array_like=True, gc=False, frozen=True):
     lines: tuple[LineResult, ...]
     total_minor: int
@@ -265,6 +341,22 @@ class Calculation(msgspec.Struct, array_like=True, gc=False, frozen=True):
     redeemable_points: int
     redeemed_points: int
     campaigns: tuple[AppliedCampaign, ...]
+    ruleset_version: str
+    activate_at_ms: int
+    expire_at_ms: int
+    promo_codes: tuple[PromoCodeResult, ...] = ()
+    explain: tuple[CampaignExplain, ...] = ()
+    # per campaign with limits: what it gave on each line (points or minor), for the ledger's counters
+    limited: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+
+class EventCalculation(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """What the event campaigns give for one non-purchase event."""
+
+    points: int  # for the event's customer
+    related_points: int  # for the related customer (a referrer)
+    campaigns: tuple[AppliedCampaign, ...]
+    limited: tuple[tuple[str, tuple[int, ...]], ...]
     ruleset_version: str
     activate_at_ms: int
     expire_at_ms: int
@@ -291,6 +383,10 @@ class AccountView(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=10
     birthday: str = ""
     clubs: tuple[str, ...] = ()
     last_activity_at_ms: int = 0
+    tier: str = ""
+    next_tier: str = ""
+    next_tier_missing: int = 0  # in the next tier's metric: minor units of spend, or points
+    purchases: int = 0
 
 
 class CalculateResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):
@@ -365,6 +461,22 @@ class CardResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=17)
     card: CardInfo
 
 
+class EventResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=19):
+    transaction_id: int  # 0 when no campaign gave anything
+    account_id: str
+    points: int
+    related_transaction_id: int
+    related_account_id: str
+    related_points: int
+    campaigns: tuple[AppliedCampaign, ...]
+    balance: Balance
+
+
+class PromoCodesResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=20):
+    campaign_id: str
+    codes: tuple[str, ...]
+
+
 class SweepResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=18):
     accounts_settled: int
     expired_points: int
@@ -373,7 +485,7 @@ class SweepResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=18
 
 Body = (
     AccountView | CalculateResult | AccrueResult | RedeemResult | RollbackResult | Statement | AdjustResult
-    | CardResult | SweepResult
+    | CardResult | SweepResult | EventResult | PromoCodesResult
 )
 
 

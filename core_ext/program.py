@@ -38,38 +38,126 @@ class ProgramSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     inactivity_burn_days: int = 0  # burn the whole balance after this long without activity; 0: never
 
 
+class Tier(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A level reached when the metric over the rolling window meets the threshold."""
+
+    id: str
+    metric: Literal["spend_minor", "points_earned"] = "spend_minor"
+    threshold: int  # in the metric's unit: minor units of money spent, or points earned
+    name: str = ""
+
+
+class TierSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    window_days: int = 365  # the rolling window the metric is summed over (program time zone days)
+    levels: list[Tier] = []  # ascending thresholds per metric; the highest level reached wins
+
+
 class Conditions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Every condition set must hold; an empty list or a zero/None value means "any"."""
+
+    # the customer
+    card_categories: list[str] = []  # the presented card's category is one of these
+    tiers: list[str] = []  # the customer's tier (before this purchase) is one of these; "" = no tier
+    segments: list[str] = []  # the account has at least one of these segments
+    tags: list[str] = []  # ... tags
+    clubs: list[str] = []  # ... clubs
+    account_age_days_min: int = 0  # the account is at least this many days old
+    birthday_within_days: int | None = None  # the local date is within this many days of the birthday
+    nth_purchase: int = 0  # this purchase is the account's n-th (1 = the first)
+    lifetime_spend_min_minor: int = 0  # the account's lifetime spend before this purchase
+    # the receipt (or event)
+    stores: list[str] = []
+    regions: list[str] = []
+    channels: list[str] = []
+    terminals: list[str] = []
+    payment_methods: list[str] = []
+    card_bins: list[str] = []  # the bank card number paid with starts with one of these
+    weekdays: list[int] = []  # local weekday, 1 = Monday .. 7 = Sunday
+    hour_from: int = 0  # local time of day: from this hour (inclusive) ...
+    hour_to: int = 24  # ... to this hour (exclusive); hour_from > hour_to wraps past midnight
+    receipt_total_min_minor: int = 0  # the receipt's total (line amounts before discounts)
+    item_qty_min_milli: int = 0  # the quantity over the lines the campaign takes
+    # a line (the lines a campaign takes; it applies when it takes at least one)
     category_prefixes: list[str] = []  # a line matches if its category starts with one of these
-    skus: list[str] = []  # ... or its sku is one of these
-    receipt_total_min_minor: int = 0  # the receipt's payable total must reach this
-    stores: list[str] = []  # empty: every store
+    skus: list[str] = []  # ... or its sku is one of these (with prefixes: either matches)
+    brands: list[str] = []  # and its brand is one of these
+    exclude_category_prefixes: list[str] = []  # and its category starts with none of these
+    line_qty_min_milli: int = 0  # and its quantity reaches this
+    line_amount_min_minor: int = 0  # and its amount reaches this
+    # a non-purchase event (event campaigns only)
+    event_types: list[str] = []  # the event's type is one of these
+    event_attributes: dict[str, str] = {}  # every one of these attributes has this value
+
+
+EFFECT_KINDS = (
+    "earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier",
+    "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y",
+)
+DISCOUNT_EFFECTS = frozenset(("discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y"))
+EVENT_EFFECTS = frozenset(("earn_percent", "earn_fixed", "earn_per_step"))
 
 
 class Effect(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    kind: Literal["earn_percent", "earn_fixed", "discount_percent"]
+    kind: Literal[
+        "earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier",
+        "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y",
+    ]
     percent_bps: int = 0  # earn_percent, discount_percent
-    points: int = 0  # earn_fixed: points per receipt, prorated over the matching lines
+    points: int = 0  # earn_fixed (per receipt, line or unit), earn_per_step (per step)
+    per: Literal["receipt", "line", "unit"] = "receipt"  # earn_fixed
+    step_minor: int = 0  # earn_per_step: points for every full step of the eligible amount
+    multiplier_bps: int = 0  # earn_multiplier: 20000 doubles the points the lines earned
+    amount_minor: int = 0  # discount_fixed: an amount off the receipt, prorated over the lines
+    price_minor: int = 0  # fixed_price: the unit price the matching lines are sold at
+    buy: int = 0  # buy_x_get_y: of every buy + get whole units, the `get` cheapest are free
+    get: int = 0
+    related_points: int = 0  # event campaigns: points for the event's related customer (referrer)
+    points_lifetime_days: int | None = None  # event campaigns: the points' own lifetime
+    activation_delay_days: int | None = None  # event campaigns: the points' own activation delay
+
+
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Caps on what a campaign gives, in points (earn effects) or minor units (discounts).
+    0 means no cap. A cap that would be exceeded reduces the effect to what is left."""
+
+    receipt_max_points: int = 0
+    receipt_max_minor: int = 0
+    account_day_max_points: int = 0  # per account per local day
+    account_day_max_minor: int = 0
+    account_week_max_points: int = 0  # per account per local ISO week (Monday first)
+    account_week_max_minor: int = 0
+    account_month_max_points: int = 0  # per account per local calendar month
+    account_month_max_minor: int = 0
+    budget_points: int = 0  # for the whole campaign, over its life
+    budget_minor: int = 0
+    uses_per_account: int = 0  # receipts or events it may apply to per account
 
 
 class Campaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     id: str
     name: str = ""
     priority: int = 0  # higher runs first
-    stacking: Literal["stack", "exclusive"] = "stack"
+    stacking: Literal["stack", "exclusive", "best"] = "stack"
+    best_group: str = ""  # `best` campaigns of one group compete; only the best for the customer applies
+    trigger: Literal["purchase", "event"] = "purchase"
+    promo_code: bool = False  # applies only with an accepted promo code bound to it
     valid_from: dt.datetime | None = None
     valid_to: dt.datetime | None = None
     when: Conditions = Conditions()
     effect: Effect
+    limits: Limits = Limits()
 
 
 class ProgramFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     program: ProgramSettings | None = None
+    tiers: TierSettings | None = None
     campaigns: list[Campaign] = []
 
 
 class ProgramSpec(msgspec.Struct, frozen=True):
     settings: ProgramSettings
     campaigns: list[Campaign]
+    tiers: TierSettings
     version: str  # content hash of the sources
     sources: dict[str, str]  # file name -> TOML text
 
@@ -107,6 +195,7 @@ def parse_program(sources: dict[str, str]) -> ProgramSpec:
     """Decode and validate TOML sources given as {file name: text}."""
     problems: list[str] = []
     settings: list[tuple[str, ProgramSettings]] = []
+    tiers: list[tuple[str, TierSettings]] = []
     campaigns: list[tuple[str, Campaign]] = []
     for name, text in sources.items():
         decoded = _decode_file(name, text, problems)
@@ -114,15 +203,23 @@ def parse_program(sources: dict[str, str]) -> ProgramSpec:
             continue
         if decoded.program is not None:
             settings.append((name, decoded.program))
+        if decoded.tiers is not None:
+            tiers.append((name, decoded.tiers))
         campaigns.extend((name, campaign) for campaign in decoded.campaigns)
     if len(settings) != 1 and not problems:
         where = ", ".join(name for name, _ in settings) or "no file"
         problems.append(f"exactly one [program] table is required, found {len(settings)} ({where})")
     if settings:
         problems.extend(_check_settings(*settings[0]))
+    if len(tiers) > 1:
+        problems.append(f"at most one [tiers] table, found {len(tiers)} ({', '.join(n for n, _ in tiers)})")
+    tier_settings = tiers[0][1] if tiers else TierSettings()
+    if tiers:
+        problems.extend(_check_tiers(*tiers[0]))
+    tier_ids = {tier.id for tier in tier_settings.levels}
     seen: dict[str, str] = {}
     for name, campaign in campaigns:
-        problems.extend(_check_campaign(name, campaign))
+        problems.extend(_check_campaign(name, campaign, tier_ids))
         if campaign.id in seen:
             problems.append(f"{name}: campaign '{campaign.id}': field 'id': duplicate, first defined in {seen[campaign.id]}")
         seen.setdefault(campaign.id, name)
@@ -133,7 +230,9 @@ def parse_program(sources: dict[str, str]) -> ProgramSpec:
     digest = hashlib.sha256()
     for name in sorted(sources):
         digest.update(Path(name).name.encode() + b"\0" + sources[name].encode() + b"\0")
-    return ProgramSpec(settings[0][1], [c for _, c in campaigns], "v-" + digest.hexdigest()[:12], dict(sources))
+    return ProgramSpec(
+        settings[0][1], [c for _, c in campaigns], tier_settings, "v-" + digest.hexdigest()[:12], dict(sources)
+    )
 
 
 def _decode_file(name: str, text: str, problems: list[str]) -> ProgramFile | None:
@@ -188,9 +287,32 @@ def _check_settings(name: str, settings: ProgramSettings) -> list[str]:
     return problems
 
 
-def _check_campaign(name: str, campaign: Campaign) -> list[str]:
-    where = f"{name}: campaign '{campaign.id}'"
+def _check_tiers(name: str, tiers: TierSettings) -> list[str]:
+    where = f"{name}: [tiers]"
     problems = []
+    if not 1 <= tiers.window_days <= POINTS_LIFETIME_DAYS_MAX:
+        problems.append(f"{where}: field 'window_days': must be 1..{POINTS_LIFETIME_DAYS_MAX}")
+    seen = set()
+    for index, tier in enumerate(tiers.levels):
+        field = f"levels[{index}]"
+        if not tier.id or not CAMPAIGN_ID_PATTERN.match(tier.id):
+            problems.append(f"{where}: field '{field}.id': must be letters, digits and '_.:-'")
+        if tier.id in seen:
+            problems.append(f"{where}: field '{field}.id': duplicate tier '{tier.id}'")
+        seen.add(tier.id)
+        if tier.threshold <= 0:
+            problems.append(f"{where}: field '{field}.threshold': must be > 0")
+    return problems
+
+
+def _positive(where, problems, field, value, needed_by):
+    if value <= 0:
+        problems.append(f"{where}: field '{field}': must be > 0 for {needed_by}")
+
+
+def _check_campaign(name: str, campaign: Campaign, tier_ids: set[str] = frozenset()) -> list[str]:
+    where = f"{name}: campaign '{campaign.id}'"
+    problems: list[str] = []
     if not CAMPAIGN_ID_PATTERN.match(campaign.id) or len(campaign.id.encode()) > CAMPAIGN_ID_BYTES_MAX:
         problems.append(f"{where}: field 'id': must be 1..{CAMPAIGN_ID_BYTES_MAX} bytes of letters, digits, '_.:-'")
     if campaign.valid_from and campaign.valid_from.tzinfo is None:
@@ -205,16 +327,117 @@ def _check_campaign(name: str, campaign: Campaign) -> list[str]:
         and campaign.valid_from >= campaign.valid_to
     ):
         problems.append(f"{where}: field 'valid_to': must be after valid_from")
-    effect = campaign.effect
-    if effect.kind == "earn_percent" and not 0 < effect.percent_bps <= EARN_BPS_MAX:
+    if campaign.best_group and campaign.stacking != "best":
+        problems.append(f"{where}: field 'best_group': only for stacking = \"best\"")
+    problems.extend(_check_effect(where, campaign))
+    problems.extend(_check_conditions(where, campaign, tier_ids))
+    problems.extend(_check_limits(where, campaign))
+    return problems
+
+
+def _check_effect(where: str, campaign: Campaign) -> list[str]:
+    effect, kind = campaign.effect, campaign.effect.kind
+    problems: list[str] = []
+    if kind == "earn_percent" and not 0 < effect.percent_bps <= EARN_BPS_MAX:
         problems.append(f"{where}: field 'effect.percent_bps': must be 1..{EARN_BPS_MAX} for earn_percent")
-    if effect.kind == "discount_percent" and not 0 < effect.percent_bps <= BPS_PER_UNIT:
+    if kind == "discount_percent" and not 0 < effect.percent_bps <= BPS_PER_UNIT:
         problems.append(f"{where}: field 'effect.percent_bps': must be 1..{BPS_PER_UNIT} for discount_percent")
-    if effect.kind == "earn_fixed" and effect.points <= 0:
-        problems.append(f"{where}: field 'effect.points': must be > 0 for earn_fixed")
-    if campaign.when.receipt_total_min_minor < 0:
-        problems.append(f"{where}: field 'when.receipt_total_min_minor': must be >= 0")
-    for field, values in (("category_prefixes", campaign.when.category_prefixes), ("skus", campaign.when.skus)):
-        if any(not value for value in values):
+    if kind in ("earn_fixed", "earn_per_step"):
+        _positive(where, problems, "effect.points", effect.points, kind)
+    if kind == "earn_per_step":
+        _positive(where, problems, "effect.step_minor", effect.step_minor, kind)
+    if kind == "earn_multiplier" and not BPS_PER_UNIT < effect.multiplier_bps <= EARN_BPS_MAX:
+        problems.append(f"{where}: field 'effect.multiplier_bps': must be {BPS_PER_UNIT + 1}..{EARN_BPS_MAX} "
+                        f"(20000 doubles the points)")
+    if kind == "discount_fixed":
+        _positive(where, problems, "effect.amount_minor", effect.amount_minor, kind)
+    if kind == "fixed_price" and effect.price_minor < 0:
+        problems.append(f"{where}: field 'effect.price_minor': must be >= 0 for fixed_price")
+    if kind == "buy_x_get_y":
+        _positive(where, problems, "effect.buy", effect.buy, kind)
+        _positive(where, problems, "effect.get", effect.get, kind)
+    if effect.per != "receipt" and kind != "earn_fixed":
+        problems.append(f"{where}: field 'effect.per': only for earn_fixed")
+    event_only = {"related_points": effect.related_points, "points_lifetime_days": effect.points_lifetime_days,
+                  "activation_delay_days": effect.activation_delay_days}
+    if campaign.trigger == "event":
+        if kind not in EVENT_EFFECTS:
+            problems.append(f"{where}: field 'effect.kind': an event campaign earns points: "
+                            f"one of {', '.join(sorted(EVENT_EFFECTS))}")
+        if effect.per != "receipt":
+            problems.append(f"{where}: field 'effect.per': an event campaign gives its points per event")
+        if effect.related_points < 0:
+            problems.append(f"{where}: field 'effect.related_points': must be >= 0")
+        lifetime, delay = effect.points_lifetime_days, effect.activation_delay_days
+        if lifetime is not None and not 0 <= lifetime <= POINTS_LIFETIME_DAYS_MAX:
+            problems.append(f"{where}: field 'effect.points_lifetime_days': must be 0..{POINTS_LIFETIME_DAYS_MAX}")
+        if delay is not None and not 0 <= delay <= ACTIVATION_DELAY_DAYS_MAX:
+            problems.append(f"{where}: field 'effect.activation_delay_days': must be 0..{ACTIVATION_DELAY_DAYS_MAX}")
+    else:
+        for field, value in event_only.items():
+            if value:
+                problems.append(f"{where}: field 'effect.{field}': only for event campaigns (trigger = \"event\")")
+    if campaign.promo_code and campaign.trigger == "event":
+        problems.append(f"{where}: field 'promo_code': promo codes are presented with a purchase, not an event")
+    return problems
+
+
+LINE_CONDITIONS = ("category_prefixes", "skus", "brands", "exclude_category_prefixes", "line_qty_min_milli",
+                   "line_amount_min_minor", "item_qty_min_milli", "receipt_total_min_minor", "payment_methods",
+                   "card_bins", "terminals")
+
+
+def _check_conditions(where: str, campaign: Campaign, tier_ids: set[str]) -> list[str]:
+    when = campaign.when
+    problems: list[str] = []
+    for field in ("receipt_total_min_minor", "item_qty_min_milli", "line_qty_min_milli", "line_amount_min_minor",
+                  "account_age_days_min", "lifetime_spend_min_minor", "nth_purchase"):
+        if getattr(when, field) < 0:
+            problems.append(f"{where}: field 'when.{field}': must be >= 0")
+    for field in ("category_prefixes", "skus", "brands", "exclude_category_prefixes", "card_categories", "segments",
+                  "tags", "clubs", "stores", "regions", "channels", "terminals", "payment_methods", "card_bins",
+                  "event_types"):
+        if any(not value for value in getattr(when, field)):
             problems.append(f"{where}: field 'when.{field}': empty string")
+    for value in when.weekdays:
+        if not 1 <= value <= 7:
+            problems.append(f"{where}: field 'when.weekdays': {value} is not a weekday (1 = Monday .. 7 = Sunday)")
+    if not 0 <= when.hour_from <= 23:
+        problems.append(f"{where}: field 'when.hour_from': must be 0..23")
+    if not 1 <= when.hour_to <= 24:
+        problems.append(f"{where}: field 'when.hour_to': must be 1..24")
+    if when.hour_from == when.hour_to:
+        problems.append(f"{where}: field 'when.hour_to': equal to hour_from, the window is empty")
+    if when.birthday_within_days is not None and not 0 <= when.birthday_within_days <= 183:
+        problems.append(f"{where}: field 'when.birthday_within_days': must be 0..183")
+    for tier in when.tiers:
+        if tier and tier not in tier_ids:
+            problems.append(f"{where}: field 'when.tiers': unknown tier '{tier}' (not in [tiers] levels)")
+    if campaign.trigger == "event":
+        if not when.event_types:
+            problems.append(f"{where}: field 'when.event_types': an event campaign names the event types it takes")
+        for field in LINE_CONDITIONS:
+            if getattr(when, field) != getattr(Conditions(), field):
+                problems.append(f"{where}: field 'when.{field}': not a condition of an event (receipts only)")
+    else:
+        for field in ("event_types", "event_attributes"):
+            if getattr(when, field):
+                problems.append(f"{where}: field 'when.{field}': only for event campaigns (trigger = \"event\")")
+    return problems
+
+
+def _check_limits(where: str, campaign: Campaign) -> list[str]:
+    limits = campaign.limits
+    problems: list[str] = []
+    discount = campaign.effect.kind in DISCOUNT_EFFECTS
+    for field in Limits.__struct_fields__:
+        value = getattr(limits, field)
+        if value < 0:
+            problems.append(f"{where}: field 'limits.{field}': must be >= 0")
+        elif value and field.endswith("_points") and discount:
+            problems.append(f"{where}: field 'limits.{field}': a discount is capped in money: use "
+                            f"'{field[:-len('_points')]}_minor'")
+        elif value and field.endswith("_minor") and not discount:
+            problems.append(f"{where}: field 'limits.{field}': points are capped in points: use "
+                            f"'{field[:-len('_minor')]}_points'")
     return problems

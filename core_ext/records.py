@@ -48,6 +48,8 @@ class AccountRec(msgspec.Struct, array_like=True, gc=False):
     last_lot_id: int = 0  # the newest earned lot: the day's purchases add to it
     burnt_below_lot_id: int = 0  # an inactivity burn took every lot with a smaller id
     last_txn_id: int = 0  # the newest journal entry of its statement
+    purchases: int = 0  # accrues made (by this member), rolled back or not: for `nth_purchase`
+    activity: list[tuple[int, int, int]] = []  # (local day, spend minor, points earned) inside the tier window
 
 
 class IdentRec(msgspec.Struct, array_like=True, gc=False):
@@ -125,6 +127,27 @@ class TxnRec(msgspec.Struct, array_like=True, gc=False):
     actor: str = ""  # who did it: the API key's terminal or operator; "system" for expiry
     prev_id: int = 0  # the previous entry of `account_id`'s statement (0: none)
     member_prev_id: int = 0  # the previous entry of `member_id`'s statement
+    counters: list[tuple[bytes, int]] = []  # every change to a counter (caps, budgets, uses)
+    limited: list[LimitedUse] = []  # per campaign with limits: what it gave and where it was counted
+    use_keys: list[bytes] = []  # use counters (campaign uses, promo codes) given back by a full rollback
+    promo_codes: list[str] = []  # the promo codes it accepted
+
+
+class LimitedUse(msgspec.Struct, array_like=True, gc=False):
+    """What one campaign with ledger-kept limits gave in a transaction, per line (one amount for an
+    event), and the counters that amount was added to: a rollback takes back its share."""
+
+    campaign_id: str
+    amounts: list[int]
+    keys: list[bytes]
+
+
+class PromoCodeRec(msgspec.Struct, array_like=True, gc=False):
+    campaign_id: str
+    valid_from_ms: int = 0  # 0: open
+    valid_to_ms: int = 0  # 0: open
+    uses_total: int = 0  # 0: unlimited
+    uses_per_account: int = 0  # 0: unlimited
 
 
 class ReversalRec(msgspec.Struct, array_like=True, gc=False):
@@ -150,3 +173,4 @@ decode_hold = msgspec.msgpack.Decoder(HoldRec).decode
 decode_txn = msgspec.msgpack.Decoder(TxnRec).decode
 decode_reversal = msgspec.msgpack.Decoder(ReversalRec).decode
 decode_idempotency = msgspec.msgpack.Decoder(IdempotencyRec).decode
+decode_promo_code = msgspec.msgpack.Decoder(PromoCodeRec).decode
