@@ -761,7 +761,8 @@ cdef class Ledger:
         entry = rec.TxnRec(txn_id, TxnKind.EVENT, op.request_id, account.account_id, now_ms, earned=result.points,
                            ruleset_version=result.ruleset_version, reason=op.event_type,
                            member_id=member.account_id if pooled else "")
-        self._count(batch, entry, result.limited, (), member.account_id)
+        # Each entry counts its own points, so that rolling back either gives back its own share.
+        self._count(batch, entry, [(cid, amounts[:1]) for cid, amounts in result.limited], (), member.account_id)
         if result.points:
             entry.new_lot = self._earn(batch, account, txn_id, result.points, result.activate_at_ms,
                                        result.expire_at_ms, entry.postings)
@@ -777,13 +778,14 @@ cdef class Ledger:
         self._journal(batch, entry, account, member)
         related_txn_id = 0
         if result.related_points:
-            related_txn_id = self._related_event(batch, op, related, result)
+            related_txn_id = self._related_event(batch, op, related, result, entry)
         body = EventResult(txn_id, member.account_id, result.points, related_txn_id, related.account_id if related else "",
                            result.related_points, result.campaigns, self._balance(batch.get, account))
         return Outcome(Code.OK, body=body), txn_id
 
-    def _related_event(self, _Batch batch, op, related, result):
-        """The related customer's share of an event (a referrer's points): an entry of its own."""
+    def _related_event(self, _Batch batch, op, related, result, shared):
+        """The related customer's share of an event (a referrer's points): an entry of its own,
+        counted in the same counters as the event's entry `shared`."""
         now_ms = batch.now_ms
         related = self._load_account(batch.get, related.account_id)  # the event's entry may have saved it
         account = self._settle(batch.get, self._pool(batch.get, related), now_ms, batch)
@@ -795,6 +797,12 @@ cdef class Ledger:
         entry.new_lot = self._earn(batch, account, txn_id, result.related_points, result.activate_at_ms,
                                    result.expire_at_ms, entry.postings)
         entry.debt_delta = -self._repay_debt(batch, account, entry.new_lot, entry.postings)
+        keys = {use.campaign_id: use.keys for use in shared.limited}
+        for campaign_id, amounts in result.limited:
+            if campaign_id in keys:
+                for key in keys[campaign_id]:
+                    self._add_counter(batch, entry, key, amounts[1])
+                entry.limited.append(rec.LimitedUse(campaign_id, [amounts[1]], keys[campaign_id]))
         self._touch(account, now_ms)
         if pooled:
             related = self._load_account(batch.get, related.account_id)

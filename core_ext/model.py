@@ -356,7 +356,7 @@ class EventCalculation(msgspec.Struct, array_like=True, gc=False, frozen=True):
     points: int  # for the event's customer
     related_points: int  # for the related customer (a referrer)
     campaigns: tuple[AppliedCampaign, ...]
-    limited: tuple[tuple[str, tuple[int, ...]], ...]
+    limited: tuple[tuple[str, tuple[int, ...]], ...]  # per campaign with limits: (customer's, related's)
     ruleset_version: str
     activate_at_ms: int
     expire_at_ms: int

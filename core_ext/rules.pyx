@@ -950,7 +950,7 @@ cdef class Program:
         return EventCalculation(
             points, related,
             tuple([AppliedCampaign(c.id, c.effect.kind, results[c.id][0] + results[c.id][1], 0) for c in kept]),
-            tuple([(c.id, (results[c.id][0] + results[c.id][1],)) for c in kept if c.id in self.limits]),
+            tuple([(c.id, results[c.id]) for c in kept if c.id in self.limits]),  # (customer's, related's)
             self.version, activate_at_ms, expire_at_ms)
 
     def _event_applies(self, campaign, event_type, attributes, int64_t now_ms, local, shopper, allowances):

@@ -2,7 +2,8 @@
 
 1. Every account's active, pending and held totals equal the sums over its lots and live holds.
 2. Replaying the journal from empty reproduces every lot's `remaining` (from its postings), every
-   account's debt (from its debt entries) and every hold's fate (held, captured or voided).
+   account's debt (from its debt entries), every hold's fate (held, captured or voided) and every
+   counter (campaign caps, budgets, uses, promo-code uses).
 3. A request id maps to at most one transaction, and that transaction carries the request id.
 4. No rollback returned more than was bought or clawed back more than was earned.
 5. No lot and no account total is below zero (only clawback debt may make a balance negative).
@@ -95,6 +96,17 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
         if expected != found:
             violations.append(f"account {hold.account_id}: hold {hold.hold_id} expected {expected} "
                               f"(journal replay), found {found}")
+    counted: dict[bytes, int] = defaultdict(int)
+    for entry in journal.values():
+        for key, delta in entry.counters:
+            counted[key] += delta
+    stored = {key: int.from_bytes(value, "big", signed=True) for key, value in txn.cursor(db=dbs["counters"])}
+    for key in sorted(set(counted) | set(stored)):
+        if counted.get(key, 0) != stored.get(key, 0):
+            violations.append(f"counter {key.decode(errors='replace')!r}: expected {counted.get(key, 0)} "
+                              f"(journal replay), found {stored.get(key, 0)}")
+        if stored.get(key, 0) < 0:
+            violations.append(f"counter {key.decode(errors='replace')!r}: below zero ({stored[key]})")
     for account_id, account in accounts.items():
         if debt[account_id] != account.debt:
             violations.append(f"account {account_id}: debt expected {debt[account_id]} (journal replay), found {account.debt}")

@@ -286,8 +286,6 @@ def test_event_budget_and_its_rollback(ledger):
     ledger.assert_sound()
 
 
-@pytest.mark.xfail(strict=True, reason="ledger bug: rolling back an event gives its related customer's points back "
-                   "to the budget, though the related customer keeps them (budget overspent)")
 def test_event_rollback_gives_back_only_what_it_takes_back(ledger):
     def referral(account):
         request_id = ledger.request_id("referral")
