@@ -12,7 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core_ext import Ledger, Program, load_program
+from core_ext import Ledger, Program, RulesError, load_program
+from core_ext.model import Code
 from kassa.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -32,11 +33,13 @@ from server.metrics import Metrics, serve_metrics
 from server.config import ServerConfig
 from server.logs import event
 from server.servicers.accounts import AccountsServicer
-from server.servicers.admin import AdminServicer, sweep_expired
+from server.servicers.admin import AdminServicer, compile_rules, sweep_expired, switch_rules
 from server.servicers.bench import BenchServicer
 from server.servicers.processing import ProcessingServicer
 
 log = logging.getLogger("kassa.server")
+
+RULES_REFRESH_INTERVAL_S = 1  # how often a worker looks for a ruleset another worker stored
 
 SERVICE_NAMES = (
     processing_pb2.DESCRIPTOR.services_by_name["Processing"].full_name,
@@ -71,6 +74,42 @@ async def sweep_periodically(committer, interval_s: float) -> None:
         event(log, "expiry sweep", accounts_settled=settled, expired_points=expired)
 
 
+def refresh_rules(ledger) -> None:
+    """Switch to a newer ruleset stored in the ledger (by ReloadRules or SIGHUP in any worker)."""
+    if ledger.refresh_program():
+        event(log, "ruleset switched", ruleset_version=ledger.program.version)
+
+
+async def refresh_rules_periodically(ledger, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            refresh_rules(ledger)
+        except Exception:  # a bug or an unreadable ledger: keep serving the ruleset we have
+            log.exception("ruleset refresh failed; the next one retries")
+
+
+async def reload_rules_files(ledger, committer, rule_paths: list[Path]) -> None:
+    """SIGHUP: read the configured rule files again and, when they are valid, switch every worker
+    to them. A broken program is logged and the old ruleset keeps serving."""
+    try:
+        spec = compile_rules(rule_paths)
+    except RulesError as error:
+        log.error(
+            "ruleset refused, the old one keeps serving",
+            extra={"fields": {"problems": error.problems, "ruleset_version": ledger.program.version}},
+        )
+        return
+    outcome = await switch_rules(ledger, committer, spec)
+    if outcome.code != Code.OK:
+        log.error(
+            "ruleset not stored, the old one keeps serving",
+            extra={"fields": {"code": Code(outcome.code).name, "error": outcome.message}},
+        )
+        return
+    event(log, "ruleset reloaded", ruleset_version=ledger.program.version)
+
+
 def add_port(server, config: ServerConfig) -> int:
     """Plaintext, TLS, or mutual TLS when tls.client_ca_file is set."""
     tls = config.tls
@@ -97,6 +136,10 @@ async def check_readers_periodically(ledger, interval_s: float) -> None:
 async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     clock = make_clock(config.clock.file)
     ledger = open_ledger(config)
+    files_version = ledger.program.version
+    if ledger.refresh_program():  # a ruleset stored by ReloadRules or SIGHUP wins over the files, from the first call
+        event(log, "serving the stored ruleset, not the rule files' (SIGHUP or Admin.ReloadRules reads the files)",
+              ruleset_version=ledger.program.version, files_ruleset_version=files_version)
     metrics = Metrics()
     metrics.ledger = ledger
     committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
@@ -124,9 +167,8 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     processing_pb2_grpc.add_ProcessingServicer_to_server(processing, server)
     metrics.gauges["kassa_streams_open"] = lambda: processing.streams_open
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(ledger, committer, [Path(path) for path in config.rules.paths]), server
-    )
+    rule_paths = [Path(path) for path in config.rules.paths]
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ledger, committer, rule_paths), server)
     services = SERVICE_NAMES
     if config.server.bench_noop:
         bench_pb2_grpc.add_BenchServicer_to_server(BenchServicer(), server)
@@ -154,13 +196,26 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task] = set()
+
+    def on_sighup() -> None:
+        if stop.is_set():  # draining: the committer is about to stop
+            return
+        task = loop.create_task(reload_rules_files(ledger, committer, rule_paths))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     chores = [
         loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s)),
         loop.create_task(check_readers_periodically(ledger, config.ledger.reader_check_interval_s)),
+        loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
     ]
     await stop.wait()
     for chore in chores:
         chore.cancel()
+    if reloads:  # a reload that reached the committer finishes before it stops
+        await asyncio.gather(*reloads, return_exceptions=True)
 
     event(log, "draining", grace_s=config.server.grace_s)
     await health_servicer.enter_graceful_shutdown()

@@ -74,6 +74,9 @@ def _serve(args) -> int:
     from core_ext import RulesError
     from server.app import serve
 
+    # SIGHUP reloads the rules once the server runs; until then (and in a worker starting up) it
+    # must not end the process: the rules are read at start anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         uvloop.run(serve(config, args.worker_index))
     except RulesError as error:
@@ -83,10 +86,11 @@ def _serve(args) -> int:
 
 
 def _supervise(config_path: str, workers: int) -> int:
-    """Run `workers` single-process servers on one port (SO_REUSEPORT); pass SIGTERM/SIGINT on."""
+    """Run `workers` single-process servers on one port (SO_REUSEPORT); pass SIGTERM, SIGINT and
+    SIGHUP (reload the rules) on."""
     environ = dict(os.environ, KASSA_SERVER_WORKERS="1")
     command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1"]
-    children = [subprocess.Popen([*command, "--worker-index", str(index)], env=environ) for index in range(workers)]
+    children: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
         for child in children:
@@ -95,6 +99,11 @@ def _supervise(config_path: str, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # The workers start with SIGHUP ignored (inherited) until their servers handle it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for index in range(workers):
+        children.append(subprocess.Popen([*command, "--worker-index", str(index)], env=environ))
+    signal.signal(signal.SIGHUP, forward)
     codes = [child.wait() for child in children]
     return max(codes, key=abs)
 

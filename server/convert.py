@@ -10,11 +10,13 @@ import hashlib
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from core_ext import limits
+from core_ext import limits, promo
 from core_ext import model as m
-from kassa.v1 import accounts_pb2, common_pb2, processing_pb2
+from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2
 
 DIGEST_BYTES = 16  # of the payload digest kept with each idempotency record
+PROMO_CODES_PER_RECEIPT_MAX = 16  # promo codes presented with one receipt
+EVENT_ATTRIBUTES_MAX = 32  # entries in a customer event's attributes
 
 
 class InvalidArgument(Exception):
@@ -84,7 +86,7 @@ def receipt(message, field: str = "receipt") -> m.Receipt:
     Line = m.Line
     for index, line in enumerate(message.lines):
         line_no, qty, price, amount = line.line_no, line.qty_milli, line.price_minor, line.amount_minor
-        sku, category = line.sku, line.category
+        sku, category, brand = line.sku, line.category, line.brand
         if (
             line_no <= 0
             or line_no in seen
@@ -94,11 +96,12 @@ def receipt(message, field: str = "receipt") -> m.Receipt:
             or not -1000 < amount * 1000 - qty * price < 1000
             or _too_long(sku, id_max)
             or _too_long(category, category_max)
+            or (brand and _too_long(brand, id_max))
         ):
             _explain_line(f"{field}.lines[{index}]", line, seen)
         seen.add(line_no)
         total += amount
-        lines.append(Line(line_no, sku, category, qty, price, amount, line.no_earn, line.no_discount))
+        lines.append(Line(line_no, sku, category, qty, price, amount, line.no_earn, line.no_discount, brand))
     if total > amount_max:
         raise InvalidArgument(f"{field}: total {total} is more than {amount_max}")
     store_id, terminal_id, receipt_no = message.store_id, message.terminal_id, message.receipt_no
@@ -106,7 +109,46 @@ def receipt(message, field: str = "receipt") -> m.Receipt:
         _text(store_id, f"{field}.store_id", id_max, required=False)
         _text(terminal_id, f"{field}.terminal_id", id_max, required=False)
         _text(receipt_no, f"{field}.receipt_no", id_max, required=False)
-    return m.Receipt(store_id, terminal_id, receipt_no, tuple(lines))
+    region, channel, payment_method, card_bin = message.region, message.channel, message.payment_method, message.card_bin
+    codes = message.promo_codes
+    if not (region or channel or payment_method or card_bin or codes):
+        return m.Receipt(store_id, terminal_id, receipt_no, tuple(lines))
+    return m.Receipt(
+        store_id,
+        terminal_id,
+        receipt_no,
+        tuple(lines),
+        _text(region, f"{field}.region", id_max, required=False),
+        _text(channel, f"{field}.channel", id_max, required=False),
+        _text(payment_method, f"{field}.payment_method", id_max, required=False),
+        _card_bin(card_bin, f"{field}.card_bin"),
+        _promo_codes(codes, f"{field}.promo_codes") if codes else (),
+    )
+
+
+def _card_bin(value: str, field: str) -> str:
+    _text(value, field, limits.IDENTIFIER_BYTES_MAX, required=False)
+    _check(value.isascii() and (value.isdigit() or not value), f"{field}: digits only (the bank card's leading digits)")
+    return value
+
+
+def _promo_code(code: str, field: str) -> str:
+    try:
+        promo.check_code(code, field)
+    except promo.PatternError as error:
+        raise InvalidArgument(str(error)) from None
+    return code
+
+
+def _promo_codes(codes, field: str, most: int = PROMO_CODES_PER_RECEIPT_MAX) -> tuple[str, ...]:
+    count = len(codes)
+    _check(count <= most, f"{field}: {count} codes, more than {most}")
+    seen: set[str] = set()
+    for index, code in enumerate(codes):
+        _promo_code(code, f"{field}[{index}]")
+        _check(code not in seen, f"{field}[{index}]: {code!r} appears twice")
+        seen.add(code)
+    return tuple(codes)
 
 
 def _explain_line(where: str, line, seen: set[int]) -> None:
@@ -124,6 +166,7 @@ def _explain_line(where: str, line, seen: set[int]) -> None:
     )
     _text(line.sku, f"{where}.sku", limits.IDENTIFIER_BYTES_MAX, required=False)
     _text(line.category, f"{where}.category", limits.CATEGORY_BYTES_MAX, required=False)
+    _text(line.brand, f"{where}.brand", limits.IDENTIFIER_BYTES_MAX, required=False)
     raise AssertionError(f"{where}: failed the line check, but no field is wrong")
 
 
@@ -136,6 +179,7 @@ def calculate_query(request: processing_pb2.CalculateRequest) -> m.CalculateQuer
         customer(request.customer),
         receipt(request.receipt),
         _amount(request.redeem_points, "redeem_points", limits.POINTS_MAX),
+        request.explain,
     )
 
 
@@ -272,6 +316,83 @@ def leave_group_op(request: accounts_pb2.LeaveGroupRequest) -> m.LeaveGroupOp:
     )
 
 
+def event_op(event: processing_pb2.Event, field: str = "customer_event") -> m.EventOp:
+    """A stream's `customer_event`; its request id is the event's `event_id`."""
+    message = event.customer_event
+    attributes = message.attributes
+    count = len(attributes)
+    _check(count <= EVENT_ATTRIBUTES_MAX, f"{field}.attributes: {count} entries, more than {EVENT_ATTRIBUTES_MAX}")
+    id_max = limits.IDENTIFIER_BYTES_MAX
+    pairs = []
+    for key in sorted(attributes):
+        _text(key, f"{field}.attributes: key {key!r}", id_max)
+        pairs.append((key, _text(attributes[key], f"{field}.attributes[{key!r}]", id_max, required=False)))
+    related = None
+    if message.HasField("related"):
+        related = customer(message.related, f"{field}.related")
+    return m.EventOp(
+        _request_id(event.event_id, "event_id"),
+        digest(message),
+        customer(message.customer, f"{field}.customer"),
+        _text(message.type, f"{field}.type", id_max),
+        tuple(pairs),
+        _amount(message.amount_minor, f"{field}.amount_minor", limits.AMOUNT_MINOR_MAX),
+        related,
+    )
+
+
+def _time_ms(message, name: str) -> int:
+    """A Timestamp field in ms since the epoch; 0 when unset."""
+    if not message.HasField(name):
+        return 0
+    value = getattr(message, name)
+    ms = value.seconds * 1000 + value.nanos // 1_000_000
+    _check(ms > 0, f"{name}: must be after 1970-01-01T00:00:00Z")
+    return ms
+
+
+def _promo_terms(request) -> tuple[str, int, int]:
+    """The campaign and validity window shared by GeneratePromoCodes and ImportPromoCodes."""
+    campaign_id = _text(request.campaign_id, "campaign_id", limits.IDENTIFIER_BYTES_MAX)
+    valid_from, valid_to = _time_ms(request, "valid_from"), _time_ms(request, "valid_to")
+    if valid_from and valid_to:
+        _check(valid_to > valid_from, "valid_to: must be after valid_from")
+    return campaign_id, valid_from, valid_to
+
+
+def generate_promo_codes_op(request: admin_pb2.GeneratePromoCodesRequest) -> m.PromoCodesOp:
+    """The pattern and charset are checked by the ledger (it knows which codes exist already)."""
+    campaign_id, valid_from, valid_to = _promo_terms(request)
+    _check(bool(request.pattern), "pattern: must not be empty (e.g. \"SPRING-########\")")
+    return m.PromoCodesOp(
+        _request_id(request.request_id),
+        digest(request),
+        campaign_id,
+        pattern=request.pattern,
+        charset=request.charset,
+        count=_amount(request.count, "count", promo.PROMO_CODES_PER_REQUEST_MAX, least=1),
+        valid_from_ms=valid_from,
+        valid_to_ms=valid_to,
+        uses_total=request.uses_total,
+        uses_per_account=request.uses_per_account,
+    )
+
+
+def import_promo_codes_op(request: admin_pb2.ImportPromoCodesRequest) -> m.PromoCodesOp:
+    campaign_id, valid_from, valid_to = _promo_terms(request)
+    _check(len(request.codes) > 0, "codes: give at least one code")
+    return m.PromoCodesOp(
+        _request_id(request.request_id),
+        digest(request),
+        campaign_id,
+        codes=_promo_codes(request.codes, "codes", promo.PROMO_CODES_PER_REQUEST_MAX),
+        valid_from_ms=valid_from,
+        valid_to_ms=valid_to,
+        uses_total=request.uses_total,
+        uses_per_account=request.uses_per_account,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Responses
 
@@ -327,6 +448,14 @@ def fill_calculation(target: common_pb2.Calculation, value: m.Calculation) -> No
     target.ruleset_version = value.ruleset_version
     _set_time(target.points_activate_at, value.activate_at_ms)
     _set_time(target.points_expire_at, value.expire_at_ms)
+    if value.promo_codes:
+        add_code = target.promo_codes.add
+        for code in value.promo_codes:
+            add_code(code=code.code, accepted=code.accepted, reason=code.reason)
+    if value.explain:
+        add_explanation = target.explain.add
+        for explanation in value.explain:
+            add_explanation(campaign_id=explanation.campaign_id, applied=explanation.applied, reason=explanation.reason)
 
 
 def calculate_response(value: m.CalculateResult) -> processing_pb2.CalculateResponse:
@@ -373,6 +502,10 @@ def rollback_response(value: m.RollbackResult) -> processing_pb2.RollbackRespons
     )
 
 
+def promo_codes_response(value: m.PromoCodesResult) -> admin_pb2.GeneratePromoCodesResponse:
+    return admin_pb2.GeneratePromoCodesResponse(codes=value.codes, campaign_id=value.campaign_id)
+
+
 def card(value: m.CardInfo) -> accounts_pb2.Card:
     return accounts_pb2.Card(card=value.card, category=value.category, blocked=value.blocked)
 
@@ -393,6 +526,10 @@ def account(value: m.AccountView) -> accounts_pb2.Account:
         birthday=value.birthday,
         clubs=value.clubs,
         last_activity_at=timestamp(value.last_activity_at_ms),
+        tier=value.tier,
+        next_tier=value.next_tier,
+        next_tier_missing=value.next_tier_missing,
+        purchases=value.purchases,
     )
 
 

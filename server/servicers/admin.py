@@ -6,11 +6,29 @@ import grpc
 
 from core_ext import Program, RulesError, load_program, parse_program
 from core_ext.limits import SWEEP_ACCOUNTS_MAX
-from core_ext.model import Code, SweepOp
-from server.servicers.respond import unimplemented
+from core_ext.model import Code, Outcome, SetRulesOp, SweepOp
 from kassa.v1 import admin_pb2, admin_pb2_grpc
+from server import convert
+from server.servicers.respond import answer, commit_one
 
 RELOADED_SOURCE_NAME = "ReloadRules.source_toml"  # the file name problems are reported under
+
+
+def compile_rules(rule_paths, source_toml: str = ""):
+    """Read (`source_toml`, or the files in `rule_paths`), validate and compile a program.
+    Raises RulesError naming the file, the campaign and the field."""
+    spec = parse_program({RELOADED_SOURCE_NAME: source_toml}) if source_toml else load_program(rule_paths)
+    Program(spec)  # compiles, or refuses what validation let through
+    return spec
+
+
+async def switch_rules(ledger, committer, spec) -> Outcome:
+    """Store `spec` as the ruleset every worker serves (the ledger keeps it in LMDB; the other
+    workers pick it up by `refresh_program`), and switch this worker now."""
+    (outcome,) = await committer.submit([SetRulesOp(tuple(spec.sources.items()), spec.version)])
+    if outcome.code == Code.OK:
+        ledger.refresh_program()
+    return outcome
 
 
 async def sweep_expired(committer) -> tuple[int, int]:
@@ -37,24 +55,29 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         program = self._ledger.program
         sources = "\n".join(f"# --- {name}\n{text}" for name, text in program.spec.sources.items())
         return admin_pb2.GetRulesResponse(
-            ruleset_version=program.version, campaign_ids=program.campaign_ids, source_toml=sources
+            ruleset_version=program.version,
+            campaign_ids=[campaign.id for campaign in program.spec.campaigns],  # event campaigns too, in file order
+            source_toml=sources,
         )
 
     async def ReloadRules(self, request, context):
-        """Validate and compile the new program; switch only if both succeed."""
+        """Validate and compile the new program; only then switch every worker to it."""
         try:
-            if request.source_toml:
-                spec = parse_program({RELOADED_SOURCE_NAME: request.source_toml})
-            else:
-                spec = load_program(self._rule_paths)
-            program = Program(spec)
+            spec = compile_rules(self._rule_paths, request.source_toml)
         except RulesError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ruleset refused, the old one keeps serving:\n{error}")
-        self._ledger.program = program
-        return admin_pb2.ReloadRulesResponse(ruleset_version=program.version)
+        outcome = await switch_rules(self._ledger, self._committer, spec)
+        return await answer(context, outcome, lambda _body: admin_pb2.ReloadRulesResponse(ruleset_version=spec.version))
 
     async def GeneratePromoCodes(self, request, context):
-        return await unimplemented(context, "Admin.GeneratePromoCodes", "the rules engine issue")
+        return await commit_one(
+            self._committer, context, convert.generate_promo_codes_op, request, convert.promo_codes_response
+        )
+
+    async def ImportPromoCodes(self, request, context):
+        return await commit_one(
+            self._committer, context, convert.import_promo_codes_op, request, convert.promo_codes_response
+        )
 
     async def ExpirePoints(self, request, context):
         try:

@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 
-from core_ext.model import AccrueResult, Code, Outcome, RedeemResult, RollbackResult
+from core_ext.model import AccrueResult, Code, EventResult, Outcome, RedeemResult, RollbackResult
 from kassa.v1 import common_pb2, processing_pb2, processing_pb2_grpc
 from server import convert
 from server.interceptors.auth import CALLER
@@ -16,13 +16,15 @@ _BUILDERS = {
     "accrue": convert.accrue_op,
     "redeem": convert.redeem_op,
     "rollback": convert.rollback_op,
+    "customer_event": convert.event_op,  # takes the whole Event: its request id is the event_id
 }
 _RENDERERS = {
     AccrueResult: ("accrue", convert.accrue_response),
     RedeemResult: ("redeem", convert.redeem_response),
     RollbackResult: ("rollback", convert.rollback_response),
 }
-_EVENT_PAYLOADS = {"purchase": "accrue", "redeem": "redeem", "rollback": "rollback"}
+_EVENT_PAYLOADS = {"purchase": "accrue", "redeem": "redeem", "rollback": "rollback", "customer_event": "customer_event"}
+_EVENT_KINDS = ", ".join(_EVENT_PAYLOADS)
 
 
 def _points(body) -> int:
@@ -32,6 +34,8 @@ def _points(body) -> int:
         return body.redeemed_points or body.held_points
     if type(body) is RollbackResult:
         return body.clawed_back_points
+    if type(body) is EventResult:
+        return body.points
     return 0
 
 
@@ -179,7 +183,9 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
             if not event.event_id:
                 payloads.append((None, None, f"events[{index}].event_id: must not be empty"))
             elif kind is None:
-                payloads.append((None, None, f"events[{index}]: set one of purchase, redeem, rollback"))
+                payloads.append((None, None, f"events[{index}]: set one of {_EVENT_KINDS}"))
+            elif kind == "customer_event":
+                payloads.append((kind, event, f"events[{index}]"))
             else:
                 message = getattr(event, kind)
                 if not message.request_id:

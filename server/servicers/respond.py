@@ -58,7 +58,3 @@ async def commit_one(committer, context: grpc.aio.ServicerContext, build, reques
 
 async def invalid(context: grpc.aio.ServicerContext, error: InvalidArgument):
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-
-
-async def unimplemented(context: grpc.aio.ServicerContext, method: str, issue: str):
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet ({issue})")

@@ -123,6 +123,12 @@ def messages(descriptor, depth: int = 0):
             if field.is_repeated:
                 if not draw(st.booleans()):
                     continue
+                if field.type == F.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:  # map<scalar, scalar>
+                    entry = field.message_type.fields_by_name
+                    getattr(message, field.name).update(draw(st.dictionaries(
+                        field_value(entry["key"], depth), field_value(entry["value"], depth), max_size=4
+                    )))
+                    continue
                 getattr(message, field.name).extend(draw(st.lists(field_value(field, depth), max_size=4)))
                 continue
             if not draw(st.booleans()):
@@ -159,6 +165,8 @@ def uniquify(message):
 
     def walk(node):
         for field, value in node.ListFields():
+            if field.type == F.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+                continue  # a map of scalars holds no request id
             if field.type == F.TYPE_MESSAGE:
                 for item in value if field.is_repeated else [value]:
                     walk(item)
