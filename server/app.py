@@ -168,7 +168,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     metrics.gauges["kassa_streams_open"] = lambda: processing.streams_open
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
     rule_paths = [Path(path) for path in config.rules.paths]
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ledger, committer, rule_paths), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ledger, committer, rule_paths, message_bytes_max), server)
     services = SERVICE_NAMES
     if config.server.bench_noop:
         bench_pb2_grpc.add_BenchServicer_to_server(BenchServicer(), server)

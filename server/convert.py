@@ -17,6 +17,7 @@ from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2
 DIGEST_BYTES = 16  # of the payload digest kept with each idempotency record
 PROMO_CODES_PER_RECEIPT_MAX = 16  # promo codes presented with one receipt
 EVENT_ATTRIBUTES_MAX = 32  # entries in a customer event's attributes
+TIMESTAMP_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the end of google.protobuf.Timestamp's range
 
 
 class InvalidArgument(Exception):
@@ -346,8 +347,10 @@ def _time_ms(message, name: str) -> int:
     if not message.HasField(name):
         return 0
     value = getattr(message, name)
+    _check(0 <= value.nanos < 1_000_000_000, f"{name}.nanos: must be 0..999999999, got {value.nanos}")
     ms = value.seconds * 1000 + value.nanos // 1_000_000
     _check(ms > 0, f"{name}: must be after 1970-01-01T00:00:00Z")
+    _check(ms <= TIMESTAMP_MS_MAX, f"{name}: must be before 10000-01-01T00:00:00Z")
     return ms
 
 

@@ -45,11 +45,15 @@ async def sweep_expired(committer) -> tuple[int, int]:
             return settled, expired
 
 
+CODE_FRAMING_BYTES = 3  # a code in GeneratePromoCodesResponse: its tag and length, besides its text
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, ledger, committer, rule_paths):
+    def __init__(self, ledger, committer, rule_paths, response_bytes_max: int):
         self._ledger = ledger
         self._committer = committer
         self._rule_paths = rule_paths
+        self._response_bytes_max = response_bytes_max  # server.message_bytes_max: the most a response may be
 
     async def GetRules(self, request, context):
         program = self._ledger.program
@@ -70,6 +74,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await answer(context, outcome, lambda _body: admin_pb2.ReloadRulesResponse(ruleset_version=spec.version))
 
     async def GeneratePromoCodes(self, request, context):
+        # Refused before the codes are made: a response over the message limit could never be sent,
+        # and its replay neither.
+        response_bytes = request.count * (len(request.pattern.encode()) + CODE_FRAMING_BYTES)
+        if response_bytes > self._response_bytes_max:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"count: {request.count} codes of '{request.pattern}' make a response of about {response_bytes} "
+                f"bytes, more than the server's message limit of {self._response_bytes_max} "
+                "(server.message_bytes_max); ask for them in several requests",
+            )
         return await commit_one(
             self._committer, context, convert.generate_promo_codes_op, request, convert.promo_codes_response
         )

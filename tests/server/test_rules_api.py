@@ -378,6 +378,19 @@ class TestPromoCodes:
                 generate(campaign_id=campaign_id, request_id=f"gen-{campaign_id}")
             assert "campaign_id" in refusal.details
 
+    def test_codes_that_would_not_fit_in_a_response_are_refused_before_they_are_made(self, start_kassa, tmp_path):
+        kassa = start_kassa(rules=rules_dir(tmp_path), env={"KASSA_SERVER_MESSAGE_BYTES_MAX": str(64 * 1024)})
+
+        def generate(request_id, count):
+            return kassa.admin.GeneratePromoCodes(admin_pb2.GeneratePromoCodesRequest(
+                request_id=request_id, campaign_id="promo-100-off", pattern="SPRING-########", count=count
+            ))
+
+        with refused(grpc.StatusCode.INVALID_ARGUMENT) as refusal:
+            generate("gen-big", 5_000)  # about 90 KB of codes
+        assert refusal.details.startswith("count:") and "server.message_bytes_max" in refusal.details
+        assert len(generate("gen-big", 3_000).codes) == 3_000  # nothing was stored under the id
+
     def test_import(self, start_kassa, tmp_path):
         kassa = start_kassa(rules=rules_dir(tmp_path))
 
@@ -396,6 +409,15 @@ class TestPromoCodes:
             with refused(grpc.StatusCode.INVALID_ARGUMENT) as refusal:
                 import_codes("imp-3", *codes)
             assert refusal.details.startswith(f"{field}:"), refusal.details
+        for seconds, nanos, field in (
+            (2**63 - 1, 0, "valid_to"), (-1, 0, "valid_to"), (T0_MS // 1000, -1, "valid_to.nanos"), (1, 0, "valid_to")
+        ):
+            window = {"valid_from": Timestamp(seconds=2), "valid_to": Timestamp(seconds=seconds, nanos=nanos)}
+            with refused(grpc.StatusCode.INVALID_ARGUMENT) as refusal:
+                kassa.admin.ImportPromoCodes(admin_pb2.ImportPromoCodesRequest(
+                    request_id="imp-4", campaign_id="promo-100-off", codes=["B-1"], **window
+                ))
+            assert refusal.details.startswith(f"{field}"), refusal.details
 
     def test_presented_codes_are_accepted_or_rejected_with_a_reason(self, start_kassa, tmp_path):
         kassa = start_kassa(rules=rules_dir(tmp_path))
