@@ -209,7 +209,9 @@ def _rules_check(args) -> int:
         for problem in error.problems:
             print(problem, file=sys.stderr)
         return 1
-    print(f"ok: {len(program.campaign_ids)} campaigns, ruleset version {program.version}")
+    print(f"ok: {len(program.campaign_ids) + len(program.event_campaigns)} campaigns "
+          f"({len(program.campaign_ids)} purchase, {len(program.event_campaigns)} event), "
+          f"ruleset version {program.version}")
     return 0
 
 

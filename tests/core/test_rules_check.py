@@ -152,5 +152,5 @@ def test_the_sample_program_passes_rules_check():
 
     assert result.returncode == 0, result.stdout + result.stderr
     version = load_program([REPO / SAMPLE]).version
-    assert re.fullmatch(rf"ok: \d+ campaigns, ruleset version {version}\n", result.stdout), result.stdout
+    assert re.fullmatch(rf"ok: \d+ campaigns \(\d+ purchase, \d+ event\), ruleset version {version}\n", result.stdout), result.stdout
     assert result.stderr == ""
