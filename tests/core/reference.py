@@ -1,18 +1,45 @@
-"""A pure-Python reference evaluator of a loyalty program, written from the rules' description,
-not from the Cython code. The tests hold the core against it; the benchmarks time the core beside it.
+"""A pure-Python reference evaluator of a loyalty program, written from the rules' description
+(README "The loyalty program": conditions, effects, order, stacking and limits), not from the
+Cython code. The tests hold the core against it; the benchmarks time the core beside it.
 
-Semantics (README "Rules"): campaigns run by priority, highest first, file order breaking ties; a
-campaign applies when it is inside its validity window, the store is allowed, the receipt total
-(before discounts) reaches its threshold, and at least one line takes it; an applying `exclusive`
-campaign stops every campaign below it. Discounts are computed first (each on what is left of the
-line), then earn on the discounted amount. Every rate uses the program's rounding; fixed points are
-split over the lines in proportion to their discounted amounts (largest remainder, ties to the
-earlier line; equal parts when all amounts are zero).
+Deliberately plain: one function per rule, no caching, no clever data structures.
+
+How a purchase is evaluated (event campaigns are ignored here):
+
+1. Every purchase campaign is walked by priority, highest first, file order breaking ties. A
+   campaign *applies* when now is in [valid_from, valid_to), every customer and receipt condition
+   holds (local time in the program's time zone), it takes at least one line, the quantity over the
+   lines it takes reaches `item_qty_min_milli`, its promo code was accepted (`promo_code = true`:
+   its id is in `unlocked`) and what the ledger's counters leave it (`allowances[id]`, when present)
+   is above 0. Every applying campaign is chosen; an applying `exclusive` one stops the walk.
+2. Of the chosen `best` campaigns of one `best_group` (the empty group is a group too) only the one
+   worth most stays: each is valued alone on the receipt as it came (net = amount, no discounts; a
+   multiplier is worth 0), after its caps; ties go to the earlier one in walk order.
+3. Three passes, each in walk order: discounts (each on the net the earlier ones left), earns except
+   multipliers (on the net after every discount), multipliers (of the points each line earned in the
+   earn pass).
+4. A campaign's per-line amounts are capped by the smallest of its per-receipt cap and its allowance;
+   a capped total is spread over the lines by the uncapped amounts (largest remainder).
+5. Redeemable: `max_redeem_share_bps` of the payable amount (floor), at most the available points;
+   a redemption (0 < asked <= redeemable) is spread over the lines by net.
+
+Which lines a campaign *takes* is decided on the original line: discount effects never take a
+`no_discount` line, earn effects (multipliers too) never a `no_earn` line; then the line filters.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import zoneinfo
+
 BPS_PER_UNIT = 10_000
+MS_PER_DAY = 86_400_000
+DISCOUNT_KINDS = frozenset(("discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y"))
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arithmetic
 
 
 def apply_rate(amount: int, bps: int, rounding: str) -> int:
@@ -25,6 +52,10 @@ def apply_rate(amount: int, bps: int, rounding: str) -> int:
 
 
 def prorate(total: int, weights: list[int]) -> list[int]:
+    """`total` spread by `weights`: largest remainder, ties to the lower index; equal parts when
+    every weight is 0."""
+    if not weights:
+        return []
     weight_sum = sum(weights)
     if weight_sum == 0:
         weights, weight_sum = [1] * len(weights), len(weights)
@@ -36,96 +67,298 @@ def prorate(total: int, weights: list[int]) -> list[int]:
     return shares
 
 
-def _ms(value) -> int:
-    return 0 if value is None else int(value.timestamp() * 1000)
+def to_ms(value: dt.datetime) -> int:
+    return (value - EPOCH) // dt.timedelta(milliseconds=1)
 
 
-def _line_matches(campaign, line) -> bool:
+def local_time(now_ms: int, timezone: str) -> dt.datetime:
+    return (EPOCH + dt.timedelta(milliseconds=now_ms)).astimezone(zoneinfo.ZoneInfo(timezone))
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions
+
+
+def is_discount(campaign) -> bool:
+    return campaign.effect.kind in DISCOUNT_KINDS
+
+
+def takes(campaign, line) -> bool:
+    """Whether the campaign takes this (original) line."""
     when = campaign.when
-    if not when.category_prefixes and not when.skus:
-        return True
-    if any(line.category.startswith(prefix) for prefix in when.category_prefixes):
-        return True
-    return line.sku in when.skus
-
-
-def _takes(campaign, line) -> bool:
-    if campaign.effect.kind == "discount_percent":
+    if is_discount(campaign):
         if line.no_discount:
             return False
     elif line.no_earn:
         return False
-    return _line_matches(campaign, line)
+    if when.category_prefixes or when.skus:
+        by_category = any(line.category.startswith(prefix) for prefix in when.category_prefixes)
+        if not by_category and line.sku not in when.skus:
+            return False
+    if when.brands and line.brand not in when.brands:
+        return False
+    if any(line.category.startswith(prefix) for prefix in when.exclude_category_prefixes):
+        return False
+    if line.qty_milli < when.line_qty_min_milli:
+        return False
+    if line.amount_minor < when.line_amount_min_minor:
+        return False
+    return True
 
 
-def calculate(spec, receipt, now_ms: int, available_points: int, redeem_points: int) -> dict:
-    settings = spec.settings
-    campaigns = sorted(spec.campaigns, key=lambda c: -c.priority)
-    lines = receipt.lines
-    total = sum(line.amount_minor for line in lines)
+def birthday_near(birthday: str, today: dt.date, days: int) -> bool:
+    """`today` is at most `days` from the birthday ("MM-DD") in the previous, this or next year."""
+    if not birthday:
+        return False
+    month, day = int(birthday[:2]), int(birthday[3:5])
+    for year in (today.year - 1, today.year, today.year + 1):
+        this_day = day
+        if month == 2 and day == 29 and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
+            this_day = 28
+        if abs((dt.date(year, month, this_day) - today).days) <= days:
+            return True
+    return False
+
+
+def hour_in_window(hour: int, hour_from: int, hour_to: int) -> bool:
+    if hour_from < hour_to:
+        return hour_from <= hour < hour_to
+    return hour >= hour_from or hour < hour_to  # wraps past midnight
+
+
+def customer_and_receipt_hold(campaign, receipt, shopper, now_ms: int, local: dt.datetime) -> bool:
+    when = campaign.when
+    # the customer
+    if when.card_categories and shopper.card_category not in when.card_categories:
+        return False
+    if when.tiers and shopper.tier not in when.tiers:
+        return False
+    for wanted, has in ((when.segments, shopper.segments), (when.tags, shopper.tags), (when.clubs, shopper.clubs)):
+        if wanted and not set(wanted) & set(has):
+            return False
+    if when.account_age_days_min and now_ms - shopper.created_at_ms < when.account_age_days_min * MS_PER_DAY:
+        return False
+    if when.birthday_within_days is not None and not birthday_near(
+        shopper.birthday, local.date(), when.birthday_within_days
+    ):
+        return False
+    if when.nth_purchase and shopper.purchases + 1 != when.nth_purchase:
+        return False
+    if shopper.lifetime_spend_minor < when.lifetime_spend_min_minor:
+        return False
+    # the receipt
+    for wanted, value in (
+        (when.stores, receipt.store_id),
+        (when.regions, receipt.region),
+        (when.channels, receipt.channel),
+        (when.terminals, receipt.terminal_id),
+        (when.payment_methods, receipt.payment_method),
+    ):
+        if wanted and value not in wanted:
+            return False
+    if when.card_bins and not any(receipt.card_bin.startswith(prefix) for prefix in when.card_bins):
+        return False
+    if when.weekdays and local.isoweekday() not in when.weekdays:
+        return False
+    if not hour_in_window(local.hour, when.hour_from, when.hour_to):
+        return False
+    if sum(line.amount_minor for line in receipt.lines) < when.receipt_total_min_minor:
+        return False
+    return True
+
+
+def applies(campaign, receipt, shopper, now_ms, local, allowances, unlocked) -> bool:
+    if campaign.valid_from is not None and now_ms < to_ms(campaign.valid_from):
+        return False
+    if campaign.valid_to is not None and now_ms >= to_ms(campaign.valid_to):
+        return False
+    if not customer_and_receipt_hold(campaign, receipt, shopper, now_ms, local):
+        return False
+    taken = [line for line in receipt.lines if takes(campaign, line)]
+    if not taken:
+        return False
+    if sum(line.qty_milli for line in taken) < campaign.when.item_qty_min_milli:
+        return False
+    if campaign.promo_code and campaign.id not in unlocked:
+        return False
+    if campaign.id in allowances and allowances[campaign.id] <= 0:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Effects: per-line amounts, before the caps
+
+
+def gains(campaign, lines, net: list[int], earned: list[int], rounding: str) -> list[int]:
+    """What the campaign gives on each line: points (earn) or minor units (discount).
+    `net`: each line's amount less the discounts already on it; `earned`: each line's points from
+    the earn pass (for multipliers)."""
+    effect = campaign.effect
+    kind = effect.kind
+    taken = [takes(campaign, line) for line in lines]
+    count = len(lines)
+    taken_net = [net[i] if taken[i] else 0 for i in range(count)]
+    if kind == "earn_percent":
+        return [apply_rate(net[i], effect.percent_bps, rounding) if taken[i] else 0 for i in range(count)]
+    if kind == "earn_fixed":
+        if effect.per == "line":
+            return [effect.points if taken[i] else 0 for i in range(count)]
+        if effect.per == "unit":
+            return [effect.points * lines[i].qty_milli // 1000 if taken[i] else 0 for i in range(count)]
+        shares = prorate(effect.points, taken_net)
+        return [shares[i] if taken[i] else 0 for i in range(count)]
+    if kind == "earn_per_step":
+        total = sum(taken_net) // effect.step_minor * effect.points
+        shares = prorate(total, taken_net)
+        return [shares[i] if taken[i] else 0 for i in range(count)]
+    if kind == "earn_multiplier":
+        return [
+            apply_rate(earned[i], effect.multiplier_bps - BPS_PER_UNIT, rounding) if taken[i] else 0
+            for i in range(count)
+        ]
+    if kind == "discount_percent":
+        return [min(net[i], apply_rate(net[i], effect.percent_bps, rounding)) if taken[i] else 0 for i in range(count)]
+    if kind == "discount_fixed":
+        amount = min(effect.amount_minor, sum(taken_net))
+        shares = prorate(amount, taken_net)
+        return [shares[i] if taken[i] else 0 for i in range(count)]
+    if kind == "fixed_price":
+        return [
+            max(0, net[i] - effect.price_minor * lines[i].qty_milli // 1000) if taken[i] else 0 for i in range(count)
+        ]
+    if kind == "buy_x_get_y":
+        units = [lines[i].qty_milli // 1000 if taken[i] else 0 for i in range(count)]
+        free = sum(units) // (effect.buy + effect.get) * effect.get
+        free_units = [0] * count
+        for i in sorted((i for i in range(count) if taken[i]), key=lambda i: (lines[i].price_minor, i)):
+            free_units[i] = min(units[i], free)
+            free -= free_units[i]
+        return [min(net[i], free_units[i] * lines[i].price_minor) if taken[i] else 0 for i in range(count)]
+    raise ValueError(f"unknown effect kind {kind!r}")
+
+
+def has_limits(campaign) -> bool:
+    return any(getattr(campaign.limits, field) for field in type(campaign.limits).__struct_fields__)
+
+
+def capped(campaign, amounts: list[int], allowances: dict) -> list[int]:
+    caps = [cap for cap in (campaign.limits.receipt_max_points, campaign.limits.receipt_max_minor) if cap > 0]
+    if campaign.id in allowances:
+        caps.append(allowances[campaign.id])
+    if caps and sum(amounts) > min(caps):
+        return prorate(min(caps), amounts)
+    return amounts
+
+
+def standalone_value(campaign, lines, rounding: str, allowances: dict) -> int:
+    """The campaign alone on the receipt as it came: its discount plus its points, after its caps."""
+    net = [line.amount_minor for line in lines]
+    return sum(capped(campaign, gains(campaign, lines, net, [0] * len(lines), rounding), allowances))
+
+
+# ---------------------------------------------------------------------------------------------
+# The receipt
+
+
+def select(spec, receipt, shopper, now_ms, allowances, unlocked) -> list:
+    """The campaigns that apply, in walk order, after exclusivity and best-of-group."""
+    local = local_time(now_ms, spec.settings.timezone)
+    walk = sorted((c for c in spec.campaigns if c.trigger == "purchase"), key=lambda c: -c.priority)
     chosen = []
-    for campaign in campaigns:
-        start, end = _ms(campaign.valid_from), _ms(campaign.valid_to)
-        if (start and now_ms < start) or (end and now_ms >= end):
-            continue
-        if total < campaign.when.receipt_total_min_minor:
-            continue
-        if campaign.when.stores and receipt.store_id not in campaign.when.stores:
-            continue
-        if not any(_takes(campaign, line) for line in lines):
+    for campaign in walk:
+        if not applies(campaign, receipt, shopper, now_ms, local, allowances, unlocked):
             continue
         chosen.append(campaign)
         if campaign.stacking == "exclusive":
             break
-    discount = [0] * len(lines)
-    earned = [0] * len(lines)
+    best_of_group: dict[str, tuple[int, object]] = {}
+    for campaign in chosen:
+        if campaign.stacking != "best":
+            continue
+        value = standalone_value(campaign, receipt.lines, spec.settings.rounding, allowances)
+        held = best_of_group.get(campaign.best_group)
+        if held is None or value > held[0]:
+            best_of_group[campaign.best_group] = (value, campaign)
+    winners = {id(campaign) for _, campaign in best_of_group.values()}
+    return [c for c in chosen if c.stacking != "best" or id(c) in winners]
+
+
+def calculate(
+    spec,
+    receipt,
+    now_ms: int,
+    available_points: int,
+    redeem_points: int,
+    shopper=None,
+    allowances=None,
+    unlocked=frozenset(),
+) -> dict:
+    from core_ext.model import Shopper
+
+    shopper = Shopper() if shopper is None else shopper
+    allowances = {} if allowances is None else allowances
+    unlocked = frozenset() if unlocked is None else unlocked
+    rounding = spec.settings.rounding
+    lines = receipt.lines
+    count = len(lines)
+    chosen = select(spec, receipt, shopper, now_ms, allowances, unlocked)
+
+    discount = [0] * count
+    earned = [0] * count  # the earn pass
+    multiplied = [0] * count  # the multiplier pass
     applied = []
-    for campaign in (c for c in chosen if c.effect.kind == "discount_percent"):
-        given = 0
-        for i, line in enumerate(lines):
-            if _takes(campaign, line):
-                net = line.amount_minor - discount[i]
-                cut = min(net, apply_rate(net, campaign.effect.percent_bps, settings.rounding))
-                discount[i] += cut
-                given += cut
-        applied.append((campaign.id, "discount_percent", 0, given))
-    for campaign in (c for c in chosen if c.effect.kind != "discount_percent"):
-        takes = [_takes(campaign, line) for line in lines]
-        if campaign.effect.kind == "earn_fixed":
-            weights = [line.amount_minor - discount[i] if takes[i] else 0 for i, line in enumerate(lines)]
-            shares = prorate(campaign.effect.points, weights)
-            gains = [shares[i] if takes[i] else 0 for i in range(len(lines))]
+    limited = {}
+
+    def give(campaign, amounts):
+        if has_limits(campaign):
+            limited[campaign.id] = tuple(amounts)
+        if is_discount(campaign):
+            applied.append((campaign.id, campaign.effect.kind, 0, sum(amounts)))
         else:
-            gains = [
-                apply_rate(line.amount_minor - discount[i], campaign.effect.percent_bps, settings.rounding)
-                if takes[i]
-                else 0
-                for i, line in enumerate(lines)
-            ]
-        for i, gain in enumerate(gains):
-            earned[i] += gain
-        applied.append((campaign.id, campaign.effect.kind, sum(gains), 0))
+            applied.append((campaign.id, campaign.effect.kind, sum(amounts), 0))
+
+    for campaign in (c for c in chosen if is_discount(c)):
+        net = [lines[i].amount_minor - discount[i] for i in range(count)]
+        amounts = capped(campaign, gains(campaign, lines, net, earned, rounding), allowances)
+        for i in range(count):
+            discount[i] += amounts[i]
+        give(campaign, amounts)
+    net = [lines[i].amount_minor - discount[i] for i in range(count)]
+    for campaign in (c for c in chosen if not is_discount(c) and c.effect.kind != "earn_multiplier"):
+        amounts = capped(campaign, gains(campaign, lines, net, earned, rounding), allowances)
+        for i in range(count):
+            earned[i] += amounts[i]
+        give(campaign, amounts)
+    for campaign in (c for c in chosen if c.effect.kind == "earn_multiplier"):
+        amounts = capped(campaign, gains(campaign, lines, net, earned, rounding), allowances)
+        for i in range(count):
+            multiplied[i] += amounts[i]
+        give(campaign, amounts)
+
+    points = [earned[i] + multiplied[i] for i in range(count)]
+    total = sum(line.amount_minor for line in lines)
     payable = total - sum(discount)
-    redeemable = max(0, min(payable * settings.max_redeem_share_bps // BPS_PER_UNIT, available_points))
-    redeemed = [0] * len(lines)
+    redeemable = max(0, min(payable * spec.settings.max_redeem_share_bps // BPS_PER_UNIT, available_points))
+    redeemed = [0] * count
     if 0 < redeem_points <= redeemable:
-        redeemed = prorate(redeem_points, [line.amount_minor - discount[i] for i, line in enumerate(lines)])
+        redeemed = prorate(redeem_points, net)
     return {
-        "lines": [
-            (line.line_no, line.amount_minor, discount[i], earned[i], redeemed[i]) for i, line in enumerate(lines)
-        ],
+        "lines": [(line.line_no, line.amount_minor, discount[i], points[i], redeemed[i]) for i, line in enumerate(lines)],
         "total_minor": total,
         "discount_minor": sum(discount),
         "payable_minor": payable,
-        "earned_points": sum(earned),
+        "earned_points": sum(points),
         "redeemable_points": redeemable,
         "redeemed_points": sum(redeemed),
         "campaigns": applied,
+        "limited": sorted(limited.items()),
     }
 
 
 def core_as_dict(calculation) -> dict:
-    """The core's Calculation in the reference's shape."""
+    """The core's Calculation in the reference's shape (`limited` sorted by campaign id: its order is
+    not specified)."""
     return {
         "lines": [
             (l.line_no, l.amount_minor, l.discount_minor, l.earned_points, l.redeemed_points)
@@ -138,4 +371,5 @@ def core_as_dict(calculation) -> dict:
         "redeemable_points": calculation.redeemable_points,
         "redeemed_points": calculation.redeemed_points,
         "campaigns": [(c.campaign_id, c.effect, c.points, c.discount_minor) for c in calculation.campaigns],
+        "limited": sorted((campaign_id, tuple(amounts)) for campaign_id, amounts in calculation.limited),
     }
