@@ -190,6 +190,11 @@ def applies(campaign, receipt, shopper, now_ms, local, allowances, unlocked) -> 
 # Effects: per-line amounts, before the caps
 
 
+def _counted_limits(campaign) -> bool:
+    limits = campaign.limits
+    return any(getattr(limits, field) for field in limits.__struct_fields__ if not field.startswith("receipt_max"))
+
+
 def gains(campaign, lines, net: list[int], earned: list[int], rounding: str) -> list[int]:
     """What the campaign gives on each line: points (earn) or minor units (discount).
     `net`: each line's amount less the discounts already on it; `earned`: each line's points from
@@ -206,7 +211,9 @@ def gains(campaign, lines, net: list[int], earned: list[int], rounding: str) -> 
             return [effect.points if taken[i] else 0 for i in range(count)]
         if effect.per == "unit":
             return [effect.points * lines[i].qty_milli // 1000 if taken[i] else 0 for i in range(count)]
-        shares = prorate(effect.points, taken_net)
+        # spread by net over the lines taken; equal parts among them when every net is 0
+        weights = taken_net if sum(taken_net) else [1 if taken[i] else 0 for i in range(count)]
+        shares = prorate(effect.points, weights)
         return [shares[i] if taken[i] else 0 for i in range(count)]
     if kind == "earn_per_step":
         total = sum(taken_net) // effect.step_minor * effect.points
@@ -297,7 +304,11 @@ def calculate(
     from core_ext.model import Shopper
 
     shopper = Shopper() if shopper is None else shopper
-    allowances = {} if allowances is None else allowances
+    # Only campaigns whose limits the ledger counts (day/week/month caps, budget, uses) have an allowance.
+    allowances = {
+        campaign_id: left for campaign_id, left in (allowances or {}).items()
+        if any(_counted_limits(campaign) for campaign in spec.campaigns if campaign.id == campaign_id)
+    }
     unlocked = frozenset() if unlocked is None else unlocked
     rounding = spec.settings.rounding
     lines = receipt.lines
