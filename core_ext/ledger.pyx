@@ -31,6 +31,7 @@ DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency
             b"reversals", b"meta", b"counters", b"codes")
 NEXT_TXN_KEY = b"next_txn_id"
 RULESET_KEY = b"ruleset"  # the serving ruleset: (version, sources), shared by every worker
+RULE_FILES_KEY = b"rule_files"  # the version of the rule files last adopted at a start
 TOMBSTONE_DIGEST = b""
 SYSTEM_ACTOR = "system"  # the journal's actor for what time does (expiry)
 MAX_DBS = 16  # named databases in the environment
@@ -520,6 +521,8 @@ cdef class Ledger:
         """Store a validated ruleset for every worker; this one serves it once the group commits."""
         program = Program(parse_program(dict(op.sources)))
         batch.put("meta", RULESET_KEY, _encode((program.version, dict(op.sources))))
+        if op.files:
+            batch.put("meta", RULE_FILES_KEY, program.version.encode())
         self._switched = program
         return Outcome(Code.OK)
 
@@ -531,6 +534,20 @@ cdef class Ledger:
         if version == self.program.version:
             return False
         self.program = Program(parse_program(sources))
+        return True
+
+    def adopt_rule_files(self, long long now_ms):
+        """At start: when the rule files this ledger was opened with (`program`) differ from the
+        ones it last adopted, store them as the serving ruleset for every worker. True if so."""
+        with self.env.begin() as txn:
+            seen = txn.get(RULE_FILES_KEY, db=self.dbs["meta"])
+        if seen is not None and seen.decode() == self.program.version:
+            return False
+        spec = self.program.spec
+        op = SetRulesOp(tuple(spec.sources.items()), spec.version, files=True)
+        (outcome,) = self.apply([op], now_ms)
+        if outcome.code != Code.OK:
+            raise LedgerError(outcome.code, outcome.message)
         return True
 
     def refresh_program(self):

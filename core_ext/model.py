@@ -275,6 +275,7 @@ class SetRulesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=14)
     sources: tuple[tuple[str, str], ...]
     version: str
     request_id: str = ""
+    files: bool = False  # the configured rule files, adopted at a start
 
 
 class SweepOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):

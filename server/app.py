@@ -137,8 +137,12 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     clock = make_clock(config.clock.file)
     ledger = open_ledger(config)
     files_version = ledger.program.version
-    if ledger.refresh_program():  # a ruleset stored by ReloadRules or SIGHUP wins over the files, from the first call
-        event(log, "serving the stored ruleset, not the rule files' (SIGHUP or Admin.ReloadRules reads the files)",
+    # Rule files edited since the ledger last saw them take over; otherwise the ruleset stored by
+    # the last ReloadRules or SIGHUP keeps serving across restarts.
+    if ledger.adopt_rule_files(clock.now_ms()):
+        event(log, "serving the rule files' ruleset", ruleset_version=files_version)
+    elif ledger.refresh_program():
+        event(log, "serving the stored ruleset; the rule files are unchanged since it replaced them",
               ruleset_version=ledger.program.version, files_ruleset_version=files_version)
     metrics = Metrics()
     metrics.ledger = ledger

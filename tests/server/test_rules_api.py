@@ -278,6 +278,21 @@ class TestReloadRules:
         assert rules(kassa).ruleset_version == new
         assert f'"ruleset_version":"{new}","files_ruleset_version":"{version_of(directory)}"' in "".join(kassa.log_lines)
 
+    def test_rule_files_edited_while_stopped_take_over_at_the_restart(self, start_kassa, tmp_path):
+        directory = rules_dir(tmp_path)
+        kassa = start_kassa(rules=directory)
+        kassa.admin.ReloadRules(admin_pb2.ReloadRulesRequest(source_toml=program(1000)))
+        kassa.stop()
+        rules_dir(tmp_path, base_bps=700)  # the operator edits the files
+
+        kassa.start()
+
+        edited = version_of(directory)
+        assert rules(kassa).ruleset_version == edited
+        open_account(kassa, "A-1")
+        bought = accrue(kassa, "A-1", plain_receipt("R-1"), "buy-1")
+        assert (bought.calculation.ruleset_version, bought.calculation.earned_points) == (edited, 700)
+
     def test_a_reload_through_one_worker_reaches_every_worker(self, start_kassa, tmp_path):
         directory = rules_dir(tmp_path)
         kassa = start_workers(start_kassa, directory)
