@@ -15,7 +15,7 @@ import msgspec
 from msgspec.structs import replace as _replace
 
 from core_ext import records as rec
-from core_ext.limits import STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
+from core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from core_ext.model import (
     AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, CalculateResult,
     CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
@@ -563,12 +563,18 @@ cdef class Ledger:
             stored = get("idents", ident_key(IdKind.CARD, customer.value))
             if stored is not None:
                 category = _decode_ident(stored).category
-        tier = self._tier(member, now_ms)[0] if self.program.tier_levels else ""
+        tier, window_spend = "", 0
+        if self.program.tracks_activity:
+            spend, points = self._window(member, now_ms)
+            window_spend = spend
+            if self.program.tier_levels:
+                tier = self._tier(member, now_ms, spend, points)[0]
         return Shopper(category, tier, tuple(member.segments), tuple(member.tags), tuple(member.clubs),
-                       member.created_at_ms, member.birthday, member.purchases, member.lifetime_spend_minor)
+                       member.created_at_ms, member.birthday, member.purchases, member.lifetime_spend_minor,
+                       window_spend)
 
-    def _tier(self, account, long long now_ms):
-        """(tier, next tier, missing) from the account's activity inside the tier window."""
+    def _window(self, account, long long now_ms):
+        """(spend, points earned) over the tier window, from the account's activity."""
         program = self.program
         first_day = program.local_day(now_ms) - program.tier_window_days
         spend = points = 0
@@ -576,12 +582,48 @@ cdef class Ledger:
             if day > first_day:
                 spend += day_spend
                 points += day_points
-        return program.tier_of(spend, points)
+        return spend, points
+
+    def _tier(self, account, long long now_ms, spend=None, points=None):
+        """(tier, next tier, missing): the level the window's metrics reach, or a granted tier
+        that has not run out when it ranks higher."""
+        if spend is None:
+            spend, points = self._window(account, now_ms)
+        tier, following, missing = self.program.tier_of(spend, points)
+        if account.granted_tier and account.granted_until_ms > now_ms and \
+                self._rank(account.granted_tier) > self._rank(tier):
+            tier = account.granted_tier
+            following, missing = self.program.next_tier_after(tier, spend, points)
+        return tier, following, missing
+
+    def _rank(self, str tier):
+        """A tier's place in [tiers] file order; -1 for no tier or one the ruleset dropped."""
+        for index, level in enumerate(self.program.tier_levels):
+            if level.id == tier:
+                return index
+        return -1
+
+    def _grant_tier(self, account, entry, calculation, long long now_ms):
+        """Apply the purchase's grant_tier campaigns: the highest tier granted, for its days."""
+        best = None
+        for applied in calculation.campaigns:
+            if applied.effect == "grant_tier" and applied.campaign_id in self.program.grants:
+                tier, days = self.program.grants[applied.campaign_id]
+                until = now_ms + days * MS_PER_DAY
+                if best is None or (self._rank(tier), until) > (self._rank(best[0]), best[1]):
+                    best = (tier, until)
+        if best is None:
+            return
+        current = (account.granted_tier, account.granted_until_ms) if account.granted_until_ms > now_ms else ("", 0)
+        if current[0] and (self._rank(current[0]), current[1]) >= (self._rank(best[0]), best[1]):
+            return
+        entry.tier_grant = (best[0], best[1], account.granted_tier, account.granted_until_ms)
+        account.granted_tier, account.granted_until_ms = best
 
     def _record_activity(self, account, long long at_ms, long long spend, long long points):
         """Add to (or, negative, take from) the tier metrics of the local day of `at_ms`; days
         that left the window are dropped."""
-        if not self.program.tier_levels:
+        if not self.program.tracks_activity:
             return
         program = self.program
         day = program.local_day(at_ms)
@@ -945,6 +987,8 @@ cdef class Ledger:
             ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else "")
         if calculation.limited or accepted:
             self._count(batch, entry, calculation.limited, accepted, member.account_id)
+        if self.program.grants:
+            self._grant_tier(member, entry, calculation, now_ms)
         self._journal(batch, entry, account, member)
         result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
         return Outcome(Code.OK, body=result), txn_id
@@ -1137,6 +1181,9 @@ cdef class Ledger:
             returned=sorted(returns.items()), member_id=target.member_id)
         if target.limited or target.use_keys:
             self._uncount(batch, entry, target, returns, reversal, reversal.complete)
+        if target.tier_grant is not None and reversal.complete and \
+                (spender.granted_tier, spender.granted_until_ms) == tuple(target.tier_grant[:2]):
+            spender.granted_tier, spender.granted_until_ms = target.tier_grant[2], target.tier_grant[3]
         self._journal(batch, entry, account, member)
         result = RollbackResult(txn_id, account.account_id, kind, target.txn_id, clawback, restored, debt,
                                 self._balance(batch.get, account))

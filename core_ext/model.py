@@ -126,6 +126,7 @@ class Shopper(msgspec.Struct, array_like=True, gc=False, frozen=True):
     birthday: str = ""  # "MM-DD"
     purchases: int = 0  # purchases before this one
     lifetime_spend_minor: int = 0
+    window_spend_minor: int = 0  # spend over the tier window before this purchase
 
 
 NO_SHOPPER = Shopper()

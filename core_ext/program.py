@@ -65,6 +65,7 @@ class Conditions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     birthday_within_days: int | None = None  # the local date is within this many days of the birthday
     nth_purchase: int = 0  # this purchase is the account's n-th (1 = the first)
     lifetime_spend_min_minor: int = 0  # the account's lifetime spend before this purchase
+    window_spend_min_minor: int = 0  # its spend over the tier window (`[tiers] window_days`)
     # the receipt (or event)
     stores: list[str] = []
     regions: list[str] = []
@@ -91,26 +92,32 @@ class Conditions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
 EFFECT_KINDS = (
     "earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier",
-    "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y",
+    "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y", "bundle",
+    "redeem_share", "grant_tier",
 )
-DISCOUNT_EFFECTS = frozenset(("discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y"))
+DISCOUNT_EFFECTS = frozenset(("discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y", "bundle"))
+NO_AMOUNT_EFFECTS = frozenset(("redeem_share", "grant_tier"))  # they change the receipt or the customer
+TIER_DAYS_MAX = 36_500  # days
 EVENT_EFFECTS = frozenset(("earn_percent", "earn_fixed", "earn_per_step"))
 
 
 class Effect(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     kind: Literal[
         "earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier",
-        "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y",
+        "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y", "bundle",
+        "redeem_share", "grant_tier",
     ]
-    percent_bps: int = 0  # earn_percent, discount_percent
+    percent_bps: int = 0  # earn_percent, discount_percent, redeem_share
     points: int = 0  # earn_fixed (per receipt, line or unit), earn_per_step (per step)
     per: Literal["receipt", "line", "unit"] = "receipt"  # earn_fixed
     step_minor: int = 0  # earn_per_step: points for every full step of the eligible amount
     multiplier_bps: int = 0  # earn_multiplier: 20000 doubles the points the lines earned
     amount_minor: int = 0  # discount_fixed: an amount off the receipt, prorated over the lines
-    price_minor: int = 0  # fixed_price: the unit price the matching lines are sold at
+    price_minor: int = 0  # fixed_price: the unit price the matching lines are sold at; bundle: the set's price
     buy: int = 0  # buy_x_get_y: of every buy + get whole units, the `get` cheapest are free
     get: int = 0
+    tier: str = ""  # grant_tier: the tier the customer holds at least ...
+    tier_days: int = 0  # ... for this many days from the purchase
     related_points: int = 0  # event campaigns: points for the event's related customer (referrer)
     points_lifetime_days: int | None = None  # event campaigns: the points' own lifetime
     activation_delay_days: int | None = None  # event campaigns: the points' own activation delay
@@ -329,13 +336,13 @@ def _check_campaign(name: str, campaign: Campaign, tier_ids: set[str] = frozense
         problems.append(f"{where}: field 'valid_to': must be after valid_from")
     if campaign.best_group and campaign.stacking != "best":
         problems.append(f"{where}: field 'best_group': only for stacking = \"best\"")
-    problems.extend(_check_effect(where, campaign))
+    problems.extend(_check_effect(where, campaign, tier_ids))
     problems.extend(_check_conditions(where, campaign, tier_ids))
     problems.extend(_check_limits(where, campaign))
     return problems
 
 
-def _check_effect(where: str, campaign: Campaign) -> list[str]:
+def _check_effect(where: str, campaign: Campaign, tier_ids: set[str]) -> list[str]:
     effect, kind = campaign.effect, campaign.effect.kind
     problems: list[str] = []
     if kind == "earn_percent" and not 0 < effect.percent_bps <= EARN_BPS_MAX:
@@ -351,8 +358,28 @@ def _check_effect(where: str, campaign: Campaign) -> list[str]:
                         f"(20000 doubles the points)")
     if kind == "discount_fixed":
         _positive(where, problems, "effect.amount_minor", effect.amount_minor, kind)
-    if kind == "fixed_price" and effect.price_minor < 0:
-        problems.append(f"{where}: field 'effect.price_minor': must be >= 0 for fixed_price")
+    if kind in ("fixed_price", "bundle") and effect.price_minor < 0:
+        problems.append(f"{where}: field 'effect.price_minor': must be >= 0 for {kind}")
+    if kind == "bundle":
+        if len(set(campaign.when.skus)) < 2:
+            problems.append(f"{where}: field 'when.skus': a bundle names at least two SKUs")
+        for field in ("category_prefixes", "brands", "exclude_category_prefixes", "line_qty_min_milli",
+                      "line_amount_min_minor"):
+            if getattr(campaign.when, field):
+                problems.append(f"{where}: field 'when.{field}': a bundle is defined by its SKUs alone")
+    if kind == "redeem_share" and not 0 <= effect.percent_bps <= BPS_PER_UNIT:
+        problems.append(f"{where}: field 'effect.percent_bps': must be 0..{BPS_PER_UNIT} for redeem_share")
+    if kind == "grant_tier":
+        if effect.tier not in tier_ids:
+            problems.append(f"{where}: field 'effect.tier': unknown tier '{effect.tier}' (not in [tiers] levels)")
+        if not 1 <= effect.tier_days <= TIER_DAYS_MAX:
+            problems.append(f"{where}: field 'effect.tier_days': must be 1..{TIER_DAYS_MAX} for grant_tier")
+    elif effect.tier or effect.tier_days:
+        problems.append(f"{where}: field 'effect.{'tier' if effect.tier else 'tier_days'}': only for grant_tier")
+    if kind in NO_AMOUNT_EFFECTS and campaign.limits != Limits():
+        problems.append(f"{where}: field 'limits': {kind} gives no amount to limit")
+    if kind in NO_AMOUNT_EFFECTS and campaign.stacking == "best":
+        problems.append(f"{where}: field 'stacking': {kind} gives no amount to compare in a best-of")
     if kind == "buy_x_get_y":
         _positive(where, problems, "effect.buy", effect.buy, kind)
         _positive(where, problems, "effect.get", effect.get, kind)
@@ -391,7 +418,7 @@ def _check_conditions(where: str, campaign: Campaign, tier_ids: set[str]) -> lis
     when = campaign.when
     problems: list[str] = []
     for field in ("receipt_total_min_minor", "item_qty_min_milli", "line_qty_min_milli", "line_amount_min_minor",
-                  "account_age_days_min", "lifetime_spend_min_minor", "nth_purchase"):
+                  "account_age_days_min", "lifetime_spend_min_minor", "window_spend_min_minor", "nth_purchase"):
         if getattr(when, field) < 0:
             problems.append(f"{where}: field 'when.{field}': must be >= 0")
     for field in ("category_prefixes", "skus", "brands", "exclude_category_prefixes", "card_categories", "segments",
@@ -429,6 +456,8 @@ def _check_conditions(where: str, campaign: Campaign, tier_ids: set[str]) -> lis
 def _check_limits(where: str, campaign: Campaign) -> list[str]:
     limits = campaign.limits
     problems: list[str] = []
+    if campaign.effect.kind in NO_AMOUNT_EFFECTS:
+        return problems  # refused as a whole by _check_effect
     discount = campaign.effect.kind in DISCOUNT_EFFECTS
     for field in Limits.__struct_fields__:
         value = getattr(limits, field)

@@ -48,6 +48,9 @@ cdef enum EffectKind:
     DISCOUNT_FIXED = 6
     FIXED_PRICE = 7
     BUY_X_GET_Y = 8
+    BUNDLE = 9
+    REDEEM_SHARE = 10         # no amount: sets the receipt's redeemable share
+    GRANT_TIER = 11           # no amount: the ledger grants a tier
 
 cdef enum Per:
     PER_RECEIPT = 0
@@ -116,6 +119,8 @@ cdef enum Reason:
     R_ITEM_QTY = 24
     R_STOPPED = 25
     R_LOST_BEST = 26
+    R_WINDOW_SPEND = 27
+    R_NO_BUNDLE = 28
 
 REASONS = {
     R_NOT_YET: "not valid yet (valid_from)", R_ENDED: "ended (valid_to)",
@@ -128,6 +133,7 @@ REASONS = {
     R_ACCOUNT_AGE: "when.account_age_days_min", R_BIRTHDAY: "when.birthday_within_days",
     R_NTH: "when.nth_purchase", R_SPEND: "when.lifetime_spend_min_minor",
     R_NO_LINE: "no line matches its line conditions", R_ITEM_QTY: "when.item_qty_min_milli",
+    R_WINDOW_SPEND: "when.window_spend_min_minor", R_NO_BUNDLE: "no complete bundle",
 }
 SET_FIELDS = ("stores", "regions", "channels", "terminals", "payment_methods", "card_categories", "tiers",
               "segments", "tags", "clubs", "skus", "brands")
@@ -136,6 +142,7 @@ EFFECT_KINDS = {
     "earn_percent": EARN_PERCENT, "earn_fixed": EARN_FIXED, "earn_per_step": EARN_PER_STEP,
     "earn_multiplier": EARN_MULTIPLIER, "discount_percent": DISCOUNT_PERCENT,
     "discount_fixed": DISCOUNT_FIXED, "fixed_price": FIXED_PRICE, "buy_x_get_y": BUY_X_GET_Y,
+    "bundle": BUNDLE, "redeem_share": REDEEM_SHARE, "grant_tier": GRANT_TIER,
 }
 KIND_NAMES = {number: name for name, number in EFFECT_KINDS.items()}
 PERS = {"receipt": PER_RECEIPT, "line": PER_LINE, "unit": PER_UNIT}
@@ -176,6 +183,7 @@ cdef struct CampaignC:
     int64_t line_amount_min_minor
     int64_t account_age_min_ms
     int64_t lifetime_spend_min_minor
+    int64_t window_spend_min_minor
     int64_t nth_purchase      # 0: any
     int birthday_days         # -1: no condition
     int weekday_mask          # bit d for weekday d (1..7); 0: any
@@ -227,6 +235,7 @@ cdef struct ContextC:
     int64_t created_at_ms
     int64_t purchases
     int64_t lifetime_spend_minor
+    int64_t window_spend_minor
     int birthday_distance     # days from the local date to the birthday; -1: no birthday
 
 cdef struct Share:
@@ -331,7 +340,16 @@ cdef int compare_cheapest(const void *a, const void *b) noexcept nogil:
 
 
 cdef inline bint is_discount(int kind) noexcept nogil:
-    return kind >= DISCOUNT_PERCENT
+    return DISCOUNT_PERCENT <= kind <= BUNDLE
+
+
+cdef inline int pass_of(int kind) noexcept nogil:
+    """Which pass applies a campaign: discounts, earn, multipliers, then those with no amount."""
+    if is_discount(kind):
+        return 0
+    if kind == EARN_MULTIPLIER:
+        return 2
+    return 3 if kind >= REDEEM_SHARE else 1
 
 
 def _birthday_distance(str birthday, object local_date):
@@ -377,6 +395,8 @@ cdef class Program:
     cdef readonly bint blocked_card_earns
     cdef readonly int64_t inactivity_burn_ms
     cdef readonly dict limits          # campaign id -> (Limits, is a discount), for campaigns with limits
+    cdef readonly dict grants          # grant_tier campaign id -> (tier, days)
+    cdef readonly bint tracks_activity # tiers or window spend: the ledger keeps spend per local day
 
     def __cinit__(self, spec):
         ordered = sorted(spec.campaigns, key=lambda c: -c.priority)  # stable: file order breaks ties
@@ -401,6 +421,8 @@ cdef class Program:
         self.inactivity_burn_ms = settings.inactivity_burn_days * MS_PER_DAY
         self.limits = {c.id: (c.limits, c.effect.kind in DISCOUNT_EFFECTS) for c in ordered
                        if c.limits != _NO_LIMITS}
+        self.grants = {c.id: (c.effect.tier, c.effect.tier_days) for c in campaigns if c.effect.kind == "grant_tier"}
+        self.tracks_activity = bool(self.tier_levels) or any(c.when.window_spend_min_minor for c in ordered)
         self._compile(campaigns)
 
     cdef _compile(self, list campaigns):
@@ -444,6 +466,7 @@ cdef class Program:
             c.line_amount_min_minor = when.line_amount_min_minor
             c.account_age_min_ms = when.account_age_days_min * MS_PER_DAY
             c.lifetime_spend_min_minor = when.lifetime_spend_min_minor
+            c.window_spend_min_minor = when.window_spend_min_minor
             c.nth_purchase = when.nth_purchase
             c.birthday_days = -1 if when.birthday_within_days is None else when.birthday_within_days
             c.weekday_mask = 0
@@ -526,6 +549,15 @@ cdef class Program:
                 following, missing = level.id, level.threshold - value
         return tier, following, missing
 
+    def next_tier_after(self, str tier, int64_t spend_minor, int64_t points_earned):
+        """(the level after `tier` in file order, what its metric misses) or ("", 0)."""
+        ids = [level.id for level in self.tier_levels]
+        if tier not in ids or ids.index(tier) + 1 == len(ids):
+            return "", 0
+        level = self.tier_levels[ids.index(tier) + 1]
+        value = spend_minor if level.metric == "spend_minor" else points_earned
+        return level.id, max(0, level.threshold - value)
+
     # -----------------------------------------------------------------------------------------
     # Evaluation
 
@@ -574,7 +606,7 @@ cdef class Program:
         if c.discount:
             if line.no_discount:
                 return False
-        elif line.no_earn:
+        elif line.no_earn and c.kind < REDEEM_SHARE:
             return False
         if c.line_filter:
             if not (self._has_prefix(c, PREFIX_CATEGORY, line.category, line.category_length) or
@@ -634,6 +666,8 @@ cdef class Program:
             return R_NTH
         if ctx.lifetime_spend_minor < c.lifetime_spend_min_minor:
             return R_SPEND
+        if ctx.window_spend_minor < c.window_spend_min_minor:
+            return R_WINDOW_SPEND
         if c.promo and (unlocked is None or self.campaign_ids[k] not in unlocked):
             return R_PROMO
         if c.counted and allowances is not None:
@@ -650,7 +684,34 @@ cdef class Program:
             return R_NO_LINE
         if qty < c.item_qty_min_milli:
             return R_ITEM_QTY
+        if c.kind == BUNDLE and self._bundles(c, lines, count, &qty) == 0:
+            return R_NO_BUNDLE
         return APPLIES
+
+    cdef int64_t _bundles(self, const CampaignC *c, const LineC *lines, int count, int64_t *regular) noexcept:
+        """Complete sets of a bundle's SKUs among the lines it takes; `regular` gets one set's price
+        at each SKU's lowest unit price."""
+        cdef const StringRef *sku
+        cdef const char *blob = self.blob
+        cdef int j, i
+        cdef int64_t sets = -1, units, unit_price
+        regular[0] = 0
+        for j in range(c.sets[SET_SKU].count):
+            sku = &self.strings[c.sets[SET_SKU].first + j]
+            units = 0
+            unit_price = -1
+            for i in range(count):
+                if lines[i].sku_hash == sku.hash and lines[i].sku_length == sku.length and \
+                        memcmp(lines[i].sku, blob + sku.offset, sku.length) == 0 and self._takes(c, &lines[i]):
+                    units += lines[i].qty // 1000
+                    if unit_price < 0 or lines[i].price < unit_price:
+                        unit_price = lines[i].price
+            if unit_price < 0:
+                return 0
+            regular[0] += unit_price
+            if sets < 0 or units < sets:
+                sets = units
+        return sets if sets > 0 else 0
 
     cdef int64_t _gains(self, const CampaignC *c, const LineC *lines, int count, int64_t *gains,
                         int64_t *weights, Share *order) except -1:
@@ -666,7 +727,7 @@ cdef class Program:
                 order[n].index = i
                 order[n].remainder = lines[i].price
                 n += 1
-        if n == 0:
+        if n == 0 or c.kind >= REDEEM_SHARE:
             return 0
         if c.kind == EARN_PERCENT or c.kind == DISCOUNT_PERCENT:
             for k in range(n):
@@ -708,6 +769,9 @@ cdef class Program:
                         weights[order[k].index] = 1
             elif c.kind == EARN_PER_STEP:
                 total = sum_net // c.step_minor * c.points
+            elif c.kind == BUNDLE:
+                units = self._bundles(c, lines, count, &remainder)  # `remainder`: one set's regular price
+                total = min(units * max(0, remainder - c.price_minor), sum_net)
             else:  # DISCOUNT_FIXED
                 total = min(c.amount_minor, sum_net)
             if total > 0 and prorate(total, weights, gains, count) < 0:
@@ -804,6 +868,7 @@ cdef class Program:
         ctx.created_at_ms = shopper.created_at_ms
         ctx.purchases = shopper.purchases
         ctx.lifetime_spend_minor = shopper.lifetime_spend_minor
+        ctx.window_spend_minor = shopper.window_spend_minor
         ctx.weekday = ctx.hour = 0
         ctx.birthday_distance = -1
         if self.needs_local_time:
@@ -841,14 +906,18 @@ cdef class Program:
                     break
         # 3. Discounts, then earn on what is left to pay, then multipliers of that earn.
         applied, limited = [], []
-        for phase in range(3):
+        cdef int64_t share_bps = self.max_redeem_share_bps
+        cdef bint share_set = False
+        for phase in range(4):
             if phase == 2:
                 for i in range(count):
                     c_lines[i].base_earned = c_lines[i].earned
             for k in range(self.campaign_count):
                 c = &self.campaigns[k]
-                if reasons[k] != APPLIES or phase != (0 if c.discount else 2 if c.kind == EARN_MULTIPLIER else 1):
+                if reasons[k] != APPLIES or phase != pass_of(c.kind):
                     continue
+                if c.kind == REDEEM_SHARE and not share_set:
+                    share_bps, share_set = c.bps, True
                 given = self._gains(c, c_lines, count, gains, weights, order)
                 given = self._capped(c, allowance[k], gains, scratch, count, given)
                 for i in range(count):
@@ -866,7 +935,7 @@ cdef class Program:
             discount += c_lines[i].discount
             earned += c_lines[i].earned
         payable = ctx.total - discount
-        redeemable = apply_rate(payable, self.max_redeem_share_bps, ROUND_FLOOR)
+        redeemable = apply_rate(payable, share_bps, ROUND_FLOOR)
         redeemable = max(0, min(redeemable, available_points))
         redeemed = 0
         if 0 < redeem_points <= redeemable:
@@ -897,7 +966,12 @@ cdef class Program:
         if reason == APPLIES:
             for item in applied:
                 if item.campaign_id == campaign_id:
-                    gave = f"{item.discount_minor} off" if self.campaigns[k].discount else f"{item.points} points"
+                    if self.campaigns[k].kind == REDEEM_SHARE:
+                        gave = f"points may pay {self.campaigns[k].bps} bps of the receipt"
+                    elif self.campaigns[k].kind == GRANT_TIER:
+                        gave = "grants tier '{}' for {} days".format(*self.grants[campaign_id])
+                    else:
+                        gave = f"{item.discount_minor} off" if self.campaigns[k].discount else f"{item.points} points"
                     return CampaignExplain(campaign_id, True, f"applied: {gave}")
         if reason == R_STOPPED:
             return CampaignExplain(campaign_id, False, "stopped by a higher exclusive campaign")
