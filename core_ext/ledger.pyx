@@ -505,6 +505,16 @@ cdef class Ledger:
         postings.append(rec.Posting(txn_id, points))
         return lot
 
+    def _own_lot(self, _Batch batch, account, long long points, long long activates_at_ms, long long expires_at_ms,
+                 list postings):
+        """A lot for points with their own activation or lifetime (a campaign's), never shared; its
+        id is taken from the transaction ids, so that ids keep growing with time."""
+        state = rec.LotState.PENDING if activates_at_ms > batch.now_ms else rec.LotState.ACTIVE
+        lot = rec.LotRec(batch.take_id(), account.account_id, points, points, activates_at_ms, expires_at_ms, state)
+        self._add_lot(batch, account, lot)
+        postings.append(rec.Posting(lot.lot_id, points))
+        return lot
+
     def _add_lot(self, _Batch batch, account, lot):
         batch.put("lots", id_key(lot.lot_id), _encode(lot))
         account.open_lot_ids.append(lot.lot_id)
@@ -959,10 +969,16 @@ cdef class Ledger:
             spent_shares = [0] * len(calculation.lines)
         new_lot = None
         repaid = 0
-        if calculation.earned_points:
-            new_lot = self._earn(batch, account, txn_id, calculation.earned_points, calculation.activate_at_ms,
+        main_points = calculation.earned_points - sum(points for _, _, points in calculation.lots)
+        if main_points:
+            new_lot = self._earn(batch, account, txn_id, main_points, calculation.activate_at_ms,
                                  calculation.expire_at_ms, postings)
             repaid = self._repay_debt(batch, account, new_lot, postings)
+        extra_lots = []
+        for activates_at_ms, expires_at_ms, points in calculation.lots:
+            lot = self._own_lot(batch, account, points, activates_at_ms, expires_at_ms, postings)
+            repaid += self._repay_debt(batch, account, lot, postings)
+            extra_lots.append(lot)
         self._touch(account, now_ms)
         pooled = member.account_id != account.account_id
         if pooled:
@@ -984,7 +1000,8 @@ cdef class Ledger:
             lines, earned=calculation.earned_points, redeemed=op.redeem_points, captured=captured,
             debt_delta=-repaid,
             new_lot=new_lot, postings=postings, captured_hold_ids=list(op.capture_hold_ids),
-            ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else "")
+            ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else "",
+            extra_lots=extra_lots)
         if calculation.limited or accepted:
             self._count(batch, entry, calculation.limited, accepted, member.account_id)
         if self.program.grants:
@@ -1250,8 +1267,11 @@ cdef class Ledger:
         other lots; what no lot covers becomes debt (policy "negative") or is dropped ("clamp")."""
         if points == 0:
             return 0, 0
-        if target.new_lot is not None:
-            lot = _decode_lot(batch.get("lots", id_key(target.new_lot.lot_id)))
+        own = ([target.new_lot] if target.new_lot is not None else []) + target.extra_lots
+        for made in own:
+            if points == 0:
+                break
+            lot = _decode_lot(batch.get("lots", id_key(made.lot_id)))
             if lot.state != rec.LotState.EXPIRED and lot.remaining:
                 take = min(points, lot.remaining)
                 lot.remaining -= take

@@ -350,6 +350,9 @@ class Calculation(msgspec.Struct, array_like=True, gc=False, frozen=True):
     explain: tuple[CampaignExplain, ...] = ()
     # per campaign with limits: what it gave on each line (points or minor), for the ledger's counters
     limited: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # points of campaigns with their own activation or lifetime: (activate_at_ms, expire_at_ms, points),
+    # not in the receipt's main lot (activate_at_ms / expire_at_ms); earned_points counts them too
+    lots: tuple[tuple[int, int, int], ...] = ()
 
 
 class EventCalculation(msgspec.Struct, array_like=True, gc=False, frozen=True):

@@ -119,8 +119,8 @@ class Effect(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     tier: str = ""  # grant_tier: the tier the customer holds at least ...
     tier_days: int = 0  # ... for this many days from the purchase
     related_points: int = 0  # event campaigns: points for the event's related customer (referrer)
-    points_lifetime_days: int | None = None  # event campaigns: the points' own lifetime
-    activation_delay_days: int | None = None  # event campaigns: the points' own activation delay
+    points_lifetime_days: int | None = None  # the points' own lifetime (a lot of their own)
+    activation_delay_days: int | None = None  # the points' own activation delay
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -385,8 +385,15 @@ def _check_effect(where: str, campaign: Campaign, tier_ids: set[str]) -> list[st
         _positive(where, problems, "effect.get", effect.get, kind)
     if effect.per != "receipt" and kind != "earn_fixed":
         problems.append(f"{where}: field 'effect.per': only for earn_fixed")
-    event_only = {"related_points": effect.related_points, "points_lifetime_days": effect.points_lifetime_days,
-                  "activation_delay_days": effect.activation_delay_days}
+    event_only = {"related_points": effect.related_points}
+    lifetime, delay = effect.points_lifetime_days, effect.activation_delay_days
+    if lifetime is not None and not 0 <= lifetime <= POINTS_LIFETIME_DAYS_MAX:
+        problems.append(f"{where}: field 'effect.points_lifetime_days': must be 0..{POINTS_LIFETIME_DAYS_MAX}")
+    if delay is not None and not 0 <= delay <= ACTIVATION_DELAY_DAYS_MAX:
+        problems.append(f"{where}: field 'effect.activation_delay_days': must be 0..{ACTIVATION_DELAY_DAYS_MAX}")
+    if (lifetime is not None or delay is not None) and (kind in DISCOUNT_EFFECTS or kind in NO_AMOUNT_EFFECTS):
+        field = "points_lifetime_days" if lifetime is not None else "activation_delay_days"
+        problems.append(f"{where}: field 'effect.{field}': only for effects that earn points")
     if campaign.trigger == "event":
         if kind not in EVENT_EFFECTS:
             problems.append(f"{where}: field 'effect.kind': an event campaign earns points: "
@@ -395,11 +402,6 @@ def _check_effect(where: str, campaign: Campaign, tier_ids: set[str]) -> list[st
             problems.append(f"{where}: field 'effect.per': an event campaign gives its points per event")
         if effect.related_points < 0:
             problems.append(f"{where}: field 'effect.related_points': must be >= 0")
-        lifetime, delay = effect.points_lifetime_days, effect.activation_delay_days
-        if lifetime is not None and not 0 <= lifetime <= POINTS_LIFETIME_DAYS_MAX:
-            problems.append(f"{where}: field 'effect.points_lifetime_days': must be 0..{POINTS_LIFETIME_DAYS_MAX}")
-        if delay is not None and not 0 <= delay <= ACTIVATION_DELAY_DAYS_MAX:
-            problems.append(f"{where}: field 'effect.activation_delay_days': must be 0..{ACTIVATION_DELAY_DAYS_MAX}")
     else:
         for field, value in event_only.items():
             if value:

@@ -116,6 +116,7 @@ class TxnRec(msgspec.Struct, array_like=True, gc=False):
     debt_delta: int = 0
     forgiven: int = 0  # clawback dropped under policy "clamp"
     new_lot: LotRec | None = None
+    extra_lots: list[LotRec] = []  # lots of campaigns with their own activation or lifetime
     postings: list[Posting] = []
     reverses: int = 0
     captured_hold_ids: list[int] = []

@@ -396,6 +396,7 @@ cdef class Program:
     cdef readonly int64_t inactivity_burn_ms
     cdef readonly dict limits          # campaign id -> (Limits, is a discount), for campaigns with limits
     cdef readonly dict grants          # grant_tier campaign id -> (tier, days)
+    cdef dict own_lots                 # campaign id -> (activation delay ms or None, lifetime ms or None)
     cdef readonly bint tracks_activity # tiers or window spend: the ledger keeps spend per local day
 
     def __cinit__(self, spec):
@@ -422,6 +423,11 @@ cdef class Program:
         self.limits = {c.id: (c.limits, c.effect.kind in DISCOUNT_EFFECTS) for c in ordered
                        if c.limits != _NO_LIMITS}
         self.grants = {c.id: (c.effect.tier, c.effect.tier_days) for c in campaigns if c.effect.kind == "grant_tier"}
+        self.own_lots = {
+            c.id: (None if c.effect.activation_delay_days is None else c.effect.activation_delay_days * MS_PER_DAY,
+                   None if c.effect.points_lifetime_days is None else c.effect.points_lifetime_days * MS_PER_DAY)
+            for c in campaigns
+            if c.effect.activation_delay_days is not None or c.effect.points_lifetime_days is not None}
         self.tracks_activity = bool(self.tier_levels) or any(c.when.window_spend_min_minor for c in ordered)
         self._compile(campaigns)
 
@@ -949,8 +955,10 @@ cdef class Program:
 
         # Activation and expiry fall on UTC day boundaries, so that one account's purchases of a
         # day share one lot: an account holds at most one open lot per day of its points' lifetime.
-        activate_at_ms = day_end_ms(now_ms + self.activation_delay_ms) if self.activation_delay_ms else now_ms
-        expire_at_ms = day_end_ms(activate_at_ms + self.lifetime_ms) if self.lifetime_ms else 0
+        activate_at_ms, expire_at_ms = self._lot_dates(now_ms, self.activation_delay_ms, self.lifetime_ms)
+        lots = ()
+        if self.own_lots:
+            lots = self._own_lots(applied, now_ms, activate_at_ms, expire_at_ms)
         explained = ()
         if explain:
             explained = tuple([self._explain(k, reasons[k], value[k], applied) for k in range(self.campaign_count)])
@@ -958,8 +966,27 @@ cdef class Program:
             tuple([LineResult(lines[i].line_no, c_lines[i].amount, c_lines[i].discount,
                               c_lines[i].earned, c_lines[i].redeemed) for i in range(count)]),
             ctx.total, discount, payable, earned, redeemable, redeemed, tuple(applied), self.version,
-            activate_at_ms, expire_at_ms, (), explained, tuple(limited),
+            activate_at_ms, expire_at_ms, (), explained, tuple(limited), lots,
         )
+
+    cdef tuple _lot_dates(self, int64_t now_ms, int64_t delay_ms, int64_t lifetime_ms):
+        """(activation, expiry) of points earned at `now_ms`. They fall on UTC day boundaries, so
+        that one account's purchases of a day share one lot."""
+        cdef int64_t activate_at_ms = day_end_ms(now_ms + delay_ms) if delay_ms else now_ms
+        return activate_at_ms, (day_end_ms(activate_at_ms + lifetime_ms) if lifetime_ms else 0)
+
+    cdef tuple _own_lots(self, list applied, int64_t now_ms, int64_t main_activate_ms, int64_t main_expire_ms):
+        """The points of applied campaigns with their own activation or lifetime, by lot dates."""
+        groups = {}
+        for item in applied:
+            own = self.own_lots.get(item.campaign_id)
+            if own is None or item.points == 0:
+                continue
+            dates = self._lot_dates(now_ms, self.activation_delay_ms if own[0] is None else own[0],
+                                    self.lifetime_ms if own[1] is None else own[1])
+            if dates != (main_activate_ms, main_expire_ms):
+                groups[dates] = groups.get(dates, 0) + item.points
+        return tuple([(dates[0], dates[1], points) for dates, points in sorted(groups.items())])
 
     cdef _explain(self, int k, int reason, int64_t value, list applied):
         campaign_id = self.campaign_ids[k]
@@ -1019,8 +1046,7 @@ cdef class Program:
                   if c.effect.activation_delay_days is not None and results[c.id][0]]
         if delays:
             delay_ms = max(delays) * MS_PER_DAY
-        activate_at_ms = day_end_ms(now_ms + delay_ms) if delay_ms else now_ms
-        expire_at_ms = day_end_ms(activate_at_ms + lifetime_ms) if lifetime_ms else 0
+        activate_at_ms, expire_at_ms = self._lot_dates(now_ms, delay_ms, lifetime_ms)
         return EventCalculation(
             points, related,
             tuple([AppliedCampaign(c.id, c.effect.kind, results[c.id][0] + results[c.id][1], 0) for c in kept]),

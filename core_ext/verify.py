@@ -67,8 +67,9 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
         for posting in entry.postings:
             replayed[posting.lot_id] += posting.delta
         debt[entry.account_id] += entry.debt_delta
-        if entry.new_lot is not None and entry.new_lot.lot_id not in lots:
-            violations.append(f"transaction {entry.txn_id}: created lot {entry.new_lot.lot_id}, which is missing")
+        for made in ([entry.new_lot] if entry.new_lot is not None else []) + entry.extra_lots:
+            if made.lot_id not in lots:
+                violations.append(f"transaction {entry.txn_id}: created lot {made.lot_id}, which is missing")
     for lot in lots.values():
         if replayed[lot.lot_id] != lot.remaining:
             violations.append(f"account {lot.account_id}: lot {lot.lot_id} remaining expected "

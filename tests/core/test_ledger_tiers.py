@@ -137,3 +137,63 @@ def test_window_spend_counts_what_came_before_the_purchase(ledger):
     assert "regular" not in applied(buy(ledger, 20_000, T0_MS))  # reaches 20,000 only with this one
     assert applied(buy(ledger, 100, T0_MS))["regular"] == 3
     assert "regular" not in applied(buy(ledger, 100, T0_MS + 30 * DAY_MS))  # the window moved on
+
+
+OWN_LOTS = """
+[[campaigns]]
+id = "base"
+effect = { kind = "earn_percent", percent_bps = 100 }
+
+[[campaigns]]
+id = "welcome"
+when = { nth_purchase = 1 }
+effect = { kind = "earn_fixed", points = 500, points_lifetime_days = 30 }
+
+[[campaigns]]
+id = "later"
+when = { skus = ["LATER"] }
+effect = { kind = "earn_fixed", points = 40, activation_delay_days = 3 }
+"""
+
+
+@pytest.fixture
+def own_lots(tmp_path):
+    ledger = Ledger(str(tmp_path / "own"), Program(program(OWN_LOTS, points_lifetime_days=365)),
+                    MAP_SIZE_BYTES, HOLD_TTL_S)
+    ledger.apply([CreateAccountOp("c-A", b"d", "A")], T0_MS)
+    yield ledger
+    assert ledger.verify(T0_MS + 400 * DAY_MS) == []
+    ledger.close()
+
+
+def balance(ledger, at_ms):
+    return ledger.account(Customer(IdKind.ACCOUNT, "A"), at_ms).body.balance
+
+
+def test_a_campaign_with_its_own_lifetime_puts_its_points_in_a_lot_of_their_own(own_lots):
+    first = buy(own_lots, 10_000, T0_MS)
+    day_end = (T0_MS // DAY_MS + 1) * DAY_MS
+    assert first.calculation.earned_points == 600
+    assert first.calculation.lots == ((T0_MS, day_end + 30 * DAY_MS, 500),)  # the first UTC midnight 30 days on
+    assert first.calculation.expire_at_ms == day_end + 365 * DAY_MS
+    assert balance(own_lots, T0_MS).active == 600
+    assert (balance(own_lots, T0_MS).next_expiry_at_ms, balance(own_lots, T0_MS).next_expiry_points) == \
+        (day_end + 30 * DAY_MS, 500)
+    assert balance(own_lots, day_end + 30 * DAY_MS).active == 100  # the welcome points expired, the rest stay
+
+
+def test_own_activation_delay_keeps_those_points_pending(own_lots):
+    bought = buy(own_lots, 1_000, T0_MS, sku="LATER")  # also the first purchase: welcome 500
+    assert bought.calculation.earned_points == 10 + 500 + 40
+    now = balance(own_lots, T0_MS)
+    assert (now.active, now.pending) == (510, 40)
+    later = balance(own_lots, (T0_MS // DAY_MS + 4) * DAY_MS)  # the UTC midnight at or after 3 days
+    assert (later.active, later.pending) == (550, 0)
+
+
+def test_a_rollback_takes_back_from_every_lot_the_purchase_made(own_lots):
+    bought = buy(own_lots, 1_000, T0_MS, sku="LATER")
+    result = back(own_lots, bought.transaction_id, T0_MS + DAY_MS)
+    assert (result.clawed_back_points, result.debt_points) == (550, 0)
+    now = balance(own_lots, T0_MS + DAY_MS)
+    assert (now.active, now.pending, now.debt) == (0, 0, 0)
