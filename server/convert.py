@@ -455,6 +455,10 @@ def fill_calculation(target: common_pb2.Calculation, value: m.Calculation) -> No
         add_code = target.promo_codes.add
         for code in value.promo_codes:
             add_code(code=code.code, accepted=code.accepted, reason=code.reason)
+    for activate_at_ms, expire_at_ms, points in value.lots:
+        lot = target.own_lots.add(points=points)
+        _set_time(lot.activate_at, activate_at_ms)
+        _set_time(lot.expire_at, expire_at_ms)
     if value.explain:
         add_explanation = target.explain.add
         for explanation in value.explain:
