@@ -690,23 +690,34 @@ cdef class Ledger:
         stored = get("counters", key)
         return 0 if stored is None else int.from_bytes(stored, "big", signed=True)
 
-    def _allowances(self, get, str account_id, long long now_ms):
-        """{campaign id: what its ledger-kept limits have left} for this account now."""
+    def _allowance(self, get, str account_id, long long now_ms):
+        """A function of a campaign id: what its ledger-kept limits have left for this account now
+        (None: no such limits). The core asks only about campaigns that apply otherwise."""
         counted = self._counting()
         if not counted:
             return None
-        allowances = {}
-        for campaign_id, (caps, uses_cap) in counted.items():
-            left = None
+
+        def allowance(str campaign_id):
+            entry = counted.get(campaign_id)
+            if entry is None:
+                return None
+            caps, uses_cap = entry
             if uses_cap and self._counter(get, self._use_key(campaign_id, account_id)) >= uses_cap:
-                left = 0
-            else:
-                for key, cap in self._amount_keys(campaign_id, caps, account_id, now_ms):
-                    remaining = cap - self._counter(get, key)
-                    left = remaining if left is None else min(left, remaining)
-            if left is not None:
-                allowances[campaign_id] = left
-        return allowances
+                return 0
+            left = None
+            for key, cap in self._amount_keys(campaign_id, caps, account_id, now_ms):
+                remaining = cap - self._counter(get, key)
+                left = remaining if left is None else min(left, remaining)
+            return left
+        return allowance
+
+    def _allowances(self, get, str account_id, long long now_ms):
+        """{campaign id: what its ledger-kept limits have left} for this account now."""
+        allowance = self._allowance(get, account_id, now_ms)
+        if allowance is None:
+            return None
+        return {campaign_id: left for campaign_id in self._counting()
+                if (left := allowance(campaign_id)) is not None}
 
     def _promo_statuses(self, get, tuple codes, str account_id, long long now_ms):
         """[(code, record, refusal or "")] for the presented codes, and the campaigns they unlock."""
@@ -735,7 +746,7 @@ cdef class Ledger:
         """The program's result for this customer and ledger state, and the promo codes accepted."""
         program = self.program
         shopper = self._shopper(get, member, customer, now_ms)
-        allowances = self._allowances(get, member.account_id, now_ms) if program.limits else None
+        allowances = self._allowance(get, member.account_id, now_ms) if program.limits else None
         statuses, unlocked = ((), None)
         if receipt.promo_codes:
             statuses, unlocked = self._promo_statuses(get, receipt.promo_codes, member.account_id, now_ms)

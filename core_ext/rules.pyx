@@ -382,6 +382,8 @@ cdef class Program:
     cdef object zone
     cdef int64_t offset_bucket
     cdef int64_t offset_ms
+    cdef int64_t period_day            # the local day `period_keys_of_day` is of
+    cdef tuple period_keys_of_day
     cdef readonly object spec
     cdef readonly list campaign_ids
     cdef readonly list event_campaigns
@@ -413,6 +415,7 @@ cdef class Program:
         settings = spec.settings
         self.zone = zoneinfo.ZoneInfo(settings.timezone)
         self.offset_bucket = -1
+        self.period_day = -1
         self.rounding = ROUNDINGS[settings.rounding]
         self.max_redeem_share_bps = settings.max_redeem_share_bps
         self.activation_delay_ms = settings.activation_delay_days * MS_PER_DAY
@@ -537,8 +540,11 @@ cdef class Program:
         """(day, week, month) numbers of `now_ms` on the local calendar: days since 1970-01-01,
         Monday-first weeks since then, and year * 12 + month - 1."""
         cdef int64_t day = self._local_ms(now_ms) // MS_PER_DAY
-        date = EPOCH_DATE + dt.timedelta(days=day)
-        return day, (day + 3) // 7, date.year * 12 + date.month - 1
+        if day != self.period_day:
+            date = EPOCH_DATE + dt.timedelta(days=day)
+            self.period_keys_of_day = (day, (day + 3) // 7, date.year * 12 + date.month - 1)
+            self.period_day = day
+        return self.period_keys_of_day
 
     # -----------------------------------------------------------------------------------------
     # Tiers
@@ -676,12 +682,6 @@ cdef class Program:
             return R_WINDOW_SPEND
         if c.promo and (unlocked is None or self.campaign_ids[k] not in unlocked):
             return R_PROMO
-        if c.counted and allowances is not None:
-            left = allowances.get(self.campaign_ids[k])
-            if left is not None:
-                if left <= 0:
-                    return R_EXHAUSTED
-                allowance[0] = left
         for i in range(count):
             if self._takes(c, &lines[i]):
                 taken = True
@@ -692,6 +692,13 @@ cdef class Program:
             return R_ITEM_QTY
         if c.kind == BUNDLE and self._bundles(c, lines, count, &qty) == 0:
             return R_NO_BUNDLE
+        # Last, as it may read the ledger: what the campaign's ledger-kept limits have left.
+        if c.counted and allowances is not None:
+            left = allowances(self.campaign_ids[k])
+            if left is not None:
+                if left <= 0:
+                    return R_EXHAUSTED
+                allowance[0] = left
         return APPLIES
 
     cdef int64_t _bundles(self, const CampaignC *c, const LineC *lines, int count, int64_t *regular) noexcept:
@@ -808,7 +815,8 @@ cdef class Program:
         """Evaluate the whole receipt. `available_points` bounds the redeemable amount; the caller
         checks `redeem_points` against `redeemable_points` of the result. `shopper` holds what the
         rules may ask of the customer, `allowances` what each campaign's ledger-kept limits have
-        left ({campaign id: amount}), `unlocked` the campaigns whose promo code was accepted."""
+        left ({campaign id: amount}, or a function of the campaign id, asked only about campaigns
+        that apply otherwise), `unlocked` the campaigns whose promo code was accepted."""
         lines = receipt.lines
         cdef int count = len(lines)
         if count > LINES_PER_RECEIPT_MAX:
@@ -825,7 +833,8 @@ cdef class Program:
         try:
             return self._calculate(receipt, lines, c_lines, count, buffers, order, reasons, now_ms,
                                    available_points, redeem_points,
-                                   NO_SHOPPER if shopper is None else shopper, allowances, unlocked, explain)
+                                   NO_SHOPPER if shopper is None else shopper,
+                                   allowances.get if isinstance(allowances, dict) else allowances, unlocked, explain)
         finally:
             free(c_lines); free(buffers); free(order); free(reasons)
 
