@@ -64,6 +64,7 @@ def _conditions(rng: random.Random, discount: bool) -> list[str]:
     maybe(lambda: f"birthday_within_days = {rng.choice((0, 3, 7, 30))}")
     maybe(lambda: f"nth_purchase = {rng.randint(1, 4)}")
     maybe(lambda: f"lifetime_spend_min_minor = {rng.choice((1, 100_000, 5_000_000))}")
+    maybe(lambda: f"window_spend_min_minor = {rng.choice((1, 50_000, 2_000_000))}")
     # the receipt
     maybe(lambda: f"stores = {_strings(_some(rng, STORES))}")
     maybe(lambda: f"regions = {_strings(_some(rng, REGIONS, 1))}")
@@ -92,6 +93,17 @@ def _conditions(rng: random.Random, discount: bool) -> list[str]:
     return when
 
 
+# a bundle names its SKUs alone: no other line condition
+BUNDLE_LINE_CONDITIONS = ("category_prefixes", "skus", "brands", "exclude_category_prefixes", "line_qty_min_milli",
+                          "line_amount_min_minor")
+BUNDLE_SKUS = SKUS[:4]  # few, so random receipts often hold complete sets
+
+
+def _bundle_conditions(rng: random.Random, when: list[str]) -> list[str]:
+    kept = [c for c in when if c.split(" = ")[0] not in BUNDLE_LINE_CONDITIONS]
+    return kept + [f"skus = {_strings(rng.sample(BUNDLE_SKUS, rng.randint(2, 3)))}"]
+
+
 def _effect(rng: random.Random, kind: str) -> str:
     if kind == "earn_percent":
         return f'{{ kind = "earn_percent", percent_bps = {rng.randint(1, 3000)} }}'
@@ -110,6 +122,12 @@ def _effect(rng: random.Random, kind: str) -> str:
         return f'{{ kind = "fixed_price", price_minor = {rng.randint(0, 50_000)} }}'
     if kind == "buy_x_get_y":
         return f'{{ kind = "buy_x_get_y", buy = {rng.randint(1, 3)}, get = {rng.randint(1, 2)} }}'
+    if kind == "bundle":
+        return f'{{ kind = "bundle", price_minor = {rng.choice((0, rng.randint(1, 300_000)))} }}'
+    if kind == "redeem_share":
+        return f'{{ kind = "redeem_share", percent_bps = {rng.choice((0, 10_000, rng.randint(1, 9_999), rng.randint(1, 9_999)))} }}'
+    if kind == "grant_tier":
+        return f'{{ kind = "grant_tier", tier = "{rng.choice(TIERS)}", tier_days = {rng.choice((1, 30, 365))} }}'
     raise ValueError(kind)
 
 
@@ -125,8 +143,9 @@ def _limits(rng: random.Random, discount: bool) -> str:
     return f"limits = {{ {', '.join(values)} }}\n"
 
 
-def generated_program(count: int, seed: int = 7):
-    """`count` campaigns of every effect kind, with random conditions of every kind, limits,
+def generated_program(count: int, seed: int = 131):
+    """`count` campaigns of every effect kind (bundles over a few SKUs; redeem_share and grant_tier
+    without limits and never best), with random conditions of every kind, limits,
     priorities, stacking (stack, exclusive, best in a few groups), promo codes and validity windows,
     and a few event campaigns (which a purchase ignores)."""
     rng = random.Random(seed)
@@ -135,7 +154,8 @@ def generated_program(count: int, seed: int = 7):
         + "".join(f'[[tiers.levels]]\nid = "{tier}"\nthreshold = {1_000_000 * (n + 1)}\n' for n, tier in enumerate(TIERS))
     ]
     kinds = ("earn_percent", "earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier",
-             "discount_percent", "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y")
+             "discount_percent", "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y", "bundle",
+             "redeem_share", "grant_tier")
     for index in range(count):
         if rng.random() < 0.03:
             parts.append(
@@ -144,9 +164,10 @@ def generated_program(count: int, seed: int = 7):
             )
             continue
         kind = rng.choice(kinds)
-        discount = kind in ("discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y")
+        discount = kind in ("discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y", "bundle")
+        no_amount = kind in ("redeem_share", "grant_tier")  # never best, no limits
         roll = rng.random()
-        stacking = "exclusive" if roll < 0.04 else "best" if roll < 0.25 else "stack"
+        stacking = "exclusive" if roll < 0.04 else "best" if roll < 0.25 and not no_amount else "stack"
         extra = ""
         if stacking == "best":
             extra += f'best_group = "{rng.choice(("", "g1", "g2"))}"\n'
@@ -158,9 +179,12 @@ def generated_program(count: int, seed: int = 7):
                 extra += f"valid_from = {_toml_time(start)}\n"
             if rng.random() < 0.7:
                 extra += f"valid_to = {_toml_time(start + dt.timedelta(hours=rng.randint(1, 96)))}\n"
+        when = _conditions(rng, discount)
+        if kind == "bundle":
+            when = _bundle_conditions(rng, when)
         parts.append(
             f'[[campaigns]]\nid = "c{index}"\npriority = {rng.randint(0, 5)}\nstacking = "{stacking}"\n{extra}'
-            f"when = {{ {', '.join(_conditions(rng, discount))} }}\neffect = {_effect(rng, kind)}\n"
-            + _limits(rng, discount)
+            f"when = {{ {', '.join(when)} }}\neffect = {_effect(rng, kind)}\n"
+            + ("" if no_amount else _limits(rng, discount))
         )
     return program("\n".join(parts), rounding=rng.choice(("floor", "half_up", "ceil")), timezone="Europe/Moscow")

@@ -21,10 +21,19 @@ How a purchase is evaluated (event campaigns are ignored here):
 4. A campaign's per-line amounts are capped by the smallest of its per-receipt cap and its allowance;
    a capped total is spread over the lines by the uncapped amounts (largest remainder).
 5. Redeemable: `max_redeem_share_bps` of the payable amount (floor), at most the available points;
-   a redemption (0 < asked <= redeemable) is spread over the lines by net.
+   the first chosen `redeem_share` campaign in walk order replaces the program's share with its
+   `percent_bps`. A redemption (0 < asked <= redeemable) is spread over the lines by net.
+6. `redeem_share` and `grant_tier` give no amount (points 0, discount 0), have no limits, are never
+   `best`, and are listed after the multipliers, in walk order, as (id, kind, 0, 0).
 
-Which lines a campaign *takes* is decided on the original line: discount effects never take a
-`no_discount` line, earn effects (multipliers too) never a `no_earn` line; then the line filters.
+Which lines a campaign *takes* is decided on the original line: discount effects (`bundle` too)
+never take a `no_discount` line, earn effects (multipliers too) never a `no_earn` line, the no-amount
+effects take either; then the line filters.
+
+A `bundle` (the SKUs of `when.skus`, at least two) applies only with at least one complete set:
+n = the fewest whole units (qty_milli // 1000, summed over its taken lines) of any one SKU; its
+discount is min(n * max(0, sum over the SKUs of the lowest price_minor among its taken lines -
+price_minor), the taken lines' summed net), spread over the taken lines by net.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ import zoneinfo
 
 BPS_PER_UNIT = 10_000
 MS_PER_DAY = 86_400_000
-DISCOUNT_KINDS = frozenset(("discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y"))
+DISCOUNT_KINDS = frozenset(("discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y", "bundle"))
+NO_AMOUNT_KINDS = frozenset(("redeem_share", "grant_tier"))  # they change the receipt or the customer
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -83,12 +93,18 @@ def is_discount(campaign) -> bool:
     return campaign.effect.kind in DISCOUNT_KINDS
 
 
+def is_no_amount(campaign) -> bool:
+    return campaign.effect.kind in NO_AMOUNT_KINDS
+
+
 def takes(campaign, line) -> bool:
     """Whether the campaign takes this (original) line."""
     when = campaign.when
     if is_discount(campaign):
         if line.no_discount:
             return False
+    elif is_no_amount(campaign):
+        pass  # whatever the line's flags
     elif line.no_earn:
         return False
     if when.category_prefixes or when.skus:
@@ -146,6 +162,8 @@ def customer_and_receipt_hold(campaign, receipt, shopper, now_ms: int, local: dt
         return False
     if shopper.lifetime_spend_minor < when.lifetime_spend_min_minor:
         return False
+    if shopper.window_spend_minor < when.window_spend_min_minor:
+        return False
     # the receipt
     for wanted, value in (
         (when.stores, receipt.store_id),
@@ -183,7 +201,28 @@ def applies(campaign, receipt, shopper, now_ms, local, allowances, unlocked) -> 
         return False
     if campaign.id in allowances and allowances[campaign.id] <= 0:
         return False
+    if campaign.effect.kind == "bundle" and bundle_sets(campaign, receipt.lines) < 1:
+        return False  # no complete bundle
     return True
+
+
+def bundle_sets(campaign, lines) -> int:
+    """How many complete sets of the bundle's SKUs the lines it takes hold."""
+    units = {sku: 0 for sku in campaign.when.skus}
+    for line in lines:
+        if line.sku in units and takes(campaign, line):
+            units[line.sku] += line.qty_milli // 1000
+    return min(units.values())
+
+
+def bundle_regular_price(campaign, lines) -> int:
+    """The sum over the bundle's SKUs of the lowest unit price among the lines it takes (every SKU
+    has a taken line when the bundle applies)."""
+    lowest: dict[str, int] = {}
+    for line in lines:
+        if takes(campaign, line):
+            lowest[line.sku] = min(lowest.get(line.sku, line.price_minor), line.price_minor)
+    return sum(lowest.get(sku, 0) for sku in set(campaign.when.skus))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,10 +281,19 @@ def gains(campaign, lines, net: list[int], earned: list[int], rounding: str) -> 
             free_units[i] = min(units[i], free)
             free -= free_units[i]
         return [min(net[i], free_units[i] * lines[i].price_minor) if taken[i] else 0 for i in range(count)]
+    if kind == "bundle":
+        per_set = max(0, bundle_regular_price(campaign, lines) - effect.price_minor)
+        amount = min(bundle_sets(campaign, lines) * per_set, sum(taken_net))
+        shares = prorate(amount, taken_net)
+        return [shares[i] if taken[i] else 0 for i in range(count)]
+    if kind in NO_AMOUNT_KINDS:
+        return [0] * count
     raise ValueError(f"unknown effect kind {kind!r}")
 
 
 def has_limits(campaign) -> bool:
+    if is_no_amount(campaign):
+        return False  # validation refuses limits on them
     return any(getattr(campaign.limits, field) for field in type(campaign.limits).__struct_fields__)
 
 
@@ -336,7 +384,8 @@ def calculate(
             discount[i] += amounts[i]
         give(campaign, amounts)
     net = [lines[i].amount_minor - discount[i] for i in range(count)]
-    for campaign in (c for c in chosen if not is_discount(c) and c.effect.kind != "earn_multiplier"):
+    for campaign in (c for c in chosen if not is_discount(c) and not is_no_amount(c)
+                     and c.effect.kind != "earn_multiplier"):
         amounts = capped(campaign, gains(campaign, lines, net, earned, rounding), allowances)
         for i in range(count):
             earned[i] += amounts[i]
@@ -346,11 +395,18 @@ def calculate(
         for i in range(count):
             multiplied[i] += amounts[i]
         give(campaign, amounts)
+    no_amount = [c for c in chosen if is_no_amount(c)]
+    for campaign in no_amount:
+        applied.append((campaign.id, campaign.effect.kind, 0, 0))
 
     points = [earned[i] + multiplied[i] for i in range(count)]
     total = sum(line.amount_minor for line in lines)
     payable = total - sum(discount)
-    redeemable = max(0, min(payable * spec.settings.max_redeem_share_bps // BPS_PER_UNIT, available_points))
+    share = spec.settings.max_redeem_share_bps
+    shares = [c.effect.percent_bps for c in no_amount if c.effect.kind == "redeem_share"]
+    if shares:
+        share = shares[0]  # the first in walk order decides
+    redeemable = max(0, min(payable * share // BPS_PER_UNIT, available_points))
     redeemed = [0] * count
     if 0 < redeem_points <= redeemable:
         redeemed = prorate(redeem_points, net)

@@ -33,7 +33,7 @@ EXPECTED: dict[str, tuple[str | None, str]] = {
     "line_condition_in_event.toml": ("top-up", "when.category_prefixes"),
     "discount_on_event.toml": ("birthday-event", "effect.kind"),
     "promo_code_on_event.toml": ("registration", "promo_code"),
-    "event_field_on_purchase.toml": ("first-purchase", "effect.points_lifetime_days"),
+    "event_field_on_purchase.toml": ("first-purchase", "effect.related_points"),
     "duplicate_id.toml": ("flowers", "id"),
     "bad_campaign_id.toml": ("spring sale!", "id"),
     "valid_to_before_valid_from.toml": ("new-year", "valid_to"),
@@ -45,6 +45,13 @@ EXPECTED: dict[str, tuple[str | None, str]] = {
     "unknown_effect_kind.toml": ("pharmacy", "effect.kind"),
     "unknown_condition.toml": ("pharmacy", "when.category"),
     "multiplier_not_above_one.toml": ("gold-double", "effect.multiplier_bps"),
+    "bundle_one_sku.toml": ("coffee-bundle", "when.skus"),
+    "bundle_category_prefixes.toml": ("breakfast", "when.category_prefixes"),
+    "grant_tier_unknown_tier.toml": ("welcome-platinum", "effect.tier"),
+    "grant_tier_zero_days.toml": ("trial-gold", "effect.tier_days"),
+    "redeem_share_above_100_percent.toml": ("pay-all-with-points", "effect.percent_bps"),
+    "limits_on_redeem_share.toml": ("points-friday", "limits"),
+    "tier_on_non_grant_tier.toml": ("gold-cashback", "effect.tier"),
 }
 # files that cannot be read as TOML: no campaign to name, so the file and the position instead
 NOT_TOML: dict[str, tuple[int, int]] = {

@@ -2,8 +2,9 @@
 
 The random cases are drawn for a given program: lines whose categories, SKUs and brands come from a
 pool holding what the program's campaigns name (and prefixes extended, and values no campaign
-names), a random customer (labels, tier, card category, age, birthday near the purchase date, n-th
-purchase, lifetime spend around the thresholds), a purchase time somewhere in one week (hour edges
+names; with a bundle, sometimes one line of each of its SKUs added), a random customer (labels,
+tier, card category, age, birthday near the purchase date, n-th purchase, lifetime and window spend
+around the thresholds), a purchase time somewhere in one week (hour edges
 and validity edges included), receipt fields (store, region, channel, terminal, payment method,
 card bin) from pools holding the program's values, random promo-code unlocks and what the limits
 have left. A failure prints the falsifying example and a `@reproduce_failure` blob; a run is
@@ -177,6 +178,10 @@ class Pools:
         self.account_ages = sorted({w.account_age_days_min for w in whens} | {0, 1, 400})
         self.nth_max = max([w.nth_purchase for w in whens] + [3])
         self.spends = sorted({max(0, w.lifetime_spend_min_minor + d) for w in whens for d in (-1, 0)} | {0, 10**7})
+        self.window_spends = sorted({max(0, w.window_spend_min_minor + d) for w in whens for d in (-1, 0)}
+                                    | {0, 10**7})
+        # each bundle's SKUs, so a receipt can hold complete sets
+        self.bundles = sorted({tuple(c.when.skus) for c in purchase if c.effect.kind == "bundle"})
         self.line_amounts = sorted({w.line_amount_min_minor + d for w in whens for d in (-1, 0) if w.line_amount_min_minor}
                                    | {0, 1, 999, 10_000})
         self.line_qtys = sorted({w.line_qty_min_milli + d for w in whens for d in (-1, 0) if w.line_qty_min_milli}
@@ -233,6 +238,12 @@ def cases(spec):
         [0, 0, 0, 0, 0, 0, 1, 2],  # 1: no_earn, 2: no_discount
     ).strategy
     lines = st.lists(line, min_size=1, max_size=8)
+    # a bundle's SKUs, one line each, mostly of whole units (the rest as any line), added to the lines
+    bundle_lines = st.just(())
+    if pools.bundles:
+        bundle_line = st.tuples(line, st.sampled_from([1000, 1000, 1000, 2000, 3000, 1500, 999, 2500]))
+        bundle = st.tuples(st.sampled_from(pools.bundles), st.lists(bundle_line, min_size=3, max_size=3))
+        bundle_lines = st.one_of(st.just(()), bundle, bundle)
     # a receipt total on a threshold, or one below
     total = Choices([None] * 4 + [t - d for t in pools.totals for d in (0, 1)]).strategy
     now = st.one_of(
@@ -252,6 +263,7 @@ def cases(spec):
         ["", "02-29", "02-28", "03-01", "01-01", "12-31"] + list(range(-40, 41)) * 3,  # int: days from the local date
         range(0, pools.nth_max + 1),
         pools.spends,
+        pools.window_spends,
     ).strategy
     where = Choices(pools.stores, pools.terminals, pools.regions, pools.channels, pools.payment_methods,
                     pools.card_bins).strategy
@@ -270,7 +282,12 @@ def cases(spec):
     @st.composite
     def case(draw):
         made = []
-        for i, (sku, category, brand, qty, price, special, amount, flag) in enumerate(draw(lines)):
+        drawn = draw(lines)
+        bundle = draw(bundle_lines)
+        if bundle:
+            skus, extra = bundle
+            drawn = drawn + [(sku, *rest[1:3], qty, *rest[4:]) for sku, (rest, qty) in zip(skus, extra)]
+        for i, (sku, category, brand, qty, price, special, amount, flag) in enumerate(drawn):
             price = price if special is None else special
             made.append(Line(i + 1, sku, category, qty, price, qty * price // 1000 if amount is None else amount,
                              no_earn=flag == 1, no_discount=flag == 2, brand=brand))
@@ -281,11 +298,11 @@ def cases(spec):
                             max(0, target - sum(l.amount_minor for l in made[:-1])), last.no_earn, last.no_discount,
                             last.brand)
         now_ms = draw(now)
-        card_category, tier, segments, tags, clubs, age_days, age_ms, born, purchases, spend = draw(customer)
+        card_category, tier, segments, tags, clubs, age_days, age_ms, born, purchases, spend, window = draw(customer)
         if isinstance(born, int):
             born = (reference.local_time(now_ms, tz).date() + dt.timedelta(days=born)).strftime("%m-%d")
         shopper = Shopper(card_category, tier, segments, tags, clubs, now_ms - age_days * DAY_MS + age_ms, born,
-                          purchases, spend)
+                          purchases, spend, window_spend_minor=window)
         store, terminal, region, channel, payment_method, card_bin = draw(where)
         receipt = Receipt(store, terminal, "r", tuple(made), region=region, channel=channel,
                           payment_method=payment_method, card_bin=card_bin)
@@ -329,7 +346,10 @@ def test_core_agrees_with_reference_on_random_receipts(case):
 def test_generated_program_has_every_kind():
     """The 50-campaign program the random receipts run against uses the whole language."""
     kinds = {c.effect.kind for c in SPEC_50.campaigns}
-    assert kinds >= set(reference.DISCOUNT_KINDS) | {"earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier"}
+    assert kinds >= set(reference.DISCOUNT_KINDS) | set(reference.NO_AMOUNT_KINDS) | {
+        "earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier"}
+    assert any(c.when.window_spend_min_minor for c in SPEC_50.campaigns)
+    assert len({c.effect.percent_bps for c in SPEC_50.campaigns if c.effect.kind == "redeem_share"}) >= 2
     assert {c.stacking for c in SPEC_50.campaigns} == {"stack", "exclusive", "best"}
     assert any(c.promo_code for c in SPEC_50.campaigns)
     assert any(c.limits.receipt_max_points or c.limits.receipt_max_minor for c in SPEC_50.campaigns)
