@@ -638,7 +638,13 @@ cdef class Ledger:
         program = self.program
         day = program.local_day(at_ms)
         first_day = program.local_day(self._now_ms) - program.tier_window_days
-        activity = [entry for entry in account.activity if entry[0] > first_day]
+        activity = account.activity
+        cdef Py_ssize_t newest = len(activity) - 1  # (no negative indexes: the core is built without wraparound)
+        if newest >= 0 and activity[newest][0] == day and activity[0][0] > first_day:  # the usual case: today again
+            last = activity[newest]
+            activity[newest] = (day, last[1] + spend, last[2] + points)
+            return
+        activity = [entry for entry in activity if entry[0] > first_day]
         for index, (known, day_spend, day_points) in enumerate(activity):
             if known == day:
                 activity[index] = (day, day_spend + spend, day_points + points)

@@ -334,7 +334,7 @@ class CampaignExplain(msgspec.Struct, array_like=True, gc=False, frozen=True):
     reason: str  # why it did not apply, or what it gave
 
 
-class Calculation(msgspec.Struct, array_like=True, gc=False, frozen=True):
+class Calculation(msgspec.Struct, array_like=True, gc=False, frozen=True, omit_defaults=True):
     lines: tuple[LineResult, ...]
     total_minor: int
     discount_minor: int

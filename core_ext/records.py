@@ -1,4 +1,6 @@
 """What the ledger stores in LMDB, one msgspec struct per record kind (msgpack, array-like).
+The big, often written records omit trailing default fields: a plain purchase pays nothing for
+what only the richer rules use.
 
 Keys: account ids, cards and request ids as UTF-8; transaction and lot ids as 8-byte big-endian,
 so that LMDB's byte order is their numeric order.
@@ -24,7 +26,7 @@ class HoldState(enum.IntEnum):
     EXPIRED = 3
 
 
-class AccountRec(msgspec.Struct, array_like=True, gc=False):
+class AccountRec(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     account_id: str
     phone: str
     created_at_ms: int
@@ -94,7 +96,7 @@ class Posting(msgspec.Struct, array_like=True, gc=False):
     delta: int
 
 
-class TxnRec(msgspec.Struct, array_like=True, gc=False):
+class TxnRec(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     txn_id: int
     kind: int  # model.TxnKind
     request_id: str

@@ -21,6 +21,7 @@ from core_ext.program import DISCOUNT_EFFECTS, Limits
 
 _NO_LIMITS = Limits()
 EPOCH_DATE = dt.date(1970, 1, 1)
+NO_VALUES = (b"",) * 8  # a program that asks for no receipt or customer value
 EPOCH_DATETIME = dt.datetime(1970, 1, 1)
 
 cdef extern from *:
@@ -379,6 +380,8 @@ cdef class Program:
     cdef int rounding
     cdef bint needs_local_time
     cdef bint needs_birthday
+    cdef bint needs_values            # some campaign asks for a receipt's or customer's value
+    cdef bint needs_brands
     cdef object zone
     cdef int64_t offset_bucket
     cdef int64_t offset_ms
@@ -487,6 +490,11 @@ cdef class Program:
                 self.needs_local_time = True
             if c.birthday_days >= 0:
                 self.needs_birthday = True
+            if when.stores or when.regions or when.channels or when.terminals or when.payment_methods or \
+                    when.card_categories or when.tiers or when.card_bins:
+                self.needs_values = True
+            if when.brands:
+                self.needs_brands = True
             for s, field in enumerate(SET_FIELDS):
                 values = sorted(set(getattr(when, field)))
                 c.sets[s].first, c.sets[s].count = len(strings), len(values)
@@ -858,7 +866,8 @@ cdef class Program:
         ctx.total = 0
         for i in range(count):
             line = lines[i]
-            sku, category, brand = line.sku.encode(), line.category.encode(), line.brand.encode()
+            sku, category = line.sku.encode(), line.category.encode()
+            brand = line.brand.encode() if self.needs_brands else b""
             keep_alive.append((sku, category, brand))
             c_lines[i].amount = line.amount_minor
             c_lines[i].qty = line.qty_milli
@@ -874,7 +883,8 @@ cdef class Program:
             ctx.total += line.amount_minor
         values = (receipt.store_id.encode(), receipt.region.encode(), receipt.channel.encode(),
                   receipt.terminal_id.encode(), receipt.payment_method.encode(),
-                  shopper.card_category.encode(), shopper.tier.encode(), receipt.card_bin.encode())
+                  shopper.card_category.encode(), shopper.tier.encode(),
+                  receipt.card_bin.encode()) if self.needs_values else NO_VALUES
         for i in range(7):
             ctx.values[i].data = values[i]
             ctx.values[i].length = len(values[i])
