@@ -84,8 +84,11 @@ def receipt(message, field: str = "receipt") -> m.Receipt:
     total = 0
     qty_max, amount_max = limits.QTY_MILLI_MAX, limits.AMOUNT_MINOR_MAX
     id_max, category_max = limits.IDENTIFIER_BYTES_MAX, limits.CATEGORY_BYTES_MAX
+    # Strings of at most a quarter of a byte limit fit it whatever they hold (UTF-8: <= 4 bytes a
+    # character): only longer ones are measured in bytes.
+    id_chars_safe, category_chars_safe = id_max // 4, category_max // 4
     Line = m.Line
-    for index, line in enumerate(message.lines):
+    for line in message.lines:
         line_no, qty, price, amount = line.line_no, line.qty_milli, line.price_minor, line.amount_minor
         sku, category, brand = line.sku, line.category, line.brand
         if (
@@ -95,11 +98,11 @@ def receipt(message, field: str = "receipt") -> m.Receipt:
             or not 0 <= price <= amount_max
             or not 0 <= amount <= amount_max
             or not -1000 < amount * 1000 - qty * price < 1000
-            or _too_long(sku, id_max)
-            or _too_long(category, category_max)
-            or (brand and _too_long(brand, id_max))
+            or (len(sku) > id_chars_safe and _too_long(sku, id_max))
+            or (len(category) > category_chars_safe and _too_long(category, category_max))
+            or (len(brand) > id_chars_safe and _too_long(brand, id_max))
         ):
-            _explain_line(f"{field}.lines[{index}]", line, seen)
+            _explain_line(f"{field}.lines[{len(lines)}]", line, seen)
         seen.add(line_no)
         total += amount
         lines.append(Line(line_no, sku, category, qty, price, amount, line.no_earn, line.no_discount, brand))
