@@ -849,19 +849,7 @@ cdef class Ledger:
                            member_id=member.account_id if pooled else "")
         # Each entry counts its own points, so that rolling back either gives back its own share.
         self._count(batch, entry, [(cid, amounts[:1]) for cid, amounts in result.limited], (), member.account_id)
-        if result.points:
-            entry.new_lot = self._earn(batch, account, txn_id, result.points, result.activate_at_ms,
-                                       result.expire_at_ms, entry.postings)
-            entry.debt_delta = -self._repay_debt(batch, account, entry.new_lot, entry.postings)
-        self._touch(account, now_ms)
-        if pooled:
-            member = self._load_account(batch.get, member.account_id)
-            self._touch(member, now_ms)
-        else:
-            member = account
-        member.lifetime_earned_points += result.points
-        self._record_activity(member, now_ms, 0, result.points)
-        self._journal(batch, entry, account, member)
+        member = self._credit_event(batch, entry, account, member, result.points, result)
         related_txn_id = 0
         if result.related_points:
             related_txn_id = self._related_event(batch, op, related, result, entry)
@@ -880,25 +868,33 @@ cdef class Ledger:
         entry = rec.TxnRec(txn_id, TxnKind.EVENT, op.request_id, account.account_id, now_ms,
                            earned=result.related_points, ruleset_version=result.ruleset_version,
                            reason=f"{op.event_type} (related)", member_id=related.account_id if pooled else "")
-        entry.new_lot = self._earn(batch, account, txn_id, result.related_points, result.activate_at_ms,
-                                   result.expire_at_ms, entry.postings)
-        entry.debt_delta = -self._repay_debt(batch, account, entry.new_lot, entry.postings)
         keys = {use.campaign_id: use.keys for use in shared.limited}
         for campaign_id, amounts in result.limited:
             if campaign_id in keys:
                 for key in keys[campaign_id]:
                     self._add_counter(batch, entry, key, amounts[1])
                 entry.limited.append(rec.LimitedUse(campaign_id, [amounts[1]], keys[campaign_id]))
-        self._touch(account, now_ms)
-        if pooled:
-            related = self._load_account(batch.get, related.account_id)
-            self._touch(related, now_ms)
-        else:
-            related = account
-        related.lifetime_earned_points += result.related_points
-        self._record_activity(related, now_ms, 0, result.related_points)
-        self._journal(batch, entry, account, related)
+        self._credit_event(batch, entry, account, related, result.related_points, result)
         return txn_id
+
+    def _credit_event(self, _Batch batch, entry, account, member, long long points, result):
+        """Earn an event entry's `points` into `account`, the pool of `member` who made it; count
+        them as the member's activity and journal the entry. Returns the member as saved."""
+        now_ms = batch.now_ms
+        if points:
+            entry.new_lot = self._earn(batch, account, entry.txn_id, points, result.activate_at_ms,
+                                       result.expire_at_ms, entry.postings)
+            entry.debt_delta = -self._repay_debt(batch, account, entry.new_lot, entry.postings)
+        self._touch(account, now_ms)
+        if member.account_id != account.account_id:
+            member = self._load_account(batch.get, member.account_id)
+            self._touch(member, now_ms)
+        else:
+            member = account
+        member.lifetime_earned_points += points
+        self._record_activity(member, now_ms, 0, points)
+        self._journal(batch, entry, account, member)
+        return member
 
     # -- Promo codes --------------------------------------------------------------------------------
 
