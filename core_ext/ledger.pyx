@@ -600,10 +600,10 @@ cdef class Ledger:
         if spend is None:
             spend, points = self._window(account, now_ms)
         tier, following, missing = self.program.tier_of(spend, points)
-        if account.granted_tier and account.granted_until_ms > now_ms and \
-                self._rank(account.granted_tier) > self._rank(tier):
-            tier = account.granted_tier
-            following, missing = self.program.next_tier_after(tier, spend, points)
+        for granted, until_ms, _ in account.tier_grants:
+            if until_ms > now_ms and self._rank(granted) > self._rank(tier):
+                tier = granted
+                following, missing = self.program.next_tier_after(tier, spend, points)
         return tier, following, missing
 
     def _rank(self, str tier):
@@ -613,22 +613,15 @@ cdef class Ledger:
                 return index
         return -1
 
-    def _grant_tier(self, account, entry, calculation, long long now_ms):
-        """Apply the purchase's grant_tier campaigns: the highest tier granted, for its days."""
-        best = None
+    def _grant_tier(self, account, long long txn_id, calculation, long long now_ms):
+        """Record the purchase's grant_tier campaigns on the account: each grant holds its tier
+        until it runs out or the purchase is rolled back in full, beside the other grants."""
+        grants = [grant for grant in account.tier_grants if grant[1] > now_ms]
         for applied in calculation.campaigns:
             if applied.effect == "grant_tier" and applied.campaign_id in self.program.grants:
                 tier, days = self.program.grants[applied.campaign_id]
-                until = now_ms + days * MS_PER_DAY
-                if best is None or (self._rank(tier), until) > (self._rank(best[0]), best[1]):
-                    best = (tier, until)
-        if best is None:
-            return
-        current = (account.granted_tier, account.granted_until_ms) if account.granted_until_ms > now_ms else ("", 0)
-        if current[0] and (self._rank(current[0]), current[1]) >= (self._rank(best[0]), best[1]):
-            return
-        entry.tier_grant = (best[0], best[1], account.granted_tier, account.granted_until_ms)
-        account.granted_tier, account.granted_until_ms = best
+                grants.append((tier, now_ms + days * MS_PER_DAY, txn_id))
+        account.tier_grants = grants
 
     def _record_activity(self, account, long long at_ms, long long spend, long long points):
         """Add to (or, negative, take from) the tier metrics of the local day of `at_ms`; days
@@ -853,6 +846,8 @@ cdef class Ledger:
         related_txn_id = 0
         if result.related_points:
             related_txn_id = self._related_event(batch, op, related, result, entry)
+        if related_txn_id:  # the related customer may share the pool: show it as it is now
+            account = self._load_account(batch.get, account.account_id)
         body = EventResult(txn_id, member.account_id, result.points, related_txn_id, related.account_id if related else "",
                            result.related_points, result.campaigns, self._balance(batch.get, account))
         return Outcome(Code.OK, body=body), txn_id
@@ -893,6 +888,7 @@ cdef class Ledger:
             member = account
         member.lifetime_earned_points += points
         self._record_activity(member, now_ms, 0, points)
+        entry.activity_counted = self.program.tracks_activity
         self._journal(batch, entry, account, member)
         return member
 
@@ -1014,11 +1010,11 @@ cdef class Ledger:
             debt_delta=-repaid,
             new_lot=new_lot, postings=postings, captured_hold_ids=list(op.capture_hold_ids),
             ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else "",
-            extra_lots=extra_lots)
+            extra_lots=extra_lots, activity_counted=self.program.tracks_activity)
         if calculation.limited or accepted:
             self._count(batch, entry, calculation.limited, accepted, member.account_id)
         if self.program.grants:
-            self._grant_tier(member, entry, calculation, now_ms)
+            self._grant_tier(member, txn_id, calculation, now_ms)
         self._journal(batch, entry, account, member)
         result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
         return Outcome(Code.OK, body=result), txn_id
@@ -1202,7 +1198,8 @@ cdef class Ledger:
                 for line in target.lines)
             spender.lifetime_spend_minor -= spend_back
             spender.lifetime_earned_points -= clawback
-            self._record_activity(spender, target.created_at_ms, -spend_back, -clawback)
+            if target.activity_counted:  # (a purchase made under a ruleset without tiers added none)
+                self._record_activity(spender, target.created_at_ms, -spend_back, -clawback)
         kind = RollbackKind.CANCEL if not op.return_lines else RollbackKind.RETURN
         entry = rec.TxnRec(
             txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id, batch.now_ms, op.store_id,
@@ -1211,9 +1208,8 @@ cdef class Ledger:
             returned=sorted(returns.items()), member_id=target.member_id)
         if target.limited or target.use_keys:
             self._uncount(batch, entry, target, returns, reversal, reversal.complete)
-        if target.tier_grant is not None and reversal.complete and \
-                (spender.granted_tier, spender.granted_until_ms) == tuple(target.tier_grant[:2]):
-            spender.granted_tier, spender.granted_until_ms = target.tier_grant[2], target.tier_grant[3]
+        if reversal.complete and spender.tier_grants:
+            spender.tier_grants = [grant for grant in spender.tier_grants if grant[2] != target.txn_id]
         self._journal(batch, entry, account, member)
         result = RollbackResult(txn_id, account.account_id, kind, target.txn_id, clawback, restored, debt,
                                 self._balance(batch.get, account))
@@ -1280,7 +1276,8 @@ cdef class Ledger:
         other lots; what no lot covers becomes debt (policy "negative") or is dropped ("clamp")."""
         if points == 0:
             return 0, 0
-        own = ([target.new_lot] if target.new_lot is not None else []) + target.extra_lots
+        # The purchase's own lots first (never shared), then the day's lot it added to.
+        own = target.extra_lots + ([target.new_lot] if target.new_lot is not None else [])
         for made in own:
             if points == 0:
                 break

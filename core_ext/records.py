@@ -52,8 +52,7 @@ class AccountRec(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     last_txn_id: int = 0  # the newest journal entry of its statement
     purchases: int = 0  # accrues made (by this member), rolled back or not: for `nth_purchase`
     activity: list[tuple[int, int, int]] = []  # (local day, spend minor, points earned) inside the tier window
-    granted_tier: str = ""  # held at least until granted_until_ms (a grant_tier campaign)
-    granted_until_ms: int = 0
+    tier_grants: list[tuple[str, int, int]] = []  # (tier, until ms, granting transaction) of grant_tier campaigns
 
 
 class IdentRec(msgspec.Struct, array_like=True, gc=False):
@@ -136,7 +135,7 @@ class TxnRec(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     limited: list[LimitedUse] = []  # per campaign with limits: what it gave and where it was counted
     use_keys: list[bytes] = []  # use counters (campaign uses, promo codes) given back by a full rollback
     promo_codes: list[str] = []  # the promo codes it accepted
-    tier_grant: tuple[str, int, str, int] | None = None  # (tier, until ms, the grant it replaced: tier, until)
+    activity_counted: bool = False  # its spend and points went into the account's tier activity
 
 
 class LimitedUse(msgspec.Struct, array_like=True, gc=False):

@@ -1057,12 +1057,11 @@ cdef class Program:
         points = sum(results[c.id][0] for c in kept)
         related = sum(results[c.id][1] for c in kept)
         lifetime_ms, delay_ms = self.lifetime_ms, self.activation_delay_ms
-        own = [c.effect.points_lifetime_days for c in kept
-               if c.effect.points_lifetime_days is not None and results[c.id][0]]
-        if own:
-            lifetime_ms = min(own) * MS_PER_DAY
-        delays = [c.effect.activation_delay_days for c in kept
-                  if c.effect.activation_delay_days is not None and results[c.id][0]]
+        giving = [c for c in kept if results[c.id][0] or results[c.id][1]]
+        own = [c.effect.points_lifetime_days for c in giving if c.effect.points_lifetime_days is not None]
+        if own:  # the shortest lifetime; 0 (never expires) only when every own lifetime is 0
+            lifetime_ms = min([days for days in own if days] or [0]) * MS_PER_DAY
+        delays = [c.effect.activation_delay_days for c in giving if c.effect.activation_delay_days is not None]
         if delays:
             delay_ms = max(delays) * MS_PER_DAY
         activate_at_ms, expire_at_ms = self._lot_dates(now_ms, delay_ms, lifetime_ms)
@@ -1107,6 +1106,8 @@ cdef class Program:
         if when.nth_purchase and shopper.purchases + 1 != when.nth_purchase:
             return False
         if shopper.lifetime_spend_minor < when.lifetime_spend_min_minor:
+            return False
+        if shopper.window_spend_minor < when.window_spend_min_minor:
             return False
         left = None if allowances is None else allowances.get(campaign.id)
         return left is None or left > 0

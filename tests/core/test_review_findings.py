@@ -1,12 +1,11 @@
-"""Review findings on the rules engine's ledger work (since 98c81be), each pinned by a minimal test
-against the real core in process. Every test is `xfail(strict=True)`: it fails while the bug is
-there, and the suite goes red (XPASS) once it is fixed, so that the marker is removed with it."""
+"""Review findings on the rules engine's ledger work, each pinned by a minimal test against the real
+core in process: tier grants that overlap or are rolled back out of order, event lots' own
+lifetimes, an event's balance when the related customer shares the pool, which lot a return takes
+from, and tier activity across a ruleset switch. Each failed before its fix."""
 
 from __future__ import annotations
 
 import itertools
-
-import pytest
 
 from core_ext import Ledger, Program
 from core_ext.model import (
@@ -89,9 +88,6 @@ effect = { kind = "grant_tier", tier = "gold", tier_days = 7 }
 """
 
 
-@pytest.mark.xfail(strict=True, reason="_reverse restores the grant the rolled-back purchase replaced "
-                   "(tier_grant[2:]) even when that grant's own purchase was rolled back before: rolling back "
-                   "A then B leaves A's grant in place")
 def test_rolling_back_both_grants_in_purchase_order_withdraws_the_tier(tmp_path):
     ledger = open_ledger(tmp_path, GRANTS)
     first = buy(ledger, 500, T0_MS, sku="VIP")  # gold until T0 + 10 days
@@ -104,8 +100,6 @@ def test_rolling_back_both_grants_in_purchase_order_withdraws_the_tier(tmp_path)
     assert ledger.verify(T0_MS + 2 * DAY_MS) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the account keeps one granted tier: a short grant of a higher tier "
-                   "replaces a long grant of a lower one, which is lost when the short one runs out")
 def test_a_short_higher_grant_does_not_cancel_a_long_lower_one(tmp_path):
     ledger = open_ledger(tmp_path, GRANTS)
     buy(ledger, 500, T0_MS, sku="SILVER")  # at least silver for 365 days
@@ -151,16 +145,12 @@ effect = { kind = "earn_fixed", points = 100, related_points = 40 }
 """
 
 
-@pytest.mark.xfail(strict=True, reason="Program._event_applies does not check when.window_spend_min_minor, "
-                   "which parse_program accepts on event campaigns: the condition is ignored")
 def test_event_campaign_checks_window_spend(tmp_path):
     ledger = open_ledger(tmp_path, EVENTS)
     # No spend at all: far below the campaign's 100,000.
     assert event(ledger, "checkin", T0_MS).points == 0
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate_event takes min() of the own points_lifetime_days, where 0 "
-                   "means 'never expires': a 30-day campaign beside a 0-day one makes the lot never expire")
 def test_event_lot_takes_the_shortest_own_lifetime_when_one_is_unlimited(tmp_path):
     ledger = open_ledger(tmp_path, EVENTS)
     assert event(ledger, "signup", T0_MS).points == 30
@@ -168,9 +158,6 @@ def test_event_lot_takes_the_shortest_own_lifetime_when_one_is_unlimited(tmp_pat
     assert (balance.next_expiry_at_ms, balance.next_expiry_points) == (DAY_END_MS + 30 * DAY_MS, 30)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate_event takes own lifetimes only from campaigns that gave the "
-                   "customer points (results[c.id][0]); related_points of a campaign with its own lifetime "
-                   "go into a lot with the program's lifetime when the customer's share is 0")
 def test_related_points_keep_their_campaigns_own_lifetime(tmp_path):
     ledger = open_ledger(tmp_path, EVENTS, accounts=("A", "R"))
     result = event(ledger, "referral", T0_MS, related="R", amount_minor=0)  # 1 % of 0: only the referrer earns
@@ -179,9 +166,6 @@ def test_related_points_keep_their_campaigns_own_lifetime(tmp_path):
     assert (balance.next_expiry_at_ms, balance.next_expiry_points) == (DAY_END_MS + 30 * DAY_MS, 50)
 
 
-@pytest.mark.xfail(strict=True, reason="_event builds EventResult.balance from the pool object it credited "
-                   "before _related_event credited a fresh copy of the same pool: a related customer of the "
-                   "same group makes the reported balance miss the related points")
 def test_event_balance_counts_related_points_of_the_same_pool(tmp_path):
     ledger = open_ledger(tmp_path, EVENTS, accounts=("P", "M1", "M2"))
     for member in ("M1", "M2"):
@@ -207,9 +191,6 @@ effect = { kind = "earn_fixed", points = 500, points_lifetime_days = 30 }
 """
 
 
-@pytest.mark.xfail(strict=True, reason="_claw takes a purchase's points from its main lot, which the day's "
-                   "other purchases share, before its own lots: a full rollback leaves another purchase's "
-                   "points in the 30-day welcome lot instead of their 365-day lot")
 def test_full_rollback_leaves_other_purchases_points_in_their_own_lot(tmp_path):
     ledger = open_ledger(tmp_path, OWN_LOTS, points_lifetime_days=365)
     first = buy(ledger, 1_000, T0_MS)  # 10 into the day's lot, 500 into a 30-day lot
@@ -244,9 +225,6 @@ effect = { kind = "earn_percent", percent_bps = 100 }
 """
 
 
-@pytest.mark.xfail(strict=True, reason="_reverse takes a return's spend out of the tier activity even when the "
-                   "purchase was made under a ruleset that kept no activity (tracks_activity false): the window "
-                   "goes negative and the tier drops below what the remaining purchases reach")
 def test_return_of_a_purchase_made_before_tiers_existed_does_not_lower_the_tier(tmp_path):
     ledger = open_ledger(tmp_path, NO_TIERS)
     old = buy(ledger, 50_000, T0_MS)  # no [tiers]: no activity kept
