@@ -972,6 +972,7 @@ cdef class Ledger:
             account.held -= hold.amount
             account.live_hold_ids.remove(hold.hold_id)
         postings = self._consume(batch, account, spent) if spent else []
+        spent_postings = len(postings)  # the rest are earnings and debt repaid from them
         if spent:
             spent_shares = prorate_points(spent, [line.amount_minor - line.discount_minor for line in calculation.lines])
         else:
@@ -1010,7 +1011,7 @@ cdef class Ledger:
             debt_delta=-repaid,
             new_lot=new_lot, postings=postings, captured_hold_ids=list(op.capture_hold_ids),
             ruleset_version=calculation.ruleset_version, member_id=member.account_id if pooled else "",
-            extra_lots=extra_lots, activity_counted=self.program.tracks_activity)
+            extra_lots=extra_lots, activity_counted=self.program.tracks_activity, spent_postings=spent_postings)
         if calculation.limited or accepted:
             self._count(batch, entry, calculation.limited, accepted, member.account_id)
         if self.program.grants:
@@ -1243,7 +1244,8 @@ cdef class Ledger:
     def _restore(self, _Batch batch, account, target, reversal, long long points, list postings):
         """Give `points` back to the lots the original took them from, last taken first, each
         with its original expiry. Points whose lot has expired meanwhile stay expired."""
-        spent = [posting for posting in target.postings if posting.delta < 0]
+        taken = target.postings if target.spent_postings < 0 else target.postings[:target.spent_postings]
+        spent = [posting for posting in taken if posting.delta < 0]
         if len(reversal.restored_per_posting) != len(spent):
             reversal.restored_per_posting = [0] * len(spent)
         restored = 0

@@ -136,6 +136,7 @@ class TxnRec(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     use_keys: list[bytes] = []  # use counters (campaign uses, promo codes) given back by a full rollback
     promo_codes: list[str] = []  # the promo codes it accepted
     activity_counted: bool = False  # its spend and points went into the account's tier activity
+    spent_postings: int = -1  # its first postings that spent points (-1: every negative one)
 
 
 class LimitedUse(msgspec.Struct, array_like=True, gc=False):

@@ -8,8 +8,9 @@ from __future__ import annotations
 import itertools
 
 from core_ext import Ledger, Program
+from core_ext.records import decode_txn
 from core_ext.model import (
-    AccrueOp, Code, CreateAccountOp, Customer, EventOp, IdKind, JoinGroupOp, Line, Receipt, RollbackOp, SetRulesOp,
+    AccrueOp, Code, CreateAccountOp, Customer, EventOp, IdKind, JoinGroupOp, Line, Receipt, RedeemOp, RollbackOp, SetRulesOp,
 )
 from tests.core.programs import program
 
@@ -236,3 +237,47 @@ def test_return_of_a_purchase_made_before_tiers_existed_does_not_lower_the_tier(
     cancel(ledger, old.transaction_id, T0_MS + 3000)
     # The 20,000 bought under the new ruleset are still in the window.
     assert view(ledger, T0_MS + 3000).tier == "silver"
+
+
+
+BASE_TEN = """
+[[campaigns]]
+id = "base"
+effect = { kind = "earn_percent", percent_bps = 1000 }
+"""
+
+
+def test_a_cancel_gives_redeemed_points_back_to_their_lot_when_the_purchase_also_repaid_debt(tmp_path):
+    ledger = open_ledger(tmp_path, BASE_TEN, max_redeem_share_bps=10_000)
+    customer = Customer(IdKind.ACCOUNT, "A")
+
+    def one(op, at_ms):
+        (outcome,) = ledger.apply([op], at_ms)
+        assert outcome.code == Code.OK, outcome.message
+        return outcome.body
+
+    def purchase(request_id, amount, at_ms, redeem_points=0):
+        receipt = Receipt("s", "t", request_id, (Line(1, "X", "c", 1000, amount, amount),))
+        return one(AccrueOp(request_id, b"d", customer, receipt, redeem_points), at_ms)
+
+    early = purchase("p-early", 1_000, T0_MS - DAY_MS)  # its lot: 100, expiring first
+    kept = purchase("p-kept", 2_000, T0_MS)  # its lot: 200
+    one(RedeemOp("spend", b"d", customer, 100, 100), T0_MS)  # empties the early lot
+    hold = one(RedeemOp("hold", b"d", customer, 200, 200, hold=True), T0_MS)
+    owed = one(RollbackOp("cancel-early", b"d", transaction_id=early.transaction_id), T0_MS)
+    assert owed.debt_points == 100  # nothing left to claw: the rest of the points are held
+    one(RollbackOp("void", b"d", transaction_id=hold.transaction_id), T0_MS)
+    # A day later (a lot of its own): spends 50 of the kept lot, and its points repay the debt.
+    both = purchase("p-both", 2_000, T0_MS + DAY_MS, redeem_points=50)
+    assert both.balance.debt == 0
+
+    back = one(RollbackOp("cancel-both", b"d", transaction_id=both.transaction_id), T0_MS + DAY_MS)
+
+    restored = [posting for posting in journal(ledger, back.transaction_id).postings if posting.delta > 0]
+    assert [(posting.lot_id, posting.delta) for posting in restored] == [(kept.transaction_id, 50)]
+    assert ledger.verify(T0_MS + DAY_MS) == []
+
+
+def journal(ledger, txn_id):
+    with ledger.env.begin() as txn:
+        return decode_txn(txn.get(txn_id.to_bytes(8, "big"), db=ledger.env.open_db(b"journal", txn=txn)))
