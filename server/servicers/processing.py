@@ -168,7 +168,7 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 if item is None:
                     break
                 size, pending = item
-                await context.write(processing_pb2.AckBatch(acks=await pending))
+                await context.write(await pending)
                 async with room:
                     in_flight -= size
                     room.notify_all()
@@ -176,7 +176,8 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         finally:
             reader.cancel()
 
-    async def _events(self, events) -> list:
+    async def _events(self, events) -> processing_pb2.AckBatch:
+        """One ack per event, in order, built in place (no per-ack message copied into the batch)."""
         payloads = []
         for index, event in enumerate(events):
             kind = event.WhichOneof("payload")
@@ -191,14 +192,13 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 if not message.request_id:
                     message.request_id = event.event_id
                 payloads.append((_EVENT_PAYLOADS[kind], message, f"events[{index}].{kind}"))
-        return [
-            processing_pb2.EventAck(
-                event_id=event.event_id,
-                code=outcome.code,
-                reason=outcome.reason,
-                message=outcome.message,
-                transaction_id=getattr(outcome.body, "transaction_id", 0),
-                points=_points(outcome.body),
-            )
-            for event, outcome in zip(events, await self._commit_many(payloads, abort_in_flight=False))
-        ]
+        outcomes = await self._commit_many(payloads, abort_in_flight=False)
+        batch = processing_pb2.AckBatch()
+        add = batch.acks.add
+        for event, outcome in zip(events, outcomes):
+            body = outcome.body
+            if outcome.code:
+                add(event_id=event.event_id, code=outcome.code, reason=outcome.reason, message=outcome.message)
+            else:
+                add(event_id=event.event_id, transaction_id=getattr(body, "transaction_id", 0), points=_points(body))
+        return batch
