@@ -33,11 +33,13 @@ def store_of(op) -> str | None:
 def as_caller(op):
     """`op` stamped with the caller, or the reason the caller may not do it."""
     caller = CALLER.get()
+    if not caller.stores:  # may act for any store
+        return (op if caller.name == op.actor else msgspec.structs.replace(op, actor=caller.name)), None
     store_id = store_of(op)
     refusal = None if store_id is None else caller.store_refusal(store_id)
     if refusal is not None:
         return None, Outcome(Code.PERMISSION_DENIED, message=refusal)
-    if caller.stores and (type(op) is RollbackOp or type(op) is AccrueOp):
+    if type(op) is RollbackOp or type(op) is AccrueOp:
         # The ledger checks the store of what a rollback or a capture reaches back to.
         return msgspec.structs.replace(op, actor=caller.name, stores=tuple(sorted(caller.stores))), None
     return msgspec.structs.replace(op, actor=caller.name), None
