@@ -294,10 +294,12 @@ cdef class Ledger:
         if self.program.inactivity_burn_ms:
             self._schedule(account, now_ms + self.program.inactivity_burn_ms)
 
-    def _card_blocked(self, get, customer):
+    def _card(self, get, customer):
+        """The presented card's record (its category and whether it is blocked); None without a card."""
         if customer.kind != IdKind.CARD:
-            return False
-        return _decode_ident(get("idents", ident_key(IdKind.CARD, customer.value))).blocked
+            return None
+        stored = get("idents", ident_key(IdKind.CARD, customer.value))
+        return None if stored is None else _decode_ident(stored)
 
     def _save_account(self, _Batch batch, account):
         batch.put("accounts", account.account_id.encode(), _encode(account))
@@ -567,12 +569,8 @@ cdef class Ledger:
 
     # -- What the rules read from the ledger ----------------------------------------------------------
 
-    def _shopper(self, get, member, customer, long long now_ms):
-        category = ""
-        if customer.kind == IdKind.CARD:
-            stored = get("idents", ident_key(IdKind.CARD, customer.value))
-            if stored is not None:
-                category = _decode_ident(stored).category
+    def _shopper(self, member, card, long long now_ms):
+        category = "" if card is None else card.category
         tier, window_spend = "", 0
         if self.program.tracks_activity:
             spend, points = self._window(member, now_ms)
@@ -710,14 +708,6 @@ cdef class Ledger:
             return left
         return allowance
 
-    def _allowances(self, get, str account_id, long long now_ms):
-        """{campaign id: what its ledger-kept limits have left} for this account now."""
-        allowance = self._allowance(get, account_id, now_ms)
-        if allowance is None:
-            return None
-        return {campaign_id: left for campaign_id in self._counting()
-                if (left := allowance(campaign_id)) is not None}
-
     def _promo_statuses(self, get, tuple codes, str account_id, long long now_ms):
         """[(code, record, refusal or "")] for the presented codes, and the campaigns they unlock."""
         statuses, unlocked = [], set()
@@ -740,11 +730,12 @@ cdef class Ledger:
             statuses.append((code, record, refusal))
         return statuses, unlocked
 
-    def _evaluate(self, get, member, customer, receipt, long long now_ms, long long available,
+    def _evaluate(self, get, member, card, receipt, long long now_ms, long long available,
                   long long redeem_points, bint explain=False):
-        """The program's result for this customer and ledger state, and the promo codes accepted."""
+        """The program's result for this customer (`card`: the one presented, or None) and ledger
+        state, and the promo codes accepted."""
         program = self.program
-        shopper = self._shopper(get, member, customer, now_ms)
+        shopper = self._shopper(member, card, now_ms)
         allowances = self._allowance(get, member.account_id, now_ms) if program.limits else None
         statuses, unlocked = ((), None)
         if receipt.promo_codes:
@@ -756,7 +747,7 @@ cdef class Ledger:
             applied = {campaign.campaign_id for campaign in calculation.campaigns}
             results = []
             for code, record, refusal in statuses:
-                if not refusal and (record.campaign_id not in applied or code in accepted
+                if not refusal and (record.campaign_id not in applied
                                     or any(record.campaign_id == other.campaign_id for _, other in accepted)):
                     refusal = "not_applicable"
                 if not refusal:
@@ -828,8 +819,8 @@ cdef class Ledger:
                 return rejected(Code.INVALID_ARGUMENT, "related: the related customer is the event's customer"), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
         self._now_ms = now_ms
-        shopper = self._shopper(batch.get, member, op.customer, now_ms)
-        allowances = self._allowances(batch.get, member.account_id, now_ms) if self.program.limits else None
+        shopper = self._shopper(member, self._card(batch.get, op.customer), now_ms)
+        allowances = self._allowance(batch.get, member.account_id, now_ms) if self.program.limits else None
         result = self.program.evaluate_event(op.event_type, dict(op.attributes), op.amount_minor, now_ms, shopper,
                                              allowances, related is not None)
         if result.points == 0 and result.related_points == 0:
@@ -933,13 +924,13 @@ cdef class Ledger:
         member, rejection = self._find_account(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
-        blocked = self._card_blocked(batch.get, op.customer)
-        if blocked and (op.redeem_points or op.capture_hold_ids or not self.program.blocked_card_earns):
+        card = self._card(batch.get, op.customer)
+        if card is not None and card.blocked and (op.redeem_points or op.capture_hold_ids or not self.program.blocked_card_earns):
             return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                             Reason.CARD_BLOCKED), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
         balance = self._balance(batch.get, account)
-        calculation, accepted = self._evaluate(batch.get, member, op.customer, op.receipt, now_ms, balance.available,
+        calculation, accepted = self._evaluate(batch.get, member, card, op.receipt, now_ms, balance.available,
                                                op.redeem_points)
         holds = []
         for index, hold_id in enumerate(op.capture_hold_ids):
@@ -1054,7 +1045,8 @@ cdef class Ledger:
         member, rejection = self._find_account(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
-        if self._card_blocked(batch.get, op.customer):
+        card = self._card(batch.get, op.customer)
+        if card is not None and card.blocked:
             return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                             Reason.CARD_BLOCKED), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
@@ -1508,8 +1500,8 @@ cdef class Ledger:
                 return rejection
             account = self._settle(get, self._pool(get, member), now_ms)
             balance = self._balance(get, account)
-            calculation, _ = self._evaluate(get, member, query.customer, query.receipt, now_ms, balance.available,
-                                            query.redeem_points, query.explain)
+            calculation, _ = self._evaluate(get, member, self._card(get, query.customer), query.receipt, now_ms,
+                                            balance.available, query.redeem_points, query.explain)
         if query.redeem_points:
             rejection = self._redeem_rejection(balance, query.redeem_points, calculation.redeemable_points)
             if rejection is not None:

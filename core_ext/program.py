@@ -140,6 +140,15 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     uses_per_account: int = 0  # receipts or events it may apply to per account
 
 
+# The limits the ledger keeps counters for; a per-receipt cap needs none.
+LEDGER_KEPT_LIMITS = tuple(field for field in Limits.__struct_fields__ if not field.startswith("receipt_max"))
+
+
+def kept_by_ledger(limits: Limits) -> bool:
+    """Whether the ledger counts something for these limits (caps over time, budget, uses)."""
+    return any(getattr(limits, field) for field in LEDGER_KEPT_LIMITS)
+
+
 class Campaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     id: str
     name: str = ""

@@ -17,7 +17,7 @@ import datetime as dt
 import zoneinfo
 
 from core_ext.model import AppliedCampaign, Calculation, CampaignExplain, EventCalculation, LineResult, NO_SHOPPER
-from core_ext.program import DISCOUNT_EFFECTS, Limits
+from core_ext.program import DISCOUNT_EFFECTS, Limits, kept_by_ledger
 
 _NO_LIMITS = Limits()
 EPOCH_DATE = dt.date(1970, 1, 1)
@@ -340,6 +340,13 @@ cdef int compare_cheapest(const void *a, const void *b) noexcept nogil:
     return x.index - y.index
 
 
+cdef inline bint in_hours(int hour_from, int hour_to, int hour) noexcept nogil:
+    """`hour` in [hour_from, hour_to); hour_from > hour_to wraps past midnight."""
+    if hour_from < hour_to:
+        return hour_from <= hour < hour_to
+    return hour >= hour_from or hour < hour_to
+
+
 cdef inline bint is_discount(int kind) noexcept nogil:
     return DISCOUNT_PERCENT <= kind <= BUNDLE
 
@@ -456,10 +463,7 @@ cdef class Program:
             c.discount = is_discount(c.kind)
             c.promo = campaign.promo_code
             c.recorded = campaign.id in self.limits
-            c.counted = c.recorded and (limits.account_day_max_points or limits.account_day_max_minor
-                                        or limits.account_week_max_points or limits.account_week_max_minor
-                                        or limits.account_month_max_points or limits.account_month_max_minor
-                                        or limits.budget_points or limits.budget_minor or limits.uses_per_account)
+            c.counted = kept_by_ledger(limits)
             c.bps = effect.percent_bps
             c.points = effect.points
             c.step_minor = effect.step_minor
@@ -671,13 +675,8 @@ cdef class Program:
             return R_CARD_BIN
         if c.weekday_mask and not (c.weekday_mask >> ctx.weekday) & 1:
             return R_WEEKDAY
-        if c.hour_from != 0 or c.hour_to != 24:
-            hour = ctx.hour
-            if c.hour_from < c.hour_to:
-                if not c.hour_from <= hour < c.hour_to:
-                    return R_HOUR
-            elif not (hour >= c.hour_from or hour < c.hour_to):
-                return R_HOUR
+        if (c.hour_from != 0 or c.hour_to != 24) and not in_hours(c.hour_from, c.hour_to, ctx.hour):
+            return R_HOUR
         if c.account_age_min_ms and ctx.now_ms - ctx.created_at_ms < c.account_age_min_ms:
             return R_ACCOUNT_AGE
         if c.birthday_days >= 0 and not 0 <= ctx.birthday_distance <= c.birthday_days:
@@ -1034,16 +1033,22 @@ cdef class Program:
     def evaluate_event(self, str event_type, dict attributes, int64_t amount_minor, int64_t now_ms,
                        shopper=None, allowances=None, bint with_related=False):
         """The event campaigns' result for one event: an `EventCalculation`. `related_points` are
-        given only `with_related` (the event names a related customer)."""
+        given only `with_related` (the event names a related customer). `allowances` as for
+        `calculate`: a dict or a function of the campaign id."""
         shopper = NO_SHOPPER if shopper is None else shopper
+        lookup = allowances.get if isinstance(allowances, dict) else allowances
         local = EPOCH_DATETIME + dt.timedelta(milliseconds=self._local_ms(now_ms))
-        chosen = []
+        chosen, left = [], {}
         for campaign in self.event_campaigns:
-            if self._event_applies(campaign, event_type, attributes, now_ms, local, shopper, allowances):
-                chosen.append(campaign)
-                if campaign.stacking == "exclusive":
-                    break
-        results = {c.id: self._event_gain(c, amount_minor, allowances, with_related) for c in chosen}
+            if not self._event_applies(campaign, event_type, attributes, now_ms, local, shopper):
+                continue
+            left[campaign.id] = None if lookup is None else lookup(campaign.id)
+            if left[campaign.id] is not None and left[campaign.id] <= 0:
+                continue
+            chosen.append(campaign)
+            if campaign.stacking == "exclusive":
+                break
+        results = {c.id: self._event_gain(c, amount_minor, left[c.id], with_related) for c in chosen}
         kept = []
         for campaign in chosen:
             if campaign.stacking == "best" and any(
@@ -1071,7 +1076,7 @@ cdef class Program:
             tuple([(c.id, results[c.id]) for c in kept if c.id in self.limits]),  # (customer's, related's)
             self.version, activate_at_ms, expire_at_ms)
 
-    def _event_applies(self, campaign, event_type, attributes, int64_t now_ms, local, shopper, allowances):
+    def _event_applies(self, campaign, event_type, attributes, int64_t now_ms, local, shopper):
         when = campaign.when
         if campaign.valid_from and now_ms < to_ms(campaign.valid_from):
             return False
@@ -1093,11 +1098,8 @@ cdef class Program:
                 return False
         if when.weekdays and local.isoweekday() not in when.weekdays:
             return False
-        if when.hour_from != 0 or when.hour_to != 24:
-            inside = (when.hour_from <= local.hour < when.hour_to if when.hour_from < when.hour_to
-                      else local.hour >= when.hour_from or local.hour < when.hour_to)
-            if not inside:
-                return False
+        if (when.hour_from != 0 or when.hour_to != 24) and not in_hours(when.hour_from, when.hour_to, local.hour):
+            return False
         if now_ms - shopper.created_at_ms < when.account_age_days_min * MS_PER_DAY:
             return False
         if when.birthday_within_days is not None and \
@@ -1107,13 +1109,11 @@ cdef class Program:
             return False
         if shopper.lifetime_spend_minor < when.lifetime_spend_min_minor:
             return False
-        if shopper.window_spend_minor < when.window_spend_min_minor:
-            return False
-        left = None if allowances is None else allowances.get(campaign.id)
-        return left is None or left > 0
+        return shopper.window_spend_minor >= when.window_spend_min_minor
 
-    def _event_gain(self, campaign, int64_t amount_minor, allowances, bint with_related):
-        """(points for the customer, points for the related customer), capped by the limits."""
+    def _event_gain(self, campaign, int64_t amount_minor, left, bint with_related):
+        """(points for the customer, points for the related customer), capped by the per-event cap
+        and by `left`, what the ledger-kept limits allow (None: no such limit)."""
         effect = campaign.effect
         if effect.kind == "earn_fixed":
             points = effect.points
@@ -1123,7 +1123,6 @@ cdef class Program:
             points = amount_minor // effect.step_minor * effect.points
         related = effect.related_points if with_related else 0
         cap = campaign.limits.receipt_max_points or None
-        left = None if allowances is None else allowances.get(campaign.id)
         if left is not None:
             cap = left if cap is None else min(cap, left)
         if cap is not None and points + related > cap:
