@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config/kassa.toml
 INSTALLED := $(VENV)/.installed
 BUILT := $(VENV)/.built
-CORE_SOURCES := $(wildcard core_ext/*.pyx core_ext/*.pxd core_ext/*.pxi)
+CORE_SOURCES := $(wildcard core_ext/*.pyx core_ext/*.pxd core_ext/*.pxi server/*.pyx)
 PROTO_SOURCES := $(wildcard proto/kassa/v1/*.proto)
 
 .PHONY: run test build bench loadtest verify clean
@@ -46,4 +46,4 @@ verify: $(BUILT)
 	$(BIN)/kassa verify --config $(CONFIG)
 
 clean:
-	rm -rf $(VENV) build kassa core_ext/*.c core_ext/*.so *.egg-info
+	rm -rf $(VENV) build kassa core_ext/*.c core_ext/*.so server/*.c server/*.so *.egg-info

@@ -66,7 +66,7 @@ def core_extensions():
     from Cython.Build import cythonize
 
     return cythonize(
-        ["core_ext/*.pyx"],
+        ["core_ext/*.pyx", "server/*.pyx"],
         language_level="3",
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )
@@ -78,7 +78,7 @@ setup(
     description="Loyalty processing server: rules in a Cython core, points in an LMDB ledger, gRPC API",
     python_requires=">=3.11",
     packages=["server", "server.servicers", "server.interceptors", "core_ext", "kassa", "kassa.v1"],
-    package_data={"core_ext": ["*.pxd", "*.pxi", "*.pyx"], "kassa.v1": ["*.pyi"]},
+    package_data={"core_ext": ["*.pxd", "*.pxi", "*.pyx"], "server": ["*.pyx"], "kassa.v1": ["*.pyi"]},
     ext_modules=core_extensions(),
     cmdclass={"build_proto": BuildProtos, "build_py": BuildPyWithProtos, "build_ext": BuildExtWithProtos},
     entry_points={"console_scripts": ["kassa = server.cli:main"]},

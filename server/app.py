@@ -22,7 +22,6 @@ from kassa.v1 import (
     bench_pb2,
     bench_pb2_grpc,
     processing_pb2,
-    processing_pb2_grpc,
 )
 from server.clock import make_clock
 from server.commit import GroupCommitter
@@ -36,6 +35,7 @@ from server.servicers.accounts import AccountsServicer
 from server.servicers.admin import AdminServicer, compile_rules, sweep_expired, switch_rules
 from server.servicers.bench import BenchServicer
 from server.servicers.processing import ProcessingServicer
+from server.servicers.processing import add_to_server as add_processing
 
 log = logging.getLogger("kassa.server")
 
@@ -168,7 +168,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
         ]
     )
     processing = ProcessingServicer(ledger, committer, clock, config.processing)
-    processing_pb2_grpc.add_ProcessingServicer_to_server(processing, server)
+    add_processing(processing, server)
     metrics.gauges["kassa_streams_open"] = lambda: processing.streams_open
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
     rule_paths = [Path(path) for path in config.rules.paths]

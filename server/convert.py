@@ -14,8 +14,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from core_ext import limits, promo
 from core_ext import model as m
 from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2
+from server import wire
 
-DIGEST_BYTES = 16  # of the payload digest kept with each idempotency record
+DIGEST_BYTES = wire.DIGEST_BYTES  # of the payload digest kept with each idempotency record
 PROMO_CODES_PER_RECEIPT_MAX = 16  # promo codes presented with one receipt
 EVENT_ATTRIBUTES_MAX = 32  # entries in a customer event's attributes
 TIMESTAMP_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the end of google.protobuf.Timestamp's range
@@ -200,14 +201,13 @@ def accrue_op(request: processing_pb2.AccrueRequest) -> m.AccrueOp:
         _check(all(0 < hold <= limits.TRANSACTION_ID_MAX for hold in holds),
                f"capture_hold_ids: a transaction id is 1..{limits.TRANSACTION_ID_MAX}")
         _check(len(set(holds)) == len(holds), "capture_hold_ids: a hold is named twice")
-    return m.AccrueOp(
-        _request_id(request.request_id),
-        digest(request),
-        customer(request.customer),
-        receipt(request.receipt),
-        _amount(request.redeem_points, "redeem_points", limits.POINTS_MAX),
-        holds,
-    )
+    request_id = _request_id(request.request_id)
+    buyer = customer(request.customer)
+    bought = receipt(request.receipt)
+    redeem_points = _amount(request.redeem_points, "redeem_points", limits.POINTS_MAX)
+    # Hashed from the checked values, as server/wire.pyx does for the requests it decodes.
+    payload_digest = wire.accrue_digest(buyer, bought, redeem_points, holds)
+    return m.AccrueOp(request_id, payload_digest, buyer, bought, redeem_points, holds)
 
 
 def redeem_op(request: processing_pb2.RedeemRequest) -> m.RedeemOp:

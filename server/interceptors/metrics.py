@@ -7,9 +7,19 @@ import time
 
 import grpc
 
+from server import wire
 from server.logs import event
 
 log = logging.getLogger("kassa.access")
+
+
+ACCRUE_METHOD = "/kassa.v1.Processing/Accrue"  # takes its bytes, request_id first (server/wire.pyx)
+
+
+def _request_id(method: str, request) -> str:
+    if type(request) is bytes:
+        return wire.request_id(request) if method == ACCRUE_METHOD else ""
+    return getattr(request, "request_id", "")
 
 
 def _code_name(context) -> str:
@@ -42,7 +52,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     metrics.observe_call(method, code, time.perf_counter() - start)
                     if code != "OK":
                         event(log, "refused", method=method, code=code,
-                              request_id=getattr(request, "request_id", ""), details=context.details() or "")
+                              request_id=_request_id(method, request), details=context.details() or "")
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer

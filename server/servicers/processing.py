@@ -1,4 +1,9 @@
-"""kassa.v1.Processing: the checkout hot path."""
+"""kassa.v1.Processing: the checkout hot path.
+
+Calculate, Accrue, ProcessBatch and StreamEvents take their request bytes and give their answer's
+bytes: purchases are read and answered in C (server/wire.pyx), and whatever the fast path leaves is
+decoded with protobuf and checked by server/convert.py as everywhere else.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +11,55 @@ import asyncio
 
 import grpc
 
-from core_ext.model import AccrueResult, Code, EventResult, Outcome, RedeemResult, RollbackResult
-from kassa.v1 import common_pb2, processing_pb2, processing_pb2_grpc
-from server import convert
+from core_ext.model import AccrueOp, Code, Outcome, RedeemResult, RollbackResult
+from kassa.v1 import processing_pb2
+from server import convert, wire
 from server.interceptors.auth import CALLER
-from server.servicers.respond import answer, as_caller, commit_one, invalid
+from server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
 
+SERVICE = "kassa.v1.Processing"
+BUILT = "built"  # a payload already decoded into its operation by server/wire.pyx
 _BUILDERS = {
     "accrue": convert.accrue_op,
     "redeem": convert.redeem_op,
     "rollback": convert.rollback_op,
     "customer_event": convert.event_op,  # takes the whole Event: its request id is the event_id
 }
-_RENDERERS = {
-    AccrueResult: ("accrue", convert.accrue_response),
-    RedeemResult: ("redeem", convert.redeem_response),
-    RollbackResult: ("rollback", convert.rollback_response),
-}
 _EVENT_PAYLOADS = {"purchase": "accrue", "redeem": "redeem", "rollback": "rollback", "customer_event": "customer_event"}
 _EVENT_KINDS = ", ".join(_EVENT_PAYLOADS)
 
 
-def _points(body) -> int:
-    if type(body) is AccrueResult:
-        return body.calculation.earned_points
+def _other_result(body) -> tuple[int, bytes]:
+    """OperationResult's field and bytes for a body wire.batch_response does not write itself."""
     if type(body) is RedeemResult:
-        return body.redeemed_points or body.held_points
+        return 5, convert.redeem_response(body).SerializeToString()
     if type(body) is RollbackResult:
-        return body.clawed_back_points
-    if type(body) is EventResult:
-        return body.points
-    return 0
+        return 6, convert.rollback_response(body).SerializeToString()
+    raise TypeError(f"no OperationResult field for {type(body).__name__}")
 
 
-class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
+def add_to_server(servicer: "ProcessingServicer", server) -> None:
+    """Register the service: the hot methods with bytes in and out, the others as generated."""
+    handlers = {
+        "Calculate": grpc.unary_unary_rpc_method_handler(servicer.Calculate),
+        "Accrue": grpc.unary_unary_rpc_method_handler(servicer.Accrue),
+        "ProcessBatch": grpc.unary_unary_rpc_method_handler(servicer.ProcessBatch),
+        "StreamEvents": grpc.stream_stream_rpc_method_handler(servicer.StreamEvents),
+        "Redeem": grpc.unary_unary_rpc_method_handler(
+            servicer.Redeem, processing_pb2.RedeemRequest.FromString, processing_pb2.RedeemResponse.SerializeToString
+        ),
+        "Rollback": grpc.unary_unary_rpc_method_handler(
+            servicer.Rollback, processing_pb2.RollbackRequest.FromString,
+            processing_pb2.RollbackResponse.SerializeToString,
+        ),
+    }
+    missing = set(processing_pb2.DESCRIPTOR.services_by_name["Processing"].methods_by_name) - set(handlers)
+    if missing:
+        raise RuntimeError(f"{SERVICE}: no handler for {', '.join(sorted(missing))}")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+class ProcessingServicer:
     def __init__(self, ledger, committer, clock, limits):
         self._ledger = ledger
         self._committer = committer
@@ -49,19 +69,26 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         self._streams_max = limits.streams_max
         self.streams_open = 0
 
-    async def Calculate(self, request, context: grpc.aio.ServicerContext):
-        try:
-            query = convert.calculate_query(request)
-        except convert.InvalidArgument as error:
-            return await invalid(context, error)
+    async def Calculate(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        query = wire.calculate_query(data)
+        if query is None:
+            request = await decoded(context, f"/{SERVICE}/Calculate", processing_pb2.CalculateRequest, data)
+            try:
+                query = convert.calculate_query(request)
+            except convert.InvalidArgument as error:
+                return await invalid(context, error)
         refusal = CALLER.get().store_refusal(query.receipt.store_id)
         if refusal is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         outcome = self._ledger.calculate(query, self._clock.now_ms())
-        return await answer(context, outcome, convert.calculate_response)
+        return await answer(context, outcome, wire.calculate_response)
 
-    async def Accrue(self, request, context):
-        return await commit_one(self._committer, context, convert.accrue_op, request, convert.accrue_response)
+    async def Accrue(self, data: bytes, context) -> bytes:
+        op = wire.accrue_op(data)
+        if op is not None:
+            return await commit_op(self._committer, context, op, wire.accrue_response)
+        request = await decoded(context, f"/{SERVICE}/Accrue", processing_pb2.AccrueRequest, data)
+        return await commit_one(self._committer, context, convert.accrue_op, request, wire.accrue_response)
 
     async def Redeem(self, request, context):
         return await commit_one(self._committer, context, convert.redeem_op, request, convert.redeem_response)
@@ -72,23 +99,23 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
     # -- many operations per call -----------------------------------------------------------------
 
     async def _commit_many(self, payloads: list, abort_in_flight: bool = True) -> list[Outcome]:
-        """`payloads` holds (kind, request message, where it is in the call, e.g. "operations[3].accrue");
-        invalid ones are answered INVALID_ARGUMENT naming the field in place, the rest committed
-        together, in order."""
-        # Decode while no commit of ours runs: the commit thread shares this process's GIL and holds
-        # LMDB's writer lock, so decoding beside it would slow every worker's commits.
-        await self._committer.idle.wait()
+        """`payloads` holds (kind, request message, where it is in the call, e.g. "operations[3].accrue"),
+        or (BUILT, operation, where) for one server/wire.pyx decoded; invalid ones are answered
+        INVALID_ARGUMENT naming the field in place, the rest committed together, in order."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
         ops, positions = [], []
         for position, (kind, message, where) in enumerate(payloads):
-            if kind is None:
+            if kind is BUILT:
+                op = message
+            elif kind is None:
                 outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=where)
                 continue
-            try:
-                op = _BUILDERS[kind](message)
-            except convert.InvalidArgument as error:
-                outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=f"{where}.{error}")
-                continue
+            else:
+                try:
+                    op = _BUILDERS[kind](message)
+                except convert.InvalidArgument as error:
+                    outcomes[position] = Outcome(Code.INVALID_ARGUMENT, message=f"{where}.{error}")
+                    continue
             op, refusal = as_caller(op)
             if refusal is not None:
                 outcomes[position] = refusal
@@ -100,30 +127,33 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 outcomes[position] = outcome
         return outcomes  # type: ignore[return-value]
 
-    async def ProcessBatch(self, request, context):
-        count = len(request.operations)
+    async def ProcessBatch(self, data: bytes, context) -> bytes:
+        # Decode while no commit of ours runs: the commit thread shares this process's GIL and holds
+        # LMDB's writer lock, so decoding beside it would slow every worker's commits.
+        await self._committer.idle.wait()
+        method = f"/{SERVICE}/ProcessBatch"
+        operations = wire.batch_operations(data)
+        if operations is None:
+            operations = (await decoded(context, method, processing_pb2.ProcessBatchRequest, data)).operations
+        count = len(operations)
         if count > self._batch_operations_max:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"operations: {count} operations, more than the limit of {self._batch_operations_max}",
             )
         payloads = []
-        for index, operation in enumerate(request.operations):
+        for index, operation in enumerate(operations):
+            if type(operation) is AccrueOp:
+                payloads.append((BUILT, operation, f"operations[{index}].accrue"))
+                continue
+            if type(operation) is bytes:
+                operation = await decoded(context, method, processing_pb2.Operation, operation)
             kind = operation.WhichOneof("op")
             if kind is None:
                 payloads.append((None, None, f"operations[{index}]: set one of accrue, redeem, rollback"))
             else:
                 payloads.append((kind, getattr(operation, kind), f"operations[{index}].{kind}"))
-        results = []
-        for outcome in await self._commit_many(payloads):
-            result = processing_pb2.OperationResult(code=outcome.code, reason=outcome.reason, message=outcome.message)
-            if type(outcome.body) is AccrueResult:
-                convert.fill_accrue_response(result.accrue, outcome.body)  # the common case, filled in place
-            elif outcome.body is not None:
-                field, render = _RENDERERS[type(outcome.body)]
-                getattr(result, field).CopyFrom(render(outcome.body))
-            results.append(result)
-        return processing_pb2.ProcessBatchResponse(results=results)
+        return wire.batch_response(await self._commit_many(payloads), _other_result)
 
     async def StreamEvents(self, request_iterator, context):
         """Acks go out in the order events came in, each after its durable commit. At most
@@ -149,15 +179,24 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         acks: asyncio.Queue = asyncio.Queue()
         limit = self._stream_events_in_flight_max
 
+        method = f"/{SERVICE}/StreamEvents"
+
         async def read() -> None:
             nonlocal in_flight
             try:
-                async for batch in request_iterator:
-                    size = len(batch.events)
+                async for data in request_iterator:
+                    events = wire.event_batch(data)
+                    if events is None:
+                        events = (await decoded(context, method, processing_pb2.EventBatch, data)).events
+                    events = [
+                        await decoded(context, method, processing_pb2.Event, event) if type(event) is bytes else event
+                        for event in events
+                    ]
+                    size = len(events)
                     async with room:
                         await room.wait_for(lambda: in_flight == 0 or in_flight + size <= limit)
                         in_flight += size
-                    await acks.put((size, asyncio.ensure_future(self._events(batch.events))))
+                    await acks.put((size, asyncio.ensure_future(self._events(events))))
             finally:
                 acks.put_nowait(None)  # also when reading failed: the writer stops, `await reader` raises
 
@@ -176,10 +215,19 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
         finally:
             reader.cancel()
 
-    async def _events(self, events) -> processing_pb2.AckBatch:
-        """One ack per event, in order, built in place (no per-ack message copied into the batch)."""
+    async def _events(self, events: list) -> bytes:
+        """One ack per event, in order. `events` holds (event_id, AccrueOp) for each purchase
+        server/wire.pyx decoded and the protobuf Event for any other."""
+        await self._committer.idle.wait()  # as in ProcessBatch: convert while no commit of ours runs
         payloads = []
+        event_ids = []
         for index, event in enumerate(events):
+            if type(event) is tuple:
+                event_id, op = event
+                event_ids.append(event_id)
+                payloads.append((BUILT, op, f"events[{index}].purchase"))
+                continue
+            event_ids.append(event.event_id)
             kind = event.WhichOneof("payload")
             if not event.event_id:
                 payloads.append((None, None, f"events[{index}].event_id: must not be empty"))
@@ -192,13 +240,4 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServicer):
                 if not message.request_id:
                     message.request_id = event.event_id
                 payloads.append((_EVENT_PAYLOADS[kind], message, f"events[{index}].{kind}"))
-        outcomes = await self._commit_many(payloads, abort_in_flight=False)
-        batch = processing_pb2.AckBatch()
-        add = batch.acks.add
-        for event, outcome in zip(events, outcomes):
-            body = outcome.body
-            if outcome.code:
-                add(event_id=event.event_id, code=outcome.code, reason=outcome.reason, message=outcome.message)
-            else:
-                add(event_id=event.event_id, transaction_id=getattr(body, "transaction_id", 0), points=_points(body))
-        return batch
+        return wire.ack_batch(event_ids, await self._commit_many(payloads, abort_in_flight=False))

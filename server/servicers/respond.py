@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import grpc
 import msgspec
+from google.protobuf.message import DecodeError
 
 from core_ext.model import AccrueOp, Code, Outcome, Reason, RedeemOp, RollbackOp
 from server.convert import InvalidArgument
+from server.interceptors.decode import refuse_details
 from server.interceptors.auth import CALLER
 
 REASON_METADATA_KEY = "kassa-reason"  # trailing metadata naming the business reason of a refusal
@@ -51,6 +53,11 @@ async def commit_one(committer, context: grpc.aio.ServicerContext, build, reques
         op = build(request)
     except InvalidArgument as error:
         return await invalid(context, error)
+    return await commit_op(committer, context, op, render)
+
+
+async def commit_op(committer, context: grpc.aio.ServicerContext, op, render):
+    """A checked operation: check the caller's scope, commit, answer."""
     op, refusal = as_caller(op)
     if refusal is not None:
         return await answer(context, refusal, render)
@@ -60,3 +67,12 @@ async def commit_one(committer, context: grpc.aio.ServicerContext, build, reques
 
 async def invalid(context: grpc.aio.ServicerContext, error: InvalidArgument):
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+
+async def decoded(context: grpc.aio.ServicerContext, method: str, message_type, data: bytes):
+    """Request bytes as `message_type`, for a method that takes its bytes (server/wire.pyx) and
+    leaves a request it does not read to protobuf; bytes that are no such message are refused."""
+    try:
+        return message_type.FromString(data)
+    except DecodeError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refuse_details(method, error))
