@@ -153,6 +153,7 @@ cdef class Ledger:
     cdef object _counted_program  # the program `_counted` was built for
     cdef dict _counted  # campaign id -> (amount limits [(period, cap)], uses cap), of `program`
     cdef long long _now_ms  # of the group being applied
+    cdef bint _sync  # commits are durable before `apply` returns
 
     def __init__(self, path, program, long long map_size_bytes, long long hold_ttl_s, bint sync=True,
                  int readers_max=READERS_MAX):
@@ -160,8 +161,15 @@ cdef class Ledger:
         self.path = str(path)
         self.program = program
         self.hold_ttl_ms = hold_ttl_s * 1000
+        # A commit syncs its data pages before it writes the meta page that points at them, but not
+        # the meta page itself (MDB_NOMETASYNC): that sync is `apply`'s, after LMDB's writer lock is
+        # released, so another process's group commits while this one waits for the disk. The
+        # answers go out only after it, so an answered commit is on disk; a crash before it loses
+        # only unanswered work and never the database's integrity (LMDB keeps the pages of the last
+        # two commits until a later commit has synced).
+        self._sync = sync
         self.env = lmdb.open(self.path, map_size=map_size_bytes, max_dbs=MAX_DBS, sync=sync,
-                             metasync=sync, readahead=False, max_readers=readers_max)
+                             metasync=False, readahead=False, max_readers=readers_max)
         self.env.reader_check()  # reclaim slots of readers that died
         self.dbs = {name.decode(): self.env.open_db(name) for name in DB_NAMES}
         self._handlers = {
@@ -222,6 +230,8 @@ cdef class Ledger:
                 self._now_ms = now_ms
                 outcomes = [self._apply_one(batch, op) for op in ops]
                 txn.put(NEXT_TXN_KEY, id_key(batch.next_id), db=meta)
+            if self._sync:
+                self.env.sync(True)  # the meta page, outside the writer lock (see __init__)
             if self._switched is not None:
                 self.program, self._switched = self._switched, None
             return outcomes
