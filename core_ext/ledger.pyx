@@ -50,12 +50,27 @@ _decode_ruleset = msgspec.msgpack.Decoder(tuple[str, dict[str, str]]).decode
 _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
 
 
+# Enum members the hot paths compare and store, as C ints: an IntEnum attribute lookup costs about
+# 0.1 us, and a purchase made a dozen of them.
+cdef int CODE_OK = Code.OK
+cdef int LOT_PENDING = rec.LotState.PENDING, LOT_ACTIVE = rec.LotState.ACTIVE, LOT_EXPIRED = rec.LotState.EXPIRED
+cdef int HOLD_LIVE = rec.HoldState.LIVE, HOLD_CAPTURED = rec.HoldState.CAPTURED
+cdef int HOLD_VOIDED = rec.HoldState.VOIDED, HOLD_EXPIRED = rec.HoldState.EXPIRED
+cdef int ID_ACCOUNT = IdKind.ACCOUNT, ID_CARD = IdKind.CARD, ID_PHONE = IdKind.PHONE
+cdef int TXN_ACCRUE = TxnKind.ACCRUE, TXN_REDEEM = TxnKind.REDEEM, TXN_HOLD = TxnKind.HOLD
+cdef int TXN_ROLLBACK = TxnKind.ROLLBACK, TXN_ADJUST = TxnKind.ADJUST, TXN_EXPIRE = TxnKind.EXPIRE
+cdef int TXN_CREATE_ACCOUNT = TxnKind.CREATE_ACCOUNT, TXN_ISSUE_CARD = TxnKind.ISSUE_CARD
+cdef int TXN_BLOCK_CARD = TxnKind.BLOCK_CARD, TXN_SET_ATTRIBUTES = TxnKind.SET_ATTRIBUTES
+cdef int TXN_JOIN_GROUP = TxnKind.JOIN_GROUP, TXN_LEAVE_GROUP = TxnKind.LEAVE_GROUP
+cdef int TXN_DEBT_REPAID = TxnKind.DEBT_REPAID, TXN_EVENT = TxnKind.EVENT
+
+
 cdef inline bytes id_key(object number):
     return (<long long>number).to_bytes(8, "big")
 
 
 def ident_key(int kind, str value):
-    return (b"c:" if kind == IdKind.CARD else b"p:") + value.encode()
+    return (b"c:" if kind == ID_CARD else b"p:") + value.encode()
 
 
 class LedgerError(Exception):
@@ -107,7 +122,7 @@ cdef class _Batch:
         self.next_id = next_id
 
     cpdef get(self, str name, bytes key):
-        return self.txn.get(key, db=self.dbs[name])
+        return self.txn.get(key, None, self.dbs[name])  # positional: py-lmdb parses keywords slower
 
     cpdef put(self, str name, bytes key, bytes value):
         self.txn.put(key, value, db=self.dbs[name])
@@ -255,7 +270,7 @@ cdef class Ledger:
         if handler is None:
             raise TypeError(f"not a ledger operation: {kind.__name__}")
         outcome, txn_id = handler(batch, op)
-        if outcome.code == Code.OK or outcome.code == Code.FAILED_PRECONDITION:
+        if outcome.code == CODE_OK or outcome.code == Code.FAILED_PRECONDITION:
             # Business outcomes are final: a retry replays them, never flips them.
             record = rec.IdempotencyRec(op.digest, txn_id, _encode(outcome))
             batch.put("idempotency", op.request_id.encode(), _encode(record))
@@ -275,12 +290,12 @@ cdef class Ledger:
 
     def _find_account(self, get, customer):
         """(account, None) or (None, rejection). `get(db_name, key)` reads in any transaction."""
-        if customer.kind == IdKind.ACCOUNT:
+        if customer.kind == ID_ACCOUNT:
             account_id = customer.value
         else:
             ident = get("idents", ident_key(customer.kind, customer.value))
             if ident is None:
-                field = "card" if customer.kind == IdKind.CARD else "phone"
+                field = "card" if customer.kind == ID_CARD else "phone"
                 return None, rejected(Code.NOT_FOUND, f"customer.{field}: no account has {field} '{customer.value}'")
             account_id = _decode_ident(ident).account_id
         stored = get("accounts", account_id.encode())
@@ -306,9 +321,9 @@ cdef class Ledger:
 
     def _card(self, get, customer):
         """The presented card's record (its category and whether it is blocked); None without a card."""
-        if customer.kind != IdKind.CARD:
+        if customer.kind != ID_CARD:
             return None
-        stored = get("idents", ident_key(IdKind.CARD, customer.value))
+        stored = get("idents", ident_key(ID_CARD, customer.value))
         return None if stored is None else _decode_ident(stored)
 
     def _save_account(self, _Batch batch, account):
@@ -318,7 +333,7 @@ cdef class Ledger:
         """Append `entry` and link it into the statement of `account` (and of the group `member`
         who made it): each account keeps its newest entry's id, each entry the previous one's.
         Saves the account objects, which the caller keeps using."""
-        entry.actor = SYSTEM_ACTOR if entry.kind in (TxnKind.EXPIRE, TxnKind.DEBT_REPAID) else batch.actor
+        entry.actor = SYSTEM_ACTOR if entry.kind in (TXN_EXPIRE, TXN_DEBT_REPAID) else batch.actor
         entry.prev_id = account.last_txn_id
         account.last_txn_id = entry.txn_id
         self._save_account(batch, account)
@@ -351,13 +366,13 @@ cdef class Ledger:
         for lot_id in account.open_lot_ids:
             lot = _decode_lot(get("lots", id_key(lot_id)))
             changed = False
-            if burn and lot.state == rec.LotState.PENDING:
-                lot.state = rec.LotState.ACTIVE  # burnt below with the active ones
+            if burn and lot.state == LOT_PENDING:
+                lot.state = LOT_ACTIVE  # burnt below with the active ones
                 account.pending -= lot.remaining
                 account.active += lot.remaining
                 changed = True
-            if lot.state == rec.LotState.PENDING and lot.activates_at_ms <= now_ms:
-                lot.state = rec.LotState.ACTIVE
+            if lot.state == LOT_PENDING and lot.activates_at_ms <= now_ms:
+                lot.state = LOT_ACTIVE
                 account.pending -= lot.remaining
                 account.active += lot.remaining
                 changed = True
@@ -369,15 +384,15 @@ cdef class Ledger:
                     account.debt -= repay
                     repaid += repay
                     repaid_postings.append(rec.Posting(lot_id, -repay))
-            if lot.state == rec.LotState.ACTIVE and (burn or (lot.expires_at_ms and lot.expires_at_ms <= now_ms)):
-                lot.state = rec.LotState.EXPIRED
+            if lot.state == LOT_ACTIVE and (burn or (lot.expires_at_ms and lot.expires_at_ms <= now_ms)):
+                lot.state = LOT_EXPIRED
                 account.active -= lot.remaining
                 expired += lot.remaining
                 if lot.remaining:
                     expired_postings.append(rec.Posting(lot_id, -lot.remaining))
                 lot.remaining = 0
                 changed = True
-            if lot.state != rec.LotState.EXPIRED and (lot.remaining or lot.state == rec.LotState.PENDING):
+            if lot.state != LOT_EXPIRED and (lot.remaining or lot.state == LOT_PENDING):
                 open_lot_ids.append(lot_id)
             if changed and batch is not None:
                 batch.put("lots", id_key(lot_id), _encode(lot))
@@ -388,7 +403,7 @@ cdef class Ledger:
         for hold_id in account.live_hold_ids:
             hold = _decode_hold(get("holds", id_key(hold_id)))
             if hold.expires_at_ms <= now_ms:
-                hold.state = rec.HoldState.EXPIRED
+                hold.state = HOLD_EXPIRED
                 account.held -= hold.amount
                 if batch is not None:
                     batch.put("holds", id_key(hold_id), _encode(hold))
@@ -401,10 +416,10 @@ cdef class Ledger:
             # out of step with the account's totals.
             self._save_account(batch, account)
             if repaid:
-                self._journal(batch, rec.TxnRec(batch.take_id(), TxnKind.DEBT_REPAID, "", account.account_id,
+                self._journal(batch, rec.TxnRec(batch.take_id(), TXN_DEBT_REPAID, "", account.account_id,
                                                 now_ms, debt_delta=-repaid, postings=repaid_postings), account)
             if expired:
-                entry = rec.TxnRec(batch.take_id(), TxnKind.EXPIRE, "", account.account_id, now_ms,
+                entry = rec.TxnRec(batch.take_id(), TXN_EXPIRE, "", account.account_id, now_ms,
                                    expired=expired, postings=expired_postings)
                 self._journal(batch, entry, account)
         return account
@@ -420,7 +435,7 @@ cdef class Ledger:
         times = []
         for lot_id in account.open_lot_ids:
             lot = _decode_lot(get("lots", id_key(lot_id)))
-            if lot.state == rec.LotState.PENDING:
+            if lot.state == LOT_PENDING:
                 times.append(lot.activates_at_ms)
             elif lot.expires_at_ms:
                 times.append(lot.expires_at_ms)
@@ -437,8 +452,8 @@ cdef class Ledger:
         next_expiry_points = 0
         for lot_id in (account.open_lot_ids if expiry_at_ms else ()):
             lot = _decode_lot(get("lots", id_key(lot_id)))
-            active = lot.state == rec.LotState.ACTIVE or (
-                lot.state == rec.LotState.PENDING and lot.activates_at_ms <= expiry_at_ms)
+            active = lot.state == LOT_ACTIVE or (
+                lot.state == LOT_PENDING and lot.activates_at_ms <= expiry_at_ms)
             if not active or not lot.expires_at_ms or lot.expires_at_ms <= expiry_at_ms or not lot.remaining:
                 continue
             if next_expiry_at_ms == 0 or lot.expires_at_ms < next_expiry_at_ms:
@@ -455,7 +470,7 @@ cdef class Ledger:
         """Take `points` from ACTIVE lots, earliest expiry first; returns the postings.
         The caller has checked that the lots hold enough."""
         lots = [_decode_lot(batch.get("lots", id_key(lot_id))) for lot_id in account.open_lot_ids]
-        lots = [lot for lot in lots if lot.state == rec.LotState.ACTIVE and lot.remaining > 0]
+        lots = [lot for lot in lots if lot.state == LOT_ACTIVE and lot.remaining > 0]
         lots.sort(key=lambda lot: (lot.expires_at_ms == 0, lot.expires_at_ms, lot.lot_id))
         postings = []
         for lot in lots:
@@ -476,7 +491,7 @@ cdef class Ledger:
     def _repay_debt(self, _Batch batch, account, lot, list postings):
         """New active points pay clawback debt first, so the debt cannot outlive the points that
         covered it (and come back when they expire). Returns the points repaid."""
-        repaid = min(account.debt, lot.remaining) if lot.state == rec.LotState.ACTIVE else 0
+        repaid = min(account.debt, lot.remaining) if lot.state == LOT_ACTIVE else 0
         if repaid <= 0:
             return 0
         lot.remaining -= repaid
@@ -492,17 +507,17 @@ cdef class Ledger:
               long long expires_at_ms, list postings):
         """Put earned points in a lot: the account's newest lot when it activates and expires at
         the same moments (the same day's purchases), else a new lot with id `txn_id`."""
-        state = rec.LotState.PENDING if activates_at_ms > batch.now_ms else rec.LotState.ACTIVE
+        state = LOT_PENDING if activates_at_ms > batch.now_ms else LOT_ACTIVE
         if account.last_lot_id:
             lot = _decode_lot(batch.get("lots", id_key(account.last_lot_id)))
             # An active lot's activation is past: only its expiry tells lots apart.
-            same_activation = state == rec.LotState.ACTIVE or lot.activates_at_ms == activates_at_ms
+            same_activation = state == LOT_ACTIVE or lot.activates_at_ms == activates_at_ms
             if lot.state == state and same_activation and lot.expires_at_ms == expires_at_ms:
-                if lot.remaining == 0 and state == rec.LotState.ACTIVE:
+                if lot.remaining == 0 and state == LOT_ACTIVE:
                     account.open_lot_ids.append(lot.lot_id)  # spent to nothing, open again
                 lot.amount += points
                 lot.remaining += points
-                if state == rec.LotState.PENDING:
+                if state == LOT_PENDING:
                     account.pending += points
                     self._schedule(account, activates_at_ms)
                 else:
@@ -521,7 +536,7 @@ cdef class Ledger:
                  list postings):
         """A lot for points with their own activation or lifetime (a campaign's), never shared; its
         id is taken from the transaction ids, so that ids keep growing with time."""
-        state = rec.LotState.PENDING if activates_at_ms > batch.now_ms else rec.LotState.ACTIVE
+        state = LOT_PENDING if activates_at_ms > batch.now_ms else LOT_ACTIVE
         lot = rec.LotRec(batch.take_id(), account.account_id, points, points, activates_at_ms, expires_at_ms, state)
         self._add_lot(batch, account, lot)
         postings.append(rec.Posting(lot.lot_id, points))
@@ -530,7 +545,7 @@ cdef class Ledger:
     def _add_lot(self, _Batch batch, account, lot):
         batch.put("lots", id_key(lot.lot_id), _encode(lot))
         account.open_lot_ids.append(lot.lot_id)
-        if lot.state == rec.LotState.PENDING:
+        if lot.state == LOT_PENDING:
             account.pending += lot.remaining
             self._schedule(account, lot.activates_at_ms)
         else:
@@ -546,7 +561,7 @@ cdef class Ledger:
         if op.files:
             batch.put("meta", RULE_FILES_KEY, program.version.encode())
         self._switched = program
-        return Outcome(Code.OK)
+        return Outcome(CODE_OK)
 
     def _follow_ruleset(self, stored):
         """Serve the ruleset another worker stored, when it differs from ours."""
@@ -568,7 +583,7 @@ cdef class Ledger:
         spec = self.program.spec
         op = SetRulesOp(tuple(spec.sources.items()), spec.version, files=True)
         (outcome,) = self.apply([op], now_ms)
-        if outcome.code != Code.OK:
+        if outcome.code != CODE_OK:
             raise LedgerError(outcome.code, outcome.message)
         return True
 
@@ -835,10 +850,10 @@ cdef class Ledger:
                                              allowances, related is not None)
         if result.points == 0 and result.related_points == 0:
             body = EventResult(0, member.account_id, 0, 0, "", 0, result.campaigns, self._balance(batch.get, account))
-            return Outcome(Code.OK, body=body), 0
+            return Outcome(CODE_OK, body=body), 0
         pooled = member.account_id != account.account_id
         txn_id = batch.take_id()
-        entry = rec.TxnRec(txn_id, TxnKind.EVENT, op.request_id, account.account_id, now_ms, earned=result.points,
+        entry = rec.TxnRec(txn_id, TXN_EVENT, op.request_id, account.account_id, now_ms, earned=result.points,
                            ruleset_version=result.ruleset_version, reason=op.event_type,
                            member_id=member.account_id if pooled else "")
         # Each entry counts its own points, so that rolling back either gives back its own share.
@@ -851,7 +866,7 @@ cdef class Ledger:
             account = self._load_account(batch.get, account.account_id)
         body = EventResult(txn_id, member.account_id, result.points, related_txn_id, related.account_id if related else "",
                            result.related_points, result.campaigns, self._balance(batch.get, account))
-        return Outcome(Code.OK, body=body), txn_id
+        return Outcome(CODE_OK, body=body), txn_id
 
     def _related_event(self, _Batch batch, op, related, result, shared):
         """The related customer's share of an event (a referrer's points): an entry of its own,
@@ -861,7 +876,7 @@ cdef class Ledger:
         account = self._settle(batch.get, self._pool(batch.get, related), now_ms, batch)
         pooled = related.account_id != account.account_id
         txn_id = batch.take_id()
-        entry = rec.TxnRec(txn_id, TxnKind.EVENT, op.request_id, account.account_id, now_ms,
+        entry = rec.TxnRec(txn_id, TXN_EVENT, op.request_id, account.account_id, now_ms,
                            earned=result.related_points, ruleset_version=result.ruleset_version,
                            reason=f"{op.event_type} (related)", member_id=related.account_id if pooled else "")
         keys = {use.campaign_id: use.keys for use in shared.limited}
@@ -925,7 +940,7 @@ cdef class Ledger:
                                           op.uses_per_account))
         for code in codes:
             batch.put("codes", code.encode(), record)
-        return Outcome(Code.OK, body=PromoCodesResult(op.campaign_id, tuple(codes))), 0
+        return Outcome(CODE_OK, body=PromoCodesResult(op.campaign_id, tuple(codes))), 0
 
     # -- Accrue -----------------------------------------------------------------------------------
 
@@ -968,7 +983,7 @@ cdef class Ledger:
 
         txn_id = batch.take_id()
         for hold in holds:
-            hold.state = rec.HoldState.CAPTURED
+            hold.state = HOLD_CAPTURED
             batch.put("holds", id_key(hold.hold_id), _encode(hold))
             account.held -= hold.amount
             account.live_hold_ids.remove(hold.hold_id)
@@ -980,7 +995,9 @@ cdef class Ledger:
             spent_shares = [0] * len(calculation.lines)
         new_lot = None
         repaid = 0
-        main_points = calculation.earned_points - sum(points for _, _, points in calculation.lots)
+        main_points = calculation.earned_points
+        if calculation.lots:
+            main_points -= sum(points for _, _, points in calculation.lots)
         if main_points:
             new_lot = self._earn(batch, account, txn_id, main_points, calculation.activate_at_ms,
                                  calculation.expire_at_ms, postings)
@@ -1006,7 +1023,7 @@ cdef class Ledger:
                                  line.earned_points, share)
                  for line, source, share in zip(calculation.lines, receipt.lines, spent_shares)]
         entry = rec.TxnRec(
-            txn_id, TxnKind.ACCRUE, op.request_id, account.account_id, now_ms, receipt.store_id,
+            txn_id, TXN_ACCRUE, op.request_id, account.account_id, now_ms, receipt.store_id,
             receipt.terminal_id, receipt.receipt_no, calculation.total_minor, calculation.payable_minor,
             lines, earned=calculation.earned_points, redeemed=op.redeem_points, captured=captured,
             debt_delta=-repaid,
@@ -1019,7 +1036,7 @@ cdef class Ledger:
             self._grant_tier(member, txn_id, calculation, now_ms)
         self._journal(batch, entry, account, member)
         result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
-        return Outcome(Code.OK, body=result), txn_id
+        return Outcome(CODE_OK, body=result), txn_id
 
     def _capturable(self, _Batch batch, account, hold_id, field):
         stored = batch.get("holds", id_key(hold_id))
@@ -1029,9 +1046,9 @@ cdef class Ledger:
         if hold.account_id != account.account_id:
             return None, rejected(Code.FAILED_PRECONDITION, f"{field}: hold {hold_id} belongs to another account",
                                   Reason.HOLD_OTHER_ACCOUNT)
-        if hold.state == rec.HoldState.EXPIRED:
+        if hold.state == HOLD_EXPIRED:
             return None, rejected(Code.FAILED_PRECONDITION, f"{field}: hold {hold_id} expired", Reason.HOLD_EXPIRED)
-        if hold.state != rec.HoldState.LIVE:
+        if hold.state != HOLD_LIVE:
             state = rec.HoldState(hold.state).name.lower()
             return None, rejected(Code.FAILED_PRECONDITION, f"{field}: hold {hold_id} is {state}",
                                   Reason.HOLD_NOT_ACTIVE)
@@ -1066,7 +1083,7 @@ cdef class Ledger:
         if rejection is not None:
             return rejection, 0
         txn_id = batch.take_id()
-        entry = rec.TxnRec(txn_id, TxnKind.HOLD if op.hold else TxnKind.REDEEM, op.request_id,
+        entry = rec.TxnRec(txn_id, TXN_HOLD if op.hold else TXN_REDEEM, op.request_id,
                            account.account_id, now_ms, op.store_id, op.terminal_id,
                            total_minor=op.receipt_total_minor,
                            member_id=member.account_id if member.account_id != account.account_id else "")
@@ -1086,7 +1103,7 @@ cdef class Ledger:
         self._journal(batch, entry, account, member)
         result = RedeemResult(txn_id, account.account_id, entry.redeemed, entry.held, entry.hold_expires_at_ms,
                               self._balance(batch.get, account))
-        return Outcome(Code.OK, body=result), txn_id
+        return Outcome(CODE_OK, body=result), txn_id
 
     # -- Rollback ---------------------------------------------------------------------------------
 
@@ -1110,9 +1127,9 @@ cdef class Ledger:
             return self._foreign_store(target, "transaction_id" if op.transaction_id else "original_request_id"), 0
         account = _decode_account(batch.get("accounts", target.account_id.encode()))
         account = self._settle(batch.get, account, batch.now_ms, batch)
-        if target.kind == TxnKind.HOLD:
+        if target.kind == TXN_HOLD:
             return self._void_hold(batch, op, account, target)
-        if target.kind in (TxnKind.REDEEM, TxnKind.ACCRUE, TxnKind.ADJUST, TxnKind.EVENT):
+        if target.kind in (TXN_REDEEM, TXN_ACCRUE, TXN_ADJUST, TXN_EVENT):
             return self._reverse(batch, op, account, target)
         return rejected(Code.FAILED_PRECONDITION,
                         f"transaction {target.txn_id} ({TxnKind(target.kind).name.lower()}) cannot be rolled back",
@@ -1125,7 +1142,7 @@ cdef class Ledger:
 
     def _tombstone(self, _Batch batch, op):
         """Rollback of a transaction that has not arrived: remember it, so the late original is refused."""
-        outcome = Outcome(Code.OK, body=RollbackResult(0, "", RollbackKind.UNSPECIFIED, 0, 0, 0, 0, Balance()))
+        outcome = Outcome(CODE_OK, body=RollbackResult(0, "", RollbackKind.UNSPECIFIED, 0, 0, 0, 0, Balance()))
         record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"")
         batch.put("idempotency", op.original_request_id.encode(), _encode(record))
         return outcome, 0
@@ -1137,22 +1154,22 @@ cdef class Ledger:
         if rejection is not None:
             if rejection.reason == Reason.HOLD_NOT_ACTIVE:
                 state = _decode_hold(batch.get("holds", id_key(target.txn_id))).state
-                if state == rec.HoldState.VOIDED:
+                if state == HOLD_VOIDED:
                     return rejected(Code.FAILED_PRECONDITION, f"hold {target.txn_id} was already voided",
                                     Reason.ALREADY_ROLLED_BACK), 0
             return rejection, 0
         txn_id = batch.take_id()
-        hold.state = rec.HoldState.VOIDED
+        hold.state = HOLD_VOIDED
         batch.put("holds", id_key(hold.hold_id), _encode(hold))
         account.held -= hold.amount
         account.live_hold_ids.remove(hold.hold_id)
-        self._journal(batch, rec.TxnRec(txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id,
+        self._journal(batch, rec.TxnRec(txn_id, TXN_ROLLBACK, op.request_id, account.account_id,
                                         batch.now_ms, op.store_id, op.terminal_id, restored=hold.amount,
                                         reverses=target.txn_id, member_id=target.member_id),
                       account, self._load_account(batch.get, target.member_id) if target.member_id else None)
         result = RollbackResult(txn_id, account.account_id, RollbackKind.VOID_HOLD, target.txn_id, 0,
                                 hold.amount, 0, self._balance(batch.get, account))
-        return Outcome(Code.OK, body=result), txn_id
+        return Outcome(CODE_OK, body=result), txn_id
 
     def _reverse(self, _Batch batch, op, account, target):
         """Cancel or return lines of an ACCRUE, or cancel a REDEEM, pinned to what was recorded."""
@@ -1161,7 +1178,7 @@ cdef class Ledger:
         if reversal.complete:
             return rejected(Code.FAILED_PRECONDITION, f"transaction {target.txn_id} was already rolled back in full",
                             Reason.ALREADY_ROLLED_BACK), 0
-        if op.return_lines and target.kind != TxnKind.ACCRUE:
+        if op.return_lines and target.kind != TXN_ACCRUE:
             return rejected(Code.INVALID_ARGUMENT,
                             "return_lines: only a purchase (accrue) has lines; omit return_lines to cancel"), 0
         returns, rejection = self._returns(op, target, reversal)
@@ -1177,11 +1194,11 @@ cdef class Ledger:
             clawback += line.earned_points * after // line.qty_milli - line.earned_points * before // line.qty_milli
             restore += line.redeemed_points * after // line.qty_milli - line.redeemed_points * before // line.qty_milli
             reversal.returned_qty[line.line_no] = after
-        if target.kind == TxnKind.REDEEM:
+        if target.kind == TXN_REDEEM:
             restore = target.redeemed
-        elif target.kind == TxnKind.EVENT:
+        elif target.kind == TXN_EVENT:
             clawback = target.earned
-        elif target.kind == TxnKind.ADJUST:
+        elif target.kind == TXN_ADJUST:
             clawback, restore = max(target.adjusted, 0), max(-target.adjusted, 0)
         txn_id = batch.take_id()
         postings = []
@@ -1193,7 +1210,7 @@ cdef class Ledger:
         account.next_change_at_ms = self._next_change(batch.get, account)
         member = self._load_account(batch.get, target.member_id) if target.member_id else None
         spender = member if member is not None else account
-        if target.kind in (TxnKind.ACCRUE, TxnKind.EVENT):
+        if target.kind in (TXN_ACCRUE, TXN_EVENT):
             spend_back = sum(  # telescoping, like the clawback
                 (line.amount_minor - line.discount_minor) * reversal.returned_qty.get(line.line_no, 0) // line.qty_milli
                 - (line.amount_minor - line.discount_minor)
@@ -1205,7 +1222,7 @@ cdef class Ledger:
                 self._record_activity(spender, target.created_at_ms, -spend_back, -clawback)
         kind = RollbackKind.CANCEL if not op.return_lines else RollbackKind.RETURN
         entry = rec.TxnRec(
-            txn_id, TxnKind.ROLLBACK, op.request_id, account.account_id, batch.now_ms, op.store_id,
+            txn_id, TXN_ROLLBACK, op.request_id, account.account_id, batch.now_ms, op.store_id,
             op.terminal_id, target.receipt_no, clawed=clawback, restored=restored, expired=expired_on_restore,
             debt_delta=debt, forgiven=forgiven, postings=postings, reverses=target.txn_id,
             returned=sorted(returns.items()), member_id=target.member_id)
@@ -1216,12 +1233,12 @@ cdef class Ledger:
         self._journal(batch, entry, account, member)
         result = RollbackResult(txn_id, account.account_id, kind, target.txn_id, clawback, restored, debt,
                                 self._balance(batch.get, account))
-        return Outcome(Code.OK, body=result), txn_id
+        return Outcome(CODE_OK, body=result), txn_id
 
     def _returns(self, op, target, reversal):
         """{line_no: qty_milli to give back now}, or a rejection naming the field."""
         if not op.return_lines:
-            if target.kind != TxnKind.ACCRUE:
+            if target.kind != TXN_ACCRUE:
                 return {}, None
             return {line.line_no: line.qty_milli - reversal.returned_qty.get(line.line_no, 0)
                     for line in target.lines}, None
@@ -1263,7 +1280,7 @@ cdef class Ledger:
             reversal.restored_per_posting[index] += give
             lot = _decode_lot(batch.get("lots", id_key(posting.lot_id)))
             burnt = lot.lot_id < account.burnt_below_lot_id
-            if burnt or lot.state == rec.LotState.EXPIRED or (lot.expires_at_ms and lot.expires_at_ms <= batch.now_ms):
+            if burnt or lot.state == LOT_EXPIRED or (lot.expires_at_ms and lot.expires_at_ms <= batch.now_ms):
                 expired += give
                 continue
             if lot.remaining == 0:
@@ -1286,15 +1303,15 @@ cdef class Ledger:
             if points == 0:
                 break
             lot = _decode_lot(batch.get("lots", id_key(made.lot_id)))
-            if lot.state != rec.LotState.EXPIRED and lot.remaining:
+            if lot.state != LOT_EXPIRED and lot.remaining:
                 take = min(points, lot.remaining)
                 lot.remaining -= take
                 points -= take
-                if lot.state == rec.LotState.PENDING:
+                if lot.state == LOT_PENDING:
                     account.pending -= take
                 else:
                     account.active -= take
-                if lot.remaining == 0 and lot.state != rec.LotState.PENDING:
+                if lot.remaining == 0 and lot.state != LOT_PENDING:
                     account.open_lot_ids.remove(lot.lot_id)
                 postings.append(rec.Posting(lot.lot_id, -take))
                 batch.put("lots", id_key(lot.lot_id), _encode(lot))
@@ -1316,7 +1333,7 @@ cdef class Ledger:
         account_id = op.account_id
         if account_id and batch.get("accounts", account_id.encode()) is not None:
             return rejected(Code.ALREADY_EXISTS, f"account_id: account '{account_id}' exists"), 0
-        if op.phone and batch.get("idents", ident_key(IdKind.PHONE, op.phone)) is not None:
+        if op.phone and batch.get("idents", ident_key(ID_PHONE, op.phone)) is not None:
             return rejected(Code.ALREADY_EXISTS, f"phone: phone '{op.phone}' belongs to another account"), 0
         txn_id = batch.take_id()
         if not account_id:
@@ -1324,22 +1341,22 @@ cdef class Ledger:
         account = rec.AccountRec(account_id, op.phone, batch.now_ms)
         self._save_account(batch, account)
         if op.phone:
-            batch.put("idents", ident_key(IdKind.PHONE, op.phone), _encode(rec.IdentRec(account_id)))
-        self._journal(batch, rec.TxnRec(txn_id, TxnKind.CREATE_ACCOUNT, op.request_id, account_id, batch.now_ms),
+            batch.put("idents", ident_key(ID_PHONE, op.phone), _encode(rec.IdentRec(account_id)))
+        self._journal(batch, rec.TxnRec(txn_id, TXN_CREATE_ACCOUNT, op.request_id, account_id, batch.now_ms),
                       account)
-        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
+        return Outcome(CODE_OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _issue_card(self, _Batch batch, op):
         stored = batch.get("accounts", op.account_id.encode())
         if stored is None:
             return rejected(Code.NOT_FOUND, f"account_id: no account '{op.account_id}'"), 0
-        key = ident_key(IdKind.CARD, op.card)
+        key = ident_key(ID_CARD, op.card)
         owner = batch.get("idents", key)
         if owner is not None:
             return rejected(Code.ALREADY_EXISTS, f"card: card '{op.card}' is already issued"), 0
         account = _decode_account(stored)
         if op.replaces_card:
-            old_key = ident_key(IdKind.CARD, op.replaces_card)
+            old_key = ident_key(ID_CARD, op.replaces_card)
             old = batch.get("idents", old_key)
             if old is None or _decode_ident(old).account_id != account.account_id:
                 return rejected(Code.NOT_FOUND,
@@ -1351,12 +1368,12 @@ cdef class Ledger:
         account.cards.append(op.card)
         self._save_account(batch, account)
         batch.put("idents", key, _encode(rec.IdentRec(account.account_id, op.category)))
-        self._journal(batch, rec.TxnRec(txn_id, TxnKind.ISSUE_CARD, op.request_id, account.account_id, batch.now_ms),
+        self._journal(batch, rec.TxnRec(txn_id, TXN_ISSUE_CARD, op.request_id, account.account_id, batch.now_ms),
                       account)
-        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
+        return Outcome(CODE_OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _block_card(self, _Batch batch, op):
-        key = ident_key(IdKind.CARD, op.card)
+        key = ident_key(ID_CARD, op.card)
         stored = batch.get("idents", key)
         if stored is None:
             return rejected(Code.NOT_FOUND, f"card: no card '{op.card}'"), 0
@@ -1364,9 +1381,9 @@ cdef class Ledger:
         ident.blocked = True
         batch.put("idents", key, _encode(ident))
         txn_id = batch.take_id()
-        self._journal(batch, rec.TxnRec(txn_id, TxnKind.BLOCK_CARD, op.request_id, ident.account_id, batch.now_ms),
+        self._journal(batch, rec.TxnRec(txn_id, TXN_BLOCK_CARD, op.request_id, ident.account_id, batch.now_ms),
                       self._load_account(batch.get, ident.account_id))
-        return Outcome(Code.OK, body=CardResult(CardInfo(op.card, ident.category, True))), txn_id
+        return Outcome(CODE_OK, body=CardResult(CardInfo(op.card, ident.category, True))), txn_id
 
     def _set_attributes(self, _Batch batch, op):
         account, rejection = self._find_account(batch.get, op.customer)
@@ -1378,9 +1395,9 @@ cdef class Ledger:
         account.clubs = list(op.clubs)
         self._save_account(batch, account)
         txn_id = batch.take_id()
-        self._journal(batch, rec.TxnRec(txn_id, TxnKind.SET_ATTRIBUTES, op.request_id, account.account_id,
+        self._journal(batch, rec.TxnRec(txn_id, TXN_SET_ATTRIBUTES, op.request_id, account.account_id,
                                         batch.now_ms), account)
-        return Outcome(Code.OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
+        return Outcome(CODE_OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _adjust(self, _Batch batch, op):
         """A manual credit (a new lot with the program's lifetime) or debit (from the lots, earliest
@@ -1397,7 +1414,7 @@ cdef class Ledger:
                                 f"points: debit of {-op.points} exceeds available {balance.available}",
                                 Reason.INSUFFICIENT_POINTS), 0
         txn_id = batch.take_id()
-        entry = rec.TxnRec(txn_id, TxnKind.ADJUST, op.request_id, account.account_id, now_ms, adjusted=op.points,
+        entry = rec.TxnRec(txn_id, TXN_ADJUST, op.request_id, account.account_id, now_ms, adjusted=op.points,
                            reason=op.reason, operator_id=op.operator_id,
                            member_id=member.account_id if member.account_id != account.account_id else "")
         if op.points > 0:
@@ -1411,7 +1428,7 @@ cdef class Ledger:
             entry.postings = self._consume(batch, account, -op.points)
         self._touch(account, now_ms)
         self._journal(batch, entry, account, member)
-        return Outcome(Code.OK, body=AdjustResult(txn_id, account.account_id, self._balance(batch.get, account))), txn_id
+        return Outcome(CODE_OK, body=AdjustResult(txn_id, account.account_id, self._balance(batch.get, account))), txn_id
 
     def _join_group(self, _Batch batch, op):
         member = self._load_account(batch.get, op.account_id)
@@ -1431,7 +1448,7 @@ cdef class Ledger:
                             "debt; a member joins empty", Reason.ACCOUNT_NOT_EMPTY), 0
         member.parent_id = parent.account_id
         parent.member_ids.append(member.account_id)
-        return self._group_changed(batch, op, TxnKind.JOIN_GROUP, member, parent)
+        return self._group_changed(batch, op, TXN_JOIN_GROUP, member, parent)
 
     def _leave_group(self, _Batch batch, op):
         member = self._load_account(batch.get, op.account_id)
@@ -1443,13 +1460,13 @@ cdef class Ledger:
         parent = self._load_account(batch.get, member.parent_id)
         parent.member_ids.remove(member.account_id)
         member.parent_id = ""
-        return self._group_changed(batch, op, TxnKind.LEAVE_GROUP, member, parent)
+        return self._group_changed(batch, op, TXN_LEAVE_GROUP, member, parent)
 
     def _group_changed(self, _Batch batch, op, kind, member, parent):
         txn_id = batch.take_id()
         self._journal(batch, rec.TxnRec(txn_id, kind, op.request_id, parent.account_id, batch.now_ms,
                                         member_id=member.account_id), parent, member)
-        return Outcome(Code.OK, body=self._account_view(batch.get, member, batch.now_ms, batch)), txn_id
+        return Outcome(CODE_OK, body=self._account_view(batch.get, member, batch.now_ms, batch)), txn_id
 
     def _sweep(self, _Batch batch, op):
         """Settle accounts whose lots or holds came due, writing the expiry journal entries."""
@@ -1470,7 +1487,7 @@ cdef class Ledger:
         expired = 0
         for txn_id in range(first_id, batch.next_id):
             expired += _decode_txn(batch.get("journal", id_key(txn_id))).expired
-        return Outcome(Code.OK, body=SweepResult(settled, expired, more))
+        return Outcome(CODE_OK, body=SweepResult(settled, expired, more))
 
     def _account_view(self, get, account, long long now_ms, _Batch batch=None):
         """The account as shown (after the caller saved it); its balance is its pool's as a settle
@@ -1478,7 +1495,7 @@ cdef class Ledger:
         that showing an account writes nothing."""
         cards = []
         for card in account.cards:
-            ident = _decode_ident(get("idents", ident_key(IdKind.CARD, card)))
+            ident = _decode_ident(get("idents", ident_key(ID_CARD, card)))
             cards.append(CardInfo(card, ident.category, ident.blocked))
         view = _ReadView(batch.txn, batch.dbs) if batch is not None else get
         pool = self._settle(view, self._pool(view, account), now_ms)
@@ -1516,7 +1533,7 @@ cdef class Ledger:
             rejection = self._redeem_rejection(balance, query.redeem_points, calculation.redeemable_points)
             if rejection is not None:
                 return rejection
-        return Outcome(Code.OK, body=CalculateResult(account.account_id, calculation, balance))
+        return Outcome(CODE_OK, body=CalculateResult(account.account_id, calculation, balance))
 
     def account(self, customer, long long now_ms):
         try:
@@ -1530,7 +1547,7 @@ cdef class Ledger:
             account, rejection = self._find_account(get, customer)
             if rejection is not None:
                 return rejection
-            return Outcome(Code.OK, body=self._account_view(get, account, now_ms))
+            return Outcome(CODE_OK, body=self._account_view(get, account, now_ms))
 
     def statement(self, customer, page_size, before_id):
         """Newest first, `page_size` entries older than `before_id` (0: from the newest)."""
@@ -1560,7 +1577,7 @@ cdef class Ledger:
                 views.append(_view(entry))
                 next_id = _previous_of(entry, me)
         next_before_id = views[page_size - 1].transaction_id if len(views) > page_size else 0
-        return Outcome(Code.OK, body=Statement(account.account_id, tuple(views[:page_size]), next_before_id))
+        return Outcome(CODE_OK, body=Statement(account.account_id, tuple(views[:page_size]), next_before_id))
 
     # -----------------------------------------------------------------------------------------
     # Invariants
