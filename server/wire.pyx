@@ -74,12 +74,13 @@ cdef struct Field:
     Py_ssize_t size
 
 
-cdef inline int _varint(const uint8_t** cursor, const uint8_t* end, uint64_t* out) noexcept:
+cdef inline int _varint(const uint8_t** cursor, const uint8_t* end, uint64_t* out, int bytes_max=10) noexcept:
+    """A varint of at most `bytes_max` bytes (protobuf reads tags and lengths in at most 5)."""
     cdef const uint8_t* p = cursor[0]
     cdef uint64_t value = 0
     cdef int shift = 0
     cdef uint8_t byte
-    while p < end and shift < 64:
+    while p < end and shift < 7 * bytes_max:
         byte = p[0]
         p += 1
         value |= (<uint64_t>(byte & 0x7F)) << shift
@@ -98,7 +99,7 @@ cdef int _next(const uint8_t** cursor, const uint8_t* end, Field* field) noexcep
     cdef uint64_t key, size
     if cursor[0] >= end:
         return 0
-    if _varint(cursor, end, &key) < 0:
+    if _varint(cursor, end, &key, 5) < 0:
         return -1
     field.number = <uint32_t>(key >> 3)
     field.wire = <int>(key & 7)
@@ -107,7 +108,7 @@ cdef int _next(const uint8_t** cursor, const uint8_t* end, Field* field) noexcep
     if field.wire == WIRE_VARINT:
         return 1 if _varint(cursor, end, &field.value) == 0 else -1
     if field.wire == WIRE_LEN:
-        if _varint(cursor, end, &size) < 0 or size > <uint64_t>(end - cursor[0]):
+        if _varint(cursor, end, &size, 5) < 0 or size > <uint64_t>(end - cursor[0]):
             return -1
         field.data = cursor[0]
         field.size = <Py_ssize_t>size
@@ -187,8 +188,9 @@ cdef object _line(const uint8_t* p, const uint8_t* end, int64_t* amount_out, uin
     cdef uint64_t line_no = 0
     cdef int64_t qty = 0, price = 0, amount = 0
     cdef bint no_earn = False, no_discount = False
-    cdef Text sku, category, brand
-    sku.size = category.size = brand.size = 0
+    cdef Py_ssize_t sku_size = 0, category_size = 0, brand_size = 0
+    cdef Text text
+    sku_text = category_text = brand_text = ""
     while True:
         got = _next(&p, end, &field)
         if got == 0:
@@ -200,12 +202,16 @@ cdef object _line(const uint8_t* p, const uint8_t* end, int64_t* amount_out, uin
         if field.number in (2, 3, 9):
             if field.wire != WIRE_LEN:
                 return None
+            text.data, text.size = field.data, field.size
+            value = _str(text)  # every copy: protobuf refuses bad UTF-8 even in one a later copy replaces
+            if value is None:
+                return None
             if field.number == 2:
-                sku.data, sku.size = field.data, field.size
+                sku_text, sku_size = value, field.size
             elif field.number == 3:
-                category.data, category.size = field.data, field.size
+                category_text, category_size = value, field.size
             else:
-                brand.data, brand.size = field.data, field.size
+                brand_text, brand_size = value, field.size
             continue
         if field.wire != WIRE_VARINT:
             return None
@@ -230,10 +236,7 @@ cdef object _line(const uint8_t* p, const uint8_t* end, int64_t* amount_out, uin
         return None
     if not -1000 < amount * 1000 - qty * price < 1000:
         return None
-    if sku.size > ID_BYTES_MAX or category.size > CATEGORY_BYTES_MAX or brand.size > ID_BYTES_MAX:
-        return None
-    sku_text, category_text, brand_text = _str(sku), _str(category), _str(brand)
-    if sku_text is None or category_text is None or brand_text is None:
+    if sku_size > ID_BYTES_MAX or category_size > CATEGORY_BYTES_MAX or brand_size > ID_BYTES_MAX:
         return None
     amount_out[0] = amount
     line_no_out[0] = <uint32_t>line_no
@@ -246,9 +249,11 @@ cdef object _receipt(const uint8_t* p, const uint8_t* end):
     cdef Py_ssize_t count = 0
     cdef int64_t total = 0, amount = 0
     cdef uint32_t line_nos[1000]  # LINES_PER_RECEIPT_MAX, checked at import
-    cdef Text texts[7]  # by field number 1..7 (4 unused): store, terminal, receipt no, -, region, channel, payment
+    cdef Py_ssize_t sizes[7]  # by field number 1..7 (4 unused): store, terminal, receipt no, -, region, channel, payment
+    cdef Text text
     for index in range(7):
-        texts[index].size = 0
+        sizes[index] = 0
+    texts = ["", "", "", "", "", "", ""]
     lines = []
     while True:
         got = _next(&p, end, &field)
@@ -270,8 +275,12 @@ cdef object _receipt(const uint8_t* p, const uint8_t* end):
             count += 1
             lines.append(line)
         else:
-            texts[field.number - 1].data = field.data
-            texts[field.number - 1].size = field.size
+            text.data, text.size = field.data, field.size
+            value = _str(text)  # every copy, as in _line
+            if value is None:
+                return None
+            texts[field.number - 1] = value
+            sizes[field.number - 1] = field.size
     if count == 0 or total > AMOUNT_MAX:
         return None
     qsort(line_nos, count, sizeof(uint32_t), _compare_line_no)
@@ -279,12 +288,9 @@ cdef object _receipt(const uint8_t* p, const uint8_t* end):
         if line_nos[index] == line_nos[index - 1]:
             return None
     for index in (0, 1, 2, 4, 5, 6):
-        if texts[index].size > ID_BYTES_MAX:
+        if sizes[index] > ID_BYTES_MAX:
             return None
-    values = [_str(texts[index]) for index in (0, 1, 2, 4, 5, 6)]
-    if None in values:
-        return None
-    store_id, terminal_id, receipt_no, region, channel, payment_method = values
+    store_id, terminal_id, receipt_no, _, region, channel, payment_method = texts
     if not (region or channel or payment_method):
         return Receipt(store_id, terminal_id, receipt_no, tuple(lines))
     return Receipt(store_id, terminal_id, receipt_no, tuple(lines), region, channel, payment_method)
@@ -296,11 +302,12 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
     cdef Field field
     cdef int got
     cdef int64_t redeem = 0
-    cdef Text request_id
+    cdef Text text
+    cdef Py_ssize_t request_id_size = 0
     cdef const uint8_t* customer_data = NULL
     cdef const uint8_t* receipt_data = NULL
     cdef Py_ssize_t customer_size = 0, receipt_size = 0
-    request_id.size = 0
+    request_id = ""
     while True:
         got = _next(&p, end, &field)
         if got == 0:
@@ -316,7 +323,11 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
         elif field.wire != WIRE_LEN or field.number == 5:
             return None  # hold captures are convert.py's
         elif field.number == 1:
-            request_id.data, request_id.size = field.data, field.size
+            text.data, text.size = field.data, field.size
+            request_id = _str(text)  # every copy, as in _line
+            if request_id is None:
+                return None
+            request_id_size = field.size
         elif field.number == 2:
             if customer_data != NULL:
                 return None  # protobuf merges a repeated message field
@@ -327,12 +338,10 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
             receipt_data, receipt_size = field.data, field.size
     if customer_data == NULL or receipt_data == NULL or not 0 <= redeem <= POINTS_MAX:
         return None
-    if request_id.size:
-        if request_id.size > REQUEST_ID_BYTES_MAX:
+    if request_id_size:
+        if request_id_size > REQUEST_ID_BYTES_MAX:
             return None
-        rid = _str(request_id)
-        if rid is None:
-            return None
+        rid = request_id
     elif default_request_id is not None:
         rid = default_request_id
     else:
@@ -479,6 +488,8 @@ def event_batch(bytes data):
                 plain = False
             elif inner.number == 1:
                 event_id.data, event_id.size = inner.data, inner.size
+                event_id_text = _str(event_id)  # every copy, as in _line
+                plain = event_id_text is not None
             elif inner.number == 2:
                 plain = _well_formed(inner.data, inner.data + inner.size)  # occurred_at: not read
             elif inner.number == 3 and purchase_data == NULL:
@@ -487,12 +498,10 @@ def event_batch(bytes data):
                 plain = False  # another payload, or the purchase twice
         item = None
         if plain and purchase_data != NULL and event_id.size:
-            event_id_text = _str(event_id)
-            if event_id_text is not None:
-                default = event_id_text if event_id.size <= REQUEST_ID_BYTES_MAX else None
-                op = _accrue(purchase_data, purchase_data + purchase_size, default)
-                if op is not None:
-                    item = (event_id_text, op)
+            default = event_id_text if event_id.size <= REQUEST_ID_BYTES_MAX else None
+            op = _accrue(purchase_data, purchase_data + purchase_size, default)
+            if op is not None:
+                item = (event_id_text, op)
         items.append(item if item is not None else _slice(field.data, field.size))
 
 
