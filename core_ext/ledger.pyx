@@ -113,6 +113,7 @@ cdef class _Batch:
     cdef readonly long long now_ms
     cdef readonly long long next_id
     cdef public str actor  # of the operation being applied, stamped on its journal entries
+    cdef dict cursors  # one per database, opened when first used
 
     def __init__(self, txn, dict dbs, long long now_ms, long long next_id):
         self.actor = ""
@@ -120,16 +121,25 @@ cdef class _Batch:
         self.dbs = dbs
         self.now_ms = now_ms
         self.next_id = next_id
+        self.cursors = {}
+
+    cdef object _cursor(self, str name):
+        """Reads and writes go through a cursor per database: py-lmdb's cursor calls take no
+        keyword arguments, and cost about half of the transaction's (0.13 against 0.27-0.33 us)."""
+        cursor = self.cursors.get(name)
+        if cursor is None:
+            cursor = self.cursors[name] = self.txn.cursor(self.dbs[name])
+        return cursor
 
     cpdef get(self, str name, bytes key):
-        return self.txn.get(key, None, self.dbs[name])  # positional: py-lmdb parses keywords slower
+        return self._cursor(name).get(key)
 
     cpdef put(self, str name, bytes key, bytes value):
-        self.txn.put(key, value, db=self.dbs[name])
+        self._cursor(name).put(key, value)
 
     cpdef append(self, str name, bytes key, bytes value):
         """Put a key greater than every key in `name` (ids grow): LMDB appends without a search."""
-        self.txn.put(key, value, db=self.dbs[name], append=True)
+        self._cursor(name).put(key, value, True, True, True)  # dupdata, overwrite, append
 
     cpdef long long take_id(self):
         self.next_id += 1
