@@ -47,6 +47,7 @@ _decode_reversal = rec.decode_reversal
 _decode_idempotency = rec.decode_idempotency
 _decode_promo_code = rec.decode_promo_code
 _decode_ruleset = msgspec.msgpack.Decoder(tuple[str, dict[str, str]]).decode
+_decode_ruleset_version = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw]).decode
 _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
 
 
@@ -577,9 +578,9 @@ cdef class Ledger:
         """Serve the ruleset another worker stored, when it differs from ours."""
         if stored is None:
             return False
-        version, sources = _decode_ruleset(stored)
-        if version == self.program.version:
+        if _decode_ruleset_version(stored)[0] == self.program.version:  # every group: the sources stay raw
             return False
+        version, sources = _decode_ruleset(stored)
         self.program = Program(parse_program(sources))
         return True
 
