@@ -19,12 +19,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DURATION_S = 15  # measured seconds per mode
 WARMUP_S = 3  # seconds per mode before measuring
 WORKERS = os.cpu_count() or 1
-RUNS = (  # (mode, concurrency, batch size)
+RUNS = (  # (mode, concurrency, batch size): a billing system's stream and a batch carry 1,000 purchases
     ("noop-unary", 64, 1),
     ("unary", 64, 1),
-    ("noop-stream", 8, 500),
-    ("stream", 8, 500),
-    ("batch", 16, 500),
+    ("noop-stream", 8, 1000),
+    ("stream", 8, 1000),
+    ("batch", 16, 1000),
 )
 
 

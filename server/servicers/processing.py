@@ -100,8 +100,9 @@ class ProcessingServicer:
 
     async def _commit_many(self, payloads: list, abort_in_flight: bool = True) -> list[Outcome]:
         """`payloads` holds (kind, request message, where it is in the call, e.g. "operations[3].accrue"),
-        or (BUILT, operation, where) for one server/wire.pyx decoded; invalid ones are answered
-        INVALID_ARGUMENT naming the field in place, the rest committed together, in order."""
+        or (BUILT, operation, None) for one server/wire.pyx decoded (valid: no field to name); invalid
+        ones are answered INVALID_ARGUMENT naming the field in place, the rest committed together, in
+        order."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
         ops, positions = [], []
         for position, (kind, message, where) in enumerate(payloads):
@@ -144,7 +145,7 @@ class ProcessingServicer:
         payloads = []
         for index, operation in enumerate(operations):
             if type(operation) is AccrueOp:
-                payloads.append((BUILT, operation, f"operations[{index}].accrue"))
+                payloads.append((BUILT, operation, None))
                 continue
             if type(operation) is bytes:
                 operation = await decoded(context, method, processing_pb2.Operation, operation)
@@ -225,7 +226,7 @@ class ProcessingServicer:
             if type(event) is tuple:
                 event_id, op = event
                 event_ids.append(event_id)
-                payloads.append((BUILT, op, f"events[{index}].purchase"))
+                payloads.append((BUILT, op, None))
                 continue
             event_ids.append(event.event_id)
             kind = event.WhichOneof("payload")
