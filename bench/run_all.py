@@ -19,12 +19,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DURATION_S = 15  # measured seconds per mode
 WARMUP_S = 3  # seconds per mode before measuring
 WORKERS = os.cpu_count() or 1
-RUNS = (  # (mode, concurrency, batch size): a billing system's stream and a batch carry 1,000 purchases
-    ("noop-unary", 64, 1),
-    ("unary", 64, 1),
-    ("noop-stream", 8, 1000),
-    ("stream", 8, 1000),
-    ("batch", 16, 1000),
+RUNS = (  # (mode, concurrency, batch size, stream window): a billing system's stream message and a
+    # batch carry 1,000 purchases; each stream keeps 2 messages unacked
+    ("noop-unary", 64, 1, 1),
+    ("unary", 64, 1, 1),
+    ("noop-stream", 16, 1000, 2),
+    ("stream", 16, 1000, 2),
+    ("batch", 16, 1000, 1),
 )
 
 
@@ -32,10 +33,11 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     results = []
-    for mode, concurrency, batch_size in RUNS:
+    for mode, concurrency, batch_size, window in RUNS:
         args = throughput.parse_args([
             "--mode", mode, "--duration", str(DURATION_S), "--warmup", str(WARMUP_S),
             "--concurrency", str(concurrency), "--workers", str(WORKERS), "--batch-size", str(batch_size),
+            "--window", str(window),
         ])
         result = throughput.run(args)
         results.append(result)
