@@ -357,6 +357,7 @@ def run(args) -> dict:
         "verify_ok": verify.returncode == 0,
         "failed": sum(part["failed"] for part in parts),
         "batch_size": args.batch_size if args.mode in ("batch", "stream", "noop-stream") else 1,
+        "window": args.window if args.mode in ("stream", "noop-stream") else 1,
         "driver_processes": len(drivers),
         "cpu_count": os.cpu_count(),
     }
