@@ -633,6 +633,15 @@ cdef int _balance(Out* out, int number, value) except -1:
     return _close(out, start)
 
 
+cdef int _named_verdict(Out* out, int number, str name, bint yes, str reason) except -1:
+    """A (string 1, bool 2, string 3) message: PromoCodeResult, CampaignExplanation."""
+    cdef Py_ssize_t start = _open(out, number)
+    _text(out, 1, name)
+    _int(out, 2, yes)
+    _text(out, 3, reason)
+    return _close(out, start)
+
+
 cdef int _calculation(Out* out, int number, value) except -1:
     cdef Py_ssize_t start = _open(out, number), inner
     for line in value.lines:
@@ -660,17 +669,9 @@ cdef int _calculation(Out* out, int number, value) except -1:
     _time(out, 10, value.activate_at_ms)
     _time(out, 11, value.expire_at_ms)
     for code in value.promo_codes:
-        inner = _open(out, 12)
-        _text(out, 1, code.code)
-        _int(out, 2, code.accepted)
-        _text(out, 3, code.reason)
-        _close(out, inner)
+        _named_verdict(out, 12, code.code, code.accepted, code.reason)
     for explanation in value.explain:
-        inner = _open(out, 13)
-        _text(out, 1, explanation.campaign_id)
-        _int(out, 2, explanation.applied)
-        _text(out, 3, explanation.reason)
-        _close(out, inner)
+        _named_verdict(out, 13, explanation.campaign_id, explanation.applied, explanation.reason)
     for activate_at_ms, expire_at_ms, points in value.lots:
         inner = _open(out, 14)
         _time(out, 1, activate_at_ms)
