@@ -80,7 +80,9 @@ class GroupCommitter:
             self._queue.append((accepted, future))
             self._wake.set()
             try:
-                results = await asyncio.shield(future)
+                # A caller cancelled meanwhile cancels its future: its operations still commit with
+                # the group (the committer skips a done future), and a retry replays their record.
+                results = await future
             finally:
                 self._in_flight.difference_update(batch_ids)
             for position, outcome in zip(positions, results):
