@@ -296,6 +296,18 @@ cdef object _receipt(const uint8_t* p, const uint8_t* end):
     return Receipt(store_id, terminal_id, receipt_no, tuple(lines), region, channel, payment_method)
 
 
+cdef object _customer_receipt(const uint8_t* customer_data, Py_ssize_t customer_size,
+                              const uint8_t* receipt_data, Py_ssize_t receipt_size):
+    """(Customer, Receipt) of an Accrue's or a Calculate's two sub-messages, or None."""
+    customer = _customer(customer_data, customer_data + customer_size)
+    if customer is None:
+        return None
+    receipt = _receipt(receipt_data, receipt_data + receipt_size)
+    if receipt is None:
+        return None
+    return customer, receipt
+
+
 cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
     """An AccrueRequest's bytes as an AccrueOp, or None; an empty request_id is `default_request_id`
     (a stream's purchase takes its event_id), checked by the caller against the request id limit."""
@@ -346,12 +358,10 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
         rid = default_request_id
     else:
         return None
-    customer = _customer(customer_data, customer_data + customer_size)
-    if customer is None:
+    bought = _customer_receipt(customer_data, customer_size, receipt_data, receipt_size)
+    if bought is None:
         return None
-    receipt = _receipt(receipt_data, receipt_data + receipt_size)
-    if receipt is None:
-        return None
+    customer, receipt = bought
     return AccrueOp(rid, accrue_digest(customer, receipt, redeem, ()), customer, receipt, redeem)
 
 
@@ -399,12 +409,10 @@ def calculate_query(bytes data):
             receipt_data, receipt_size = field.data, field.size
     if customer_data == NULL or receipt_data == NULL or not 0 <= redeem <= POINTS_MAX:
         return None
-    customer = _customer(customer_data, customer_data + customer_size)
-    if customer is None:
+    bought = _customer_receipt(customer_data, customer_size, receipt_data, receipt_size)
+    if bought is None:
         return None
-    receipt = _receipt(receipt_data, receipt_data + receipt_size)
-    if receipt is None:
-        return None
+    customer, receipt = bought
     return CalculateQuery(customer, receipt, redeem, explain)
 
 
@@ -412,18 +420,18 @@ cdef bytes _slice(const uint8_t* data, Py_ssize_t size):
     return PyBytes_FromStringAndSize(<const char*>data, size)
 
 
-def batch_operations(bytes data):
-    """ProcessBatchRequest bytes as one item per operation, in order: an AccrueOp, or the
-    Operation's own bytes for protobuf and `convert` to decode. None: the request itself is not
-    plain protobuf (protobuf decides whether it is a message at all)."""
+ctypedef object (*ElementDecoder)(const uint8_t* p, const uint8_t* end)
+
+
+cdef object _repeated(bytes data, ElementDecoder decode):
+    """A message of one repeated message field (number 1) as one item per element, in order: what
+    `decode` makes of the element, or, where it gives None, the element's own bytes for protobuf
+    and `convert` to decode. None: the message itself is not plain protobuf (protobuf decides
+    whether it is a message at all)."""
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(data)
     cdef const uint8_t* end = p + PyBytes_GET_SIZE(data)
-    cdef const uint8_t* q
-    cdef const uint8_t* op_end
-    cdef Field field, inner
+    cdef Field field
     cdef int got
-    cdef const uint8_t* accrue_data
-    cdef Py_ssize_t accrue_size
     items = []
     while True:
         got = _next(&p, end, &field)
@@ -435,74 +443,73 @@ def batch_operations(bytes data):
             continue
         if field.wire != WIRE_LEN:
             return None
-        q, op_end = field.data, field.data + field.size
-        accrue_data = NULL
-        item = None
-        while True:
-            got = _next(&q, op_end, &inner)
-            if got == 0:
-                break
-            if got < 0 or (inner.number <= 3 and (inner.number != 1 or accrue_data != NULL or inner.wire != WIRE_LEN)):
-                accrue_data = NULL
-                break
-            if inner.number == 1:
-                accrue_data, accrue_size = inner.data, inner.size
-        if accrue_data != NULL:
-            item = _accrue(accrue_data, accrue_data + accrue_size, None)
+        item = decode(field.data, field.data + field.size)
         items.append(item if item is not None else _slice(field.data, field.size))
+
+
+cdef object _operation(const uint8_t* q, const uint8_t* op_end):
+    """An Operation holding only an accrue, as its AccrueOp; None otherwise."""
+    cdef Field inner
+    cdef int got
+    cdef const uint8_t* accrue_data = NULL
+    cdef Py_ssize_t accrue_size = 0
+    while True:
+        got = _next(&q, op_end, &inner)
+        if got == 0:
+            break
+        if got < 0 or (inner.number <= 3 and (inner.number != 1 or accrue_data != NULL or inner.wire != WIRE_LEN)):
+            return None
+        if inner.number == 1:
+            accrue_data, accrue_size = inner.data, inner.size
+    if accrue_data == NULL:
+        return None
+    return _accrue(accrue_data, accrue_data + accrue_size, None)
+
+
+cdef object _purchase_event(const uint8_t* q, const uint8_t* event_end):
+    """An Event holding a purchase, as (event_id, AccrueOp); None otherwise."""
+    cdef Field inner
+    cdef int got
+    cdef Text event_id
+    cdef const uint8_t* purchase_data = NULL
+    cdef Py_ssize_t purchase_size = 0
+    event_id.size = 0
+    event_id_text = None
+    while True:
+        got = _next(&q, event_end, &inner)
+        if got == 0:
+            break
+        if got < 0 or (inner.number <= 6 and inner.wire != WIRE_LEN):
+            return None
+        if inner.number == 1:
+            event_id.data, event_id.size = inner.data, inner.size
+            event_id_text = _str(event_id)  # every copy, as in _line
+            if event_id_text is None:
+                return None
+        elif inner.number == 2:
+            if not _well_formed(inner.data, inner.data + inner.size):  # occurred_at: not read
+                return None
+        elif inner.number == 3 and purchase_data == NULL:
+            purchase_data, purchase_size = inner.data, inner.size
+        elif inner.number <= 6:
+            return None  # another payload, or the purchase twice
+    if purchase_data == NULL or not event_id.size:
+        return None
+    default = event_id_text if event_id.size <= REQUEST_ID_BYTES_MAX else None
+    op = _accrue(purchase_data, purchase_data + purchase_size, default)
+    return None if op is None else (event_id_text, op)
+
+
+def batch_operations(bytes data):
+    """ProcessBatchRequest bytes as one item per operation, in order: an AccrueOp, or the
+    Operation's own bytes; None: not plain protobuf (see `_repeated`)."""
+    return _repeated(data, _operation)
 
 
 def event_batch(bytes data):
     """EventBatch bytes as one item per event, in order: (event_id, AccrueOp) for a purchase, or
-    the Event's own bytes for protobuf and `convert` to decode. None: as for `batch_operations`."""
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(data)
-    cdef const uint8_t* end = p + PyBytes_GET_SIZE(data)
-    cdef const uint8_t* q
-    cdef const uint8_t* event_end
-    cdef Field field, inner
-    cdef int got
-    cdef bint plain
-    cdef Text event_id
-    cdef const uint8_t* purchase_data
-    cdef Py_ssize_t purchase_size
-    items = []
-    while True:
-        got = _next(&p, end, &field)
-        if got == 0:
-            return items
-        if got < 0:
-            return None
-        if field.number != 1:
-            continue
-        if field.wire != WIRE_LEN:
-            return None
-        q, event_end = field.data, field.data + field.size
-        purchase_data = NULL
-        event_id.size = 0
-        plain = True
-        while plain:
-            got = _next(&q, event_end, &inner)
-            if got == 0:
-                break
-            if got < 0 or (inner.number <= 6 and inner.wire != WIRE_LEN):
-                plain = False
-            elif inner.number == 1:
-                event_id.data, event_id.size = inner.data, inner.size
-                event_id_text = _str(event_id)  # every copy, as in _line
-                plain = event_id_text is not None
-            elif inner.number == 2:
-                plain = _well_formed(inner.data, inner.data + inner.size)  # occurred_at: not read
-            elif inner.number == 3 and purchase_data == NULL:
-                purchase_data, purchase_size = inner.data, inner.size
-            elif inner.number <= 6:
-                plain = False  # another payload, or the purchase twice
-        item = None
-        if plain and purchase_data != NULL and event_id.size:
-            default = event_id_text if event_id.size <= REQUEST_ID_BYTES_MAX else None
-            op = _accrue(purchase_data, purchase_data + purchase_size, default)
-            if op is not None:
-                item = (event_id_text, op)
-        items.append(item if item is not None else _slice(field.data, field.size))
+    the Event's own bytes; None: not plain protobuf (see `_repeated`)."""
+    return _repeated(data, _purchase_event)
 
 
 def request_id(bytes data) -> str:
