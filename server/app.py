@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import grpc
+import lmdb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -48,16 +49,30 @@ SERVICE_NAMES = (
 )
 
 
+class LedgerUnavailable(Exception):
+    """The ledger cannot be opened: the server does not start, and says why in one line."""
+
+
 def open_ledger(config: ServerConfig) -> Ledger:
     program = Program(load_program([Path(path) for path in config.rules.paths]))
-    return Ledger(
-        config.ledger.path,
-        program,
-        config.ledger.map_size_bytes,
-        config.processing.hold_ttl_s,
-        sync=config.ledger.sync,
-        readers_max=config.ledger.readers_max,
-    )
+    path = config.ledger.path
+    try:
+        return Ledger(
+            path,
+            program,
+            config.ledger.map_size_bytes,
+            config.processing.hold_ttl_s,
+            sync=config.ledger.sync,
+            readers_max=config.ledger.readers_max,
+        )
+    except lmdb.ReadersFullError as error:
+        raise LedgerUnavailable(
+            f"cannot open the ledger at {path}: every reader slot is taken ({error}): by processes reading it, "
+            "or left by processes that died inside a read while another kept the ledger open; stop the other "
+            "processes that have it open (backups, scripts), then start kassa again"
+        ) from error
+    except (OSError, lmdb.Error) as error:
+        raise LedgerUnavailable(f"cannot open the ledger at {path}: {error}") from error
 
 
 async def sweep_periodically(committer, interval_s: float) -> None:

@@ -72,7 +72,7 @@ def _serve(args) -> int:
     import uvloop
 
     from core_ext import RulesError
-    from server.app import serve
+    from server.app import LedgerUnavailable, serve
 
     # SIGHUP reloads the rules once the server runs; until then (and in a worker starting up) it
     # must not end the process: the rules are read at start anyway.
@@ -81,6 +81,9 @@ def _serve(args) -> int:
         uvloop.run(serve(config, args.worker_index))
     except RulesError as error:
         print(f"kassa: the loyalty program is refused:\n{error}", file=sys.stderr)
+        return 2
+    except LedgerUnavailable as error:
+        print(f"kassa: {error}", file=sys.stderr)
         return 2
     return 0
 

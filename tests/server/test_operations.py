@@ -188,6 +188,18 @@ class TestMetrics:
         assert "metrics.listen" in result.stderr
 
 
+class TestLedgerUnavailable:
+    def test_a_server_that_cannot_open_its_ledger_says_why_in_one_line_and_exits_2(self, tmp_path):
+        server = KassaServer(tmp_path)
+        server.ledger_path.write_text("not a ledger directory")
+        with pytest.raises(RuntimeError) as caught:
+            server.start()
+        assert server.process.returncode == 2
+        printed = str(caught.value)
+        assert f"kassa: cannot open the ledger at {server.ledger_path}: " in printed, printed
+        assert "Traceback" not in printed, printed
+
+
 class TestAccessLog:
     def test_a_refused_call_is_logged_with_its_request_id(self, served):
         server, _ = served
