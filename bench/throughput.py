@@ -75,7 +75,9 @@ class Traffic:
         from kassa.v1 import common_pb2
 
         rng = random.Random(seed)
-        self.receipts = []
+        # Each as an AccrueRequest's field (customer = 2, receipt = 3) and a CalculateRequest's (1, 2).
+        self.receipts, self.calculate_receipts = [], []
+        self.customers, self.calculate_customers = [], []
         for number in range(RECEIPT_POOL_SIZE):
             lines = []
             for line_no in range(1, rng.randint(1, 10) + 1):
@@ -87,26 +89,36 @@ class Traffic:
                     qty_milli=qty_milli, price_minor=price_minor, amount_minor=qty_milli * price_minor // 1000,
                     no_earn=category == "tobacco", no_discount=category == "tobacco"))
             receipt = common_pb2.Receipt(store_id=f"store-{rng.randint(1, 2000)}", terminal_id="t1",
-                                         receipt_no=str(number), lines=lines)
-            self.receipts.append(_field(3, receipt.SerializeToString()))
-        self.customers = [
-            _field(2, common_pb2.Customer(account_id=account_id(min(accounts - 1, int(accounts * rng.random() ** 3))))
-                   .SerializeToString())
-            for _ in range(CUSTOMER_SAMPLE_SIZE)
-        ]
+                                         receipt_no=str(number), lines=lines).SerializeToString()
+            self.receipts.append(_field(3, receipt))
+            self.calculate_receipts.append(_field(2, receipt))
+        for _ in range(CUSTOMER_SAMPLE_SIZE):
+            customer = common_pb2.Customer(
+                account_id=account_id(min(accounts - 1, int(accounts * rng.random() ** 3)))).SerializeToString()
+            self.customers.append(_field(2, customer))
+            self.calculate_customers.append(_field(1, customer))
         self.rng = rng
         self.sequence = 0
 
     def accrue(self, prefix: str) -> tuple[bytes, bytes]:
         """(request_id field, customer and receipt fields) of a fresh purchase."""
-        self.sequence += 1
-        request_id = f"{prefix}-{self.sequence}".encode()
-        body = self.customers[self.sequence % len(self.customers)] + self.receipts[self.rng.randrange(len(self.receipts))]
-        return _field(1, request_id), body
+        request_id, customer, receipt = self._draw(prefix)
+        return request_id, self.customers[customer] + self.receipts[receipt]
 
     def accrue_request(self, prefix: str) -> bytes:
         request_id, body = self.accrue(prefix)
         return request_id + body
+
+    def checkout(self, prefix: str) -> tuple[bytes, bytes]:
+        """(CalculateRequest, AccrueRequest) of a fresh purchase: one customer and receipt."""
+        request_id, customer, receipt = self._draw(prefix)
+        return (self.calculate_customers[customer] + self.calculate_receipts[receipt],
+                request_id + self.customers[customer] + self.receipts[receipt])
+
+    def _draw(self, prefix: str) -> tuple[bytes, int, int]:
+        self.sequence += 1
+        request_id = f"{prefix}-{self.sequence}".encode()
+        return _field(1, request_id), self.sequence % len(self.customers), self.rng.randrange(len(self.receipts))
 
 
 def event_batch(traffic: Traffic, prefix: str, size: int) -> bytes:
@@ -124,14 +136,6 @@ def event_batch(traffic: Traffic, prefix: str, size: int) -> bytes:
 def batch_request(traffic: Traffic, prefix: str, size: int) -> bytes:
     """ProcessBatchRequest bytes: `size` accrue operations."""
     return b"".join(_field(1, _field(1, traffic.accrue_request(prefix))) for _ in range(size))
-
-
-def calculate_from_accrue(body: bytes) -> bytes:
-    """CalculateRequest: customer = 1, receipt = 2 (AccrueRequest has them as 2 and 3)."""
-    from kassa.v1 import processing_pb2
-
-    accrue = processing_pb2.AccrueRequest.FromString(body)
-    return processing_pb2.CalculateRequest(customer=accrue.customer, receipt=accrue.receipt).SerializeToString()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,28 +180,23 @@ async def _drive(mode: str, address: str, slots: int, batch_size: int, window: i
         accrue = unary(slot, "/kassa.v1.Processing/Accrue")
         calculate = unary(slot, "/kassa.v1.Processing/Calculate")
         noop = unary(slot, "/kassa.v1.Bench/NoopAccrue")
-        calculations = {}
         while time.perf_counter() < measure_to:
-            request_id, body = traffic.accrue(f"{prefix}-{slot}")
-            sent = time.perf_counter()
             try:
                 if mode == "noop-unary":
-                    await noop(request_id + body)
+                    request = traffic.accrue_request(f"{prefix}-{slot}")
+                    sent = time.perf_counter()
+                    await noop(request)
                     record(sent, time.perf_counter(), 1, 1)
                     continue
-                key = body
-                if key not in calculations:
-                    calculations[key] = calculate_from_accrue(body)
+                calculate_request, accrue_request = traffic.checkout(f"{prefix}-{slot}")
                 sent = time.perf_counter()
-                await calculate(calculations[key])
+                await calculate(calculate_request)
                 between = time.perf_counter()
                 record(sent, between, 0, 1)
-                await accrue(request_id + body)
+                await accrue(accrue_request)
                 record(between, time.perf_counter(), 1, 1)
             except grpc.aio.AioRpcError:
                 counters["failed"] += 1
-            if len(calculations) > RECEIPT_POOL_SIZE * 4:
-                calculations.clear()
 
     async def batch_slot(slot: int) -> None:
         call = unary(slot, "/kassa.v1.Processing/ProcessBatch")
