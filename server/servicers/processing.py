@@ -29,7 +29,7 @@ _EVENT_PAYLOADS = {"purchase": "accrue", "redeem": "redeem", "rollback": "rollba
 _EVENT_KINDS = ", ".join(_EVENT_PAYLOADS)
 
 
-def _other_result(body) -> tuple[int, bytes]:
+def other_result(body) -> tuple[int, bytes]:
     """OperationResult's field and bytes for a body wire.batch_response does not write itself."""
     if type(body) is RedeemResult:
         return 5, convert.redeem_response(body).SerializeToString()
@@ -154,7 +154,7 @@ class ProcessingServicer:
                 payloads.append((None, None, f"operations[{index}]: set one of accrue, redeem, rollback"))
             else:
                 payloads.append((kind, getattr(operation, kind), f"operations[{index}].{kind}"))
-        return wire.batch_response(await self._commit_many(payloads), _other_result)
+        return wire.batch_response(await self._commit_many(payloads), other_result)
 
     async def StreamEvents(self, request_iterator, context):
         """Acks go out in the order events came in, each after its durable commit. At most

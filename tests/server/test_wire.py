@@ -42,6 +42,7 @@ from core_ext.model import (
 )
 from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2
 from server import convert, wire
+from server.servicers.processing import other_result
 from tests.kassa_harness import REPO, T0_MS
 from tests.server.helpers import by_account, line, open_account, receipt, refused, statement
 
@@ -1215,15 +1216,6 @@ class TestAnswers:
         assert_written_as(convert.accrue_response(empty), wire.accrue_response(empty))
 
 
-def render_other(body) -> tuple[int, bytes]:
-    """OperationResult's field number and bytes for a redeem's or a rollback's answer."""
-    if type(body) is RedeemResult:
-        return 5, convert.redeem_response(body).SerializeToString()
-    if type(body) is RollbackResult:
-        return 6, convert.rollback_response(body).SerializeToString()
-    raise AssertionError(f"no batch answer for {type(body).__name__}")
-
-
 def expected_batch_response(outcomes) -> processing_pb2.ProcessBatchResponse:
     """The answer as the server filled it with protobuf and convert.py before wire.pyx."""
     response = processing_pb2.ProcessBatchResponse()
@@ -1299,12 +1291,12 @@ class TestBatchAnswers:
     def test_a_batch_answer_is_the_bytes_protobuf_writes(self, outcomes, data):
         in_batches = [outcome for outcome in outcomes if type(outcome.body) is not EventResult]
         chosen = data.draw(st.lists(st.sampled_from(in_batches), max_size=8))
-        assert_written_as(expected_batch_response(chosen), wire.batch_response(chosen, render_other))
+        assert_written_as(expected_batch_response(chosen), wire.batch_response(chosen, other_result))
 
     def test_a_batch_answer_of_every_outcome(self, outcomes):
         in_batches = [outcome for outcome in outcomes if type(outcome.body) is not EventResult]
-        assert_written_as(expected_batch_response(in_batches), wire.batch_response(in_batches, render_other))
-        assert wire.batch_response([], render_other) == b""
+        assert_written_as(expected_batch_response(in_batches), wire.batch_response(in_batches, other_result))
+        assert wire.batch_response([], other_result) == b""
 
     @LEDGER
     @given(data=st.data())
