@@ -209,7 +209,9 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
         metrics_server = await serve_metrics(metrics, metrics_address)
         event(log, "metrics", address=metrics_address)
     host = config.server.listen.rsplit(":", 1)[0]
-    event(log, "serving", address=f"{host}:{port}", pid=os.getpid(), ruleset_version=ledger.program.version)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    event(log, "serving", address=f"{host}:{port}", pid=os.getpid(), worker=worker_index, cpus=cpus,
+          ruleset_version=ledger.program.version)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", default=DEFAULT_CONFIG)
     serve.add_argument("--workers", type=int, default=None, help="processes (0: one per core); overrides server.workers")
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--cpus", default="", help=argparse.SUPPRESS)  # a worker's share, e.g. "0" or "4,5,6,7"
 
     stats = commands.add_parser("stats", help="print the server's figures from its metrics endpoint")
     stats.add_argument("--config", default=DEFAULT_CONFIG)
@@ -65,10 +67,14 @@ def _serve(args) -> int:
 
     config = _load(args.config)
     workers = config.server.workers if args.workers is None else args.workers
-    workers = workers or os.cpu_count() or 1
+    workers = workers or len(usable_cpus())
     setup_logging()
     if workers > 1:
-        return _supervise(args.config, workers)
+        pin = config.server.pin_workers and hasattr(os, "sched_setaffinity")
+        shares = cpu_shares(usable_cpus(), workers) if pin else [[] for _ in range(workers)]
+        return _supervise(args.config, shares)
+    if args.cpus:
+        _pin([int(cpu) for cpu in args.cpus.split(",")])
     import uvloop
 
     from core_ext import RulesError
@@ -88,9 +94,36 @@ def _serve(args) -> int:
     return 0
 
 
-def _supervise(config_path: str, workers: int) -> int:
-    """Run `workers` single-process servers on one port (SO_REUSEPORT); pass SIGTERM, SIGINT and
-    SIGHUP (reload the rules) on."""
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (a `taskset` or a container's cpuset narrows them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def cpu_shares(cpus: list[int], workers: int) -> list[list[int]]:
+    """Each worker's CPUs: `cpus` cut into `workers` runs of neighbours (one CPU each when there
+    are as many workers as CPUs; with more workers, CPUs are shared round robin). A worker's event
+    loop and its commit thread then run on the same core, in each other's caches: measured on 2
+    cores with the load driver beside the server, unary calls went 6-11 % faster (README)."""
+    if workers >= len(cpus):
+        return [[cpus[index % len(cpus)]] for index in range(workers)]
+    return [cpus[index * len(cpus) // workers:(index + 1) * len(cpus) // workers] for index in range(workers)]
+
+
+def _pin(cpus: list[int]) -> None:
+    """Keep this worker on `cpus`. Called first, while the process has one thread: the threads it
+    starts later (the commit thread, gRPC's poller) inherit it. A CPU gone offline since the
+    supervisor looked is no reason not to serve: the worker then runs unpinned."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as error:
+        logging.getLogger("kassa.server").warning("worker not pinned to cpus %s: %s", cpus, error.strerror)
+
+
+def _supervise(config_path: str, shares: list[list[int]]) -> int:
+    """Run one single-process server per share of CPUs on one port (SO_REUSEPORT), each pinned to
+    its share (none: not pinned); pass SIGTERM, SIGINT and SIGHUP (reload the rules) on."""
     environ = dict(os.environ, KASSA_SERVER_WORKERS="1")
     command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1"]
     children: list[subprocess.Popen] = []
@@ -104,8 +137,9 @@ def _supervise(config_path: str, workers: int) -> int:
     signal.signal(signal.SIGINT, forward)
     # The workers start with SIGHUP ignored (inherited) until their servers handle it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    for index in range(workers):
-        children.append(subprocess.Popen([*command, "--worker-index", str(index)], env=environ))
+    for index, cpus in enumerate(shares):
+        pinned = ["--cpus", ",".join(map(str, cpus))] if cpus else []
+        children.append(subprocess.Popen([*command, "--worker-index", str(index), *pinned], env=environ))
     signal.signal(signal.SIGHUP, forward)
     codes = [child.wait() for child in children]
     return max(codes, key=abs)

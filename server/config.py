@@ -17,6 +17,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 class ServerSection(_Section):
     listen: str = "127.0.0.1:50051"
     workers: int = 0  # 0: one per core
+    pin_workers: bool = True  # with several workers, keep each one's threads on its own share of the cores
     grace_s: float = 10
     message_bytes_max: int = 4 * 1024 * 1024
     keepalive_s: float = 30  # ping an idle connection this often
