@@ -47,7 +47,7 @@ class ProcessingSection(_Section):
 
 class CommitSection(_Section):
     batch_max: int = 10_000
-    wait_us_max: int = 10_000
+    wait_us_max: int = 5_000
 
 
 class ClockSection(_Section):
