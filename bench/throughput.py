@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -306,7 +307,19 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 def run(args) -> dict:
+    """One measured run on a fresh ledger in a temporary directory, removed afterwards (a run of
+    a few minutes leaves hundreds of MB) unless `--keep-ledger`."""
     workdir = Path(tempfile.mkdtemp(prefix="kassa-bench-"))
+    try:
+        return _measure(args, workdir)
+    finally:
+        if args.keep_ledger:
+            print(f"ledger kept at {workdir / 'ledger'}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(args, workdir: Path) -> dict:
     ledger_path = workdir / "ledger"
     seed_ledger(ledger_path, args.accounts)
     port = _free_port()
@@ -391,6 +404,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-sync", action="store_true", help="unsynced commits (not durable; for comparison only)")
     parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("--keep-ledger", action="store_true", help="keep the run's ledger (its path is printed)")
     return parser.parse_args(argv)
 
 
