@@ -105,7 +105,7 @@ def cpu_shares(cpus: list[int], workers: int) -> list[list[int]]:
     """Each worker's CPUs: `cpus` cut into `workers` runs of neighbours (one CPU each when there
     are as many workers as CPUs; with more workers, CPUs are shared round robin). A worker's event
     loop and its commit thread then run on the same core, in each other's caches: measured on 2
-    cores with the load driver beside the server, unary calls went 6-11 % faster (README)."""
+    cores with the load driver beside the server, unary calls went 3-11 % faster (README)."""
     if workers >= len(cpus):
         return [[cpus[index % len(cpus)]] for index in range(workers)]
     return [cpus[index * len(cpus) // workers:(index + 1) * len(cpus) // workers] for index in range(workers)]
