@@ -1,4 +1,4 @@
-"""`make bench`: the standard set in about four minutes, results under bench/results/.
+"""`make bench`: the standard set in about three minutes, results under bench/results/.
 
 Each end-to-end mode beside its no-op baseline (same run, same machine), then the core's
 microbenchmarks (rule evaluation, commit cost by batch size) with pytest-benchmark. `unary` and
