@@ -1,6 +1,6 @@
 """Worker processes and CPUs: with `server.pin_workers` (the default) each worker keeps all its
 threads (event loop, commit thread, gRPC's poller) on its own share of the CPUs this server may
-use; turned off, the workers run wherever the kernel puts them. Checked on the running workers'
+use; turned off, or with more workers than CPUs, the workers run wherever the kernel puts them. Checked on the running workers'
 threads in /proc, not on what the server says it did."""
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ def thread_cpus(pid: int) -> dict[str, set[int]]:
     return found
 
 
-def start_workers(start_kassa, pin: bool):
+def start_workers(start_kassa, pin: bool, workers: int = WORKERS):
     server = start_kassa(env={
-        "KASSA_SERVER_WORKERS": str(WORKERS),
+        "KASSA_SERVER_WORKERS": str(workers),
         "KASSA_SERVER_LISTEN": f"127.0.0.1:{free_port()}",
         "KASSA_SERVER_PIN_WORKERS": "true" if pin else "false",
     })
-    return server, serving_records(server, WORKERS)
+    return server, serving_records(server, workers)
 
 
 class TestPinnedWorkers:
@@ -93,24 +93,43 @@ class TestPinnedWorkers:
             assert all(cpus == usable for cpus in thread_cpus(record["pid"]).values())
 
 
+    def test_more_workers_than_cpus_are_not_pinned(self, start_kassa):
+        usable = sorted(os.sched_getaffinity(0))
+        if len(usable) < 2:
+            pytest.skip("needs two CPUs")
+        two = set(usable[:2])
+        os.sched_setaffinity(0, two)  # the server inherits it: two CPUs for three workers
+        try:
+            server, workers = start_workers(start_kassa, pin=True, workers=3)
+        finally:
+            os.sched_setaffinity(0, usable)
+        open_account(server, "CPU-3")
+        assert len(workers) == 3
+        for record in workers:
+            assert set(record["cpus"]) == two
+            assert all(cpus == two for cpus in thread_cpus(record["pid"]).values())
+
+
 class TestCpuShares:
     @pytest.mark.parametrize("cpus, workers, shares", [
         ([0, 1], 2, [[0], [1]]),  # as many workers as CPUs: one each
         ([0, 1, 2, 3, 4, 5, 6, 7], 2, [[0, 1, 2, 3], [4, 5, 6, 7]]),  # fewer: runs of neighbours
         ([0, 1, 2], 2, [[0], [1, 2]]),
         ([2, 3, 6, 7], 4, [[2], [3], [6], [7]]),  # a taskset or cpuset: only those
-        ([0, 1], 3, [[0], [1], [0]]),  # more workers than CPUs: round robin
-        ([5], 2, [[5], [5]]),
+        ([5], 1, [[5]]),
     ])
     def test_shares(self, cpus, workers, shares):
         assert cpu_shares(cpus, workers) == shares
 
+    def test_never_two_workers_on_one_cpu(self):
+        with pytest.raises(ValueError, match="3 workers cannot each have their own of 2 CPUs"):
+            cpu_shares([0, 1], 3)
+
     def test_every_worker_gets_cpus_and_every_cpu_a_worker(self):
         for count in range(1, 18):
             cpus = list(range(100, 100 + count))
-            for workers in range(1, 20):
+            for workers in range(1, count + 1):
                 shares = cpu_shares(cpus, workers)
                 assert len(shares) == workers and all(shares), (count, workers, shares)
                 assert sorted(set().union(*map(set, shares))) == cpus, (count, workers, shares)
-                if workers <= count:  # no CPU in two shares
-                    assert sum(map(len, shares)) == count, (count, workers, shares)
+                assert sum(map(len, shares)) == count, (count, workers, shares)  # no CPU in two shares
