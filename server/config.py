@@ -128,11 +128,15 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
             raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    _apply_environment(raw, os.environ if environ is None else environ)
+    from_environment = _apply_environment(raw, os.environ if environ is None else environ)
     try:
         config = msgspec.convert(raw, type=ServerConfig, strict=False)
     except msgspec.ValidationError as error:
-        raise ConfigError(f"{path or 'config'}: {_name_key(str(error))}") from None
+        message = _name_key(str(error))
+        where = message.split(":", 1)[0]
+        if where in from_environment:
+            message = f"{where} (from {from_environment[where]}):{message.split(':', 1)[1]}"
+        raise ConfigError(f"{path or 'config'}: {message}") from None
     for index, key in enumerate(config.auth.keys):
         if len(key.key_sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key.key_sha256):
             raise ConfigError(f"{path or 'config'}: auth.keys[{index}].key_sha256: not a hex SHA-256 (64 hex digits)")
@@ -143,19 +147,25 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
     for (section, key), (least, most) in LIMITS.items():
         value = getattr(getattr(config, section), key)
         if not least <= value <= most:
-            raise ConfigError(f"{path or 'config'}: {section}.{key} = {value} is outside {least}..{most}")
+            variable = from_environment.get(f"{section}.{key}")
+            source = f" (from {variable})" if variable else ""
+            raise ConfigError(f"{path or 'config'}: {section}.{key} = {value}{source} is outside {least}..{most}")
     return config
 
 
-def _apply_environment(raw: dict[str, Any], environ) -> None:
+def _apply_environment(raw: dict[str, Any], environ) -> dict[str, str]:
+    """Put the KASSA_* overrides into `raw`; returns which keys they set ("ledger.path": its variable)."""
+    found = {}
     for section_name, section_type in ServerConfig.__annotations__.items():
         section_struct = getattr(ServerConfig(), section_name)
         for key in type(section_struct).__struct_fields__:
             if (section_name, key) == ("auth", "keys"):
                 continue  # a list of tables: only the config file can hold it
-            value = environ.get(f"{ENV_PREFIX}{section_name}_{key}".upper())
+            variable = f"{ENV_PREFIX}{section_name}_{key}".upper()
+            value = environ.get(variable)
             if value is None:
                 continue
+            found[f"{section_name}.{key}"] = variable
             default = getattr(section_struct, key)
             section = raw.setdefault(section_name, {})
             if isinstance(default, list):
@@ -164,6 +174,7 @@ def _apply_environment(raw: dict[str, Any], environ) -> None:
                 section[key] = value.strip().lower() in ("1", "true", "yes", "on")
             else:
                 section[key] = value
+    return found
 
 
 def _name_key(message: str) -> str:
