@@ -9,7 +9,6 @@ both alike, and each round's unary is compared with the baseline just before it.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -17,13 +16,14 @@ import time
 from pathlib import Path
 
 from bench import throughput
+from server.cli import usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DURATION_S = 15  # measured seconds per stream or batch run
 UNARY_ROUND_S = 8  # measured seconds per unary or noop-unary round
 UNARY_ROUNDS = 3
 WARMUP_S = 3  # seconds per run before measuring
-WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+WORKERS = len(usable_cpus())  # one server worker per core, as `kassa serve` starts by default
 UNARY_CONCURRENCY = 64
 UNARY_CALLS_SHARE_MIN = 0.85  # DESIGN §6: unary calls/s at least this share of the no-op's
 UNARY_P99_RATIO_MAX = 1.25  # and its p99 at most this many times the no-op's

@@ -67,10 +67,10 @@ def _serve(args) -> int:
 
     config = _load(args.config)
     workers = config.server.workers if args.workers is None else args.workers
-    workers = workers or len(usable_cpus())
+    cpus = usable_cpus()
+    workers = workers or len(cpus)
     setup_logging()
     if workers > 1:
-        cpus = usable_cpus()
         # More workers than CPUs: some would have to share one, so the kernel places them all.
         pin = config.server.pin_workers and hasattr(os, "sched_setaffinity") and workers <= len(cpus)
         shares = cpu_shares(cpus, workers) if pin else [[] for _ in range(workers)]

@@ -129,14 +129,16 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
     from_environment = _apply_environment(raw, os.environ if environ is None else environ)
+
+    def source(key: str) -> str:
+        """Where a wrong value of `key` came from, when a variable set it."""
+        return f" (from {from_environment[key]})" if key in from_environment else ""
+
     try:
         config = msgspec.convert(raw, type=ServerConfig, strict=False)
     except msgspec.ValidationError as error:
-        message = _name_key(str(error))
-        where = message.split(":", 1)[0]
-        if where in from_environment:
-            message = f"{where} (from {from_environment[where]}):{message.split(':', 1)[1]}"
-        raise ConfigError(f"{path or 'config'}: {message}") from None
+        where, colon, detail = _name_key(str(error)).partition(":")
+        raise ConfigError(f"{path or 'config'}: {where}{source(where) if colon else ''}{colon}{detail}") from None
     for index, key in enumerate(config.auth.keys):
         if len(key.key_sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key.key_sha256):
             raise ConfigError(f"{path or 'config'}: auth.keys[{index}].key_sha256: not a hex SHA-256 (64 hex digits)")
@@ -147,9 +149,9 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
     for (section, key), (least, most) in LIMITS.items():
         value = getattr(getattr(config, section), key)
         if not least <= value <= most:
-            variable = from_environment.get(f"{section}.{key}")
-            source = f" (from {variable})" if variable else ""
-            raise ConfigError(f"{path or 'config'}: {section}.{key} = {value}{source} is outside {least}..{most}")
+            raise ConfigError(
+                f"{path or 'config'}: {section}.{key} = {value}{source(f'{section}.{key}')} is outside {least}..{most}"
+            )
     return config
 
 
