@@ -5,7 +5,9 @@
 Starts a server (temp ledger, the sample program, `--accounts` accounts seeded before it starts),
 drives it from `--driver-processes` client processes with pre-serialised requests (so the driver
 does not measure itself), warms up, measures, stops the server, runs `kassa verify` on the ledger,
-prints a table and writes the JSON result. Modes:
+prints a table and writes the JSON result. On a machine with cores to spare, `--server-cpus 0-3`
+keeps the server on CPUs 0-3 and the driver off them: the way to measure how kassa scales with
+`--workers`. Modes:
 
   unary        Calculate + Accrue per purchase, C calls in flight in total; latency per call
   batch        ProcessBatch of --batch-size accrues, C calls in flight
@@ -38,6 +40,7 @@ SERVER_START_TIMEOUT_S = 60  # seconds
 SERVER_STOP_TIMEOUT_S = 60  # seconds
 RECEIPT_POOL_SIZE = 2000  # distinct receipts the driver cycles through
 CUSTOMER_SAMPLE_SIZE = 200_000  # pre-drawn customers per driver process
+CPUS_MAX = 4096  # CPU numbers in --server-cpus and --driver-cpus are below this
 SEED_CHUNK_OPS = 10_000  # accounts created per ledger transaction while seeding
 CATEGORIES = ("grocery/dairy/milk", "grocery/bakery", "pharmacy/vitamins", "flowers/roses", "home/kitchen",
               "electronics/cables", "tobacco")
@@ -243,10 +246,12 @@ async def _drive(mode: str, address: str, slots: int, batch_size: int, window: i
     return {**counters, "latencies_ms": latencies_ms}
 
 
-def _driver_main(arguments: dict, results) -> None:
+def _driver_main(arguments: dict, cpus: list[int], results) -> None:
     import uvloop
 
-    results.put(uvloop.run(_drive(**arguments)))
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    results.put({**uvloop.run(_drive(**arguments)), "cpus": sorted(os.sched_getaffinity(0))})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,19 +290,60 @@ def server_environment(ledger_path: Path, port: int, workers: int, sync: bool) -
     }
 
 
-def start_server(environ: dict[str, str], workers: int) -> subprocess.Popen:
+def cpu_list(text: str) -> list[int]:
+    """CPUs written as `taskset -c` takes them: "0-3", "0,2,4", "0-3,8-11"."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        last = last if dash else first
+        if not first.isdigit() or not last.isdigit() or int(first) > int(last):
+            raise argparse.ArgumentTypeError(f"{part!r} is not a CPU or a range of CPUs like 0-3")
+        if int(last) >= CPUS_MAX:
+            raise argparse.ArgumentTypeError(f"{part!r}: CPUs are numbered below {CPUS_MAX}")
+        cpus.update(range(int(first), int(last) + 1))
+    return sorted(cpus)
+
+
+def split_cpus(server_cpus: list[int], driver_cpus: list[int]) -> tuple[list[int], list[int]]:
+    """(the server's CPUs, the driver's): with `--server-cpus` the two never share a CPU (the
+    driver's default: all the others), so that a run on a bigger machine measures the server's
+    scaling, not the driver's; without, both may run everywhere (empty lists: not pinned)."""
+    if not server_cpus:
+        if driver_cpus:
+            raise SystemExit("--driver-cpus needs --server-cpus")
+        return [], []
+    from server.cli import usable_cpus
+
+    usable = usable_cpus()
+    for flag, cpus in (("--server-cpus", server_cpus), ("--driver-cpus", driver_cpus)):
+        if not set(cpus) <= set(usable):
+            raise SystemExit(f"{flag}: {cpus} are not all among the usable CPUs {usable}")
+    driver_cpus = driver_cpus or [cpu for cpu in usable if cpu not in server_cpus]
+    if not driver_cpus:
+        raise SystemExit(f"--server-cpus: {server_cpus} leave no CPU for the load driver")
+    if set(server_cpus) & set(driver_cpus):
+        raise SystemExit(f"--server-cpus {server_cpus} and --driver-cpus {driver_cpus} overlap")
+    return server_cpus, driver_cpus
+
+
+def start_server(environ: dict[str, str], workers: int, cpus: list[int]) -> tuple[subprocess.Popen, list[list[int]]]:
+    """Start kassa; with `cpus`, on those alone (its supervisor then shares them out to the workers).
+    Returns the server and the CPUs each worker says it may run on, by worker."""
     command = [sys.executable, "-m", "server.cli", "serve", "--config", str(REPO / "config" / "kassa.toml")]
-    server = subprocess.Popen(command, cwd=REPO, env=environ, stderr=subprocess.PIPE, text=True)
-    serving = 0
+    server = subprocess.Popen(command, cwd=REPO, env=environ, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    serving: dict[int, list[int]] = {}
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while serving < workers and time.monotonic() < deadline:
+    while len(serving) < workers and time.monotonic() < deadline:
         line = server.stderr.readline()
         if not line:
             raise RuntimeError("kassa exited before serving")
-        serving += '"msg":"serving"' in line
-    if serving < workers:
-        raise RuntimeError(f"kassa: {serving} of {workers} workers serving after {SERVER_START_TIMEOUT_S}s")
-    return server
+        if '"msg":"serving"' in line:
+            event = json.loads(line)
+            serving[event["worker"]] = event["cpus"]
+    if len(serving) < workers:
+        raise RuntimeError(f"kassa: {len(serving)} of {workers} workers serving after {SERVER_START_TIMEOUT_S}s")
+    return server, [serving[worker] for worker in sorted(serving)]
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -320,13 +366,14 @@ def run(args) -> dict:
 
 
 def _measure(args, workdir: Path) -> dict:
+    server_cpus, driver_cpus = split_cpus(args.server_cpus, args.driver_cpus)
     ledger_path = workdir / "ledger"
     seed_ledger(ledger_path, args.accounts)
     port = _free_port()
     environ = server_environment(ledger_path, port, args.workers, not args.no_sync)
-    server = start_server(environ, args.workers)
+    server, worker_cpus = start_server(environ, args.workers, server_cpus)
     try:
-        processes = args.driver_processes or min(args.concurrency, os.cpu_count() or 1)
+        processes = args.driver_processes or min(args.concurrency, len(driver_cpus) or os.cpu_count() or 1)
         context = multiprocessing.get_context("spawn")
         results = context.Queue()
         drivers = []
@@ -337,7 +384,7 @@ def _measure(args, workdir: Path) -> dict:
             arguments = dict(mode=args.mode, address=f"127.0.0.1:{port}", slots=slots, batch_size=args.batch_size,
                              window=args.window, warmup_s=args.warmup, duration_s=args.duration,
                              seed=args.seed + index, accounts=args.accounts, prefix=f"{args.mode}-d{index}")
-            driver = context.Process(target=_driver_main, args=(arguments, results))
+            driver = context.Process(target=_driver_main, args=(arguments, driver_cpus, results))
             driver.start()
             drivers.append(driver)
         parts = [results.get(timeout=args.warmup + args.duration + 120) for _ in drivers]
@@ -372,6 +419,9 @@ def _measure(args, workdir: Path) -> dict:
         "window": args.window if args.mode in ("stream", "noop-stream") else 1,
         "driver_processes": len(drivers),
         "cpu_count": os.cpu_count(),
+        "server_cpus": server_cpus,
+        "worker_cpus": worker_cpus,
+        "driver_cpus": sorted({cpu for part in parts for cpu in part["cpus"]}),  # as the drivers saw them
     }
     if verify.returncode != 0:
         result["verify_output"] = verify.stdout[-2000:] + verify.stderr[-2000:]
@@ -400,7 +450,13 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=500, help="purchases per ProcessBatch call or stream message")
     parser.add_argument("--window", type=int, default=4, help="stream messages in flight per stream")
     parser.add_argument("--accounts", type=int, default=100_000)
-    parser.add_argument("--driver-processes", type=int, default=0, help="0: min(concurrency, cores)")
+    parser.add_argument("--driver-processes", type=int, default=0,
+                        help="0: min(concurrency, the driver's CPUs)")
+    parser.add_argument("--server-cpus", type=cpu_list, default=[],
+                        help="run the server on these CPUs (e.g. 0-3) and the driver on the others; "
+                             "default: both anywhere")
+    parser.add_argument("--driver-cpus", type=cpu_list, default=[],
+                        help="with --server-cpus: the driver's CPUs (default: all the others)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-sync", action="store_true", help="unsynced commits (not durable; for comparison only)")
     parser.add_argument("--json", type=Path, help="write the result here")
