@@ -224,19 +224,24 @@ cdef class Ledger:
     # -----------------------------------------------------------------------------------------
     # Writes
 
-    def apply(self, list ops, long long now_ms):
+    def apply(self, list ops, long long now_ms, take=None):
         """Apply `ops` in order in one write transaction; one `Outcome` per operation.
+
+        `take`, if given, is called once LMDB's writer lock is held and returns (operations,
+        now_ms): they join the end of `ops` (in place, so the caller sees what was taken) and the
+        group is applied at that time. Operations that arrived while another process held the
+        lock then share this commit instead of waiting for the next one.
 
         An unexpected failure of one operation aborts the group; the operations are then applied
         one per transaction, so that the failure stays with the operation that caused it."""
         try:
-            return self._apply_group(ops, now_ms)
+            return self._apply_group(ops, now_ms, take)
         except LedgerError:
             raise
         except Exception:
             if len(ops) == 1:
                 raise
-        return [self._apply_alone(op, now_ms) for op in ops]
+        return [self._apply_alone(op, self._now_ms) for op in ops]
 
     def _apply_alone(self, op, long long now_ms):
         try:
@@ -246,14 +251,18 @@ cdef class Ledger:
         except Exception as error:
             return rejected(Code.INTERNAL, f"internal error: {type(error).__name__}: {error}")
 
-    def _apply_group(self, list ops, long long now_ms):
+    def _apply_group(self, list ops, long long now_ms, take=None):
+        self._now_ms = now_ms
         try:
             with self.env.begin(write=True) as txn:
+                if take is not None:
+                    taken, now_ms = take()
+                    ops.extend(taken)
+                self._now_ms = now_ms
                 meta = self.dbs["meta"]
                 self._follow_ruleset(txn.get(RULESET_KEY, db=meta))
                 stored = txn.get(NEXT_TXN_KEY, db=meta)
                 batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else 1)
-                self._now_ms = now_ms
                 outcomes = [self._apply_one(batch, op) for op in ops]
                 txn.put(NEXT_TXN_KEY, id_key(batch.next_id), db=meta)
             if self._sync:

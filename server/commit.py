@@ -3,7 +3,9 @@
 Callers hand in a list of operations (one for a unary call, many for a batch or a stream message)
 and await one future for the whole list. A single commit thread runs `Ledger.apply` on groups of up
 to `batch_max` operations, one LMDB write transaction and one fsync per group, so the event loop
-never blocks on a commit and the per-call cost is paid once per group, not once per operation.
+never blocks on a commit and the per-call cost is paid once per group, not once per operation. The
+group is taken from the queue once the thread holds LMDB's writer lock: while other workers'
+commits keep this one waiting, what arrives meanwhile joins it.
 """
 
 from __future__ import annotations
@@ -97,22 +99,33 @@ class GroupCommitter:
             if self._wait_s:
                 await asyncio.sleep(self._wait_s)
             while self._queue:
-                group = self._take_group()
-                ops = [op for chunk, _ in group for op in chunk]
+                group: list[tuple[list, asyncio.Future]] = []
+                ops: list = []  # the ledger fills it with what `take` returns
+
+                def take() -> tuple[list, int]:
+                    """In the commit thread, once LMDB's writer lock is held: what is queued by now,
+                    and the time to apply it at. With other workers committing, what arrived while
+                    this one waited for the lock joins this group."""
+                    group.extend(self._take_group())
+                    return [op for chunk, _ in group for op in chunk], self._clock.now_ms()
+
                 started = time.perf_counter()
                 self.idle.clear()
                 try:
-                    results = await loop.run_in_executor(self._executor, self._ledger.apply, ops, self._clock.now_ms())
+                    results = await loop.run_in_executor(self._executor, self._ledger.apply, ops, 0, take)
                 except LedgerError as error:
-                    results = [rejected(error.code, str(error))] * len(ops)
+                    group = group or self._take_group()  # refused before it took any: answer those queued
+                    results = [rejected(error.code, str(error))] * sum(len(chunk) for chunk, _ in group)
                 except Exception as error:  # a bug: answer, log, and keep serving
-                    log.exception("commit of %d operations failed", len(ops))
-                    results = [rejected(Code.INTERNAL, f"internal error: {type(error).__name__}")] * len(ops)
+                    group = group or self._take_group()
+                    count = sum(len(chunk) for chunk, _ in group)
+                    log.exception("commit of %d operations failed", count)
+                    results = [rejected(Code.INTERNAL, f"internal error: {type(error).__name__}")] * count
                 self.idle.set()
                 if self._metrics is not None:
-                    self._metrics.observe_commit(len(ops), time.perf_counter() - started)
+                    self._metrics.observe_commit(len(results), time.perf_counter() - started)
                 self.groups_committed += 1
-                self.ops_committed += len(ops)
+                self.ops_committed += len(results)
                 start = 0
                 for chunk, future in group:
                     if not future.done():
