@@ -5,9 +5,9 @@
 For each worker count N and each mode, one `bench.throughput` run with the server on the first N
 usable CPUs and the load driver on the CPUs after the largest N (or `--driver-cpus`): the driver
 has the same CPUs in every run and never shares one with the server, so what grows is the
-server's share of the machine alone. The offered load is the same for every N (UNARY_CONCURRENCY calls in flight,
-STREAMS streams). Prints each run and a table of speed-ups against the smallest N; writes every
-result to bench/results/scaling-<time>.json.
+server's share of the machine alone. The offered load is the same for every N
+(UNARY_CONCURRENCY calls in flight, STREAMS streams). Prints each run and a table of speed-ups
+against the smallest N; writes every result to bench/results/scaling-<time>.json.
 """
 
 from __future__ import annotations

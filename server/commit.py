@@ -112,6 +112,7 @@ class GroupCommitter:
                 started = time.perf_counter()
                 self.idle.clear()
                 try:
+                    # now_ms 0: `take` gives the time, once the lock is held
                     results = await loop.run_in_executor(self._executor, self._ledger.apply, ops, 0, take)
                 except LedgerError as error:
                     group = group or self._take_group()  # refused before it took any: answer those queued
