@@ -239,7 +239,7 @@ cdef class Ledger:
         except LedgerError:
             raise
         except Exception:
-            if len(ops) == 1:
+            if len(ops) <= 1:  # nothing to share out: before `take` ran, or one operation
                 raise
         return [self._apply_alone(op, self._now_ms) for op in ops]
 
