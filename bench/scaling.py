@@ -54,23 +54,21 @@ def speedups(results: list[dict]) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", default="1,2,4,8", help="worker counts, comma-separated")
+    parser.add_argument("--workers", type=throughput.count_list, default=[1, 2, 4, 8],
+                        help="worker counts, comma-separated")
     parser.add_argument("--modes", default="noop-unary,unary,stream", help="modes, comma-separated")
     parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds per run before measuring")
     parser.add_argument("--driver-cpus", type=throughput.cpu_list, default=None,
                         help="the load driver's CPUs (default: those after the largest count's)")
     args = parser.parse_args(argv)
-    try:
-        counts = sorted({int(count) for count in args.workers.split(",")})
-    except ValueError:
-        parser.error(f"--workers: {args.workers!r} is not a comma-separated list of worker counts")
+    counts = sorted(set(args.workers))
     modes = args.modes.split(",")
     for mode in modes:
         if mode not in throughput.MODES:
             parser.error(f"--modes: {mode!r} is not one of {', '.join(throughput.MODES)}")
     cpus = usable_cpus()
-    if counts[0] < 1 or counts[-1] >= len(cpus):
+    if counts[-1] >= len(cpus):
         parser.error(f"--workers: each count must be 1..{len(cpus) - 1}: the driver needs CPUs of its own "
                      f"beside the largest count's ({len(cpus)} usable)")
     driver_cpus = args.driver_cpus or cpus[counts[-1]:]

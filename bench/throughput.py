@@ -304,6 +304,17 @@ def cpu_list(text: str) -> list[int]:
     return sorted(cpus)
 
 
+def count_list(text: str) -> list[int]:
+    """Counts of at least 1, comma-separated: "1,2,4,8"."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts") from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every count must be at least 1")
+    return counts
+
+
 def split_cpus(server_cpus: list[int], driver_cpus: list[int]) -> tuple[list[int], list[int]]:
     """(the server's CPUs, the driver's): with `--server-cpus` the two never share a CPU (the
     driver's default: all the others), so that a run on a bigger machine measures the server's

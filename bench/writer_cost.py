@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import REPO, Traffic, seed_ledger
+from bench.throughput import REPO, Traffic, count_list, seed_ledger
 
 MAP_SIZE_BYTES = 8 * 1024**3
 HOLD_TTL_S = 900
@@ -71,18 +71,14 @@ def measure(accounts: int, groups: list[int], rounds: int, purchases_per_cell: i
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=100_000)
-    parser.add_argument("--groups", default="250,1000", help="purchases per commit, comma-separated")
+    parser.add_argument("--groups", type=count_list, default=[250, 1000], help="purchases per commit, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="times each (group, synced or not) cell is measured")
     parser.add_argument("--purchases", type=int, default=4000, help="purchases per cell")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
-    try:
-        groups = [int(group) for group in args.groups.split(",")]
-    except ValueError:
-        parser.error(f"--groups: {args.groups!r} is not a comma-separated list of group sizes")
-    if min(groups) < 1 or args.rounds < 1 or args.purchases < 1 or args.accounts < 1:
-        parser.error("--groups, --rounds, --purchases and --accounts must be at least 1")
-    result = measure(args.accounts, groups, args.rounds, args.purchases)
+    if min(args.rounds, args.purchases, args.accounts) < 1:
+        parser.error("--rounds, --purchases and --accounts must be at least 1")
+    result = measure(args.accounts, args.groups, args.rounds, args.purchases)
     print(f"the rules alone: {result['rules_us']} us a purchase")
     for row in result["groups"]:
         print(f"groups of {row['group']:>5}: unsynced {' / '.join(map(str, row['unsynced_us']))} us, "

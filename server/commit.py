@@ -114,14 +114,15 @@ class GroupCommitter:
                 try:
                     # now_ms 0: `take` gives the time, once the lock is held
                     results = await loop.run_in_executor(self._executor, self._ledger.apply, ops, 0, take)
-                except LedgerError as error:
+                except Exception as error:
                     group = group or self._take_group()  # refused before it took any: answer those queued
-                    results = [rejected(error.code, str(error))] * sum(len(chunk) for chunk, _ in group)
-                except Exception as error:  # a bug: answer, log, and keep serving
-                    group = group or self._take_group()
                     count = sum(len(chunk) for chunk, _ in group)
-                    log.exception("commit of %d operations failed", count)
-                    results = [rejected(Code.INTERNAL, f"internal error: {type(error).__name__}")] * count
+                    if isinstance(error, LedgerError):
+                        refusal = rejected(error.code, str(error))
+                    else:  # a bug: answer, log, and keep serving
+                        log.exception("commit of %d operations failed", count)
+                        refusal = rejected(Code.INTERNAL, f"internal error: {type(error).__name__}")
+                    results = [refusal] * count
                 self.idle.set()
                 if self._metrics is not None:
                     self._metrics.observe_commit(len(results), time.perf_counter() - started)

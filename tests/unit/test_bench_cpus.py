@@ -95,8 +95,8 @@ def test_speedups_are_against_the_fewest_workers_of_the_same_mode():
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--workers", "1,x"], "is not a comma-separated list of worker counts"),
-    (["--workers", "0"], "each count must be 1.."),
+    (["--workers", "1,x"], "--workers: '1,x' is not a comma-separated list of counts"),
+    (["--workers", "0"], "--workers: '0': every count must be at least 1"),
     (["--workers", str(len(usable_cpus()))], "the driver needs CPUs of its own"),
     (["--modes", "stream,fast"], "'fast' is not one of"),
 ])

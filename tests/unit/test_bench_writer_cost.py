@@ -25,9 +25,9 @@ def test_every_cell_is_measured_and_the_ceiling_follows_from_the_durable_cost(tm
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--groups", "5,x"], "is not a comma-separated list of group sizes"),
-    (["--groups", "0"], "must be at least 1"),
-    (["--rounds", "0"], "must be at least 1"),
+    (["--groups", "5,x"], "--groups: '5,x' is not a comma-separated list of counts"),
+    (["--groups", "0"], "--groups: '0': every count must be at least 1"),
+    (["--rounds", "0"], "--rounds, --purchases and --accounts must be at least 1"),
 ])
 def test_what_it_cannot_measure_is_refused(argv, says, capsys):
     with pytest.raises(SystemExit) as stopped:
