@@ -357,6 +357,18 @@ def start_server(environ: dict[str, str], workers: int, cpus: list[int]) -> tupl
     return server, [serving[worker] for worker in sorted(serving)]
 
 
+def commit_counts(server_log: str) -> dict:
+    """Group commits over the whole run, warm-up included, summed from the workers' `stopped` lines."""
+    groups = operations = 0
+    for line in server_log.splitlines():
+        if '"msg":"stopped"' in line:
+            stopped = json.loads(line)
+            groups += stopped["groups_committed"]
+            operations += stopped["ops_committed"]
+    return {"groups": groups, "operations": operations,
+            "operations_per_group": round(operations / groups, 1) if groups else 0.0}
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     if not sorted_values:
         return 0.0
@@ -403,7 +415,7 @@ def _measure(args, workdir: Path) -> dict:
             driver.join()
     finally:
         server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=SERVER_STOP_TIMEOUT_S)
+        _, server_log = server.communicate(timeout=SERVER_STOP_TIMEOUT_S)
     verify = subprocess.run(
         [sys.executable, "-m", "server.cli", "verify", "--config", str(REPO / "config" / "kassa.toml")],
         cwd=REPO, env=environ, capture_output=True, text=True)
@@ -433,6 +445,7 @@ def _measure(args, workdir: Path) -> dict:
         "server_cpus": server_cpus,
         "worker_cpus": worker_cpus,
         "driver_cpus": sorted({cpu for part in parts for cpu in part["cpus"]}),  # as the drivers saw them
+        "commits": commit_counts(server_log),
     }
     if verify.returncode != 0:
         result["verify_output"] = verify.stdout[-2000:] + verify.stderr[-2000:]
@@ -441,13 +454,14 @@ def _measure(args, workdir: Path) -> dict:
 
 def print_table(results: list[dict]) -> None:
     header = f"{'mode':<12} {'workers':>7} {'conc':>5} {'batch':>6} {'purchases/min':>14} {'calls/s':>9} " \
-             f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'durable':>7} {'verify':>6}"
+             f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'ops/commit':>10} {'durable':>7} {'verify':>6}"
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{r['mode']:<12} {r['workers']:>7} {r['concurrency']:>5} {r['batch_size']:>6} "
               f"{r['purchases_per_min']:>14,} {r['calls_per_s']:>9,.0f} {r['latency_ms']['p50']:>8.2f} "
-              f"{r['latency_ms']['p99']:>8.2f} {r['latency_ms']['max']:>8.2f} {str(r['durable']):>7} "
+              f"{r['latency_ms']['p99']:>8.2f} {r['latency_ms']['max']:>8.2f} "
+              f"{r['commits']['operations_per_group'] if r.get('commits') else '-':>10} {str(r['durable']):>7} "
               f"{'ok' if r['verify_ok'] else 'FAIL':>6}")
 
 
