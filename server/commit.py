@@ -6,6 +6,11 @@ to `batch_max` operations, one LMDB write transaction and one fsync per group, s
 never blocks on a commit and the per-call cost is paid once per group, not once per operation. The
 group is taken from the queue once the thread holds LMDB's writer lock: while other workers'
 commits keep this one waiting, what arrives meanwhile joins it.
+
+A group waits `wait_us_max` for more callers to join it, unless the last few groups each had
+one caller: then nobody is there to share the sync, and a lone caller (one terminal at a quiet
+store, a client sending one call at a time) is committed at once instead of after the wait. The
+first group with two callers brings the wait back.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from core_ext.ledger import LedgerError
 from core_ext.model import Code, Outcome, rejected
 
 log = logging.getLogger("kassa.commit")
+LONE_GROUPS_BEFORE_NO_WAIT = 3  # groups in a row with one caller each, after which a group commits at once
 
 
 class GroupCommitter:
@@ -37,6 +43,7 @@ class GroupCommitter:
         self.idle.set()
         self._task: asyncio.Task | None = None
         self.groups_committed = 0
+        self._lone_groups = 0  # groups in a row that had a single caller
         self.ops_committed = 0
 
     def start(self) -> None:
@@ -96,7 +103,7 @@ class GroupCommitter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._wait_s:
+            if self._wait_s and self._lone_groups < LONE_GROUPS_BEFORE_NO_WAIT:
                 await asyncio.sleep(self._wait_s)
             while self._queue:
                 group: list[tuple[list, asyncio.Future]] = []
@@ -127,6 +134,7 @@ class GroupCommitter:
                 if self._metrics is not None:
                     self._metrics.observe_commit(len(results), time.perf_counter() - started)
                 self.groups_committed += 1
+                self._lone_groups = self._lone_groups + 1 if len(group) == 1 else 0
                 self.ops_committed += len(results)
                 start = 0
                 for chunk, future in group:
