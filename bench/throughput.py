@@ -461,7 +461,8 @@ def print_table(results: list[dict]) -> None:
         print(f"{r['mode']:<12} {r['workers']:>7} {r['concurrency']:>5} {r['batch_size']:>6} "
               f"{r['purchases_per_min']:>14,} {r['calls_per_s']:>9,.0f} {r['latency_ms']['p50']:>8.2f} "
               f"{r['latency_ms']['p99']:>8.2f} {r['latency_ms']['max']:>8.2f} "
-              f"{r['commits']['operations_per_group'] if r.get('commits') else '-':>10} {str(r['durable']):>7} "
+              f"{r['commits']['operations_per_group'] if r.get('commits', {}).get('groups') else '-':>10} "
+              f"{str(r['durable']):>7} "
               f"{'ok' if r['verify_ok'] else 'FAIL':>6}")
 
 

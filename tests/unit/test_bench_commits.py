@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.throughput import commit_counts
+from bench.throughput import commit_counts, print_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,3 +42,15 @@ def test_the_counts_are_summed_over_the_workers_stopped_lines():
 def test_a_server_that_committed_nothing_reports_no_groups():
     log = '{"msg":"stopped","worker":0,"groups_committed":0,"ops_committed":0}'
     assert commit_counts(log) == {"groups": 0, "operations": 0, "operations_per_group": 0.0}
+
+
+def test_the_table_shows_operations_per_commit_and_a_dash_where_nothing_was_committed(capsys):
+    row = {"workers": 2, "concurrency": 64, "batch_size": 1, "purchases_per_min": 0, "calls_per_s": 1.0,
+           "latency_ms": {"p50": 1.0, "p99": 2.0, "max": 3.0}, "durable": True, "verify_ok": True}
+    print_table([
+        {**row, "mode": "noop-unary", "commits": {"groups": 0, "operations": 0, "operations_per_group": 0.0}},
+        {**row, "mode": "unary", "commits": {"groups": 3, "operations": 17, "operations_per_group": 5.7}},
+    ])
+    noop, unary = capsys.readouterr().out.splitlines()[2:]
+    assert noop.split()[-3] == "-"
+    assert unary.split()[-3] == "5.7"
