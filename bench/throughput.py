@@ -323,7 +323,7 @@ def split_cpus(server_cpus: list[int], driver_cpus: list[int]) -> tuple[list[int
         if driver_cpus:
             raise SystemExit("--driver-cpus needs --server-cpus")
         return [], []
-    from server.cli import usable_cpus
+    from server.cpus import usable_cpus
 
     usable = usable_cpus()
     for flag, cpus in (("--server-cpus", server_cpus), ("--driver-cpus", driver_cpus)):

@@ -31,6 +31,7 @@ from server.interceptors.decode import DecodeInterceptor
 from server.interceptors.metrics import MetricsInterceptor
 from server.metrics import Metrics, serve_metrics
 from server.config import ServerConfig
+from server.cpus import usable_cpus
 from server.logs import event
 from server.servicers.accounts import AccountsServicer
 from server.servicers.admin import AdminServicer, compile_rules, sweep_expired, switch_rules
@@ -209,8 +210,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
         metrics_server = await serve_metrics(metrics, metrics_address)
         event(log, "metrics", address=metrics_address)
     host = config.server.listen.rsplit(":", 1)[0]
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    event(log, "serving", address=f"{host}:{port}", pid=os.getpid(), worker=worker_index, cpus=cpus,
+    event(log, "serving", address=f"{host}:{port}", pid=os.getpid(), worker=worker_index, cpus=usable_cpus(),
           ruleset_version=ledger.program.version)
 
     stop = asyncio.Event()

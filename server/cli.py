@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from server.cpus import cpu_shares, pin_to, usable_cpus
 
 DEFAULT_CONFIG = "config/kassa.toml"
 
@@ -76,7 +77,7 @@ def _serve(args) -> int:
         shares = cpu_shares(cpus, workers) if pin else [[] for _ in range(workers)]
         return _supervise(args.config, shares)
     if args.cpus:
-        _pin([int(cpu) for cpu in args.cpus.split(",")])
+        pin_to([int(cpu) for cpu in args.cpus.split(",")])
     import uvloop
 
     from core_ext import RulesError
@@ -94,33 +95,6 @@ def _serve(args) -> int:
         print(f"kassa: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-def usable_cpus() -> list[int]:
-    """The CPUs this process may run on (a `taskset` or a container's cpuset narrows them)."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
-def cpu_shares(cpus: list[int], workers: int) -> list[list[int]]:
-    """Each worker's CPUs: `cpus` (at least one per worker) cut into `workers` runs of neighbours,
-    one CPU each when there are as many workers as CPUs. A worker's event loop and its commit
-    thread then run on the same core, in each other's caches: measured on 2 cores with the load
-    driver beside the server, unary calls went 3-11 % faster (README)."""
-    if not 0 < workers <= len(cpus):
-        raise ValueError(f"{workers} workers cannot each have their own of {len(cpus)} CPUs")
-    return [cpus[index * len(cpus) // workers:(index + 1) * len(cpus) // workers] for index in range(workers)]
-
-
-def _pin(cpus: list[int]) -> None:
-    """Keep this worker on `cpus`. Called first, while the process has one thread: the threads it
-    starts later (the commit thread, gRPC's poller) inherit it. A CPU gone offline since the
-    supervisor looked is no reason not to serve: the worker then runs unpinned."""
-    try:
-        os.sched_setaffinity(0, cpus)
-    except OSError as error:
-        logging.getLogger("kassa.server").warning("worker not pinned to cpus %s: %s", cpus, error.strerror)
 
 
 def _supervise(config_path: str, shares: list[list[int]]) -> int:
