@@ -7,10 +7,10 @@ never blocks on a commit and the per-call cost is paid once per group, not once 
 group is taken from the queue once the thread holds LMDB's writer lock: while other workers'
 commits keep this one waiting, what arrives meanwhile joins it.
 
-A group waits `wait_us_max` for more callers to join it, unless the last few groups each had
-one caller: then nobody is there to share the sync, and a lone caller (one terminal at a quiet
-store, a client sending one call at a time) is committed at once instead of after the wait. The
-first group with two callers brings the wait back.
+A group waits `wait_us_max` for more callers to join it, unless the last few groups were small
+(one or two callers each): then few are there to share the sync, and a lone caller (one terminal at
+a quiet store, a client sending one call at a time) or a worker serving a few terminals is
+committed at once instead of after the wait. The first larger group brings the wait back.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from core_ext.ledger import LedgerError
 from core_ext.model import Code, Outcome, rejected
 
 log = logging.getLogger("kassa.commit")
-LONE_GROUPS_BEFORE_NO_WAIT = 3  # groups in a row with one caller each, after which a group commits at once
+SMALL_GROUP_CALLERS_MAX = 2  # a group of at most this many callers is small
+SMALL_GROUPS_BEFORE_NO_WAIT = 3  # small groups in a row, after which a group commits at once
 
 
 class GroupCommitter:
@@ -43,7 +44,7 @@ class GroupCommitter:
         self.idle.set()
         self._task: asyncio.Task | None = None
         self.groups_committed = 0
-        self._lone_groups = 0  # groups in a row that had a single caller
+        self._small_groups = 0  # small groups in a row
         self.ops_committed = 0
 
     def start(self) -> None:
@@ -103,7 +104,7 @@ class GroupCommitter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._wait_s and self._lone_groups < LONE_GROUPS_BEFORE_NO_WAIT:
+            if self._wait_s and self._small_groups < SMALL_GROUPS_BEFORE_NO_WAIT:
                 await asyncio.sleep(self._wait_s)
             while self._queue:
                 group: list[tuple[list, asyncio.Future]] = []
@@ -134,7 +135,7 @@ class GroupCommitter:
                 if self._metrics is not None:
                     self._metrics.observe_commit(len(results), time.perf_counter() - started)
                 self.groups_committed += 1
-                self._lone_groups = self._lone_groups + 1 if len(group) == 1 else 0
+                self._small_groups = self._small_groups + 1 if len(group) <= SMALL_GROUP_CALLERS_MAX else 0
                 self.ops_committed += len(results)
                 start = 0
                 for chunk, future in group:

@@ -1,7 +1,7 @@
 """When a group waits for more callers (`commit.wait_us_max`), on a real ledger in a temp
-directory: a caller arriving during the wait shares the first caller's commit; a lone caller, once
-the last groups had one caller each, is committed at once instead of being held for the wait; and
-the first group with two callers brings the wait back.
+directory: a caller arriving during the wait shares the first caller's commit; once the last groups
+were small (one or two callers each), a caller is committed at once instead of being held for the
+wait; and the first larger group brings the wait back.
 
 The wait is set to a whole second, the most the config allows, so that a call held for it cannot be
 mistaken for a slow commit; "at once" means well inside it."""
@@ -12,7 +12,7 @@ import asyncio
 
 from core_ext.model import Code
 from server.clock import SystemClock
-from server.commit import LONE_GROUPS_BEFORE_NO_WAIT, GroupCommitter
+from server.commit import SMALL_GROUP_CALLERS_MAX, SMALL_GROUPS_BEFORE_NO_WAIT, GroupCommitter
 from tests.core.test_ledger_take import open_ledger, purchase
 
 WAIT_US_MAX = 1_000_000
@@ -39,12 +39,10 @@ async def answered(committer, number: int) -> tuple[int, float]:
     return outcome.code, loop.time() - started
 
 
-async def two_callers(committer, first: int, second: int, apart_s: float) -> list[int]:
-    """Two callers, the second `apart_s` after the first: their outcomes' codes."""
-    early = asyncio.ensure_future(committer.submit([purchase(first)]))
-    await asyncio.sleep(apart_s)
-    late = committer.submit([purchase(second)])
-    answers = await asyncio.wait_for(asyncio.gather(early, late), ANSWER_TIMEOUT_S)
+async def together(committer, numbers: range) -> list[int]:
+    """One caller per purchase, all at once: their outcomes' codes."""
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(committer.submit([purchase(number)]) for number in numbers)), ANSWER_TIMEOUT_S)
     return [outcome.code for (outcome,) in answers]
 
 
@@ -52,8 +50,11 @@ def test_a_caller_arriving_during_the_wait_shares_the_first_callers_commit(tmp_p
     ledger = open_ledger(tmp_path)
 
     async def body(committer):
-        codes = await two_callers(committer, 1, 2, apart_s=SECOND_CALLER_AFTER_S)
-        return codes, committer.groups_committed
+        early = asyncio.ensure_future(committer.submit([purchase(1)]))
+        await asyncio.sleep(SECOND_CALLER_AFTER_S)
+        late = committer.submit([purchase(2)])
+        answers = await asyncio.wait_for(asyncio.gather(early, late), ANSWER_TIMEOUT_S)
+        return [outcome.code for (outcome,) in answers], committer.groups_committed
 
     codes, groups = asyncio.run(with_committer(ledger, body))
     assert codes == [Code.OK, Code.OK]
@@ -61,24 +62,33 @@ def test_a_caller_arriving_during_the_wait_shares_the_first_callers_commit(tmp_p
     ledger.close()
 
 
-def test_a_lone_caller_is_committed_at_once_after_lone_groups_and_two_callers_bring_the_wait_back(tmp_path):
+def test_after_small_groups_a_caller_is_committed_at_once_and_a_larger_group_brings_the_wait_back(tmp_path):
     ledger = open_ledger(tmp_path)
+    small = SMALL_GROUP_CALLERS_MAX
+    larger = SMALL_GROUP_CALLERS_MAX + 1
 
     async def body(committer):
-        lone = [await answered(committer, number) for number in range(LONE_GROUPS_BEFORE_NO_WAIT + 2)]
-        together = await two_callers(committer, 100, 101, apart_s=0)
-        after_together = await answered(committer, 102)
-        return lone, together, after_together, committer.groups_committed
+        lone = [await answered(committer, number) for number in range(SMALL_GROUPS_BEFORE_NO_WAIT + 2)]
+        groups_before = committer.groups_committed
+        small_group = await together(committer, range(100, 100 + small))
+        after_small = await answered(committer, 200)
+        larger_group = await together(committer, range(300, 300 + larger))
+        after_larger = await answered(committer, 400)
+        return lone, groups_before, small_group, after_small, larger_group, after_larger, committer.groups_committed
 
-    lone, together, (after_code, after_s), groups = asyncio.run(with_committer(ledger, body))
+    lone, groups_before, small_group, after_small, larger_group, after_larger, groups = asyncio.run(
+        with_committer(ledger, body))
     assert [code for code, _ in lone] == [Code.OK] * len(lone)
     held = [seconds >= AT_ONCE_S for _, seconds in lone]
     # The first lone callers still wait (someone might join them); then no one waits.
-    assert held == [True] * LONE_GROUPS_BEFORE_NO_WAIT + [False, False], [seconds for _, seconds in lone]
-    # Two callers at once share a group (no longer lone)...
-    assert together == [Code.OK, Code.OK]
-    assert groups == len(lone) + 1 + 1
-    # ...so the next lone caller waits again.
-    assert after_code == Code.OK
-    assert after_s >= AT_ONCE_S, after_s
+    assert held == [True] * SMALL_GROUPS_BEFORE_NO_WAIT + [False, False], [seconds for _, seconds in lone]
+    # Callers arriving together share a group; a small one keeps the next caller from waiting...
+    assert small_group == [Code.OK] * small
+    assert after_small[0] == Code.OK
+    assert after_small[1] < AT_ONCE_S, after_small
+    # ...a larger one makes it wait again.
+    assert larger_group == [Code.OK] * larger
+    assert after_larger[0] == Code.OK
+    assert after_larger[1] >= AT_ONCE_S, after_larger
+    assert groups == groups_before + 4
     ledger.close()
