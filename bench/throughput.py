@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from server.cpus import usable_cpus
+
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("unary", "batch", "stream", "noop-unary", "noop-stream")
 SERVER_START_TIMEOUT_S = 60  # seconds
@@ -323,8 +325,6 @@ def split_cpus(server_cpus: list[int], driver_cpus: list[int]) -> tuple[list[int
         if driver_cpus:
             raise SystemExit("--driver-cpus needs --server-cpus")
         return [], []
-    from server.cpus import usable_cpus
-
     usable = usable_cpus()
     for flag, cpus in (("--server-cpus", server_cpus), ("--driver-cpus", driver_cpus)):
         if not set(cpus) <= set(usable):
