@@ -1,0 +1,116 @@
+"""The code blocks of docs/ that can run, run as written (paths and addresses swapped for the test's).
+
+Not run here, and why: the README's tour has its own test (tests/server/test_readme_tour.py); the
+grpcurl calls in docs/api.md need grpcurl, which is not installed; the Python fragments (the API key
+metadata, the TLS channel) are pieces of a client, run in substance by tests/security; the command
+synopses in docs/operations.md and bench/README.md list options rather than run one command; the
+locust command in loadtest/README.md runs for 30 s against a server (make loadtest).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kassa_harness import REPO
+
+DOCS = REPO / "docs"
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def blocks(path: Path, language: str) -> list[str]:
+    """The fenced code blocks of one language in a Markdown file, in order."""
+    text = path.read_text(encoding="utf-8")
+    return [body for lang, body in BLOCK.findall(text) if lang == language]
+
+
+def kassa_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "server.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+class TestRulesReference:
+    def test_the_program_and_tiers_examples_make_a_program_that_checks(self, tmp_path):
+        program, tiers = blocks(DOCS / "rules.md", "toml")[:2]
+        path = tmp_path / "program.toml"
+        path.write_text(program + "\n" + tiers)
+
+        run = kassa_cli("rules", "check", str(path), cwd=REPO)
+
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith("ok: 1 campaigns (1 purchase, 0 event)")
+
+    def test_the_rules_check_output_is_the_one_the_docs_show(self):
+        shown = re.search(r"`kassa rules check config/rules` prints `(ok: [^`]*)`",
+                          (DOCS / "operations.md").read_text(encoding="utf-8")).group(1)
+
+        run = kassa_cli("rules", "check", "config/rules", cwd=REPO)
+
+        assert run.returncode == 0, run.stderr
+        assert re.fullmatch(re.escape(shown.replace("v-...", "@")).replace("@", r"v-\S+"), run.stdout.strip())
+
+
+class TestOperations:
+    def test_the_key_recipe_makes_a_key_and_its_sha256(self):
+        recipe = blocks(DOCS / "operations.md", "sh")[1]
+        script = recipe + 'printf "%s\\n" "$KEY"\n'
+
+        run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+
+        assert run.returncode == 0, run.stderr
+        digest_line, key = run.stdout.split("\n")[:2]
+        assert re.fullmatch(r"[0-9a-f]{64}", key)
+        assert re.fullmatch(r"[0-9a-f]{64}  -", digest_line)
+
+    def test_the_auth_example_is_a_config_kassa_accepts(self, tmp_path):
+        from server.config import load_config
+
+        path = tmp_path / "kassa.toml"
+        path.write_text(blocks(DOCS / "operations.md", "toml")[0])
+
+        config = load_config(str(path))
+
+        assert config.auth.enabled
+        assert [(key.name, key.stores, key.admin) for key in config.auth.keys] == \
+            [("store-7/pos-2", ["store-7"], False), ("ops/alice", [], True)]
+
+    def test_backup_and_verify_as_written(self, kassa, tmp_path):
+        recipe = blocks(DOCS / "operations.md", "sh")[2]
+        backup_dir = tmp_path / "kassa-backup"
+        script = recipe.replace("/srv/backup/kassa-2026-11-25", str(backup_dir)) \
+                       .replace(".venv/bin/kassa", f"{sys.executable} -m server.cli")
+        environment = dict(kassa.environ, PYTHONPATH=str(REPO))
+
+        run = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, env=environment,
+                             capture_output=True, text=True, timeout=120)
+
+        assert run.returncode == 0, run.stderr
+        backup_line, verify_line = run.stdout.strip().splitlines()[-2:]
+        assert json.loads(backup_line)["ok"] is True
+        assert json.loads(verify_line)["ok"] is True
+
+
+class TestConfiguration:
+    def test_every_key_in_the_table_is_a_config_key(self):
+        from server.config import ServerConfig
+
+        text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+        documented = re.findall(r"^\| `([a-z_]+)\.([a-z_]+)`", text, re.M)
+        defaults = ServerConfig()
+
+        assert documented, "no config keys found in docs/configuration.md"
+        for section_name, key in documented:
+            assert hasattr(getattr(defaults, section_name), key), f"{section_name}.{key} is not a config key"
+
+
+@pytest.mark.parametrize("path", sorted([*DOCS.glob("*.md"), REPO / "README.md", REPO / "bench" / "README.md",
+                                         REPO / "loadtest" / "README.md"]), ids=lambda p: p.name)
+def test_relative_links_lead_to_files_that_exist(path):
+    text = path.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+        assert (path.parent / target).exists(), f"{path.name} links to {target}, which does not exist"
