@@ -1,5 +1,5 @@
 """A pure-Python reference evaluator of a loyalty program, written from the rules' description
-(README "The loyalty program": conditions, effects, order, stacking and limits), not from the
+(docs/rules.md: conditions, effects, order, stacking and limits), not from the
 Cython code. The tests hold the core against it; the benchmarks time the core beside it.
 
 Deliberately plain: one function per rule, no caching, no clever data structures.

@@ -1,5 +1,5 @@
 """The rules language row by row: one receipt, one program, and the exact outcome, worked out by
-hand from README "The loyalty program" and written in the row.
+hand from docs/rules.md and written in the row.
 
 Each row is checked three ways: the core (`core_ext.Program`) gives the expected numbers, the
 pure-Python reference (tests/core/reference.py) gives them, and the two agree on everything else.

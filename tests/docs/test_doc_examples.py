@@ -95,19 +95,6 @@ class TestOperations:
         assert json.loads(verify_line)["ok"] is True
 
 
-class TestConfiguration:
-    def test_every_key_in_the_table_is_a_config_key(self):
-        from server.config import ServerConfig
-
-        text = (DOCS / "configuration.md").read_text(encoding="utf-8")
-        documented = re.findall(r"^\| `([a-z_]+)\.([a-z_]+)`", text, re.M)
-        defaults = ServerConfig()
-
-        assert documented, "no config keys found in docs/configuration.md"
-        for section_name, key in documented:
-            assert hasattr(getattr(defaults, section_name), key), f"{section_name}.{key} is not a config key"
-
-
 @pytest.mark.parametrize("path", sorted([*DOCS.glob("*.md"), REPO / "README.md", REPO / "bench" / "README.md",
                                          REPO / "loadtest" / "README.md"]), ids=lambda p: p.name)
 def test_relative_links_lead_to_files_that_exist(path):
