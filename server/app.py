@@ -26,6 +26,7 @@ from kassa.v1 import (
 )
 from server.clock import make_clock
 from server.commit import GroupCommitter
+from server.interceptors.access_log import AccessLogInterceptor
 from server.interceptors.auth import AuthInterceptor
 from server.interceptors.decode import DecodeInterceptor
 from server.interceptors.metrics import MetricsInterceptor
@@ -169,6 +170,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     server = grpc.aio.server(
         interceptors=[
             MetricsInterceptor(metrics),
+            AccessLogInterceptor(),  # outside auth: its refusals are logged with their request id
             *([AuthInterceptor(config.auth)] if config.auth.enabled else []),
             DecodeInterceptor(),
         ],

@@ -70,7 +70,7 @@ def _serve(args) -> int:
     workers = config.server.workers if args.workers is None else args.workers
     cpus = usable_cpus()
     workers = workers or len(cpus)
-    setup_logging()
+    setup_logging(config.log.level, None if workers > 1 else args.worker_index)
     if workers > 1:
         # More workers than CPUs: some would have to share one, so the kernel places them all.
         pin = config.server.pin_workers and hasattr(os, "sched_setaffinity") and workers <= len(cpus)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -80,6 +80,10 @@ class MetricsSection(_Section):
     listen: str = ""  # host:port of the Prometheus /metrics endpoint; empty: off
 
 
+class LogSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"  # debug: also a line per answered call
+
+
 class ServerConfig(_Section):
     server: ServerSection = ServerSection()
     ledger: LedgerSection = LedgerSection()
@@ -90,6 +94,7 @@ class ServerConfig(_Section):
     auth: AuthSection = AuthSection()
     tls: TlsSection = TlsSection()
     metrics: MetricsSection = MetricsSection()
+    log: LogSection = LogSection()
 
 
 class ConfigError(Exception):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from server import errors
+
 API_KEY_METADATA = "x-api-key"
 KASSA_METHOD_PREFIX = "/kassa.v1."  # health and reflection stay open
 ADMIN_METHODS = ("/kassa.v1.Admin/", "/kassa.v1.Accounts/Adjust")
@@ -58,12 +60,18 @@ class TokenBucket:
         self._tokens -= 1
         return True
 
+    def wait_s(self) -> float:
+        """How long until `take` can succeed, as of its last call."""
+        return max(0.0, (1 - self._tokens) / self._rate_per_s)
 
-def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that answers `code` and does nothing else."""
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str, reason: str,
+             **options) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that refuses (server/errors.py) and does nothing else."""
+    status = errors.refusal_status(code, details, reason, **options)
 
     async def refuse(request_or_iterator, context):
-        await context.abort(code, details)
+        await context.abort_with_status(status)
 
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
@@ -93,11 +101,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         caller = self._callers.get(digest) if key else None
         if caller is None:
             return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
-                            f"missing or unknown API key (metadata '{API_KEY_METADATA}')")
+                            f"missing or unknown API key (metadata '{API_KEY_METADATA}')",
+                            errors.API_KEY_INVALID if key else errors.API_KEY_MISSING)
         if method.startswith(ADMIN_METHODS) and not caller.admin:
-            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, f"'{caller.name}' is not an admin key")
-        if not self._buckets[digest].take():
+            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, f"'{caller.name}' is not an admin key",
+                            errors.ADMIN_KEY_REQUIRED)
+        bucket = self._buckets[digest]
+        if not bucket.take():
             return _refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"rate limit for '{caller.name}' exceeded; slow down and retry")
+                            f"rate limit for '{caller.name}' exceeded; slow down and retry", errors.RATE_LIMITED,
+                            retry_delay_ms=errors.retry_delay_ms(bucket.wait_s()))
         CALLER.set(caller)
         return handler

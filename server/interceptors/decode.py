@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import grpc
 
+from server import errors
+
 
 class _Undecodable:
     __slots__ = ("error",)
@@ -19,6 +21,12 @@ class _Undecodable:
 
 def refuse_details(method: str, error: Exception) -> str:
     return f"request: not a valid message for {method} ({type(error).__name__})"
+
+
+async def refuse_undecodable(context, method: str, error: Exception):
+    """INVALID_ARGUMENT for bytes that are no message: no field of it to name."""
+    await errors.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, refuse_details(method, error),
+                        errors.MALFORMED_REQUEST, violations=[])
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):
@@ -40,7 +48,7 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request, context):
                 if type(request) is _Undecodable:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refuse_details(method, request.error))
+                    await refuse_undecodable(context, method, request.error)
                 return await behavior(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, decode_or_mark, handler.response_serializer)
@@ -50,7 +58,7 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
             async def checked(request_iterator, context):
                 async for request in request_iterator:
                     if type(request) is _Undecodable:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refuse_details(method, request.error))
+                        await refuse_undecodable(context, method, request.error)
                     yield request
 
             async def stream_stream(request_iterator, context):

@@ -1,25 +1,10 @@
-"""Counts and times every call by method and status; logs refused calls with their request id."""
+"""Counts and times every call by method and status (server/interceptors/access_log.py logs them)."""
 
 from __future__ import annotations
 
-import logging
 import time
 
 import grpc
-
-from server import wire
-from server.logs import event
-
-log = logging.getLogger("kassa.access")
-
-
-ACCRUE_METHOD = "/kassa.v1.Processing/Accrue"  # takes its bytes, request_id first (server/wire.pyx)
-
-
-def _request_id(method: str, request) -> str:
-    if type(request) is bytes:
-        return wire.request_id(request) if method == ACCRUE_METHOD else ""
-    return getattr(request, "request_id", "")
 
 
 def _code_name(context) -> str:
@@ -48,11 +33,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     return await behavior(request, context)
                 finally:
-                    code = _code_name(context)
-                    metrics.observe_call(method, code, time.perf_counter() - start)
-                    if code != "OK":
-                        event(log, "refused", method=method, code=code,
-                              request_id=_request_id(method, request), details=context.details() or "")
+                    metrics.observe_call(method, _code_name(context), time.perf_counter() - start)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer

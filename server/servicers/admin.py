@@ -8,7 +8,7 @@ from core_ext import Program, RulesError, load_program, parse_program
 from core_ext.limits import SWEEP_ACCOUNTS_MAX
 from core_ext.model import Code, Outcome, SetRulesOp, SweepOp
 from kassa.v1 import admin_pb2, admin_pb2_grpc
-from server import convert
+from server import convert, errors
 from server.servicers.respond import answer, commit_one
 
 RELOADED_SOURCE_NAME = "ReloadRules.source_toml"  # the file name problems are reported under
@@ -69,7 +69,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         try:
             spec = compile_rules(self._rule_paths, request.source_toml)
         except RulesError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ruleset refused, the old one keeps serving:\n{error}")
+            # The problems are in the request's source_toml, or (when it is empty) in the rule files.
+            violations = [("source_toml", problem) for problem in error.problems] if request.source_toml else []
+            await errors.refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                f"ruleset refused, the old one keeps serving:\n{error}", errors.RULESET_REFUSED,
+                                violations=violations)
         outcome = await switch_rules(self._ledger, self._committer, spec)
         return await answer(context, outcome, lambda _body: admin_pb2.ReloadRulesResponse(ruleset_version=spec.version))
 
@@ -78,11 +82,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         # and its replay neither.
         response_bytes = request.count * (len(request.pattern.encode()) + CODE_FRAMING_BYTES)
         if response_bytes > self._response_bytes_max:
-            await context.abort(
+            await errors.refuse(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"count: {request.count} codes of '{request.pattern}' make a response of about {response_bytes} "
                 f"bytes, more than the server's message limit of {self._response_bytes_max} "
                 "(server.message_bytes_max); ask for them in several requests",
+                errors.RESPONSE_TOO_LARGE,
             )
         return await commit_one(
             self._committer, context, convert.generate_promo_codes_op, request, convert.promo_codes_response
@@ -97,7 +103,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         try:
             settled, expired = await sweep_expired(self._committer)
         except RuntimeError as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            await errors.refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), errors.EXPIRY_SWEEP_FAILED)
         return admin_pb2.ExpirePointsResponse(accounts_settled=settled, expired_points=expired)
 
     async def GetStats(self, request, context):

@@ -13,7 +13,7 @@ import grpc
 
 from core_ext.model import AccrueOp, Code, Outcome, RedeemResult, RollbackResult
 from kassa.v1 import processing_pb2
-from server import convert, wire
+from server import convert, errors, wire
 from server.interceptors.auth import CALLER
 from server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
 
@@ -79,7 +79,7 @@ class ProcessingServicer:
                 return await invalid(context, error)
         refusal = CALLER.get().store_refusal(query.receipt.store_id)
         if refusal is not None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+            await errors.refuse(context, grpc.StatusCode.PERMISSION_DENIED, refusal, errors.STORE_NOT_ALLOWED)
         outcome = self._ledger.calculate(query, self._clock.now_ms())
         return await answer(context, outcome, wire.calculate_response)
 
@@ -138,9 +138,11 @@ class ProcessingServicer:
             operations = (await decoded(context, method, processing_pb2.ProcessBatchRequest, data)).operations
         count = len(operations)
         if count > self._batch_operations_max:
-            await context.abort(
+            await errors.refuse(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"operations: {count} operations, more than the limit of {self._batch_operations_max}",
+                errors.BATCH_TOO_LARGE,
             )
         payloads = []
         for index, operation in enumerate(operations):
@@ -164,9 +166,11 @@ class ProcessingServicer:
         cancel: a status cannot be sent past acks the client does not take). What it sent is
         committed: the client re-sends what was not acked and gets the original results."""
         if self.streams_open >= self._streams_max:
-            await context.abort(
+            await errors.refuse(
+                context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.streams_open} event streams open, the limit (processing.streams_max) is {self._streams_max}",
+                errors.STREAMS_EXHAUSTED,
             )
         self.streams_open += 1
         try:

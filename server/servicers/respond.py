@@ -7,19 +7,29 @@ import msgspec
 from google.protobuf.message import DecodeError
 
 from core_ext.model import AccrueOp, Code, Outcome, Reason, RedeemOp, RollbackOp
+from server import errors
 from server.convert import InvalidArgument
-from server.interceptors.decode import refuse_details
+from server.interceptors.decode import refuse_undecodable
 from server.interceptors.auth import CALLER
 
-REASON_METADATA_KEY = "kassa-reason"  # trailing metadata naming the business reason of a refusal
 STATUS_CODES = {int(code): grpc.StatusCode[code.name] for code in Code}
+REUSED_PREFIX = "request_id '"  # an ALREADY_EXISTS about the request_id itself, not what it creates
+
+
+def outcome_reason(code: grpc.StatusCode, outcome: Outcome) -> str:
+    """ErrorInfo.reason of a refused outcome: its kassa.v1.Reason name, else one by situation."""
+    if outcome.reason:
+        return Reason(outcome.reason).name
+    if code == grpc.StatusCode.ALREADY_EXISTS and outcome.message.startswith(REUSED_PREFIX):
+        return errors.REQUEST_ID_REUSED
+    return errors.REASON_OF_CODE.get(code, code.name)
 
 
 async def answer(context: grpc.aio.ServicerContext, outcome: Outcome, render):
     if outcome.code == Code.OK:
         return render(outcome.body)
-    metadata = ((REASON_METADATA_KEY, Reason(outcome.reason).name),) if outcome.reason else ()
-    await context.abort(STATUS_CODES[outcome.code], outcome.message, trailing_metadata=metadata)
+    code = STATUS_CODES[outcome.code]
+    await errors.refuse(context, code, outcome.message, outcome_reason(code, outcome), business=bool(outcome.reason))
 
 
 def store_of(op) -> str | None:
@@ -66,7 +76,7 @@ async def commit_op(committer, context: grpc.aio.ServicerContext, op, render):
 
 
 async def invalid(context: grpc.aio.ServicerContext, error: InvalidArgument):
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    await errors.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), errors.INVALID_FIELD)
 
 
 async def decoded(context: grpc.aio.ServicerContext, method: str, message_type, data: bytes):
@@ -75,4 +85,4 @@ async def decoded(context: grpc.aio.ServicerContext, method: str, message_type, 
     try:
         return message_type.FromString(data)
     except DecodeError as error:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refuse_details(method, error))
+        await refuse_undecodable(context, method, error)
