@@ -100,7 +100,7 @@ class Metrics:
         PlatformCollector(registry)
         self.started = Counter("grpc_server_started", "RPCs started on the server.", GRPC_LABELS, registry=registry)
         self.handled = Counter(
-            "grpc_server_handled", "RPCs completed on the server, by status code (unknown methods: grpc_method unknown).",
+            "grpc_server_handled", "RPCs completed on the server, by status code (unknown methods: all labels unknown).",
             (*GRPC_LABELS, "grpc_code"), registry=registry,
         )
         self.handling_seconds = Histogram(
@@ -116,7 +116,7 @@ class Metrics:
             buckets=GROUP_SIZE_BUCKETS, registry=registry,
         )
         self.commit_seconds = Histogram(
-            "kassa_commit_duration_seconds", "Time of a group commit, from taking the writer lock to the synced commit.",
+            "kassa_commit_duration_seconds", "Time of a group commit, from waiting for the writer lock to the sync.",
             buckets=LATENCY_BUCKETS_S, registry=registry,
         )
         self._make_gauges(registry)
@@ -280,7 +280,8 @@ class Endpoint:
     def __init__(self, registry: CollectorRegistry, listen: str):
         host, port = parse_listen(listen)
         try:
-            family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, _, _, _, address = found[0]
         except socket.gaierror as error:
             raise MetricsUnavailable(f'metrics.listen = "{listen}": no such host ({error.strerror})') from None
         server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -22,12 +24,14 @@ from kassa.v1 import accounts_pb2_grpc, processing_pb2, processing_pb2_grpc
 from tests.server.helpers import by_account, earn, line, open_account, receipt
 
 WORKERS = 2
-TERMINALS = 8  # client threads, each on a connection of its own: the kernel spreads them over the workers
+TERMINALS = 12  # client threads, each on a connection of its own: the kernel spreads them over the workers
 PURCHASES_PER_TERMINAL = 5
 EVENTS = 300  # on one stream, in EVENT_BATCHES messages
 EVENT_BATCHES = 3
 START_TIMEOUT_S = 30
 GAUGE_WAIT_S = 5  # workers write their gauges every second
+ALERTS = Path(__file__).resolve().parents[2] / "config" / "prometheus" / "kassa-alerts.yml"
+METRIC_NAME = re.compile(r"\b((?:grpc_server|kassa|process)_\w+)")
 
 
 def free_port() -> int:
@@ -81,7 +85,8 @@ def rss_bytes(pid: int) -> int:
 
 
 def multiprocess_directory(pid: int) -> Path:
-    environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    environ = dict(item.split(b"=", 1) for item in variables if b"=" in item)
     return Path(environ[b"PROMETHEUS_MULTIPROC_DIR"].decode())
 
 
@@ -187,7 +192,8 @@ class TestOneScrapeOfTheWholeServer:
         assert found["grpc_server_handled_total" + grpc_labels(*accrue, code="OK")] == accrued
         assert found["grpc_server_started_total" + grpc_labels(*accrue)] == accrued
         assert found["grpc_server_handling_seconds_count" + grpc_labels(*accrue)] == accrued
-        assert found["grpc_server_handled_total" + grpc_labels("kassa.v1.Accounts", "CreateAccount", code="OK")] == TERMINALS
+        created = grpc_labels("kassa.v1.Accounts", "CreateAccount", code="OK")
+        assert found["grpc_server_handled_total" + created] == TERMINALS
         stream = ("kassa.v1.Processing", "StreamEvents", "BIDI_STREAM")
         assert found["grpc_server_handled_total" + grpc_labels(*stream, code="OK")] == 1
         unknown = '{grpc_code="UNIMPLEMENTED",grpc_method="unknown",grpc_service="unknown",grpc_type="unknown"}'
@@ -201,6 +207,22 @@ class TestOneScrapeOfTheWholeServer:
         assert found['kassa_operations_total{code="INVALID_ARGUMENT",grpc_method="ProcessBatch",kind="unset"}'] == 1
         committed = TERMINALS * (1 + PURCHASES_PER_TERMINAL) + EVENTS + 4
         assert found["kassa_commit_operations_sum"] == committed
+
+    def test_the_example_alerts_use_names_the_server_serves(self, loaded):
+        _, _, text = loaded
+        served = set(re.findall(r"^(\w+)[{ ]", text, re.M))
+        named = set(METRIC_NAME.findall(ALERTS.read_text()))
+        assert {"grpc_server_handled_total", "grpc_server_handling_seconds_bucket", "kassa_ledger_bytes"} <= named
+        assert named - served == set()
+
+    @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Prometheus) is not installed")
+    def test_promtool_accepts_the_scrape_and_the_example_alerts(self, loaded):
+        _, _, text = loaded
+        checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert checked.stdout + checked.stderr == ""  # no lint remarks either
+        checked = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
     def test_kassa_stats_shows_the_totals(self, loaded):
         server, _, _ = loaded
