@@ -30,7 +30,7 @@ from server.interceptors.access_log import AccessLogInterceptor
 from server.interceptors.auth import AuthInterceptor
 from server.interceptors.decode import DecodeInterceptor
 from server.interceptors.metrics import MetricsInterceptor
-from server.metrics import Metrics, serve_metrics
+from server.metrics import GAUGE_REFRESH_INTERVAL_S, Metrics, serve_metrics
 from server.config import ServerConfig
 from server.cpus import usable_cpus
 from server.logs import event
@@ -151,6 +151,9 @@ async def check_readers_periodically(ledger, interval_s: float) -> None:
 
 
 async def serve(config: ServerConfig, worker_index: int = 0) -> None:
+    metrics = Metrics()
+    # First: a metrics address in use stops the start before anything else is opened.
+    metrics_endpoint = serve_metrics(metrics, config.metrics.listen)
     clock = make_clock(config.clock.file)
     ledger = open_ledger(config)
     files_version = ledger.program.version
@@ -161,8 +164,6 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     elif ledger.refresh_program():
         event(log, "serving the stored ruleset; the rule files are unchanged since it replaced them",
               ruleset_version=ledger.program.version, files_ruleset_version=files_version)
-    metrics = Metrics()
-    metrics.ledger = ledger
     committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
     committer.start()
 
@@ -185,9 +186,9 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
     )
-    processing = ProcessingServicer(ledger, committer, clock, config.processing)
+    processing = ProcessingServicer(ledger, committer, clock, config.processing, metrics)
     add_processing(processing, server)
-    metrics.gauges["kassa_streams_open"] = lambda: processing.streams_open
+    metrics.watch(ledger, lambda: processing.streams_open)
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
     rule_paths = [Path(path) for path in config.rules.paths]
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ledger, committer, rule_paths, message_bytes_max), server)
@@ -205,12 +206,8 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    metrics_server = None
-    if config.metrics.listen:
-        host, _, base_port = config.metrics.listen.rpartition(":")
-        metrics_address = f"{host}:{int(base_port) + worker_index}"
-        metrics_server = await serve_metrics(metrics, metrics_address)
-        event(log, "metrics", address=metrics_address)
+    if metrics_endpoint is not None:
+        event(log, "metrics", address=metrics_endpoint.address)
     host = config.server.listen.rsplit(":", 1)[0]
     event(log, "serving", address=f"{host}:{port}", pid=os.getpid(), worker=worker_index, cpus=usable_cpus(),
           ruleset_version=ledger.program.version)
@@ -233,6 +230,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
         loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s)),
         loop.create_task(check_readers_periodically(ledger, config.ledger.reader_check_interval_s)),
         loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
+        loop.create_task(metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
     ]
     await stop.wait()
     for chore in chores:
@@ -244,7 +242,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.server.grace_s)
     await committer.stop()
-    if metrics_server is not None:
-        metrics_server.close()
+    if metrics_endpoint is not None:
+        metrics_endpoint.close()
     ledger.close()
     event(log, "stopped", groups_committed=committer.groups_committed, ops_committed=committer.ops_committed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -27,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
 
     stats = commands.add_parser("stats", help="print the server's figures from its metrics endpoint")
     stats.add_argument("--config", default=DEFAULT_CONFIG)
-    stats.add_argument("--worker", type=int, default=0, help="which worker's endpoint (metrics.listen + index)")
 
     verify = commands.add_parser("verify", help="check the ledger's invariants")
     verify.add_argument("--config", default=DEFAULT_CONFIG)
@@ -75,13 +75,14 @@ def _serve(args) -> int:
         # More workers than CPUs: some would have to share one, so the kernel places them all.
         pin = config.server.pin_workers and hasattr(os, "sched_setaffinity") and workers <= len(cpus)
         shares = cpu_shares(cpus, workers) if pin else [[] for _ in range(workers)]
-        return _supervise(args.config, shares)
+        return _supervise(args.config, shares, config.metrics.listen)
     if args.cpus:
         pin_to([int(cpu) for cpu in args.cpus.split(",")])
     import uvloop
 
     from core_ext import RulesError
     from server.app import LedgerUnavailable, serve
+    from server.metrics import MetricsUnavailable
 
     # SIGHUP reloads the rules once the server runs; until then (and in a worker starting up) it
     # must not end the process: the rules are read at start anyway.
@@ -94,13 +95,34 @@ def _serve(args) -> int:
     except LedgerUnavailable as error:
         print(f"kassa: {error}", file=sys.stderr)
         return 2
+    except MetricsUnavailable as error:
+        print(f"kassa: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
-def _supervise(config_path: str, shares: list[list[int]]) -> int:
+def _supervise(config_path: str, shares: list[list[int]], metrics_listen: str) -> int:
+    """Serve the workers' metrics, summed, on metrics.listen (prometheus_client's multiprocess
+    mode, in a directory of this run's), and run the workers."""
+    from server.logs import event
+    from server.metrics import MetricsUnavailable, WorkersMetrics
+
+    try:
+        metrics = WorkersMetrics(metrics_listen)
+    except MetricsUnavailable as error:
+        print(f"kassa: {error}", file=sys.stderr)
+        return 2
+    with metrics:
+        if metrics.endpoint is not None:
+            event(logging.getLogger("kassa.metrics"), "metrics", address=metrics.endpoint.address)
+        # The workers write their metrics to the directory and serve none themselves.
+        return _run_workers(config_path, shares, {**metrics.worker_environ, "KASSA_METRICS_LISTEN": ""})
+
+
+def _run_workers(config_path: str, shares: list[list[int]], worker_environ: dict[str, str]) -> int:
     """Run one single-process server per share of CPUs on one port (SO_REUSEPORT), each pinned to
     its share (none: not pinned); pass SIGTERM, SIGINT and SIGHUP (reload the rules) on."""
-    environ = dict(os.environ, KASSA_SERVER_WORKERS="1")
+    environ = dict(os.environ, KASSA_SERVER_WORKERS="1", **worker_environ)
     command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1"]
     children: list[subprocess.Popen] = []
 
@@ -164,51 +186,81 @@ def _verify(args) -> int:
     return 1 if violations else 0
 
 
-STATS_SHOWN = (  # (metric name prefix, label in the table)
-    ("kassa_accounts", "accounts"),
-    ("kassa_transactions", "journal entries"),
-    ("kassa_ledger_bytes", "ledger bytes"),
-    ("kassa_ledger_map_bytes", "map bytes"),
-    ("kassa_streams_open", "streams open"),
-    ("kassa_commit_operations_count", "commits"),
-    ("kassa_commit_operations_sum", "operations committed"),
-    ("kassa_commit_duration_seconds_sum", "seconds in commits"),
+STATS_SHOWN = (  # (sample name, label in the table, decimals)
+    ("kassa_accounts", "accounts", 0),
+    ("kassa_transactions", "journal entries", 0),
+    ("kassa_ledger_bytes", "ledger bytes", 0),
+    ("kassa_ledger_map_bytes", "map bytes", 0),
+    ("kassa_streams_open", "streams open", 0),
+    ("kassa_workers", "workers", 0),
+    ("kassa_commit_operations_count", "commits", 0),
+    ("kassa_commit_operations_sum", "operations committed", 0),
+    ("kassa_commit_duration_seconds_sum", "seconds in commits", 3),
+    ("grpc_server_handled_total", "calls", 0),
+    ("kassa_operations_total", "batch and stream operations", 0),
 )
 STATS_TIMEOUT_S = 5  # seconds to wait for the metrics endpoint
 
 
-def _stats(args) -> int:
+def _scrape(url: str) -> str:
+    """The endpoint's text; SystemExit(1) with one line saying why when there is none."""
+    import urllib.error
     import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=STATS_TIMEOUT_S) as reply:
+            return reply.read().decode()
+    except urllib.error.HTTPError as error:
+        problem = f"{url} answered {error.code} {error.reason}"
+    except urllib.error.URLError as error:
+        reason = error.reason
+        problem = f"nothing answers at {url} ({getattr(reason, 'strerror', None) or reason})"
+    except TimeoutError:
+        problem = f"{url} did not answer within {STATS_TIMEOUT_S} s"
+    except OSError as error:
+        problem = f"cannot read {url} ({error.strerror or error})"
+    print(f"kassa stats: {problem}; is kassa serving with this metrics.listen?", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _stats(args) -> int:
+    """The figures of the whole server (every worker's, summed) from its one metrics endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from server.metrics import MetricsUnavailable, parse_listen
 
     config = _load(args.config)
     if not config.metrics.listen:
         print("kassa stats: metrics.listen is not set in the config", file=sys.stderr)
         return 2
-    host, _, port = config.metrics.listen.rpartition(":")
-    url = f"http://{host}:{int(port) + args.worker}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=STATS_TIMEOUT_S) as reply:
-            text = reply.read().decode()
-    except OSError as error:
-        print(f"kassa stats: cannot read {url}: {error}", file=sys.stderr)
+        host, port = parse_listen(config.metrics.listen)
+    except MetricsUnavailable as error:
+        print(f"kassa stats: {error}", file=sys.stderr)
+        return 2
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+    text = _scrape(url)
+    totals: dict[str, float] = {}
+    lines: dict[str, float] = {}  # "service/method code" or "method kind code": count
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                totals[sample.name] = totals.get(sample.name, 0) + sample.value
+                labels = sample.labels
+                if sample.name == "grpc_server_handled_total":
+                    key = f"{labels['grpc_service']}/{labels['grpc_method']} {labels['grpc_code']}"
+                elif sample.name == "kassa_operations_total":
+                    key = f"{labels['grpc_method']} {labels['kind']} {labels['code']}"
+                else:
+                    continue
+                lines[key] = lines.get(key, 0) + sample.value
+    except (ValueError, KeyError) as error:
+        print(f"kassa stats: {url} did not answer kassa's Prometheus text ({error})", file=sys.stderr)
         return 1
-    values: dict[str, float] = {}
-    calls: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        name, _, value = line.rpartition(" ")
-        if name.startswith("kassa_calls_total"):
-            method = name.split('method="')[1].split('"')[0]
-            code = name.split('code="')[1].split('"')[0]
-            calls[f"{method} {code}"] = float(value)
-        else:
-            values[name.split("{")[0] if "{}" in name or "{" not in name else name] = float(value)
-    for name, label in STATS_SHOWN:
-        print(f"{label:<24} {values.get(name, 0):>16,.0f}" if "seconds" not in name
-              else f"{label:<24} {values.get(name, 0):>16,.3f}")
-    for key in sorted(calls):
-        print(f"{key:<48} {calls[key]:>12,.0f}")
+    for name, label, decimals in STATS_SHOWN:
+        print(f"{label:<32} {totals.get(name, 0):>16,.{decimals}f}")
+    for key in sorted(lines):
+        print(f"{key:<56} {lines[key]:>12,.0f}")
     return 0
 
 

@@ -7,13 +7,13 @@ logged while the call is served carries it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 import grpc
 
 from server import wire
+from server.interceptors.metrics import code_name
 from server.logs import REQUEST_ID
 
 log = logging.getLogger("kassa.access")
@@ -35,18 +35,8 @@ def _metadata_request_id(handler_call_details) -> str:
     return ""
 
 
-def _code_name(context, error: BaseException | None) -> str:
-    code = context.code()
-    if code is not None:
-        return code.name if isinstance(code, grpc.StatusCode) else str(code)
-    if error is None:
-        return "OK"
-    # A client that goes away ends the call by cancelling its task or closing its stream.
-    return "CANCELLED" if isinstance(error, (asyncio.CancelledError, GeneratorExit)) else "UNKNOWN"
-
-
 def _log_call(method: str, context, start_s: float, error: BaseException | None) -> None:
-    code = _code_name(context, error)
+    code = code_name(context, error)
     duration_ms = round((time.perf_counter() - start_s) * 1000, 3)
     if code != "OK":
         log.info("refused", extra={"fields": {

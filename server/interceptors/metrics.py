@@ -1,17 +1,29 @@
-"""Counts and times every call by method and status (server/interceptors/access_log.py logs them)."""
+"""Counts and times every call by service, method and status code (as go-grpc-prometheus names
+them); server/interceptors/access_log.py logs them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
 
 
-def _code_name(context) -> str:
+def code_name(context, failure: BaseException | None) -> str:
+    """The status the call ends with: set by the handler (abort), or what grpc answers for an
+    exception: CANCELLED when the client went away, UNKNOWN for anything else."""
     code = context.code()
-    if code is None:
+    if code is not None:
+        return code.name if isinstance(code, grpc.StatusCode) else str(code)
+    if failure is None:
         return "OK"
-    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+    return "CANCELLED" if isinstance(failure, (asyncio.CancelledError, GeneratorExit)) else "UNKNOWN"
+
+
+def _grpc_type(handler) -> str:
+    if handler.request_streaming:
+        return "BIDI_STREAM" if handler.response_streaming else "CLIENT_STREAM"
+    return "SERVER_STREAM" if handler.response_streaming else "UNARY"
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -20,40 +32,48 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None:
+        if handler is None:  # no service has the method: grpc answers UNIMPLEMENTED
+            self._metrics.unknown_method()
             return handler
         method = handler_call_details.method
-        metrics = self._metrics
+        calls = self._metrics.method(method, _grpc_type(handler))
 
-        if handler.unary_unary:
-            behavior = handler.unary_unary
+        if handler.unary_unary or handler.stream_unary:
+            behavior = handler.unary_unary or handler.stream_unary
 
-            async def unary_unary(request, context):
+            async def one_response(request, context):
+                calls.started()
                 start = time.perf_counter()
+                failure = None
                 try:
                     return await behavior(request, context)
+                except BaseException as error:
+                    failure = error
+                    raise
                 finally:
-                    metrics.observe_call(method, _code_name(context), time.perf_counter() - start)
+                    calls.handled(code_name(context, failure), time.perf_counter() - start)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream:
-            behavior = handler.stream_stream
+            make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return make(one_response, handler.request_deserializer, handler.response_serializer)
 
-            async def stream_stream(request_iterator, context):
-                start = time.perf_counter()
-                try:
-                    result = behavior(request_iterator, context)
-                    if hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    else:
-                        await result
-                finally:
-                    metrics.observe_call(method, _code_name(context), time.perf_counter() - start)
+        behavior = handler.unary_stream or handler.stream_stream
 
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        async def responses(request, context):
+            calls.started()
+            start = time.perf_counter()
+            failure = None
+            try:
+                result = behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:  # the handler writes with context.write
+                    await result
+            except BaseException as error:
+                failure = error
+                raise
+            finally:
+                calls.handled(code_name(context, failure), time.perf_counter() - start)
+
+        make = grpc.stream_stream_rpc_method_handler if handler.stream_stream else grpc.unary_stream_rpc_method_handler
+        return make(responses, handler.request_deserializer, handler.response_serializer)

@@ -8,6 +8,7 @@ decoded with protobuf and checked by server/convert.py as everywhere else.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import grpc
 
@@ -59,8 +60,18 @@ def add_to_server(servicer: "ProcessingServicer", server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
+def count_operations(metrics, grpc_method: str, payloads: list, outcomes: list[Outcome]) -> None:
+    """kassa_operations_total by kind and outcome code (a purchase server/wire.pyx decoded is an accrue)."""
+    if metrics is None:
+        return
+    counted = Counter(zip([kind for kind, _, _ in payloads], [outcome.code for outcome in outcomes]))
+    for (kind, code), count in counted.items():
+        metrics.count_operations(grpc_method, "accrue" if kind is BUILT else kind or "unset", code, count)
+
+
 class ProcessingServicer:
-    def __init__(self, ledger, committer, clock, limits):
+    def __init__(self, ledger, committer, clock, limits, metrics=None):
+        self._metrics = metrics
         self._ledger = ledger
         self._committer = committer
         self._clock = clock
@@ -156,7 +167,9 @@ class ProcessingServicer:
                 payloads.append((None, None, f"operations[{index}]: set one of accrue, redeem, rollback"))
             else:
                 payloads.append((kind, getattr(operation, kind), f"operations[{index}].{kind}"))
-        return wire.batch_response(await self._commit_many(payloads), other_result)
+        outcomes = await self._commit_many(payloads)
+        count_operations(self._metrics, "ProcessBatch", payloads, outcomes)
+        return wire.batch_response(outcomes, other_result)
 
     async def StreamEvents(self, request_iterator, context):
         """Acks go out in the order events came in, each after its durable commit. At most
@@ -245,4 +258,6 @@ class ProcessingServicer:
                 if not message.request_id:
                     message.request_id = event.event_id
                 payloads.append((_EVENT_PAYLOADS[kind], message, f"events[{index}].{kind}"))
-        return wire.ack_batch(event_ids, await self._commit_many(payloads, abort_in_flight=False))
+        outcomes = await self._commit_many(payloads, abort_in_flight=False)
+        count_operations(self._metrics, "StreamEvents", payloads, outcomes)
+        return wire.ack_batch(event_ids, outcomes)

@@ -21,6 +21,7 @@ from tests.server.helpers import (
 
 ACCOUNTS = ("M-1", "M-2", "M-3")
 LOG_WAIT_S = 5
+GAUGE_WAIT_S = 5
 
 
 def free_port() -> int:
@@ -46,8 +47,15 @@ def samples(text: str) -> dict[str, float]:
     return found
 
 
+def grpc_labels(method: str, code: str | None = None) -> str:
+    """prometheus_client's label order (sorted); `method` is "Service/Method" of kassa.v1."""
+    service, name = method.split("/")
+    code_label = f'grpc_code="{code}",' if code is not None else ""
+    return f'{{{code_label}grpc_method="{name}",grpc_service="kassa.v1.{service}",grpc_type="UNARY"}}'
+
+
 def calls(method: str, code: str) -> str:
-    return f'kassa_calls_total{{method="/kassa.v1.{method}",code="{code}"}}'
+    return "grpc_server_handled_total" + grpc_labels(method, code)
 
 
 def wait_for_log(server, predicate) -> dict:
@@ -115,27 +123,28 @@ class TestMetrics:
     def test_calls_are_counted_by_method_and_code(self, served):
         server, address = served
         found = samples(scrape(address))
-        counted = {key: value for key, value in found.items() if key.startswith("kassa_calls_total{")}
+        counted = {key: value for key, value in found.items() if key.startswith("grpc_server_handled_total{")}
         assert counted == {calls(method, code): count for (method, code), count in EXPECTED_CALLS.items()}
         for method in ("Processing/Accrue", "Accounts/GetBalance", "Accounts/CreateAccount"):
             total = sum(count for (m, _), count in EXPECTED_CALLS.items() if m == method)
-            labels = f'method="/kassa.v1.{method}"'
-            assert found[f"kassa_call_duration_seconds_count{{{labels}}}"] == total
-            assert found[f'kassa_call_duration_seconds_bucket{{{labels},le="+Inf"}}'] == total
-            assert found[f"kassa_call_duration_seconds_sum{{{labels}}}"] > 0
+            labels = grpc_labels(method)
+            assert found[f"grpc_server_started_total{labels}"] == total
+            assert found[f"grpc_server_handling_seconds_count{labels}"] == total
+            assert found[f'grpc_server_handling_seconds_bucket{labels[:-1]},le="+Inf"}}'] == total
+            assert found[f"grpc_server_handling_seconds_sum{labels}"] > 0
 
     def test_commit_histograms_count_the_commits(self, served):
         _, address = served
         found = samples(scrape(address))
-        assert found["kassa_commit_operations_count{}"] == COMMITS
-        assert found["kassa_commit_operations_sum{}"] == OPS_COMMITTED
-        assert found['kassa_commit_operations_bucket{le="1"}'] == COMMITS - 1  # all but the batch
-        assert found['kassa_commit_operations_bucket{le="2"}'] == COMMITS - 1
-        assert found['kassa_commit_operations_bucket{le="5"}'] == COMMITS
+        assert found["kassa_commit_operations_count"] == COMMITS
+        assert found["kassa_commit_operations_sum"] == OPS_COMMITTED
+        assert found['kassa_commit_operations_bucket{le="1.0"}'] == COMMITS - 1  # all but the batch
+        assert found['kassa_commit_operations_bucket{le="2.0"}'] == COMMITS - 1
+        assert found['kassa_commit_operations_bucket{le="5.0"}'] == COMMITS
         assert found['kassa_commit_operations_bucket{le="+Inf"}'] == COMMITS
-        assert found["kassa_commit_duration_seconds_count{}"] == COMMITS
+        assert found["kassa_commit_duration_seconds_count"] == COMMITS
         assert found['kassa_commit_duration_seconds_bucket{le="+Inf"}'] == COMMITS
-        assert found["kassa_commit_duration_seconds_sum{}"] > 0
+        assert found["kassa_commit_duration_seconds_sum"] > 0
 
     def test_histogram_buckets_are_cumulative(self, served):
         _, address = served
@@ -149,8 +158,11 @@ class TestMetrics:
 
     def test_gauges_show_the_ledger(self, served):
         server, address = served
-        found = samples(scrape(address))
         stats = server.admin.GetStats(admin_pb2.GetStatsRequest())
+        deadline = time.monotonic() + GAUGE_WAIT_S  # the worker writes its gauges every second
+        while (found := samples(scrape(address)))["kassa_transactions"] != stats.transactions:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.2)
         assert found["kassa_accounts"] == len(ACCOUNTS) == stats.accounts
         assert found["kassa_transactions"] == stats.transactions
         assert found["kassa_transactions"] == sum(len(statement(server, account)) for account in ACCOUNTS)
@@ -179,7 +191,7 @@ class TestMetrics:
         assert printed["streams open"] == 0
         assert printed["ledger bytes"] > 0
         for (method, code), count in EXPECTED_CALLS.items():
-            assert printed[f"/kassa.v1.{method} {code}"] == count
+            assert printed[f"kassa.v1.{method} {code}"] == count
 
     def test_kassa_stats_without_metrics_says_so(self, tmp_path):
         server = KassaServer(tmp_path)  # not started: the command only reads the config
