@@ -1195,12 +1195,15 @@ cdef class Ledger:
         """Cancel or return lines of an ACCRUE, or cancel a REDEEM, pinned to what was recorded."""
         stored = batch.get("reversals", id_key(target.txn_id))
         reversal = _decode_reversal(stored) if stored else rec.ReversalRec()
-        if reversal.complete:
-            return rejected(Code.FAILED_PRECONDITION, f"transaction {target.txn_id} was already rolled back in full",
-                            Reason.ALREADY_ROLLED_BACK), 0
         if op.return_lines and target.kind != TXN_ACCRUE:
             return rejected(Code.INVALID_ARGUMENT,
                             "return_lines: only a purchase (accrue) has lines; omit return_lines to cancel"), 0
+        # A return asks for lines: more than what is left of one is RETURN_EXCEEDS_PURCHASE (from
+        # `_returns`) however it came to be gone, by returns or by a cancel. Only a cancel of what
+        # is gone in full is ALREADY_ROLLED_BACK.
+        if reversal.complete and not op.return_lines:
+            return rejected(Code.FAILED_PRECONDITION, f"transaction {target.txn_id} was already rolled back in full",
+                            Reason.ALREADY_ROLLED_BACK), 0
         returns, rejection = self._returns(op, target, reversal)
         if rejection is not None:
             return rejection, 0

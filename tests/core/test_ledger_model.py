@@ -596,10 +596,10 @@ class LedgerMachine(RuleBasedStateMachine):
             return self.check_void(op, out, target)
         if target.kind not in (TxnKind.ACCRUE, TxnKind.REDEEM, TxnKind.ADJUST):
             return refusal(out, Code.FAILED_PRECONDITION, Reason.NOT_REVERSIBLE)
-        if target.complete:
-            return refusal(out, Code.FAILED_PRECONDITION, Reason.ALREADY_ROLLED_BACK)
         if op.return_lines and target.kind != TxnKind.ACCRUE:
             return refusal(out, Code.INVALID_ARGUMENT)
+        if target.complete and not op.return_lines:  # a return past what is left exceeds the purchase
+            return refusal(out, Code.FAILED_PRECONDITION, Reason.ALREADY_ROLLED_BACK)
         bought = {line.line_no: line.qty for line in target.lines}
         if not op.return_lines:
             returns = {no: qty - target.returned.get(no, 0) for no, qty in bought.items()}
