@@ -284,7 +284,9 @@ cdef class Ledger:
             return self._set_rules(batch, op)
         stored = batch.get("idempotency", op.request_id.encode())
         if stored is not None:
-            return self._replay(op, _decode_idempotency(stored))
+            record = _decode_idempotency(stored)
+            if not _spared_by_tombstone(record, op):
+                return self._replay(op, record)
         batch.actor = op.actor
         handler = self._handlers.get(kind)
         if handler is None:
@@ -1138,6 +1140,9 @@ cdef class Ledger:
             if stored is None:
                 return self._tombstone(batch, op)
             original = _decode_idempotency(stored)
+            widened = _widened_tombstone(original, op.stores)
+            if widened is not None:
+                return self._tombstone(batch, op, widened)
             if original.txn_id == 0:
                 return rejected(Code.FAILED_PRECONDITION,
                                 f"original_request_id: '{op.original_request_id}' made no transaction",
@@ -1160,10 +1165,12 @@ cdef class Ledger:
         return rejected(Code.PERMISSION_DENIED, f"{field}: transaction {target.txn_id} belongs to store "
                         f"'{target.store_id}', outside the caller's stores")
 
-    def _tombstone(self, _Batch batch, op):
-        """Rollback of a transaction that has not arrived: remember it, so the late original is refused."""
+    def _tombstone(self, _Batch batch, op, stores=None):
+        """Rollback of a transaction that has not arrived: remember it, so the late original is
+        refused. It keeps the caller's stores (`stores`, when given: a widened tombstone's), so it
+        cancels only an original the caller could have rolled back had it arrived first."""
         outcome = Outcome(CODE_OK, body=RollbackResult(0, "", RollbackKind.UNSPECIFIED, 0, 0, 0, 0, Balance()))
-        record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"")
+        record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"", list(op.stores) if stores is None else stores)
         batch.put("idempotency", op.original_request_id.encode(), _encode(record))
         return outcome, 0
 
@@ -1615,6 +1622,33 @@ cdef class Ledger:
     def raw_transaction(self):
         """A read transaction and the named databases, for tools (verify, backup, tests)."""
         return self.env.begin(), self.dbs
+
+
+def _store_of(op):
+    """The store an operation was made for; "" for one that belongs to no store."""
+    kind = type(op)
+    if kind is AccrueOp:
+        return op.receipt.store_id
+    if kind is RedeemOp or kind is RollbackOp:
+        return op.store_id
+    return ""
+
+
+cdef inline bint _spared_by_tombstone(record, op):
+    """A tombstone written by a key scoped to other stores than `op`'s does not cancel it: `op`
+    is applied as if the tombstone were not there (and its own record replaces it)."""
+    return record.digest == TOMBSTONE_DIGEST and record.stores and _store_of(op) not in record.stores
+
+
+cdef _widened_tombstone(record, tuple stores):
+    """The stores a tombstone covers once a caller scoped to `stores` (() for any) rolls the same
+    original back too; None when it covers them already (or `record` is no tombstone)."""
+    if record.digest != TOMBSTONE_DIGEST or not record.stores:
+        return None
+    if not stores:
+        return []
+    missing = [store for store in stores if store not in record.stores]
+    return sorted(record.stores + missing) if missing else None
 
 
 cdef inline long long _previous_of(entry, str account_id):
