@@ -25,7 +25,7 @@ from core_ext.model import (
 )
 from core_ext.program import parse_program
 from core_ext.promo import PatternError, check_code, generate, parse_pattern
-from core_ext.rules import Program, prorate_points
+from core_ext.rules import Program
 
 DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
             b"reversals", b"meta", b"counters", b"codes")
@@ -778,9 +778,9 @@ cdef class Ledger:
         return statuses, unlocked
 
     def _evaluate(self, get, member, card, receipt, long long now_ms, long long available,
-                  long long redeem_points, bint explain=False):
+                  long long redeem_points, bint explain=False, long long captured_points=0):
         """The program's result for this customer (`card`: the one presented, or None) and ledger
-        state, and the promo codes accepted."""
+        state, and the promo codes accepted. `captured_points`: of the holds the purchase captures."""
         program = self.program
         shopper = self._shopper(member, card, now_ms)
         allowances = self._allowance(get, member.account_id, now_ms) if program.limits else None
@@ -788,7 +788,7 @@ cdef class Ledger:
         if receipt.promo_codes:
             statuses, unlocked = self._promo_statuses(get, receipt.promo_codes, member.account_id, now_ms)
         calculation = program.calculate(receipt, now_ms, available, redeem_points, shopper, allowances,
-                                        unlocked, explain)
+                                        unlocked, explain, captured_points)
         accepted = []
         if statuses:
             applied = {campaign.campaign_id for campaign in calculation.campaigns}
@@ -977,8 +977,6 @@ cdef class Ledger:
                             Reason.CARD_BLOCKED), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
         balance = self._balance(batch.get, account)
-        calculation, accepted = self._evaluate(batch.get, member, card, op.receipt, now_ms, balance.available,
-                                               op.redeem_points)
         holds = []
         for index, hold_id in enumerate(op.capture_hold_ids):
             hold, rejection = self._capturable(batch, account, hold_id, f"capture_hold_ids[{index}]")
@@ -989,19 +987,13 @@ cdef class Ledger:
                 if made.store_id not in op.stores:
                     return self._foreign_store(made, f"capture_hold_ids[{index}]"), 0
             holds.append(hold)
-        if op.redeem_points:
-            rejection = self._redeem_rejection(balance, op.redeem_points, calculation.redeemable_points)
-            if rejection is not None:
-                return rejection, 0
         captured = sum(hold.amount for hold in holds)
+        calculation, accepted = self._evaluate(batch.get, member, card, op.receipt, now_ms, balance.available,
+                                               op.redeem_points, captured_points=captured)
+        rejection = self._spend_rejection(account, balance, op.redeem_points, captured, calculation.redeemable_points)
+        if rejection is not None:
+            return rejection, 0
         spent = op.redeem_points + captured
-        # Lots may have expired under a live hold: what is spent must still be in the lots, beside
-        # what the account's other holds reserve.
-        spendable = account.active - account.debt - (account.held - captured)
-        if spent and spent > spendable:
-            return rejected(Code.FAILED_PRECONDITION,
-                            f"capture_hold_ids: the held points are no longer there (lots expired); "
-                            f"spendable {spendable}, needed {spent}", Reason.INSUFFICIENT_POINTS), 0
 
         txn_id = batch.take_id()
         for hold in holds:
@@ -1011,10 +1003,8 @@ cdef class Ledger:
             account.live_hold_ids.remove(hold.hold_id)
         postings = self._consume(batch, account, spent) if spent else []
         spent_postings = len(postings)  # the rest are earnings and debt repaid from them
-        if spent:
-            spent_shares = prorate_points(spent, [line.amount_minor - line.discount_minor for line in calculation.lines])
-        else:
-            spent_shares = [0] * len(calculation.lines)
+        # Each line's share of what was spent, as the calculation shows it: returning the line gives it back.
+        spent_shares = [line.redeemed_points + line.captured_points for line in calculation.lines]
         new_lot = None
         repaid = 0
         main_points = calculation.earned_points
@@ -1075,6 +1065,25 @@ cdef class Ledger:
             return None, rejected(Code.FAILED_PRECONDITION, f"{field}: hold {hold_id} is {state}",
                                   Reason.HOLD_NOT_ACTIVE)
         return hold, None
+
+    def _spend_rejection(self, account, balance, long long redeem, long long captured, long long redeemable):
+        """Why an Accrue may not spend `redeem` points and `captured` held ones on its receipt, or
+        None. Captured points count against the receipt's redeemable share as redeemed ones do."""
+        if redeem and redeem > balance.available:
+            return self._redeem_rejection(balance, redeem, redeemable)
+        spent = redeem + captured
+        # Lots may have expired under a live hold: what is spent must still be in the lots, beside
+        # what the account's other holds reserve.
+        spendable = account.active - account.debt - (account.held - captured)
+        if spent and spent > spendable:
+            return rejected(Code.FAILED_PRECONDITION,
+                            f"capture_hold_ids: the held points are no longer there (lots expired); "
+                            f"spendable {spendable}, needed {spent}", Reason.INSUFFICIENT_POINTS)
+        if spent > redeemable:
+            asked = f"{spent} ({redeem} redeem_points, {captured} in capture_hold_ids)" if captured else f"{spent}"
+            return rejected(Code.FAILED_PRECONDITION, f"at most {redeemable} points may pay for this receipt, "
+                            f"asked {asked}", Reason.REDEEM_SHARE_EXCEEDED)
+        return None
 
     def _redeem_rejection(self, balance, long long points, long long redeemable):
         if points > balance.available:
