@@ -25,7 +25,7 @@ from core_ext.model import (
 )
 from core_ext.program import parse_program
 from core_ext.promo import PatternError, check_code, generate, parse_pattern
-from core_ext.rules import Program, prorate_points
+from core_ext.rules import Program
 
 DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
             b"reversals", b"meta", b"counters", b"codes")
@@ -284,7 +284,9 @@ cdef class Ledger:
             return self._set_rules(batch, op)
         stored = batch.get("idempotency", op.request_id.encode())
         if stored is not None:
-            return self._replay(op, _decode_idempotency(stored))
+            record = _decode_idempotency(stored)
+            if not _spared_by_tombstone(record, op):
+                return self._replay(op, record)
         batch.actor = op.actor
         handler = self._handlers.get(kind)
         if handler is None:
@@ -776,9 +778,9 @@ cdef class Ledger:
         return statuses, unlocked
 
     def _evaluate(self, get, member, card, receipt, long long now_ms, long long available,
-                  long long redeem_points, bint explain=False):
+                  long long redeem_points, bint explain=False, long long captured_points=0):
         """The program's result for this customer (`card`: the one presented, or None) and ledger
-        state, and the promo codes accepted."""
+        state, and the promo codes accepted. `captured_points`: of the holds the purchase captures."""
         program = self.program
         shopper = self._shopper(member, card, now_ms)
         allowances = self._allowance(get, member.account_id, now_ms) if program.limits else None
@@ -786,7 +788,7 @@ cdef class Ledger:
         if receipt.promo_codes:
             statuses, unlocked = self._promo_statuses(get, receipt.promo_codes, member.account_id, now_ms)
         calculation = program.calculate(receipt, now_ms, available, redeem_points, shopper, allowances,
-                                        unlocked, explain)
+                                        unlocked, explain, captured_points)
         accepted = []
         if statuses:
             applied = {campaign.campaign_id for campaign in calculation.campaigns}
@@ -975,8 +977,6 @@ cdef class Ledger:
                             Reason.CARD_BLOCKED), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
         balance = self._balance(batch.get, account)
-        calculation, accepted = self._evaluate(batch.get, member, card, op.receipt, now_ms, balance.available,
-                                               op.redeem_points)
         holds = []
         for index, hold_id in enumerate(op.capture_hold_ids):
             hold, rejection = self._capturable(batch, account, hold_id, f"capture_hold_ids[{index}]")
@@ -987,19 +987,13 @@ cdef class Ledger:
                 if made.store_id not in op.stores:
                     return self._foreign_store(made, f"capture_hold_ids[{index}]"), 0
             holds.append(hold)
-        if op.redeem_points:
-            rejection = self._redeem_rejection(balance, op.redeem_points, calculation.redeemable_points)
-            if rejection is not None:
-                return rejection, 0
         captured = sum(hold.amount for hold in holds)
+        calculation, accepted = self._evaluate(batch.get, member, card, op.receipt, now_ms, balance.available,
+                                               op.redeem_points, captured_points=captured)
+        rejection = self._spend_rejection(account, balance, op.redeem_points, captured, calculation.redeemable_points)
+        if rejection is not None:
+            return rejection, 0
         spent = op.redeem_points + captured
-        # Lots may have expired under a live hold: what is spent must still be in the lots, beside
-        # what the account's other holds reserve.
-        spendable = account.active - account.debt - (account.held - captured)
-        if spent and spent > spendable:
-            return rejected(Code.FAILED_PRECONDITION,
-                            f"capture_hold_ids: the held points are no longer there (lots expired); "
-                            f"spendable {spendable}, needed {spent}", Reason.INSUFFICIENT_POINTS), 0
 
         txn_id = batch.take_id()
         for hold in holds:
@@ -1009,10 +1003,8 @@ cdef class Ledger:
             account.live_hold_ids.remove(hold.hold_id)
         postings = self._consume(batch, account, spent) if spent else []
         spent_postings = len(postings)  # the rest are earnings and debt repaid from them
-        if spent:
-            spent_shares = prorate_points(spent, [line.amount_minor - line.discount_minor for line in calculation.lines])
-        else:
-            spent_shares = [0] * len(calculation.lines)
+        # Each line's share of what was spent, as the calculation shows it: returning the line gives it back.
+        spent_shares = [line.redeemed_points + line.captured_points for line in calculation.lines]
         new_lot = None
         repaid = 0
         main_points = calculation.earned_points
@@ -1073,6 +1065,25 @@ cdef class Ledger:
             return None, rejected(Code.FAILED_PRECONDITION, f"{field}: hold {hold_id} is {state}",
                                   Reason.HOLD_NOT_ACTIVE)
         return hold, None
+
+    def _spend_rejection(self, account, balance, long long redeem, long long captured, long long redeemable):
+        """Why an Accrue may not spend `redeem` points and `captured` held ones on its receipt, or
+        None. Captured points count against the receipt's redeemable share as redeemed ones do."""
+        if redeem and redeem > balance.available:
+            return self._redeem_rejection(balance, redeem, redeemable)
+        spent = redeem + captured
+        # Lots may have expired under a live hold: what is spent must still be in the lots, beside
+        # what the account's other holds reserve.
+        spendable = account.active - account.debt - (account.held - captured)
+        if spent and spent > spendable:
+            return rejected(Code.FAILED_PRECONDITION,
+                            f"capture_hold_ids: the held points are no longer there (lots expired); "
+                            f"spendable {spendable}, needed {spent}", Reason.INSUFFICIENT_POINTS)
+        if spent > redeemable:
+            asked = f"{spent} ({redeem} redeem_points, {captured} in capture_hold_ids)" if captured else f"{spent}"
+            return rejected(Code.FAILED_PRECONDITION, f"at most {redeemable} points may pay for this receipt, "
+                            f"asked {asked}", Reason.REDEEM_SHARE_EXCEEDED)
+        return None
 
     def _redeem_rejection(self, balance, long long points, long long redeemable):
         if points > balance.available:
@@ -1138,6 +1149,9 @@ cdef class Ledger:
             if stored is None:
                 return self._tombstone(batch, op)
             original = _decode_idempotency(stored)
+            widened = _widened_tombstone(original, op.stores)
+            if widened is not None:
+                return self._tombstone(batch, op, widened)
             if original.txn_id == 0:
                 return rejected(Code.FAILED_PRECONDITION,
                                 f"original_request_id: '{op.original_request_id}' made no transaction",
@@ -1160,10 +1174,12 @@ cdef class Ledger:
         return rejected(Code.PERMISSION_DENIED, f"{field}: transaction {target.txn_id} belongs to store "
                         f"'{target.store_id}', outside the caller's stores")
 
-    def _tombstone(self, _Batch batch, op):
-        """Rollback of a transaction that has not arrived: remember it, so the late original is refused."""
+    def _tombstone(self, _Batch batch, op, stores=None):
+        """Rollback of a transaction that has not arrived: remember it, so the late original is
+        refused. It keeps the caller's stores (`stores`, when given: a widened tombstone's), so it
+        cancels only an original the caller could have rolled back had it arrived first."""
         outcome = Outcome(CODE_OK, body=RollbackResult(0, "", RollbackKind.UNSPECIFIED, 0, 0, 0, 0, Balance()))
-        record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"")
+        record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"", list(op.stores) if stores is None else stores)
         batch.put("idempotency", op.original_request_id.encode(), _encode(record))
         return outcome, 0
 
@@ -1195,12 +1211,15 @@ cdef class Ledger:
         """Cancel or return lines of an ACCRUE, or cancel a REDEEM, pinned to what was recorded."""
         stored = batch.get("reversals", id_key(target.txn_id))
         reversal = _decode_reversal(stored) if stored else rec.ReversalRec()
-        if reversal.complete:
-            return rejected(Code.FAILED_PRECONDITION, f"transaction {target.txn_id} was already rolled back in full",
-                            Reason.ALREADY_ROLLED_BACK), 0
         if op.return_lines and target.kind != TXN_ACCRUE:
             return rejected(Code.INVALID_ARGUMENT,
                             "return_lines: only a purchase (accrue) has lines; omit return_lines to cancel"), 0
+        # A return asks for lines: more than what is left of one is RETURN_EXCEEDS_PURCHASE (from
+        # `_returns`) however it came to be gone, by returns or by a cancel. Only a cancel of what
+        # is gone in full is ALREADY_ROLLED_BACK.
+        if reversal.complete and not op.return_lines:
+            return rejected(Code.FAILED_PRECONDITION, f"transaction {target.txn_id} was already rolled back in full",
+                            Reason.ALREADY_ROLLED_BACK), 0
         returns, rejection = self._returns(op, target, reversal)
         if rejection is not None:
             return rejection, 0
@@ -1612,6 +1631,33 @@ cdef class Ledger:
     def raw_transaction(self):
         """A read transaction and the named databases, for tools (verify, backup, tests)."""
         return self.env.begin(), self.dbs
+
+
+def _store_of(op):
+    """The store an operation was made for; "" for one that belongs to no store."""
+    kind = type(op)
+    if kind is AccrueOp:
+        return op.receipt.store_id
+    if kind is RedeemOp or kind is RollbackOp:
+        return op.store_id
+    return ""
+
+
+cdef inline bint _spared_by_tombstone(record, op):
+    """A tombstone written by a key scoped to other stores than `op`'s does not cancel it: `op`
+    is applied as if the tombstone were not there (and its own record replaces it)."""
+    return record.digest == TOMBSTONE_DIGEST and record.stores and _store_of(op) not in record.stores
+
+
+cdef _widened_tombstone(record, tuple stores):
+    """The stores a tombstone covers once a caller scoped to `stores` (() for any) rolls the same
+    original back too; None when it covers them already (or `record` is no tombstone)."""
+    if record.digest != TOMBSTONE_DIGEST or not record.stores:
+        return None
+    if not stores:
+        return []
+    missing = [store for store in stores if store not in record.stores]
+    return sorted(record.stores + missing) if missing else None
 
 
 cdef inline long long _previous_of(entry, str account_id):

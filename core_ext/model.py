@@ -313,6 +313,12 @@ class LineResult(msgspec.Struct, array_like=True, gc=False, frozen=True):
     discount_minor: int
     earned_points: int
     redeemed_points: int
+    captured_points: int = 0  # share of the captured holds' points carried by this line
+
+    @property
+    def due_minor(self) -> int:
+        """What is left to pay for the line in money: a point pays one minor unit."""
+        return self.amount_minor - self.discount_minor - self.redeemed_points - self.captured_points
 
 
 class AppliedCampaign(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -353,6 +359,12 @@ class Calculation(msgspec.Struct, array_like=True, gc=False, frozen=True, omit_d
     # points of campaigns with their own activation or lifetime: (activate_at_ms, expire_at_ms, points),
     # not in the receipt's main lot (activate_at_ms / expire_at_ms); earned_points counts them too
     lots: tuple[tuple[int, int, int], ...] = ()
+    captured_points: int = 0  # of the holds an Accrue captures; with redeemed_points, within redeemable_points
+
+    @property
+    def due_minor(self) -> int:
+        """What is left to pay in money after the points: a point pays one minor unit."""
+        return self.payable_minor - self.redeemed_points - self.captured_points
 
 
 class EventCalculation(msgspec.Struct, array_like=True, gc=False, frozen=True):

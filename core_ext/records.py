@@ -169,6 +169,9 @@ class IdempotencyRec(msgspec.Struct, array_like=True, gc=False):
     digest: bytes  # of the request payload; b"" for a tombstone
     txn_id: int  # 0 for a rejection or a tombstone
     outcome: bytes  # msgpack of model.Outcome, replayed as it is
+    # A tombstone's stores: the scope of the key that wrote it. It cancels only an original from one
+    # of them; empty (an unscoped key, or a ledger from before stores were kept): any store.
+    stores: list[str] = []
 
 
 # One decoder per record kind, shared by the ledger and the invariant checks.

@@ -207,6 +207,7 @@ cdef struct LineC:
     int64_t earned
     int64_t base_earned       # earned before the multipliers
     int64_t redeemed
+    int64_t captured          # of the holds the purchase captures
     uint64_t sku_hash
     uint64_t brand_hash
     const char *sku
@@ -818,9 +819,10 @@ cdef class Program:
         return cap
 
     def calculate(self, receipt, int64_t now_ms, int64_t available_points, int64_t redeem_points,
-                  shopper=None, allowances=None, unlocked=None, bint explain=False):
+                  shopper=None, allowances=None, unlocked=None, bint explain=False, int64_t captured_points=0):
         """Evaluate the whole receipt. `available_points` bounds the redeemable amount; the caller
-        checks `redeem_points` against `redeemable_points` of the result. `shopper` holds what the
+        checks `redeem_points` and `captured_points` (held points that the purchase captures, not
+        in `available_points`) together against `redeemable_points` of the result. `shopper` holds what the
         rules may ask of the customer, `allowances` what each campaign's ledger-kept limits have
         left ({campaign id: amount}, or a function of the campaign id, asked only about campaigns
         that apply otherwise), `unlocked` the campaigns whose promo code was accepted."""
@@ -839,7 +841,7 @@ cdef class Program:
             raise MemoryError()
         try:
             return self._calculate(receipt, lines, c_lines, count, buffers, order, reasons, now_ms,
-                                   available_points, redeem_points,
+                                   available_points, redeem_points, captured_points,
                                    NO_SHOPPER if shopper is None else shopper,
                                    allowances.get if isinstance(allowances, dict) else allowances, unlocked, explain)
         finally:
@@ -847,7 +849,7 @@ cdef class Program:
 
     cdef _calculate(self, receipt, lines, LineC *c_lines, int count, int64_t *buffers, Share *order,
                     int *reasons, int64_t now_ms, int64_t available_points, int64_t redeem_points,
-                    shopper, allowances, unlocked, bint explain):
+                    int64_t captured_points, shopper, allowances, unlocked, bint explain):
         cdef int lanes = max(1, count)
         cdef int slots = max(1, self.campaign_count)
         cdef LineC *fresh = c_lines + lanes           # the receipt as it came, for best-of values
@@ -872,6 +874,7 @@ cdef class Program:
             c_lines[i].qty = line.qty_milli
             c_lines[i].price = line.price_minor
             c_lines[i].discount = c_lines[i].earned = c_lines[i].base_earned = c_lines[i].redeemed = 0
+            c_lines[i].captured = 0
             c_lines[i].sku, c_lines[i].sku_length = sku, len(sku)
             c_lines[i].sku_hash = fnv1a(sku, len(sku))
             c_lines[i].brand, c_lines[i].brand_length = brand, len(brand)
@@ -959,17 +962,14 @@ cdef class Program:
             discount += c_lines[i].discount
             earned += c_lines[i].earned
         payable = ctx.total - discount
+        # Captured holds were reserved out of the available points: they pay beside them, and
+        # count against the same share of the receipt as the points redeemed.
         redeemable = apply_rate(payable, share_bps, ROUND_FLOOR)
-        redeemable = max(0, min(redeemable, available_points))
-        redeemed = 0
-        if 0 < redeem_points <= redeemable:
-            for i in range(count):
-                weights[i] = c_lines[i].amount - c_lines[i].discount
-            if prorate(redeem_points, weights, gains, count) < 0:
-                raise MemoryError()
-            for i in range(count):
-                c_lines[i].redeemed = gains[i]
-            redeemed = redeem_points
+        redeemable = max(0, min(redeemable, available_points + captured_points))
+        redeemed = captured = 0
+        if 0 < redeem_points + captured_points <= redeemable:
+            self._spread_points(c_lines, count, redeem_points, captured_points, weights, gains)
+            redeemed, captured = redeem_points, captured_points
 
         # Activation and expiry fall on UTC day boundaries, so that one account's purchases of a
         # day share one lot: an account holds at most one open lot per day of its points' lifetime.
@@ -982,10 +982,30 @@ cdef class Program:
             explained = tuple([self._explain(k, reasons[k], value[k], applied) for k in range(self.campaign_count)])
         return Calculation(
             tuple([LineResult(lines[i].line_no, c_lines[i].amount, c_lines[i].discount,
-                              c_lines[i].earned, c_lines[i].redeemed) for i in range(count)]),
+                              c_lines[i].earned, c_lines[i].redeemed, c_lines[i].captured) for i in range(count)]),
             ctx.total, discount, payable, earned, redeemable, redeemed, tuple(applied), self.version,
-            activate_at_ms, expire_at_ms, (), explained, tuple(limited), lots,
+            activate_at_ms, expire_at_ms, (), explained, tuple(limited), lots, captured,
         )
+
+    cdef int _spread_points(self, LineC *lines, int count, int64_t redeemed, int64_t captured, int64_t *weights,
+                            int64_t *shares) except -1:
+        """Spread the points redeemed over the lines by what each has to pay, then the points
+        captured over what each has left to pay: no line is paid past its amount."""
+        cdef int i
+        for i in range(count):
+            weights[i] = lines[i].amount - lines[i].discount
+        if redeemed:
+            if prorate(redeemed, weights, shares, count) < 0:
+                raise MemoryError()
+            for i in range(count):
+                lines[i].redeemed = shares[i]
+                weights[i] -= shares[i]
+        if captured:
+            if prorate(captured, weights, shares, count) < 0:
+                raise MemoryError()
+            for i in range(count):
+                lines[i].captured = shares[i]
+        return 0
 
     cdef tuple _lot_dates(self, int64_t now_ms, int64_t delay_ms, int64_t lifetime_ms):
         """(activation, expiry) of points earned at `now_ms`. They fall on UTC day boundaries, so

@@ -447,6 +447,8 @@ def fill_calculation(target: common_pb2.Calculation, value: m.Calculation) -> No
             discount_minor=line.discount_minor,
             earned_points=line.earned_points,
             redeemed_points=line.redeemed_points,
+            captured_points=line.captured_points,
+            due_minor=line.due_minor,
         )
     add_campaign = target.campaigns.add
     for c in value.campaigns:
@@ -457,6 +459,8 @@ def fill_calculation(target: common_pb2.Calculation, value: m.Calculation) -> No
     target.earned_points = value.earned_points
     target.redeemable_points = value.redeemable_points
     target.redeemed_points = value.redeemed_points
+    target.captured_points = value.captured_points
+    target.due_minor = value.due_minor
     target.ruleset_version = value.ruleset_version
     _set_time(target.points_activate_at, value.activate_at_ms)
     _set_time(target.points_expire_at, value.expire_at_ms)

@@ -651,20 +651,26 @@ cdef int _named_verdict(Out* out, int number, str name, bint yes, str reason) ex
 
 cdef int _calculation(Out* out, int number, value) except -1:
     cdef Py_ssize_t start = _open(out, number), inner
+    cdef int64_t amount, discount, redeemed, captured, payable
     for line in value.lines:
         inner = _open(out, 1)
+        amount, discount = line.amount_minor, line.discount_minor
+        redeemed, captured = line.redeemed_points, line.captured_points
         _int(out, 1, line.line_no)
-        _int(out, 2, line.amount_minor)
-        _int(out, 3, line.discount_minor)
+        _int(out, 2, amount)
+        _int(out, 3, discount)
         _int(out, 4, line.earned_points)
-        _int(out, 5, line.redeemed_points)
+        _int(out, 5, redeemed)
+        _int(out, 6, captured)
+        _int(out, 7, amount - discount - redeemed - captured)  # LineResult.due_minor, without its call
         _close(out, inner)
+    payable, redeemed, captured = value.payable_minor, value.redeemed_points, value.captured_points
     _int(out, 2, value.total_minor)
     _int(out, 3, value.discount_minor)
-    _int(out, 4, value.payable_minor)
+    _int(out, 4, payable)
     _int(out, 5, value.earned_points)
     _int(out, 6, value.redeemable_points)
-    _int(out, 7, value.redeemed_points)
+    _int(out, 7, redeemed)
     for campaign in value.campaigns:
         inner = _open(out, 8)
         _text(out, 1, campaign.campaign_id)
@@ -685,6 +691,8 @@ cdef int _calculation(Out* out, int number, value) except -1:
         _time(out, 2, expire_at_ms)
         _int(out, 3, points)
         _close(out, inner)
+    _int(out, 15, captured)
+    _int(out, 16, payable - redeemed - captured)  # Calculation.due_minor
     return _close(out, start)
 
 

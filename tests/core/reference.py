@@ -22,7 +22,11 @@ How a purchase is evaluated (event campaigns are ignored here):
    a capped total is spread over the lines by the uncapped amounts (largest remainder).
 5. Redeemable: `max_redeem_share_bps` of the payable amount (floor), at most the available points;
    the first chosen `redeem_share` campaign in walk order replaces the program's share with its
-   `percent_bps`. A redemption (0 < asked <= redeemable) is spread over the lines by net.
+   `percent_bps`. Points captured from holds pay beside the available ones: redeemable is at most
+   available + captured, and redeemed + captured together must fit it (0 < redeemed + captured <=
+   redeemable), else neither is applied. The redemption is spread over the lines by net, then the
+   captured points by what each line has left to pay. Money due: net - redeemed - captured, per line
+   and in total (a point pays one minor unit).
 6. `redeem_share` and `grant_tier` give no amount (points 0, discount 0), have no limits, are never
    `best`, and are listed after the multipliers, in walk order, as (id, kind, 0, 0).
 
@@ -348,6 +352,7 @@ def calculate(
     shopper=None,
     allowances=None,
     unlocked=frozenset(),
+    captured_points: int = 0,
 ) -> dict:
     from core_ext.model import Shopper
 
@@ -406,18 +411,23 @@ def calculate(
     shares = [c.effect.percent_bps for c in no_amount if c.effect.kind == "redeem_share"]
     if shares:
         share = shares[0]  # the first in walk order decides
-    redeemable = max(0, min(payable * share // BPS_PER_UNIT, available_points))
-    redeemed = [0] * count
-    if 0 < redeem_points <= redeemable:
+    redeemable = max(0, min(payable * share // BPS_PER_UNIT, available_points + captured_points))
+    redeemed = captured = [0] * count
+    if 0 < redeem_points + captured_points <= redeemable:
         redeemed = prorate(redeem_points, net)
+        captured = prorate(captured_points, [net[i] - redeemed[i] for i in range(count)])
+    due = [net[i] - redeemed[i] - captured[i] for i in range(count)]
     return {
-        "lines": [(line.line_no, line.amount_minor, discount[i], points[i], redeemed[i]) for i, line in enumerate(lines)],
+        "lines": [(line.line_no, line.amount_minor, discount[i], points[i], redeemed[i], captured[i], due[i])
+                  for i, line in enumerate(lines)],
         "total_minor": total,
         "discount_minor": sum(discount),
         "payable_minor": payable,
         "earned_points": sum(points),
         "redeemable_points": redeemable,
         "redeemed_points": sum(redeemed),
+        "captured_points": sum(captured),
+        "due_minor": payable - sum(redeemed) - sum(captured),
         "campaigns": applied,
         "limited": sorted(limited.items()),
     }
@@ -428,7 +438,8 @@ def core_as_dict(calculation) -> dict:
     not specified)."""
     return {
         "lines": [
-            (l.line_no, l.amount_minor, l.discount_minor, l.earned_points, l.redeemed_points)
+            (l.line_no, l.amount_minor, l.discount_minor, l.earned_points, l.redeemed_points, l.captured_points,
+             l.due_minor)
             for l in calculation.lines
         ],
         "total_minor": calculation.total_minor,
@@ -437,6 +448,8 @@ def core_as_dict(calculation) -> dict:
         "earned_points": calculation.earned_points,
         "redeemable_points": calculation.redeemable_points,
         "redeemed_points": calculation.redeemed_points,
+        "captured_points": calculation.captured_points,
+        "due_minor": calculation.due_minor,
         "campaigns": [(c.campaign_id, c.effect, c.points, c.discount_minor) for c in calculation.campaigns],
         "limited": sorted((campaign_id, tuple(amounts)) for campaign_id, amounts in calculation.limited),
     }

@@ -460,7 +460,6 @@ class LedgerMachine(RuleBasedStateMachine):
         balance = model.balance(pool, now)
         nets = [line.amount_minor for line in op.receipt.lines]
         earned = [net * EARN_BPS // 10_000 for net in nets]
-        redeemable = max(0, min(sum(nets) * SHARE_BPS // 10_000, balance.available))
         holds = []
         for hold_id in op.capture_hold_ids:
             hold = model.holds.get(hold_id)
@@ -473,15 +472,17 @@ class LedgerMachine(RuleBasedStateMachine):
             if hold.state != "live":
                 return refusal(out, Code.FAILED_PRECONDITION, Reason.HOLD_NOT_ACTIVE)
             holds.append(hold)
+        captured = sum(hold.amount for hold in holds)
+        # Captured points pay beside the available ones, within the same share of the receipt.
+        redeemable = max(0, min(sum(nets) * SHARE_BPS // 10_000, balance.available + captured))
         if op.redeem_points and op.redeem_points > balance.available:
             return refusal(out, Code.FAILED_PRECONDITION, insufficient(balance))
-        if op.redeem_points and op.redeem_points > redeemable:
-            return refusal(out, Code.FAILED_PRECONDITION, Reason.REDEEM_SHARE_EXCEEDED)
-        captured = sum(hold.amount for hold in holds)
         spent = op.redeem_points + captured
         lots, _, held = model.totals(pool, now)
         if spent and spent > lots - model.accounts[pool].debt - (held - captured):
             return refusal(out, Code.FAILED_PRECONDITION, Reason.INSUFFICIENT_POINTS)
+        if spent > redeemable:
+            return refusal(out, Code.FAILED_PRECONDITION, Reason.REDEEM_SHARE_EXCEEDED)
 
         assert out.code == Code.OK, f"expected OK, got {out}"
         body = out.body
@@ -491,6 +492,8 @@ class LedgerMachine(RuleBasedStateMachine):
         assert [line.earned_points for line in calc.lines] == earned
         assert (calc.earned_points, calc.redeemable_points, calc.redeemed_points, body.captured_points) == (
             sum(earned), redeemable, op.redeem_points, captured)
+        assert calc.captured_points == captured
+        assert calc.due_minor == sum(nets) - spent
         activates_at = day_end(now + model.activation_ms) if model.activation_ms else now
         assert (calc.activate_at_ms, calc.expire_at_ms) == (activates_at, day_end(activates_at + LIFETIME_MS))
         txn_id = body.transaction_id
@@ -499,7 +502,9 @@ class LedgerMachine(RuleBasedStateMachine):
         txn = MTxn(txn_id, TxnKind.ACCRUE, pool, member, op.request_id)
         txn.spent = model.consume(pool, spent, now) if spent else []
         txn.restored = [0] * len(txn.spent)
-        shares = prorate(spent, nets) if spent else [0] * len(nets)
+        # The redemption by net, then the captured points by what each line has left to pay.
+        redeemed = prorate(op.redeem_points, nets)
+        shares = [r + c for r, c in zip(redeemed, prorate(captured, [n - r for n, r in zip(nets, redeemed)]))]
         txn.lines = [MLine(line.line_no, line.qty_milli, net, points, share)
                      for line, net, points, share in zip(op.receipt.lines, nets, earned, shares)]
         if sum(earned):
@@ -596,10 +601,10 @@ class LedgerMachine(RuleBasedStateMachine):
             return self.check_void(op, out, target)
         if target.kind not in (TxnKind.ACCRUE, TxnKind.REDEEM, TxnKind.ADJUST):
             return refusal(out, Code.FAILED_PRECONDITION, Reason.NOT_REVERSIBLE)
-        if target.complete:
-            return refusal(out, Code.FAILED_PRECONDITION, Reason.ALREADY_ROLLED_BACK)
         if op.return_lines and target.kind != TxnKind.ACCRUE:
             return refusal(out, Code.INVALID_ARGUMENT)
+        if target.complete and not op.return_lines:  # a return past what is left exceeds the purchase
+            return refusal(out, Code.FAILED_PRECONDITION, Reason.ALREADY_ROLLED_BACK)
         bought = {line.line_no: line.qty for line in target.lines}
         if not op.return_lines:
             returns = {no: qty - target.returned.get(no, 0) for no, qty in bought.items()}

@@ -126,6 +126,23 @@ class TestSubsetRows:
         assert result.redeemed_points == 20_000
         assert [l.redeemed_points for l in result.lines] == [5_000, 15_000]
 
+    def test_captured_points_share_the_redeemable_amount_and_leave_the_money_due(self):
+        spec = program(BASE, max_redeem_share_bps=5000)
+        the_receipt = receipt(line(1, 10_000), line(2, 30_000))  # 20,000 may be paid with points
+
+        fits = Program(spec).calculate(the_receipt, NOW_MS, 5_000, 4_000, captured_points=16_000)
+        over = Program(spec).calculate(the_receipt, NOW_MS, 5_000, 4_001, captured_points=16_000)
+
+        assert fits.redeemable_points == 20_000  # within the 5,000 available plus the 16,000 captured
+        assert (fits.redeemed_points, fits.captured_points) == (4_000, 16_000)
+        assert [l.redeemed_points for l in fits.lines] == [1_000, 3_000]
+        assert [l.captured_points for l in fits.lines] == [4_000, 12_000]  # by what is left: 9,000 : 27,000
+        assert [l.due_minor for l in fits.lines] == [5_000, 15_000]
+        assert fits.due_minor == 40_000 - 20_000
+        assert (over.redeemed_points, over.captured_points, over.due_minor) == (0, 0, 40_000)
+        assert reference.core_as_dict(fits) == reference.calculate(spec, the_receipt, NOW_MS, 5_000, 4_000,
+                                                                   captured_points=16_000)
+
     def test_redeemable_bounded_by_available(self):
         result = Program(program(BASE)).calculate(receipt(line(1, 10_000)), NOW_MS, 1_234, 0)
         assert result.redeemable_points == 1_234
@@ -227,7 +244,7 @@ class Choices:
 
 
 def cases(spec):
-    """A strategy of (receipt, shopper, now_ms, available, redeem, allowances, unlocked) for `spec`."""
+    """A strategy of (receipt, shopper, now_ms, available, redeem, allowances, unlocked, captured) for `spec`."""
     pools = Pools(spec)
     tz = spec.settings.timezone
     line = Choices(
@@ -278,6 +295,7 @@ def cases(spec):
             max_size=min(len(pools.counted_ids), 6),
         ))
     points = Choices(list(range(0, 10**7, 997)) + [10**12], [0] * 10 + list(range(1, 10**6, 13))).strategy
+    captured_points = st.one_of(st.just(0), st.just(0), st.integers(1, 10**6))  # of holds an Accrue captures
 
     @st.composite
     def case(draw):
@@ -307,19 +325,20 @@ def cases(spec):
         receipt = Receipt(store, terminal, "r", tuple(made), region=region, channel=channel,
                           payment_method=payment_method, card_bin=card_bin)
         available, redeem = draw(points)
-        return receipt, shopper, now_ms, available, redeem, draw(allowances), draw(unlocked)
+        captured = draw(captured_points)
+        return receipt, shopper, now_ms, available, redeem, draw(allowances), draw(unlocked), captured
 
     return case()
 
 
 def check_agreement(spec, core, case):
-    receipt, shopper, now_ms, available, redeem, allowances, unlocked = case
+    receipt, shopper, now_ms, available, redeem, allowances, unlocked, captured = case
     got = reference.core_as_dict(
         core.calculate(receipt, now_ms, available, redeem, shopper=shopper, allowances=allowances,
-                       unlocked=set(unlocked))
+                       unlocked=set(unlocked), captured_points=captured)
     )
     expected = reference.calculate(spec, receipt, now_ms, available, redeem, shopper=shopper, allowances=allowances,
-                                   unlocked=unlocked)
+                                   unlocked=unlocked, captured_points=captured)
     assert got == expected
 
 

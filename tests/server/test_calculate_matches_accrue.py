@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kassa.v1 import common_pb2, processing_pb2
-from tests.server.helpers import by_account, open_account
+from tests.server.helpers import by_account, line, open_account
 
 EXAMPLES = 5_000  # random receipts, one Calculate (two with a redemption) and one Accrue each
 EXAMPLES_PER_ACCOUNT = 50  # a fresh account now and then keeps every account's lot list short
@@ -79,7 +79,30 @@ class TestCalculateMatchesAccrue:
 
             assert reply.calculation == preview.calculation
             assert reply.calculation.redeemed_points == redeem_points
+            calculation = reply.calculation
+            assert calculation.due_minor == calculation.payable_minor - redeem_points
+            assert [line.due_minor for line in calculation.lines] == [
+                line.amount_minor - line.discount_minor - line.redeemed_points for line in calculation.lines]
             before, after = preview.balance, reply.balance
             assert after.active_points == before.active_points - redeem_points + reply.calculation.earned_points
 
         check()
+
+
+class TestMoneyDue:
+    def test_calculate_and_accrue_show_the_same_money_left_to_pay_after_points(self, kassa):
+        open_account(kassa, "D-1")
+        seed = kassa.processing.Accrue(processing_pb2.AccrueRequest(
+            request_id="seed", customer=by_account("D-1"),
+            receipt=common_pb2.Receipt(store_id="s-1", receipt_no="R-0", lines=[line(1, 2_000_000)])))
+        assert seed.calculation.earned_points >= 500
+        receipt = common_pb2.Receipt(store_id="s-1", receipt_no="R-1", lines=[line(1, 700), line(2, 300)])
+
+        preview = kassa.processing.Calculate(processing_pb2.CalculateRequest(
+            customer=by_account("D-1"), receipt=receipt, redeem_points=500))
+        reply = kassa.processing.Accrue(processing_pb2.AccrueRequest(
+            request_id="paid", customer=by_account("D-1"), receipt=receipt, redeem_points=500))
+
+        assert preview.calculation.due_minor == 1_000 - 500
+        assert [line.due_minor for line in preview.calculation.lines] == [700 - 350, 300 - 150]
+        assert reply.calculation == preview.calculation

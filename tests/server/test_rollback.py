@@ -8,7 +8,7 @@ import shutil
 import grpc
 import pytest
 
-from kassa.v1 import accounts_pb2, processing_pb2
+from kassa.v1 import accounts_pb2, common_pb2, processing_pb2
 from tests.kassa_harness import REPO
 from tests.server.helpers import (
     accrue, balance, earn, line, open_account, receipt, redeem, refused, rollback, snapshot, statement,
@@ -82,6 +82,65 @@ class TestPartialReturn:
         assert snapshot(kassa, "A-1") == before
         rest = rollback(kassa, "return-3", transaction_id=bought.transaction_id, returns=[(2, 2_000)])
         assert rest.clawed_back_points == LINE_2_EARNED - 1_666
+
+
+ONE_LINE = receipt(line(1, 33_333, qty_milli=3_000, category="grocery/bakery"), receipt_no="R-1")
+
+
+def return_line(request_id: str, transaction_id: int, line_no: int, qty_milli: int) -> processing_pb2.Operation:
+    return processing_pb2.Operation(rollback=processing_pb2.RollbackRequest(
+        request_id=request_id, transaction_id=transaction_id,
+        return_lines=[processing_pb2.ReturnLine(line_no=line_no, qty_milli=qty_milli)]))
+
+
+class TestOverReturnOneReason:
+    """Returning more of a line than is left of it is RETURN_EXCEEDS_PURCHASE, whether the receipt
+    had one line or several and whether the rest went back by returns or by a cancel;
+    ALREADY_ROLLED_BACK answers only a cancel of what is already rolled back in full."""
+
+    @pytest.mark.parametrize("the_receipt", [ONE_LINE, THREE_LINES], ids=["one line", "three lines"])
+    def test_returning_a_returned_line_again_exceeds_the_purchase(self, kassa, the_receipt):
+        open_account(kassa, "A-1")
+        bought = accrue(kassa, "A-1", the_receipt, request_id="buy-1")
+        for item in the_receipt.lines:  # every line back in full, one return each
+            rollback(kassa, f"return-{item.line_no}", transaction_id=bought.transaction_id,
+                     returns=[(item.line_no, item.qty_milli)])
+        before = snapshot(kassa, "A-1")
+
+        with refused(grpc.StatusCode.FAILED_PRECONDITION, "RETURN_EXCEEDS_PURCHASE") as over:
+            rollback(kassa, "return-again", transaction_id=bought.transaction_id, returns=[(1, 1_000)])
+        with refused(grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_ROLLED_BACK"):
+            rollback(kassa, "cancel-after", transaction_id=bought.transaction_id)
+
+        assert "line 1 bought" in over.details
+        assert snapshot(kassa, "A-1") == before
+
+    def test_returning_a_line_of_a_cancelled_purchase_exceeds_the_purchase(self, kassa):
+        open_account(kassa, "A-1")
+        bought = accrue(kassa, "A-1", ONE_LINE, request_id="buy-1")
+        rollback(kassa, "cancel-1", transaction_id=bought.transaction_id)
+
+        with refused(grpc.StatusCode.FAILED_PRECONDITION, "RETURN_EXCEEDS_PURCHASE"):
+            rollback(kassa, "return-1", transaction_id=bought.transaction_id, returns=[(1, 1_000)])
+
+    def test_in_a_batch_an_over_return_of_the_only_line_exceeds_the_purchase(self, kassa):
+        open_account(kassa, "A-1")
+        bought = accrue(kassa, "A-1", ONE_LINE, request_id="buy-1")
+        operations = [
+            return_line("return-1", bought.transaction_id, 1, 2_000),   # OK
+            return_line("return-2", bought.transaction_id, 1, 1_001),   # 1 unit left: over it
+            return_line("return-3", bought.transaction_id, 1, 1_000),   # the rest: OK
+            return_line("return-4", bought.transaction_id, 1, 1),       # nothing left
+            processing_pb2.Operation(rollback=processing_pb2.RollbackRequest(
+                request_id="cancel-1", transaction_id=bought.transaction_id)),  # all gone already
+        ]
+
+        results = kassa.processing.ProcessBatch(processing_pb2.ProcessBatchRequest(operations=operations)).results
+
+        reasons = [common_pb2.Reason.Name(result.reason) for result in results]
+        assert reasons == ["REASON_NONE", "REASON_RETURN_EXCEEDS_PURCHASE", "REASON_NONE",
+                           "REASON_RETURN_EXCEEDS_PURCHASE", "REASON_ALREADY_ROLLED_BACK"]
+        assert results[2].rollback.kind == processing_pb2.ROLLBACK_KIND_RETURN
 
 
 class TestCancel:

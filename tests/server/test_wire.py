@@ -1172,6 +1172,23 @@ class TestAnswers:
         assert calculation.discount_minor > 0
         assert_written_as(convert.accrue_response(outcome.body), wire.accrue_response(outcome.body))
 
+    def test_an_answer_with_captured_holds_and_money_due(self, books):
+        held = books.commit(convert.redeem_op(processing_pb2.RedeemRequest(
+            request_id=books.request_id("hold"), customer=BY_CARD, points=3_000, receipt_total_minor=10**9,
+            mode=processing_pb2.REDEEM_MODE_HOLD)))[0]
+        assert held.code == Code.OK, held.message
+        request = processing_pb2.AccrueRequest(
+            request_id=books.request_id("buy"), customer=BY_CARD, redeem_points=1_000,
+            capture_hold_ids=[held.body.transaction_id],
+            receipt=common_pb2.Receipt(store_id="store-7", receipt_no="R-1", lines=[line(1, 7_001), line(2, 5_000)]))
+        (outcome,) = books.commit(convert.accrue_op(request))
+        assert outcome.code == Code.OK, outcome.message
+        calculation = outcome.body.calculation
+        assert calculation.captured_points == 3_000
+        assert all(line_result.captured_points for line_result in calculation.lines)
+        assert calculation.due_minor > 0
+        assert_written_as(convert.accrue_response(outcome.body), wire.accrue_response(outcome.body))
+
     def test_a_calculation_explained_with_a_promo_code(self, books):
         request = processing_pb2.CalculateRequest(
             customer=BY_CARD, explain=True, redeem_points=5_000,
@@ -1200,13 +1217,13 @@ class TestAnswers:
         # Negative balances, times inside a second and before it, text of every width: values the
         # sample program does not give, written all the same.
         calculation = Calculation(
-            lines=(LineResult(LINE_NO_MAX, AMOUNT_MAX, 1, -5, 2**40),), total_minor=AMOUNT_MAX, discount_minor=-1,
+            lines=(LineResult(LINE_NO_MAX, AMOUNT_MAX, 1, -5, 2**40, 2**41),), total_minor=AMOUNT_MAX, discount_minor=-1,
             payable_minor=0, earned_points=-(2**62), redeemable_points=1, redeemed_points=0,
             campaigns=(AppliedCampaign("Скидка 😀", "discount_percent", 0, 3), AppliedCampaign("", "", 0, 0)),
             ruleset_version="v" * 200, activate_at_ms=1, expire_at_ms=999,
             promo_codes=(PromoCodeResult("CODE-1", False, "unknown"), PromoCodeResult("", True)),
             explain=(CampaignExplain("base", True, "é" * 100), CampaignExplain("x", False, "")),
-            lots=((1_500, 0, 5), (0, 2_000_000_001, -7)),
+            lots=((1_500, 0, 5), (0, 2_000_000_001, -7)), captured_points=2**41,
         )
         balance = Balance(active=-10, pending=0, held=3, available=-13, debt=10, next_expiry_at_ms=1_780_300_800_123,
                           next_expiry_points=2**63 - 1)
