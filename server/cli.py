@@ -129,23 +129,67 @@ def _open_existing(command: str, path: str, map_size_bytes: int):
     if not Path(path, "data.mdb").exists():
         print(f"kassa {command}: no ledger at {path}", file=sys.stderr)
         raise SystemExit(2)
-    env = lmdb.open(path, max_dbs=MAX_DBS, map_size=map_size_bytes)
-    return env, {name.decode(): env.open_db(name) for name in DB_NAMES}
+    try:
+        env = lmdb.open(path, max_dbs=MAX_DBS, map_size=map_size_bytes)
+        return env, {name.decode(): env.open_db(name) for name in DB_NAMES}
+    except lmdb.Error as error:
+        print(f"kassa {command}: cannot open the ledger at {path}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _backup(args) -> int:
-    """LMDB copies inside one read transaction: a consistent snapshot, taken while writers go on."""
+    """LMDB copies inside one read transaction: a consistent snapshot, taken while writers go on.
+    A backup that fails leaves nothing behind: not the copy, not the directories it created."""
+    import lmdb
+
     config = _load(args.config)
     target = args.directory
+    if target.exists() and not target.is_dir():
+        print(f"kassa backup: {target} exists and is not a directory", file=sys.stderr)
+        return 2
     if target.exists() and any(target.iterdir()):
         print(f"kassa backup: {target} is not empty", file=sys.stderr)
         return 2
-    target.mkdir(parents=True, exist_ok=True)
     env, _ = _open_existing("backup", config.ledger.path, config.ledger.map_size_bytes)
-    env.copy(str(target), compact=True)
-    env.close()
+    created = _first_missing(target)  # the outermost directory this backup creates; None: target exists
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        env.close()
+        _remove_backup(target, created)
+        print(f"kassa backup: cannot create {target}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    try:
+        env.copy(str(target), compact=True)
+    except lmdb.Error as error:  # py-lmdb raises its own errors for a failed write (lmdb.DiskError: ENOSPC)
+        _remove_backup(target, created)
+        print(f"kassa backup: cannot write {target}: {error}", file=sys.stderr)
+        return 2
+    finally:
+        env.close()
     print(json.dumps({"ok": True, "backup": str(target), "bytes": Path(target, "data.mdb").stat().st_size}))
     return 0
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet."""
+    missing = None
+    for candidate in (path, *path.absolute().parents):
+        if candidate.exists():
+            return missing
+        missing = candidate
+    return missing
+
+
+def _remove_backup(target: Path, created: Path | None) -> None:
+    """Undo a failed backup: the directories it created, or what it wrote into the empty one it was given."""
+    import shutil
+
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for child in target.iterdir() if target.is_dir() else ():
+        child.unlink(missing_ok=True)
 
 
 def _verify(args) -> int:
