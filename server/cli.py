@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=None, help="processes (0: one per core); overrides server.workers")
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--cpus", default="", help=argparse.SUPPRESS)  # a worker's share, e.g. "0" or "4,5,6,7"
+    serve.add_argument("--claims", default="", help=argparse.SUPPRESS)  # descriptors its supervisor hands a worker
 
     stats = commands.add_parser("stats", help="print the server's figures from its metrics endpoint")
     stats.add_argument("--config", default=DEFAULT_CONFIG)
@@ -64,18 +65,30 @@ def _load(path: str):
 
 
 def _serve(args) -> int:
+    import msgspec
+
     from server.logs import setup_logging
+    from server.startup import StartupRefused, claim, inherit, read_tls_files
 
     config = _load(args.config)
     workers = config.server.workers if args.workers is None else args.workers
     cpus = usable_cpus()
     workers = workers or len(cpus)
+    try:
+        if config.tls.cert_file:
+            read_tls_files(config.tls)  # said once by the server that starts, not by each of its workers
+        # Held until this process exits: the address and the ledger are this server's alone.
+        claims = inherit(config, [int(fd) for fd in args.claims.split(",")]) if args.claims else claim(config)
+    except StartupRefused as error:
+        print(f"kassa: {error}", file=sys.stderr)
+        return 2
+    config = msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, listen=claims.listen))
     setup_logging()
     if workers > 1:
         # More workers than CPUs: some would have to share one, so the kernel places them all.
         pin = config.server.pin_workers and hasattr(os, "sched_setaffinity") and workers <= len(cpus)
         shares = cpu_shares(cpus, workers) if pin else [[] for _ in range(workers)]
-        return _supervise(args.config, shares)
+        return _supervise(args.config, shares, claims)
     if args.cpus:
         pin_to([int(cpu) for cpu in args.cpus.split(",")])
     import uvloop
@@ -91,17 +104,20 @@ def _serve(args) -> int:
     except RulesError as error:
         print(f"kassa: the loyalty program is refused:\n{error}", file=sys.stderr)
         return 2
-    except LedgerUnavailable as error:
+    except (LedgerUnavailable, StartupRefused) as error:
         print(f"kassa: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def _supervise(config_path: str, shares: list[list[int]]) -> int:
+def _supervise(config_path: str, shares: list[list[int]], claims) -> int:
     """Run one single-process server per share of CPUs on one port (SO_REUSEPORT), each pinned to
-    its share (none: not pinned); pass SIGTERM, SIGINT and SIGHUP (reload the rules) on."""
-    environ = dict(os.environ, KASSA_SERVER_WORKERS="1")
-    command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1"]
+    its share (none: not pinned); pass SIGTERM, SIGINT and SIGHUP (reload the rules) on. The workers
+    are handed this server's claims on its address and ledger, and the port it holds."""
+    environ = dict(os.environ, KASSA_SERVER_WORKERS="1", KASSA_SERVER_LISTEN=claims.listen)
+    fds = claims.inherited_fds()
+    command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1",
+               "--claims", ",".join(map(str, fds))]
     children: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
@@ -115,7 +131,7 @@ def _supervise(config_path: str, shares: list[list[int]]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for index, cpus in enumerate(shares):
         pinned = ["--cpus", ",".join(map(str, cpus))] if cpus else []
-        children.append(subprocess.Popen([*command, "--worker-index", str(index), *pinned], env=environ))
+        children.append(subprocess.Popen([*command, "--worker-index", str(index), *pinned], env=environ, pass_fds=fds))
     signal.signal(signal.SIGHUP, forward)
     codes = [child.wait() for child in children]
     return max(codes, key=abs)
