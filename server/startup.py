@@ -21,8 +21,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import stat
 import socket
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +72,9 @@ def inherit(config: ServerConfig, fds: list[int]) -> Claims:
                 lock.detach()
         elif _holds_ledger_lock(fd, config.ledger.path):
             ledger_lock_fd = fd
-    if ledger_lock_fd < 0 or (ABSTRACT_SOCKETS and {_as_text(lock.getsockname()) for lock in locks} != names):
+    # Each lock kept names one of this address's sockets; the supervisor may have left out some it
+    # could not bind (an address family this host lacks), never all of them.
+    if ledger_lock_fd < 0 or (ABSTRACT_SOCKETS and not locks):
         for lock in locks:
             lock.detach()
         return claim(config)
@@ -95,18 +97,26 @@ def _read_tls_file(key: str, path: str) -> bytes:
 
 
 def _claim_address(listen: str) -> Claims:
-    host, port = split_listen(listen)
+    """Probe and lock every address `listen` resolves to. One that this host does not have (no IPv6,
+    say) is left out, as gRPC leaves it out; none left is a refusal."""
+    _, port = split_listen(listen)
     claims = Claims(listen)
+    unavailable = None
     try:
         for family, address in _addresses(listen):
-            probe = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                probe = _probe(family, address[:1] + (port,) + address[2:])
+            except OSError as error:
+                if error.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    raise
+                unavailable = unavailable or error
+                continue
             claims.probes.append(probe)
-            # Connections of an earlier run in TIME_WAIT must not keep a restart off its port.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address[:1] + (port,) + address[2:])
             port = probe.getsockname()[1]  # port 0: every address gets the one the kernel chose
             if ABSTRACT_SOCKETS:
                 claims.address_locks.append(_lock_address((family, probe.getsockname()), listen))
+        if not claims.probes:
+            raise unavailable or OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
     except OSError as error:
         _release(claims)
         if error.errno == errno.EADDRINUSE:
@@ -117,6 +127,19 @@ def _claim_address(listen: str) -> Claims:
         raise
     claims.listen = f"{host_of(listen)}:{port}"
     return claims
+
+
+def _probe(family: int, address: tuple) -> socket.socket:
+    """A socket bound to `address` without SO_REUSEPORT: binding fails while anything listens there."""
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # Connections of an earlier run in TIME_WAIT must not keep a restart off its port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+    except OSError:
+        probe.close()
+        raise
+    return probe
 
 
 def host_of(listen: str) -> str:
