@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import re
 import tomllib
 import zoneinfo
@@ -24,6 +25,9 @@ CAMPAIGN_ID_BYTES_MAX = 64  # bytes of UTF-8
 POINTS_LIFETIME_DAYS_MAX = 36_500  # days
 ACTIVATION_DELAY_DAYS_MAX = 365  # days
 CAMPAIGN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+RULES_SOURCE_BYTES_MAX = 1024 * 1024  # bytes of TOML in one rule file or one ReloadRules source
+RULES_NESTING_DEPTH_MAX = 32  # arrays and inline tables inside one another (a table header counts its brackets)
+RULES_KEY_PARTS_MAX = 32  # parts of dotted keys on one line (a.b.c is 3): the parser's cost grows as their square
 
 
 class ProgramSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -201,9 +205,13 @@ def load_program(paths: list[Path]) -> ProgramSpec:
     sources = {}
     for file in files:
         try:
+            if file.stat().st_size > RULES_SOURCE_BYTES_MAX:
+                raise RulesError([f"{file}: {file.stat().st_size} bytes, more than the limit of {RULES_SOURCE_BYTES_MAX}"])
             sources[str(file)] = file.read_text(encoding="utf-8")
         except OSError as error:
             raise RulesError([f"{file}: cannot read: {error.strerror}"]) from None
+        except UnicodeDecodeError as error:
+            raise RulesError([f"{file}: not UTF-8 text (byte {error.start})"]) from None
     return parse_program(sources)
 
 
@@ -213,8 +221,10 @@ def parse_program(sources: dict[str, str]) -> ProgramSpec:
     settings: list[tuple[str, ProgramSettings]] = []
     tiers: list[tuple[str, TierSettings]] = []
     campaigns: list[tuple[str, Campaign]] = []
+    tiers_unread = False  # a [tiers] table that did not decode: which tiers exist is not known
     for name, text in sources.items():
-        decoded = _decode_file(name, text, problems)
+        decoded, tiers_table_unread = _decode_file(name, text, problems)
+        tiers_unread |= tiers_table_unread
         if decoded is None:
             continue
         if decoded.program is not None:
@@ -232,7 +242,7 @@ def parse_program(sources: dict[str, str]) -> ProgramSpec:
     tier_settings = tiers[0][1] if tiers else TierSettings()
     if tiers:
         problems.extend(_check_tiers(*tiers[0]))
-    tier_ids = {tier.id for tier in tier_settings.levels}
+    tier_ids = None if tiers_unread else {tier.id for tier in tier_settings.levels}
     seen: dict[str, str] = {}
     for name, campaign in campaigns:
         problems.extend(_check_campaign(name, campaign, tier_ids))
@@ -251,17 +261,132 @@ def parse_program(sources: dict[str, str]) -> ProgramSpec:
     )
 
 
-def _decode_file(name: str, text: str, problems: list[str]) -> ProgramFile | None:
+def _decode_file(name: str, text: str, problems: list[str]) -> tuple[ProgramFile | None, bool]:
+    """Decode one file, adding a line to `problems` for every field that is wrong (msgspec stops at
+    the first): the program's tables and each campaign decode on their own, so the campaigns that do
+    decode still get every other check. Returns the file (its well-typed parts) and whether it has a
+    [tiers] table that did not decode."""
+    raw = _read_toml(name, text, problems)
+    if raw is None:
+        return None, False
+    unknown = {key: value for key, value in raw.items() if key not in ProgramFile.__struct_fields__}
+    found = _field_problems(unknown, ProgramFile, "")
+    program = _decoded(raw["program"], ProgramSettings, "program", found) if "program" in raw else None
+    tiers = _decoded(raw["tiers"], TierSettings, "tiers", found) if "tiers" in raw else None
+    entries = raw.get("campaigns", [])
+    if not isinstance(entries, list):
+        found.append(f"Expected `array`, got `{_toml_type(entries)}` - at `$.campaigns`")
+        entries = []
+    campaigns = [_decoded(entry, Campaign, f"campaigns[{index}]", found) for index, entry in enumerate(entries)]
+    problems.extend(f"{name}: {_locate(raw, message)}" for message in found)
+    decoded = ProgramFile(program=program, tiers=tiers, campaigns=[c for c in campaigns if c is not None])
+    return decoded, "tiers" in raw and tiers is None
+
+
+def _decoded(raw, struct_type: type, path: str, found: list[str]):
+    """`raw` as `struct_type`, or None when a field is wrong; adds its problems to `found`."""
+    problems = _field_problems(raw, struct_type, path)
+    if problems:
+        found.extend(problems)
+        return None
     try:
-        raw = tomllib.loads(text)
+        return msgspec.convert(raw, type=struct_type)
+    except msgspec.ValidationError as error:  # a rule the field-by-field pass does not know: still reported
+        detail, _, at = str(error).partition(" - at `$")
+        found.append(f"{detail} - at `$.{path}{at.rstrip('`')}`")
+        return None
+
+
+def _read_toml(name: str, text: str, problems: list[str]) -> dict | None:
+    """Parse `text`, after checking it against the limits that keep the parser's time and stack bounded."""
+    refusal = source_refusal(text)
+    if refusal:
+        problems.append(f"{name}: {refusal}")
+        return None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         problems.append(f"{name}: not valid TOML: {error}")
-        return None
-    try:
-        return msgspec.convert(raw, type=ProgramFile)
-    except msgspec.ValidationError as error:
-        problems.append(f"{name}: {_locate(raw, str(error))}")
-        return None
+    except RecursionError:  # the depth check above lets none through; should it, still the caller's fault
+        problems.append(f"{name}: nested too deeply to read")
+    return None
+
+
+# Strings and comments, whose brackets and dots are text: TOML's four kinds of string, then a comment.
+# Possessive repeats: an unclosed string costs one scan to the end, never a backtracking search.
+_TOML_TEXT = re.compile(
+    r'"""(?:[^"\\]|\\[\s\S]|"(?!""))*+"""'
+    r"|'''(?:[^']|'(?!''))*+'''"
+    r'|"(?:[^"\\\n]|\\.)*+"'
+    r"|'[^'\n]*+'"
+    r"|#[^\n]*+"
+)
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_NESTING_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def source_refusal(text: str) -> str:
+    """Why a rules source is refused before it is parsed ("" when it is not): more bytes than
+    RULES_SOURCE_BYTES_MAX, arrays and inline tables nested deeper than RULES_NESTING_DEPTH_MAX, or
+    more than RULES_KEY_PARTS_MAX dotted key parts on one line."""
+    size_bytes = len(text.encode("utf-8", "surrogatepass"))
+    if size_bytes > RULES_SOURCE_BYTES_MAX:
+        return f"{size_bytes} bytes, more than the limit of {RULES_SOURCE_BYTES_MAX}"
+    code = _TOML_TEXT.sub(_keep_line_breaks, text)
+    brackets = _NOT_BRACKETS.sub("", code)
+    if max(itertools.accumulate(map(_NESTING_STEP.__getitem__, brackets)), default=0) > RULES_NESTING_DEPTH_MAX:
+        return f"arrays and inline tables nested more than {RULES_NESTING_DEPTH_MAX} deep"
+    for number, line in enumerate(code.splitlines(), 1):
+        if line.count(".") >= RULES_KEY_PARTS_MAX:
+            return f"line {number}: more than {RULES_KEY_PARTS_MAX} dotted key parts"
+    return ""
+
+
+def _keep_line_breaks(text: re.Match) -> str:
+    """A string or comment, gone but for its line breaks: lines keep their numbers."""
+    return "\n" * text.group().count("\n")
+
+
+def _field_problems(raw, struct_type: type, path: str) -> list[str]:
+    """Every field of `raw` that does not decode as `struct_type`, in msgspec's words and with its
+    path (`... - at `$.campaigns[2].effect.kind``), as `_locate` reads them."""
+    where = f" - at `$.{path}`" if path else ""
+    if not isinstance(raw, dict):
+        return [f"Expected `object`, got `{_toml_type(raw)}`{where}"]
+    fields = {field.encode_name: field for field in msgspec.structs.fields(struct_type)}
+    problems = [f"Object contains unknown field `{key}`{where}" for key in raw if key not in fields]
+    problems += [f"Object missing required field `{field.encode_name}`{where}"
+                 for field in fields.values() if field.required and field.encode_name not in raw]
+    for key, field in fields.items():
+        if key not in raw:
+            continue
+        inner, item_type = f"{path}.{key}" if path else key, _struct_of(field.type)
+        if item_type is not None and isinstance(raw[key], list) and field.type != item_type:
+            for index, item in enumerate(raw[key]):
+                problems += _field_problems(item, item_type, f"{inner}[{index}]")
+        elif item_type is not None and field.type != list[item_type]:
+            problems += _field_problems(raw[key], item_type, inner)
+        else:
+            try:
+                msgspec.convert(raw[key], type=field.type)
+            except msgspec.ValidationError as error:
+                detail, _, at = str(error).partition(" - at `$")
+                problems.append(f"{detail} - at `$.{inner}{at.rstrip('`')}`")
+    return problems
+
+
+def _struct_of(field_type) -> type | None:
+    """The struct a field holds (`Conditions`, `ProgramSettings | None`) or a list of (`list[Tier]`)."""
+    for candidate in (field_type, *getattr(field_type, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, msgspec.Struct):
+            return candidate
+    return None
+
+
+def _toml_type(value) -> str:
+    return {dict: "object", list: "array", str: "str", int: "int", float: "float", bool: "bool"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _locate(raw: dict, message: str) -> str:
@@ -326,7 +451,7 @@ def _positive(where, problems, field, value, needed_by):
         problems.append(f"{where}: field '{field}': must be > 0 for {needed_by}")
 
 
-def _check_campaign(name: str, campaign: Campaign, tier_ids: set[str] = frozenset()) -> list[str]:
+def _check_campaign(name: str, campaign: Campaign, tier_ids: set[str] | None = frozenset()) -> list[str]:
     where = f"{name}: campaign '{campaign.id}'"
     problems: list[str] = []
     if not CAMPAIGN_ID_PATTERN.match(campaign.id) or len(campaign.id.encode()) > CAMPAIGN_ID_BYTES_MAX:
@@ -351,7 +476,7 @@ def _check_campaign(name: str, campaign: Campaign, tier_ids: set[str] = frozense
     return problems
 
 
-def _check_effect(where: str, campaign: Campaign, tier_ids: set[str]) -> list[str]:
+def _check_effect(where: str, campaign: Campaign, tier_ids: set[str] | None) -> list[str]:
     effect, kind = campaign.effect, campaign.effect.kind
     problems: list[str] = []
     if kind == "earn_percent" and not 0 < effect.percent_bps <= EARN_BPS_MAX:
@@ -379,7 +504,7 @@ def _check_effect(where: str, campaign: Campaign, tier_ids: set[str]) -> list[st
     if kind == "redeem_share" and not 0 <= effect.percent_bps <= BPS_PER_UNIT:
         problems.append(f"{where}: field 'effect.percent_bps': must be 0..{BPS_PER_UNIT} for redeem_share")
     if kind == "grant_tier":
-        if effect.tier not in tier_ids:
+        if tier_ids is not None and effect.tier not in tier_ids:
             problems.append(f"{where}: field 'effect.tier': unknown tier '{effect.tier}' (not in [tiers] levels)")
         if not 1 <= effect.tier_days <= TIER_DAYS_MAX:
             problems.append(f"{where}: field 'effect.tier_days': must be 1..{TIER_DAYS_MAX} for grant_tier")
@@ -425,7 +550,7 @@ LINE_CONDITIONS = ("category_prefixes", "skus", "brands", "exclude_category_pref
                    "card_bins", "terminals")
 
 
-def _check_conditions(where: str, campaign: Campaign, tier_ids: set[str]) -> list[str]:
+def _check_conditions(where: str, campaign: Campaign, tier_ids: set[str] | None) -> list[str]:
     when = campaign.when
     problems: list[str] = []
     for field in ("receipt_total_min_minor", "item_qty_min_milli", "line_qty_min_milli", "line_amount_min_minor",
@@ -449,7 +574,7 @@ def _check_conditions(where: str, campaign: Campaign, tier_ids: set[str]) -> lis
     if when.birthday_within_days is not None and not 0 <= when.birthday_within_days <= 183:
         problems.append(f"{where}: field 'when.birthday_within_days': must be 0..183")
     for tier in when.tiers:
-        if tier and tier not in tier_ids:
+        if tier and tier_ids is not None and tier not in tier_ids:
             problems.append(f"{where}: field 'when.tiers': unknown tier '{tier}' (not in [tiers] levels)")
     if campaign.trigger == "event":
         if not when.event_types:

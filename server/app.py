@@ -39,6 +39,7 @@ from server.servicers.admin import AdminServicer, compile_rules, sweep_expired, 
 from server.servicers.bench import BenchServicer
 from server.servicers.processing import ProcessingServicer
 from server.servicers.processing import add_to_server as add_processing
+from server.startup import StartupRefused, read_tls_files
 
 log = logging.getLogger("kassa.server")
 
@@ -128,17 +129,19 @@ async def reload_rules_files(ledger, committer, rule_paths: list[Path]) -> None:
 
 
 def add_port(server, config: ServerConfig) -> int:
-    """Plaintext, TLS, or mutual TLS when tls.client_ca_file is set."""
+    """Plaintext, TLS, or mutual TLS when tls.client_ca_file is set. The address was claimed before
+    (server/startup.py): gRPC failing to bind it now means another process took it in between."""
     tls = config.tls
-    if not tls.cert_file:
-        return server.add_insecure_port(config.server.listen)
-    client_ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
-    credentials = grpc.ssl_server_credentials(
-        [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
-    return server.add_secure_port(config.server.listen, credentials)
+    try:
+        if not tls.cert_file:
+            return server.add_insecure_port(config.server.listen)
+        key, certificate, client_ca = read_tls_files(tls)
+        credentials = grpc.ssl_server_credentials(
+            [(key, certificate)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        return server.add_secure_port(config.server.listen, credentials)
+    except RuntimeError:  # grpc: "Failed to bind to address"
+        raise StartupRefused(f"{config.server.listen} is in use by another process") from None
 
 
 async def check_readers_periodically(ledger, interval_s: float) -> None:
@@ -202,7 +205,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
 
     port = add_port(server, config)
     if port == 0:
-        raise OSError(f"cannot listen on {config.server.listen}")
+        raise StartupRefused(f"cannot listen on {config.server.listen}")
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=None, help="processes (0: one per core); overrides server.workers")
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--cpus", default="", help=argparse.SUPPRESS)  # a worker's share, e.g. "0" or "4,5,6,7"
+    serve.add_argument("--claims", default="", help=argparse.SUPPRESS)  # descriptors its supervisor hands a worker
 
     stats = commands.add_parser("stats", help="print the server's figures from its metrics endpoint")
     stats.add_argument("--config", default=DEFAULT_CONFIG)
@@ -64,18 +65,30 @@ def _load(path: str):
 
 
 def _serve(args) -> int:
+    import msgspec
+
     from server.logs import setup_logging
+    from server.startup import StartupRefused, claim, inherit, read_tls_files
 
     config = _load(args.config)
     workers = config.server.workers if args.workers is None else args.workers
     cpus = usable_cpus()
     workers = workers or len(cpus)
+    try:
+        if config.tls.cert_file:
+            read_tls_files(config.tls)  # said once by the server that starts, not by each of its workers
+        # Held until this process exits: the address and the ledger are this server's alone.
+        claims = inherit(config, [int(fd) for fd in args.claims.split(",")]) if args.claims else claim(config)
+    except StartupRefused as error:
+        print(f"kassa: {error}", file=sys.stderr)
+        return 2
+    config = msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, listen=claims.listen))
     setup_logging(config.log.level, None if workers > 1 else args.worker_index)
     if workers > 1:
         # More workers than CPUs: some would have to share one, so the kernel places them all.
         pin = config.server.pin_workers and hasattr(os, "sched_setaffinity") and workers <= len(cpus)
         shares = cpu_shares(cpus, workers) if pin else [[] for _ in range(workers)]
-        return _supervise(args.config, shares, config.metrics.listen)
+        return _supervise(args.config, shares, claims, config.metrics.listen)
     if args.cpus:
         pin_to([int(cpu) for cpu in args.cpus.split(",")])
     import uvloop
@@ -92,16 +105,13 @@ def _serve(args) -> int:
     except RulesError as error:
         print(f"kassa: the loyalty program is refused:\n{error}", file=sys.stderr)
         return 2
-    except LedgerUnavailable as error:
-        print(f"kassa: {error}", file=sys.stderr)
-        return 2
-    except MetricsUnavailable as error:
+    except (LedgerUnavailable, StartupRefused, MetricsUnavailable) as error:
         print(f"kassa: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def _supervise(config_path: str, shares: list[list[int]], metrics_listen: str) -> int:
+def _supervise(config_path: str, shares: list[list[int]], claims, metrics_listen: str) -> int:
     """Serve the workers' metrics, summed, on metrics.listen (prometheus_client's multiprocess
     mode, in a directory of this run's), and run the workers."""
     from server.logs import event
@@ -116,14 +126,17 @@ def _supervise(config_path: str, shares: list[list[int]], metrics_listen: str) -
         if metrics.endpoint is not None:
             event(logging.getLogger("kassa.metrics"), "metrics", address=metrics.endpoint.address)
         # The workers write their metrics to the directory and serve none themselves.
-        return _run_workers(config_path, shares, {**metrics.worker_environ, "KASSA_METRICS_LISTEN": ""})
+        return _run_workers(config_path, shares, claims, {**metrics.worker_environ, "KASSA_METRICS_LISTEN": ""})
 
 
-def _run_workers(config_path: str, shares: list[list[int]], worker_environ: dict[str, str]) -> int:
+def _run_workers(config_path: str, shares: list[list[int]], claims, worker_environ: dict[str, str]) -> int:
     """Run one single-process server per share of CPUs on one port (SO_REUSEPORT), each pinned to
-    its share (none: not pinned); pass SIGTERM, SIGINT and SIGHUP (reload the rules) on."""
-    environ = dict(os.environ, KASSA_SERVER_WORKERS="1", **worker_environ)
-    command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1"]
+    its share (none: not pinned); pass SIGTERM, SIGINT and SIGHUP (reload the rules) on. The workers
+    are handed this server's claims on its address and ledger, and the port it holds."""
+    environ = dict(os.environ, KASSA_SERVER_WORKERS="1", KASSA_SERVER_LISTEN=claims.listen, **worker_environ)
+    fds = claims.inherited_fds()
+    command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1",
+               "--claims", ",".join(map(str, fds))]
     children: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
@@ -137,7 +150,7 @@ def _run_workers(config_path: str, shares: list[list[int]], worker_environ: dict
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for index, cpus in enumerate(shares):
         pinned = ["--cpus", ",".join(map(str, cpus))] if cpus else []
-        children.append(subprocess.Popen([*command, "--worker-index", str(index), *pinned], env=environ))
+        children.append(subprocess.Popen([*command, "--worker-index", str(index), *pinned], env=environ, pass_fds=fds))
     signal.signal(signal.SIGHUP, forward)
     codes = [child.wait() for child in children]
     return max(codes, key=abs)
@@ -151,23 +164,67 @@ def _open_existing(command: str, path: str, map_size_bytes: int):
     if not Path(path, "data.mdb").exists():
         print(f"kassa {command}: no ledger at {path}", file=sys.stderr)
         raise SystemExit(2)
-    env = lmdb.open(path, max_dbs=MAX_DBS, map_size=map_size_bytes)
-    return env, {name.decode(): env.open_db(name) for name in DB_NAMES}
+    try:
+        env = lmdb.open(path, max_dbs=MAX_DBS, map_size=map_size_bytes)
+        return env, {name.decode(): env.open_db(name) for name in DB_NAMES}
+    except lmdb.Error as error:
+        print(f"kassa {command}: cannot open the ledger at {path}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _backup(args) -> int:
-    """LMDB copies inside one read transaction: a consistent snapshot, taken while writers go on."""
+    """LMDB copies inside one read transaction: a consistent snapshot, taken while writers go on.
+    A backup that fails leaves nothing behind: not the copy, not the directories it created."""
+    import lmdb
+
     config = _load(args.config)
     target = args.directory
+    if target.exists() and not target.is_dir():
+        print(f"kassa backup: {target} exists and is not a directory", file=sys.stderr)
+        return 2
     if target.exists() and any(target.iterdir()):
         print(f"kassa backup: {target} is not empty", file=sys.stderr)
         return 2
-    target.mkdir(parents=True, exist_ok=True)
     env, _ = _open_existing("backup", config.ledger.path, config.ledger.map_size_bytes)
-    env.copy(str(target), compact=True)
-    env.close()
+    created = _first_missing(target)  # the outermost directory this backup creates; None: target exists
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        env.close()
+        _remove_backup(target, created)
+        print(f"kassa backup: cannot create {target}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    try:
+        env.copy(str(target), compact=True)
+    except lmdb.Error as error:  # py-lmdb raises its own errors for a failed write (lmdb.DiskError: ENOSPC)
+        _remove_backup(target, created)
+        print(f"kassa backup: cannot write {target}: {error}", file=sys.stderr)
+        return 2
+    finally:
+        env.close()
     print(json.dumps({"ok": True, "backup": str(target), "bytes": Path(target, "data.mdb").stat().st_size}))
     return 0
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet."""
+    missing = None
+    for candidate in (path, *path.absolute().parents):
+        if candidate.exists():
+            return missing
+        missing = candidate
+    return missing
+
+
+def _remove_backup(target: Path, created: Path | None) -> None:
+    """Undo a failed backup: the directories it created, or what it wrote into the empty one it was given."""
+    import shutil
+
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for child in target.iterdir() if target.is_dir() else ():
+        child.unlink(missing_ok=True)
 
 
 def _verify(args) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 
@@ -133,17 +135,21 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
             raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    from_environment = _apply_environment(raw, os.environ if environ is None else environ)
+    from_environment = _apply_environment(raw, os.environ if environ is None else environ, path or "config")
 
     def source(key: str) -> str:
         """Where a wrong value of `key` came from, when a variable set it."""
         return f" (from {from_environment[key]})" if key in from_environment else ""
 
+    def refuse(key: str, detail: str) -> ConfigError:
+        return ConfigError(f"{path or 'config'}: {key}{source(key)}{detail}")
+
+    _check_types(raw, ServerConfig, "", refuse)
     try:
-        config = msgspec.convert(raw, type=ServerConfig, strict=False)
-    except msgspec.ValidationError as error:
+        config = msgspec.convert(raw, type=ServerConfig)
+    except msgspec.ValidationError as error:  # an unknown key or a missing one: the types were checked above
         where, colon, detail = _name_key(str(error)).partition(":")
-        raise ConfigError(f"{path or 'config'}: {where}{source(where) if colon else ''}{colon}{detail}") from None
+        raise (refuse(where, colon + detail) if colon else ConfigError(f"{path or 'config'}: {where}")) from None
     for index, key in enumerate(config.auth.keys):
         if len(key.key_sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key.key_sha256):
             raise ConfigError(f"{path or 'config'}: auth.keys[{index}].key_sha256: not a hex SHA-256 (64 hex digits)")
@@ -151,6 +157,8 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
         raise ConfigError(f"{path or 'config'}: auth.enabled is true but auth.keys is empty")
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError(f"{path or 'config'}: tls.cert_file and tls.key_file go together")
+    if split_listen(config.server.listen) is None:
+        raise refuse("server.listen", f": expected host:port (e.g. 127.0.0.1:50051), got {_shown(config.server.listen)}")
     for (section, key), (least, most) in LIMITS.items():
         value = getattr(getattr(config, section), key)
         if not least <= value <= most:
@@ -160,28 +168,123 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
     return config
 
 
-def _apply_environment(raw: dict[str, Any], environ) -> dict[str, str]:
-    """Put the KASSA_* overrides into `raw`; returns which keys they set ("ledger.path": its variable)."""
+def split_listen(listen: str) -> tuple[str, int] | None:
+    """`host:port` (an IPv6 host in brackets: `[::1]:50051`) as (host without brackets, port); None when
+    `listen` is not of that form."""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not host or not port.isascii() or not port.isdigit() or int(port) > PORT_MAX:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None  # an IPv6 address without brackets: where its port begins is a guess
+    if not host or any(character.isspace() for character in host):
+        return None
+    return host, int(port)
+
+
+def _apply_environment(raw: dict[str, Any], environ, source: str | Path) -> dict[str, str]:
+    """Put the KASSA_* overrides into `raw`, typed; returns which keys they set ("ledger.path": its
+    variable). A KASSA_* variable that names no key is refused: a misspelt one would be ignored."""
+    fields = _environment_fields()
     found = {}
-    for section_name, section_type in ServerConfig.__annotations__.items():
-        section_struct = getattr(ServerConfig(), section_name)
-        for key in type(section_struct).__struct_fields__:
-            if (section_name, key) == ("auth", "keys"):
-                continue  # a list of tables: only the config file can hold it
-            variable = f"{ENV_PREFIX}{section_name}_{key}".upper()
-            value = environ.get(variable)
-            if value is None:
-                continue
-            found[f"{section_name}.{key}"] = variable
-            default = getattr(section_struct, key)
-            section = raw.setdefault(section_name, {})
-            if isinstance(default, list):
-                section[key] = [item.strip() for item in value.split(",") if item.strip()]
-            elif isinstance(default, bool):
-                section[key] = value.strip().lower() in ("1", "true", "yes", "on")
-            else:
-                section[key] = value
+    for variable in sorted(name for name in environ if name.startswith(ENV_PREFIX)):
+        if variable not in fields:
+            raise ConfigError(_unknown_variable(variable, fields))
+        section_name, field = fields[variable]
+        key = f"{section_name}.{field.name}"
+        if field.type == list[ApiKey]:
+            raise ConfigError(f"{variable}: {key} is a list of tables; it can only be set in the config file")
+        found[key] = variable
+        raw_section = raw.setdefault(section_name, {})
+        if not isinstance(raw_section, dict):
+            raise ConfigError(f"{source}: {section_name}: expected a table, got {_shown(raw_section)}")
+        raw_section[field.name] = _from_text(environ[variable], field.type, f"{source}: {key} (from {variable})")
     return found
+
+
+def _environment_fields() -> dict[str, tuple[str, msgspec.structs.FieldInfo]]:
+    """KASSA_<SECTION>_<KEY> -> (section, field), for every key."""
+    fields = {}
+    for section in msgspec.structs.fields(ServerConfig):
+        for field in msgspec.structs.fields(section.type):
+            fields[f"{ENV_PREFIX}{section.name}_{field.name}".upper()] = (section.name, field)
+    return fields
+
+
+def _unknown_variable(variable: str, fields) -> str:
+    close = difflib.get_close_matches(variable, fields, n=1)
+    hint = f"; did you mean {close[0]}?" if close else " (KASSA_<SECTION>_<KEY>, e.g. KASSA_SERVER_LISTEN)"
+    return f"{variable}: names no config key{hint}"
+
+
+BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+PORT_MAX = 65_535
+TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+              list[str]: "a list of strings"}
+
+
+def _from_text(text: str, wanted: Any, where: str) -> Any:
+    """A variable's text as a value of the key's type; anything else is refused, naming `where`."""
+    if wanted is bool:
+        if text.strip().lower() not in BOOLEAN_WORDS:
+            raise ConfigError(f"{where}: expected one of 1/0/true/false/yes/no/on/off, got {_shown(text)}")
+        return BOOLEAN_WORDS[text.strip().lower()]
+    if wanted == list[str]:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if wanted in (int, float):
+        try:
+            return wanted(text.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected {TYPE_WORDS[wanted]}, got {_shown(text)}") from None
+    return text
+
+
+def _check_types(raw: Any, struct_type: type, where: str, refuse) -> None:
+    """Check each known key's value against its type, saying what was expected and what came in
+    kassa's words (`server.grace_s: expected a number, got "ten"`). Unknown and missing keys are left
+    to msgspec, which names them."""
+    if not isinstance(raw, dict):
+        raise refuse(where, f": expected a table, got {_shown(raw)}")
+    for field in msgspec.structs.fields(struct_type):
+        if field.encode_name not in raw:
+            continue
+        value, key = raw[field.encode_name], f"{where}.{field.name}" if where else field.name
+        if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
+            _check_types(value, field.type, key, refuse)
+        elif field.type == list[ApiKey]:
+            if not isinstance(value, list):
+                raise refuse(key, f": expected a list of tables ([[{key}]]), got {_shown(value)}")
+            for index, item in enumerate(value):
+                _check_types(item, ApiKey, f"{key}[{index}]", refuse)
+        elif get_origin(field.type) is Literal:
+            if value not in get_args(field.type):
+                raise refuse(key, f": expected one of {', '.join(get_args(field.type))}, got {_shown(value)}")
+        elif not _fits(value, field.type):
+            raise refuse(key, f": expected {TYPE_WORDS[field.type]}, got {_shown(value)}")
+
+
+def _fits(value: Any, wanted: Any) -> bool:
+    if wanted is bool or wanted is str:
+        return isinstance(value, wanted)
+    if wanted is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if wanted is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if wanted == list[str]:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    raise AssertionError(f"a config key of type {wanted} has no check")
+
+
+def _shown(value: Any) -> str:
+    """A value as the message shows it: strings quoted, the rest as TOML writes them."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "a table" if isinstance(value, dict) else "a list" if isinstance(value, list) else type(value).__name__
 
 
 def _name_key(message: str) -> str:

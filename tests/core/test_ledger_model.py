@@ -25,7 +25,7 @@ The inactivity burn is pinned by the tests after the machine, not modelled.
 
 Default run: bounded (100 examples of up to 35 steps; seconds when it passes). Longer runs:
 
-    KASSA_STATEFUL_EXAMPLES=3000 KASSA_STATEFUL_STEPS=60 \\
+    STATEFUL_TEST_EXAMPLES=3000 STATEFUL_TEST_STEPS=60 \\
         .venv/bin/python -m pytest tests/core/test_ledger_model.py -q
 
 A failure prints the shrunk steps, each operation with its outcome, and a `@reproduce_failure`
@@ -67,8 +67,8 @@ ACCOUNTS_MAX = 7  # accounts one run may create
 NO_SUCH_TXN = 10**12
 CAMPAIGNS = '[[campaigns]]\nid = "base"\neffect = { kind = "earn_percent", percent_bps = 1000 }\n'
 
-EXAMPLES = int(os.environ.get("KASSA_STATEFUL_EXAMPLES", "100"))
-STEPS = int(os.environ.get("KASSA_STATEFUL_STEPS", "35"))
+EXAMPLES = int(os.environ.get("STATEFUL_TEST_EXAMPLES", "100"))
+STEPS = int(os.environ.get("STATEFUL_TEST_STEPS", "35"))
 STORED = (Code.OK, Code.FAILED_PRECONDITION)  # outcomes kept as idempotency records
 
 

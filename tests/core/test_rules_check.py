@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core_ext.program import RulesError, load_program, parse_program
+from core_ext.program import RulesError, load_program, parse_program, source_refusal
 
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = Path("tests/rules/broken")  # relative to REPO, as an operator would type it
@@ -161,3 +161,104 @@ def test_the_sample_program_passes_rules_check():
     version = load_program([REPO / SAMPLE]).version
     assert re.fullmatch(rf"ok: \d+ campaigns \(\d+ purchase, \d+ event\), ruleset version {version}\n", result.stdout), result.stdout
     assert result.stderr == ""
+
+
+# -- every problem, and the limits checked before parsing -----------------------------------------
+
+SEVERAL_PROBLEMS = """\
+[program]
+name = "several problems"
+timezone = 5
+rounding = "sideways"
+
+[tiers]
+window_days = "year"
+levels = [{ id = "gold", threshold = "lots" }]
+
+[[campaigns]]
+id = "typed-wrong"
+priority = "high"
+when = { weekdays = [1, "Tue"], hours = 3 }
+effect = { kind = "earn_percent", percent_bps = "five" }
+
+[[campaigns]]
+id = "no-such-kind"
+effect = { kind = "teleport" }
+
+[[campaigns]]
+id = "zero-rate"
+when = { tiers = ["gold"] }
+effect = { kind = "earn_percent", percent_bps = 0 }
+"""
+SEVERAL_PROBLEMS_SAID = [  # (where, field, what) of every line, in the order rules check prints them
+    ("[program]", "program.timezone", "Expected `str`, got `int`"),
+    ("[program]", "program.rounding", "Invalid enum value 'sideways'"),
+    ("[tiers]", "tiers.window_days", "Expected `int`, got `str`"),
+    ("[tiers]", "tiers.levels[0].threshold", "Expected `int`, got `str`"),
+    ("campaign 'typed-wrong'", "priority", "Expected `int`, got `str`"),
+    ("campaign 'typed-wrong'", "when.hours", "unknown field"),
+    ("campaign 'typed-wrong'", "when.weekdays[1]", "Expected `int`, got `str`"),
+    ("campaign 'typed-wrong'", "effect.percent_bps", "Expected `int`, got `str`"),
+    ("campaign 'no-such-kind'", "effect.kind", "Invalid enum value 'teleport'"),
+    # a campaign that decodes still gets every other check (its tier is not judged: [tiers] did not decode)
+    ("campaign 'zero-rate'", "effect.percent_bps", "must be 1..1000000 for earn_percent"),
+]
+
+
+def test_every_problem_in_a_file_is_listed_not_only_the_first_type_or_enum_error(tmp_path):
+    path = tmp_path / "several.toml"
+    path.write_text(SEVERAL_PROBLEMS)
+
+    result = rules_check(path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(SEVERAL_PROBLEMS_SAID), result.stderr
+    for said, (where, field, what) in zip(lines, SEVERAL_PROBLEMS_SAID):
+        assert said.startswith(f"{path}: "), said
+        if where.startswith("campaign"):
+            assert said == f"{path}: {where}: field '{field}': {what}"
+        else:
+            assert said == f"{path}: field '{field}': {what}"
+
+
+NESTED_TOO_DEEP = 300  # levels: beyond the parser's recursion for inline tables, far beyond the limit
+
+
+@pytest.mark.parametrize("name, text, said", [
+    ("deep-inline-tables", "[program]\nname = 'x'\n[[campaigns]]\nid = 'deep'\neffect = { kind = 'earn_fixed', points = 1 }\n"
+     "when = { event_attributes = " + "{ a = " * NESTED_TOO_DEEP + "1" + " }" * NESTED_TOO_DEEP + " }\n",
+     "arrays and inline tables nested more than 32 deep"),
+    ("deep-arrays", "[program]\nname = 'x'\nskus = " + "[" * NESTED_TOO_DEEP + "]" * NESTED_TOO_DEEP + "\n",
+     "arrays and inline tables nested more than 32 deep"),
+    ("long-dotted-key", "[program]\nname = 'x'\n" + ".".join(["a"] * 20_000) + " = 1\n",
+     "line 3: more than 32 dotted key parts"),
+    ("too-many-bytes", "[program]\nname = 'x'\n" + "# padding\n" * 110_000, "more than the limit of 1048576"),
+])
+def test_a_source_past_the_limits_is_refused_before_it_is_parsed(tmp_path, name, text, said):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+
+    line = problem_line(path)
+
+    assert said in line, line
+
+
+def test_the_limits_let_the_sample_program_and_its_dotted_keys_and_strings_through():
+    for path in (REPO / SAMPLE).glob("*.toml"):
+        assert source_refusal(path.read_text()) == "", path
+    text = ("[program]\nname = '" + "[" * 100 + "." * 100 + "'  # " + "{" * 100 + "\n"
+            + 'description = """\n' + "[" * 100 + "\n" + "." * 100 + '\n"""\n' + "a.b.c.d = 1\n")
+    assert source_refusal(text) == ""
+
+
+def test_a_deep_source_through_parse_program_is_refused_like_a_file():
+    deep = "[program]\nname = 'x'\nx = " + "{ a = " * NESTED_TOO_DEEP + "1" + " }" * NESTED_TOO_DEEP + "\n"
+
+    with pytest.raises(RulesError) as refused:
+        parse_program({"ReloadRules.source_toml": deep})
+
+    assert refused.value.problems == [
+        "ReloadRules.source_toml: arrays and inline tables nested more than 32 deep"
+    ]

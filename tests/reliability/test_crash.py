@@ -8,8 +8,8 @@ OK or a business refusal and is applied once. Then `kassa verify` exits 0, every
 statement holds exactly the requests answered OK (each once) and its balance is exactly what they
 imply.
 
-Rounds: 3 by default; the long profile sets KASSA_CRASH_ROUNDS (e.g. KASSA_CRASH_ROUNDS=200).
-The random seed is printed (pytest -s shows it; a failure report shows it too); KASSA_CRASH_SEED
+Rounds: 3 by default; the long profile sets CRASH_TEST_ROUNDS (e.g. CRASH_TEST_ROUNDS=200).
+The random seed is printed (pytest -s shows it; a failure report shows it too); CRASH_TEST_SEED
 replays a run.
 """
 
@@ -29,8 +29,8 @@ from tests.reliability import (
 )
 from tests.server.helpers import balance
 
-ROUNDS = int(os.environ.get("KASSA_CRASH_ROUNDS", "3"))
-SEED = int(os.environ.get("KASSA_CRASH_SEED", str(random.SystemRandom().randrange(2**32))))
+ROUNDS = int(os.environ.get("CRASH_TEST_ROUNDS", "3"))
+SEED = int(os.environ.get("CRASH_TEST_SEED", str(random.SystemRandom().randrange(2**32))))
 ACCOUNTS = 3
 THREADS_PER_ACCOUNT = 2
 KILL_AFTER_S = (0.05, 0.8)  # the random moment, after the load started
@@ -121,7 +121,7 @@ def resend(server, sent: Sent) -> None:
 
 class TestKillNineUnderLoad:
     def test_every_acknowledged_transaction_survives_kill_9_at_a_random_moment(self, kassa):
-        print(f"\ncrash test seed: {SEED} (replay with KASSA_CRASH_SEED={SEED}), rounds: {ROUNDS}")
+        print(f"\ncrash test seed: {SEED} (replay with CRASH_TEST_SEED={SEED}), rounds: {ROUNDS}")
         rng = random.Random(SEED)
         accounts = [f"CRASH-{n}" for n in range(ACCOUNTS)]
         expected = {account_id: OPENING_POINTS for account_id in accounts}

@@ -53,7 +53,7 @@ class TestLogLevelConfig:
         path.write_text('[log]\nlevel = "verbose"\n')
         with pytest.raises(ConfigError) as caught:
             load_config(path, {})
-        assert str(caught.value) == f"{path}: log.level: Invalid enum value 'verbose'"
+        assert str(caught.value) == f'{path}: log.level: expected one of debug, info, warning, error, got "verbose"'
 
     def test_a_wrong_variable_is_refused_naming_the_variable(self):
         with pytest.raises(ConfigError) as caught:
