@@ -210,9 +210,20 @@ def accrue_op(request: processing_pb2.AccrueRequest) -> m.AccrueOp:
     return m.AccrueOp(request_id, payload_digest, buyer, bought, redeem_points, holds)
 
 
+_REDEEM_MODES = (processing_pb2.REDEEM_MODE_IMMEDIATE, processing_pb2.REDEEM_MODE_HOLD)
+
+
+def _redeem_mode(mode: int) -> int:
+    # No default: a client that forgot the mode must not spend points it meant to hold.
+    if mode not in _REDEEM_MODES:
+        unset = mode == processing_pb2.REDEEM_MODE_UNSPECIFIED
+        raise InvalidArgument(("mode: not set" if unset else f"mode: unknown redeem mode {mode}")
+                              + "; set REDEEM_MODE_IMMEDIATE (spend now) or REDEEM_MODE_HOLD (reserve)")
+    return mode
+
+
 def redeem_op(request: processing_pb2.RedeemRequest) -> m.RedeemOp:
-    _check(request.mode in (processing_pb2.REDEEM_MODE_IMMEDIATE, processing_pb2.REDEEM_MODE_HOLD),
-           f"mode: unknown redeem mode {request.mode}")
+    _redeem_mode(request.mode)
     return m.RedeemOp(
         _request_id(request.request_id),
         digest(request),

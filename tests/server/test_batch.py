@@ -20,7 +20,8 @@ def buy(request_id: str, price_minor: int, account_id: str = "A-1") -> Op:
 
 def spend(request_id: str, points: int, account_id: str = "A-1") -> Op:
     return Op(redeem=processing_pb2.RedeemRequest(
-        request_id=request_id, customer=by_account(account_id), points=points, receipt_total_minor=10**9))
+        request_id=request_id, customer=by_account(account_id), points=points, receipt_total_minor=10**9,
+        mode=processing_pb2.REDEEM_MODE_IMMEDIATE))
 
 
 def cancel(request_id: str, **target) -> Op:
@@ -115,7 +116,8 @@ class TestMixedBatch:
             buy("n-0", 2_000),
             negative_line_purchase("n-1"),
             Op(redeem=processing_pb2.RedeemRequest(
-                request_id="n-2", customer=by_account("A-1"), points=-5, receipt_total_minor=1_000)),
+                request_id="n-2", customer=by_account("A-1"), points=-5, receipt_total_minor=1_000,
+                mode=processing_pb2.REDEEM_MODE_IMMEDIATE)),
             cancel("n-3"),  # no target
             Op(accrue=processing_pb2.AccrueRequest(
                 request_id="n-4", customer=common_pb2.Customer(), receipt=receipt(line(1, 1_000)))),

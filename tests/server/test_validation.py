@@ -6,7 +6,8 @@ import grpc
 import pytest
 
 from kassa.v1 import common_pb2, processing_pb2
-from tests.server.helpers import by_account, earn, line, open_account, receipt, refused, snapshot
+from tests.server.helpers import balance, by_account, earn, line, open_account, receipt, refused, snapshot
+from tests.server.stream_helpers import flat_acks, stream_all
 
 REQUEST_ID = "store-1/term-1/R-500"
 
@@ -32,7 +33,7 @@ MALFORMED = {
     "negative redeem points": (
         "Redeem",
         processing_pb2.RedeemRequest(request_id=REQUEST_ID, customer=by_account("A-1"), points=-5,
-                                     receipt_total_minor=1_000),
+                                     receipt_total_minor=1_000, mode=processing_pb2.REDEEM_MODE_IMMEDIATE),
         "points"),
     "zero quantity": (
         "Accrue", purchase(raw_line(1, 0, 500, 0)), "receipt.lines[0].qty_milli"),
@@ -77,3 +78,46 @@ class TestMalformedInput:
 
         assert reply.calculation.earned_points == 1_000
         assert reply.balance.active_points == 1_000
+
+
+def spend_request(request_id: str, points: int, **fields) -> processing_pb2.RedeemRequest:
+    return processing_pb2.RedeemRequest(
+        request_id=request_id, customer=by_account("A-1"), points=points, receipt_total_minor=10**9, **fields)
+
+
+class TestRedeemMode:
+    """A Redeem must say whether it spends or holds: one that leaves `mode` out spends nothing."""
+
+    def test_a_redeem_without_mode_is_refused_naming_mode_and_spends_nothing(self, kassa):
+        open_account(kassa, "A-1")
+        earn(kassa, "A-1", 1_000, request_id="buy-1")
+        before = snapshot(kassa, "A-1")
+
+        with refused(grpc.StatusCode.INVALID_ARGUMENT) as refusal:
+            kassa.processing.Redeem(spend_request("spend-1", 300))
+
+        assert refusal.details.startswith("mode:"), refusal.details
+        assert "REDEEM_MODE_IMMEDIATE" in refusal.details and "REDEEM_MODE_HOLD" in refusal.details
+        assert snapshot(kassa, "A-1") == before
+        # The request id stays free: the same request with a mode is a first call.
+        spent = kassa.processing.Redeem(spend_request("spend-1", 300, mode=processing_pb2.REDEEM_MODE_IMMEDIATE))
+        assert (spent.redeemed_points, spent.held_points) == (300, 0)
+        held = kassa.processing.Redeem(spend_request("hold-1", 200, mode=processing_pb2.REDEEM_MODE_HOLD))
+        assert (held.redeemed_points, held.held_points) == (0, 200)
+        assert balance(kassa, "A-1").available_points == 500
+
+    def test_in_a_batch_and_a_stream_it_is_that_items_status(self, kassa):
+        open_account(kassa, "A-1")
+        earn(kassa, "A-1", 1_000, request_id="buy-1")
+        before = snapshot(kassa, "A-1")
+
+        (result,) = kassa.processing.ProcessBatch(processing_pb2.ProcessBatchRequest(
+            operations=[processing_pb2.Operation(redeem=spend_request("batch-spend", 300))])).results
+        (ack,) = flat_acks(stream_all(kassa, [processing_pb2.EventBatch(events=[
+            processing_pb2.Event(event_id="stream-spend", redeem=spend_request("", 300))])]))
+
+        assert result.code == common_pb2.CODE_INVALID_ARGUMENT
+        assert result.message.startswith("operations[0].redeem.mode:"), result.message
+        assert ack.code == common_pb2.CODE_INVALID_ARGUMENT
+        assert ack.message.startswith("events[0].redeem.mode:"), ack.message
+        assert snapshot(kassa, "A-1") == before

@@ -859,7 +859,7 @@ def redeem_requests():
     return st.builds(
         processing_pb2.RedeemRequest,
         request_id=REQUEST_IDS, customer=CUSTOMERS, points=st.integers(-1, 10_000),
-        receipt_total_minor=st.integers(0, 10**6), mode=st.sampled_from([0, 1]), store_id=short_text(),
+        receipt_total_minor=st.integers(0, 10**6), mode=st.sampled_from([0, 1, 2, 3]), store_id=short_text(),
     )
 
 
@@ -1422,7 +1422,8 @@ class TestServer:
             Op(accrue=purchase("mb-1", line(1, 250_000), promo_codes=[PROMO_CODE])),
             Op(accrue=purchase("mb-2", line(1, 1_000), line(2, 500, qty_milli=0))),
             Op(redeem=processing_pb2.RedeemRequest(
-                request_id="mb-3", customer=by_account("A-1"), points=300, receipt_total_minor=10**9)),
+                request_id="mb-3", customer=by_account("A-1"), points=300, receipt_total_minor=10**9,
+                mode=processing_pb2.REDEEM_MODE_IMMEDIATE)),
             Op(rollback=processing_pb2.RollbackRequest(request_id="mb-4", original_request_id="mb-0")),
             Op(accrue=purchase("mb-5", line(1, 6_000))),
         ]
