@@ -1162,7 +1162,7 @@ cdef class Ledger:
 
     def _tombstone(self, _Batch batch, op):
         """Rollback of a transaction that has not arrived: remember it, so the late original is refused."""
-        outcome = Outcome(CODE_OK, body=RollbackResult(0, "", RollbackKind.UNSPECIFIED, 0, 0, 0, 0, Balance()))
+        outcome = Outcome(CODE_OK, body=RollbackResult(0, "", RollbackKind.PENDING_ORIGINAL, 0, 0, 0, 0, Balance()))
         record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"")
         batch.put("idempotency", op.original_request_id.encode(), _encode(record))
         return outcome, 0
