@@ -337,6 +337,11 @@ def leave_group_op(request: accounts_pb2.LeaveGroupRequest) -> m.LeaveGroupOp:
     )
 
 
+def event_id(value: str, field: str = "event_id") -> str:
+    """An event's idempotency key: a request id, with its limit."""
+    return _request_id(value, field)
+
+
 def event_op(event: processing_pb2.Event, field: str = "customer_event") -> m.EventOp:
     """A stream's `customer_event`; its request id is the event's `event_id`."""
     message = event.customer_event
@@ -352,7 +357,7 @@ def event_op(event: processing_pb2.Event, field: str = "customer_event") -> m.Ev
     if message.HasField("related"):
         related = customer(message.related, f"{field}.related")
     return m.EventOp(
-        _request_id(event.event_id, "event_id"),
+        event_id(event.event_id),
         digest(message),
         customer(message.customer, f"{field}.customer"),
         _text(message.type, f"{field}.type", id_max),

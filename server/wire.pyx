@@ -493,10 +493,9 @@ cdef object _purchase_event(const uint8_t* q, const uint8_t* event_end):
             purchase_data, purchase_size = inner.data, inner.size
         elif inner.number <= 6:
             return None  # another payload, or the purchase twice
-    if purchase_data == NULL or not event_id.size:
-        return None
-    default = event_id_text if event_id.size <= REQUEST_ID_BYTES_MAX else None
-    op = _accrue(purchase_data, purchase_data + purchase_size, default)
+    if purchase_data == NULL or not event_id.size or event_id.size > REQUEST_ID_BYTES_MAX:
+        return None  # an event_id is a request id, with its limit, whoever takes it
+    op = _accrue(purchase_data, purchase_data + purchase_size, event_id_text)
     return None if op is None else (event_id_text, op)
 
 

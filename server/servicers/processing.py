@@ -228,11 +228,14 @@ class ProcessingServicer:
                 event_ids.append(event_id)
                 payloads.append((BUILT, op, None))
                 continue
-            event_ids.append(event.event_id)
+            event_ids.append(event.event_id)  # sent back as it came, so that each ack names its event
+            try:
+                convert.event_id(event.event_id, f"events[{index}].event_id")
+            except convert.InvalidArgument as error:
+                payloads.append((None, None, str(error)))
+                continue
             kind = event.WhichOneof("payload")
-            if not event.event_id:
-                payloads.append((None, None, f"events[{index}].event_id: must not be empty"))
-            elif kind is None:
+            if kind is None:
                 payloads.append((None, None, f"events[{index}]: set one of {_EVENT_KINDS}"))
             elif kind == "customer_event":
                 payloads.append((kind, event, f"events[{index}]"))

@@ -927,8 +927,16 @@ def assert_event_item(event, item) -> None:
         assert op == convert.accrue_op(purchase_default(event))
         return
     assert item == event.SerializeToString()
-    if event.WhichOneof("payload") == "purchase" and event.event_id:
+    if event.WhichOneof("payload") == "purchase" and has_valid_event_id(event):
         assert not is_plain_valid_accrue(purchase_default(event)), "the fast path left a plain valid purchase"
+
+
+def has_valid_event_id(event) -> bool:
+    try:
+        convert.event_id(event.event_id)
+    except convert.InvalidArgument:
+        return False
+    return True
 
 
 EVENT_IDS = st.one_of(REQUEST_IDS, REQUEST_IDS, st.just(""), text_of_bytes(REQUEST_ID_BYTES_MAX + 1))
@@ -1020,12 +1028,16 @@ class TestEventBatch:
         assert op.request_id == "billing/ev-1"
         assert op == convert.accrue_op(purchase_default(event))
 
-    def test_a_purchase_with_its_own_request_id_keeps_it_whatever_the_event_id(self):
-        long_id = "é" * 100  # 200 bytes: too long for a request_id, not for an event_id
-        event = Event(event_id=long_id, purchase=plain_message(ACCRUE))
+    def test_a_purchase_with_its_own_request_id_keeps_it_and_the_event_id_its_limit(self):
+        at_limit = "é" * (REQUEST_ID_BYTES_MAX // 2)
+        event = Event(event_id=at_limit, purchase=plain_message(ACCRUE))
         ((event_id, op),) = wire.event_batch(processing_pb2.EventBatch(events=[event]).SerializeToString())
-        assert (event_id, op.request_id) == (long_id, "pos-7/R-1881")
+        assert (event_id, op.request_id) == (at_limit, "pos-7/R-1881")
         assert op == convert.accrue_op(purchase_default(event))
+        # One byte more: left to protobuf and the servicer, which refuse the event by its event_id.
+        event.event_id = at_limit + "x"
+        assert wire.event_batch(processing_pb2.EventBatch(events=[event]).SerializeToString()) == \
+            [event.SerializeToString()]
 
     def test_an_event_left_to_protobuf_comes_back_as_its_bytes(self):
         purchase = plain_message(ACCRUE)
