@@ -52,6 +52,10 @@ def add_to_server(servicer: "ProcessingServicer", server) -> None:
             servicer.Rollback, processing_pb2.RollbackRequest.FromString,
             processing_pb2.RollbackResponse.SerializeToString,
         ),
+        "ProcessEvent": grpc.unary_unary_rpc_method_handler(
+            servicer.ProcessEvent, processing_pb2.ProcessEventRequest.FromString,
+            processing_pb2.ProcessEventResponse.SerializeToString,
+        ),
     }
     missing = set(processing_pb2.DESCRIPTOR.services_by_name["Processing"].methods_by_name) - set(handlers)
     if missing:
@@ -95,6 +99,12 @@ class ProcessingServicer:
 
     async def Rollback(self, request, context):
         return await commit_one(self._committer, context, convert.rollback_op, request, convert.rollback_response)
+
+    async def ProcessEvent(self, request, context):
+        """One customer event: the operation a streamed `customer_event` makes, through the same commit."""
+        return await commit_one(
+            self._committer, context, convert.process_event_op, request, convert.process_event_response
+        )
 
     # -- many operations per call -----------------------------------------------------------------
 
