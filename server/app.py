@@ -183,7 +183,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
     )
-    processing = ProcessingServicer(ledger, committer, clock, config.processing)
+    processing = ProcessingServicer(ledger, committer, clock, config.processing, message_bytes_max)
     add_processing(processing, server)
     metrics.gauges["kassa_streams_open"] = lambda: processing.streams_open
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)

@@ -34,6 +34,7 @@ cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8(const char* data, Py_ssize_t size, const char* errors)
 
 DIGEST_BYTES = 16  # of the payload digest kept with each idempotency record
+RESULT_MESSAGE_BYTES_MAX = 256  # of an OperationResult's message: longer ones are cut (server/answer_bound.py)
 
 cdef enum:
     WIRE_VARINT = 0
@@ -49,6 +50,7 @@ cdef Py_ssize_t LINES_MAX = limits.LINES_PER_RECEIPT_MAX
 cdef Py_ssize_t ID_BYTES_MAX = limits.IDENTIFIER_BYTES_MAX
 cdef Py_ssize_t CATEGORY_BYTES_MAX = limits.CATEGORY_BYTES_MAX
 cdef Py_ssize_t REQUEST_ID_BYTES_MAX = limits.REQUEST_ID_BYTES_MAX
+cdef Py_ssize_t MESSAGE_BYTES_MAX = RESULT_MESSAGE_BYTES_MAX
 cdef tuple CUSTOMER_KINDS = (None, IdKind.ACCOUNT, IdKind.CARD, IdKind.PHONE)  # by field number
 
 _msgpack = msgspec.msgpack.Encoder()
@@ -582,6 +584,24 @@ cdef int _text(Out* out, int number, str value) except -1:
     return 0
 
 
+cdef int _text_cut(Out* out, int number, str value, Py_ssize_t bytes_max) except -1:
+    """A string field of at most `bytes_max` bytes: a longer text is cut where a character starts."""
+    cdef Py_ssize_t size
+    cdef const char* data
+    if value:
+        data = PyUnicode_AsUTF8AndSize(value, &size)
+        if size > bytes_max:
+            size = bytes_max
+            while size > 0 and (<uint8_t>data[size] & 0xC0) == 0x80:  # data[size] continues a character
+                size -= 1
+        _room(out, size + 16)
+        _put_varint(out, <uint64_t>(number << 3 | WIRE_LEN))
+        _put_varint(out, <uint64_t>size)
+        memcpy(out.data + out.size, data, size)
+        out.size += size
+    return 0
+
+
 cdef int _raw(Out* out, int number, bytes value) except -1:
     cdef Py_ssize_t size = PyBytes_GET_SIZE(value)
     _room(out, size + 16)
@@ -729,7 +749,8 @@ def calculate_response(value) -> bytes:
 
 def batch_response(list outcomes, render) -> bytes:
     """ProcessBatchResponse bytes: one OperationResult per outcome, in order. An accrue's answer is
-    written here; any other body as `render(body)` gives it: (field number, message bytes)."""
+    written here; any other body as `render(body)` gives it: (field number, message bytes). A message
+    is cut to RESULT_MESSAGE_BYTES_MAX, so that the answer's size is known before the commit."""
     cdef Out out = Out(NULL, 0, 0)
     cdef Py_ssize_t start, inner
     try:
@@ -737,7 +758,7 @@ def batch_response(list outcomes, render) -> bytes:
             start = _open(&out, 1)
             _int(&out, 1, outcome.code)
             _int(&out, 2, outcome.reason)
-            _text(&out, 3, outcome.message)
+            _text_cut(&out, 3, outcome.message, MESSAGE_BYTES_MAX)
             body = outcome.body
             if type(body) is AccrueResult:
                 inner = _open(&out, 4)

@@ -14,6 +14,7 @@ import grpc
 from core_ext.model import AccrueOp, Code, Outcome, RedeemResult, RollbackResult
 from kassa.v1 import processing_pb2
 from server import convert, wire
+from server.answer_bound import BatchAnswerBound
 from server.interceptors.auth import CALLER
 from server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
 
@@ -64,10 +65,12 @@ def add_to_server(servicer: "ProcessingServicer", server) -> None:
 
 
 class ProcessingServicer:
-    def __init__(self, ledger, committer, clock, limits):
+    def __init__(self, ledger, committer, clock, limits, response_bytes_max: int):
         self._ledger = ledger
         self._committer = committer
         self._clock = clock
+        self._response_bytes_max = response_bytes_max  # server.message_bytes_max: the most a response may be
+        self._answer_bound: BatchAnswerBound | None = None  # of the ruleset serving; see _batch_answer_bound
         self._batch_operations_max = limits.batch_operations_max
         self._stream_events_in_flight_max = limits.stream_events_in_flight_max
         self._streams_max = limits.streams_max
@@ -113,6 +116,11 @@ class ProcessingServicer:
         or (BUILT, operation, None) for one server/wire.pyx decoded (valid: no field to name); invalid
         ones are answered INVALID_ARGUMENT naming the field in place, the rest committed together, in
         order."""
+        return await self._commit_checked(*self._checked(payloads), abort_in_flight)
+
+    def _checked(self, payloads: list) -> tuple[list, list, list]:
+        """(outcomes, with those of refused payloads in place and None elsewhere; the operations
+        to commit; their positions)."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
         ops, positions = [], []
         for position, (kind, message, where) in enumerate(payloads):
@@ -133,6 +141,11 @@ class ProcessingServicer:
                 continue
             ops.append(op)
             positions.append(position)
+        return outcomes, ops, positions
+
+    async def _commit_checked(self, outcomes: list, ops: list, positions: list,
+                              abort_in_flight: bool) -> list[Outcome]:
+        """Commit the checked `ops` together and put their outcomes in their `positions`."""
         if ops:
             for position, outcome in zip(positions, await self._committer.submit(ops, abort_in_flight)):
                 outcomes[position] = outcome
@@ -164,7 +177,40 @@ class ProcessingServicer:
                 payloads.append((None, None, f"operations[{index}]: set one of accrue, redeem, rollback"))
             else:
                 payloads.append((kind, getattr(operation, kind), f"operations[{index}].{kind}"))
-        return wire.batch_response(await self._commit_many(payloads), other_result)
+        outcomes, ops, positions = self._checked(payloads)
+        refusal = self._answer_overflow(outcomes, positions, ops)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+        return wire.batch_response(await self._commit_checked(outcomes, ops, positions, True), other_result)
+
+    def _batch_answer_bound(self) -> BatchAnswerBound:
+        spec = self._ledger.program.spec
+        if self._answer_bound is None or self._answer_bound.ruleset_version != spec.version:
+            self._answer_bound = BatchAnswerBound(spec)
+        return self._answer_bound
+
+    def _answer_overflow(self, outcomes: list, positions: list, ops: list) -> str | None:
+        """Why the answer to this batch might not fit a response, or None when it will: such a batch is
+        refused before anything of it is committed, since its answer could never be sent."""
+        bound = self._batch_answer_bound()
+        sizes = [bound.error_bytes] * len(outcomes)  # a refused operation: a message, no body
+        operation_bytes = bound.operation_bytes
+        for position, op in zip(positions, ops):
+            sizes[position] = operation_bytes(op)
+        total = sum(sizes)
+        if total <= self._response_bytes_max:
+            return None
+        fit, used = 0, 0
+        for size in sizes:
+            used += size
+            if used > self._response_bytes_max:
+                break
+            fit += 1
+        return (
+            f"operations: the answer to these {len(outcomes)} operations could take up to {total} bytes, more "
+            f"than the server's message limit of {self._response_bytes_max} bytes (server.message_bytes_max); "
+            f"the first {fit} fit in one answer: send the operations in smaller batches. Nothing was committed"
+        )
 
     async def StreamEvents(self, request_iterator, context):
         """Acks go out in the order events came in, each after its durable commit. At most
