@@ -1178,7 +1178,7 @@ cdef class Ledger:
         """Rollback of a transaction that has not arrived: remember it, so the late original is
         refused. It keeps the caller's stores (`stores`, when given: a widened tombstone's), so it
         cancels only an original the caller could have rolled back had it arrived first."""
-        outcome = Outcome(CODE_OK, body=RollbackResult(0, "", RollbackKind.UNSPECIFIED, 0, 0, 0, 0, Balance()))
+        outcome = Outcome(CODE_OK, body=RollbackResult(0, "", RollbackKind.PENDING_ORIGINAL, 0, 0, 0, 0, Balance()))
         record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"", list(op.stores) if stores is None else stores)
         batch.put("idempotency", op.original_request_id.encode(), _encode(record))
         return outcome, 0

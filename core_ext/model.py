@@ -73,6 +73,7 @@ class RollbackKind(enum.IntEnum):
     VOID_HOLD = 1
     CANCEL = 2
     RETURN = 3
+    PENDING_ORIGINAL = 4  # recorded before its original arrived (a tombstone)
 
 
 class IdKind(enum.IntEnum):

@@ -189,7 +189,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
     )
-    processing = ProcessingServicer(ledger, committer, clock, config.processing, metrics)
+    processing = ProcessingServicer(ledger, committer, clock, config.processing, message_bytes_max, metrics)
     add_processing(processing, server)
     metrics.watch(ledger, lambda: processing.streams_open)
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)

@@ -210,9 +210,20 @@ def accrue_op(request: processing_pb2.AccrueRequest) -> m.AccrueOp:
     return m.AccrueOp(request_id, payload_digest, buyer, bought, redeem_points, holds)
 
 
+_REDEEM_MODES = (processing_pb2.REDEEM_MODE_IMMEDIATE, processing_pb2.REDEEM_MODE_HOLD)
+
+
+def _redeem_mode(mode: int) -> int:
+    # No default: a client that forgot the mode must not spend points it meant to hold.
+    if mode not in _REDEEM_MODES:
+        unset = mode == processing_pb2.REDEEM_MODE_UNSPECIFIED
+        raise InvalidArgument(("mode: not set" if unset else f"mode: unknown redeem mode {mode}")
+                              + "; set REDEEM_MODE_IMMEDIATE (spend now) or REDEEM_MODE_HOLD (reserve)")
+    return mode
+
+
 def redeem_op(request: processing_pb2.RedeemRequest) -> m.RedeemOp:
-    _check(request.mode in (processing_pb2.REDEEM_MODE_IMMEDIATE, processing_pb2.REDEEM_MODE_HOLD),
-           f"mode: unknown redeem mode {request.mode}")
+    _redeem_mode(request.mode)
     return m.RedeemOp(
         _request_id(request.request_id),
         digest(request),
@@ -326,9 +337,24 @@ def leave_group_op(request: accounts_pb2.LeaveGroupRequest) -> m.LeaveGroupOp:
     )
 
 
+def event_id(value: str, field: str = "event_id") -> str:
+    """An event's idempotency key: a request id, with its limit."""
+    return _request_id(value, field)
+
+
 def event_op(event: processing_pb2.Event, field: str = "customer_event") -> m.EventOp:
     """A stream's `customer_event`; its request id is the event's `event_id`."""
-    message = event.customer_event
+    return _customer_event_op(event_id(event.event_id), event.customer_event, field)
+
+
+def process_event_op(request: processing_pb2.ProcessEventRequest) -> m.EventOp:
+    """ProcessEvent's event: the same operation as a streamed `customer_event` with this request id
+    as its event_id, so that either path replays what the other committed."""
+    _check(request.HasField("event"), "event: required")
+    return _customer_event_op(_request_id(request.request_id), request.event, "event")
+
+
+def _customer_event_op(request_id: str, message: processing_pb2.CustomerEvent, field: str) -> m.EventOp:
     attributes = message.attributes
     count = len(attributes)
     _check(count <= EVENT_ATTRIBUTES_MAX, f"{field}.attributes: {count} entries, more than {EVENT_ATTRIBUTES_MAX}")
@@ -341,7 +367,7 @@ def event_op(event: processing_pb2.Event, field: str = "customer_event") -> m.Ev
     if message.HasField("related"):
         related = customer(message.related, f"{field}.related")
     return m.EventOp(
-        _request_id(event.event_id, "event_id"),
+        request_id,
         digest(message),
         customer(message.customer, f"{field}.customer"),
         _text(message.type, f"{field}.type", id_max),
@@ -520,6 +546,22 @@ def rollback_response(value: m.RollbackResult) -> processing_pb2.RollbackRespons
         debt_points=value.debt_points,
         balance=balance(value.balance),
     )
+
+
+def process_event_response(value: m.EventResult) -> processing_pb2.ProcessEventResponse:
+    response = processing_pb2.ProcessEventResponse(
+        transaction_id=value.transaction_id,
+        account_id=value.account_id,
+        points=value.points,
+        related_transaction_id=value.related_transaction_id,
+        related_account_id=value.related_account_id,
+        related_points=value.related_points,
+    )
+    add_campaign = response.campaigns.add
+    for c in value.campaigns:
+        add_campaign(campaign_id=c.campaign_id, effect=c.effect, points=c.points, discount_minor=c.discount_minor)
+    fill_balance(response.balance, value.balance)
+    return response
 
 
 def promo_codes_response(value: m.PromoCodesResult) -> admin_pb2.GeneratePromoCodesResponse:

@@ -34,6 +34,7 @@ cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8(const char* data, Py_ssize_t size, const char* errors)
 
 DIGEST_BYTES = 16  # of the payload digest kept with each idempotency record
+RESULT_MESSAGE_BYTES_MAX = 256  # of an OperationResult's message: longer ones are cut (server/answer_bound.py)
 
 cdef enum:
     WIRE_VARINT = 0
@@ -49,6 +50,7 @@ cdef Py_ssize_t LINES_MAX = limits.LINES_PER_RECEIPT_MAX
 cdef Py_ssize_t ID_BYTES_MAX = limits.IDENTIFIER_BYTES_MAX
 cdef Py_ssize_t CATEGORY_BYTES_MAX = limits.CATEGORY_BYTES_MAX
 cdef Py_ssize_t REQUEST_ID_BYTES_MAX = limits.REQUEST_ID_BYTES_MAX
+cdef Py_ssize_t MESSAGE_BYTES_MAX = RESULT_MESSAGE_BYTES_MAX
 cdef tuple CUSTOMER_KINDS = (None, IdKind.ACCOUNT, IdKind.CARD, IdKind.PHONE)  # by field number
 
 _msgpack = msgspec.msgpack.Encoder()
@@ -493,10 +495,9 @@ cdef object _purchase_event(const uint8_t* q, const uint8_t* event_end):
             purchase_data, purchase_size = inner.data, inner.size
         elif inner.number <= 6:
             return None  # another payload, or the purchase twice
-    if purchase_data == NULL or not event_id.size:
-        return None
-    default = event_id_text if event_id.size <= REQUEST_ID_BYTES_MAX else None
-    op = _accrue(purchase_data, purchase_data + purchase_size, default)
+    if purchase_data == NULL or not event_id.size or event_id.size > REQUEST_ID_BYTES_MAX:
+        return None  # an event_id is a request id, with its limit, whoever takes it
+    op = _accrue(purchase_data, purchase_data + purchase_size, event_id_text)
     return None if op is None else (event_id_text, op)
 
 
@@ -575,6 +576,24 @@ cdef int _text(Out* out, int number, str value) except -1:
     cdef const char* data
     if value:
         data = PyUnicode_AsUTF8AndSize(value, &size)
+        _room(out, size + 16)
+        _put_varint(out, <uint64_t>(number << 3 | WIRE_LEN))
+        _put_varint(out, <uint64_t>size)
+        memcpy(out.data + out.size, data, size)
+        out.size += size
+    return 0
+
+
+cdef int _text_cut(Out* out, int number, str value, Py_ssize_t bytes_max) except -1:
+    """A string field of at most `bytes_max` bytes: a longer text is cut where a character starts."""
+    cdef Py_ssize_t size
+    cdef const char* data
+    if value:
+        data = PyUnicode_AsUTF8AndSize(value, &size)
+        if size > bytes_max:
+            size = bytes_max
+            while size > 0 and (<uint8_t>data[size] & 0xC0) == 0x80:  # data[size] continues a character
+                size -= 1
         _room(out, size + 16)
         _put_varint(out, <uint64_t>(number << 3 | WIRE_LEN))
         _put_varint(out, <uint64_t>size)
@@ -738,7 +757,8 @@ def calculate_response(value) -> bytes:
 
 def batch_response(list outcomes, render) -> bytes:
     """ProcessBatchResponse bytes: one OperationResult per outcome, in order. An accrue's answer is
-    written here; any other body as `render(body)` gives it: (field number, message bytes)."""
+    written here; any other body as `render(body)` gives it: (field number, message bytes). A message
+    is cut to RESULT_MESSAGE_BYTES_MAX, so that the answer's size is known before the commit."""
     cdef Out out = Out(NULL, 0, 0)
     cdef Py_ssize_t start, inner
     try:
@@ -746,7 +766,7 @@ def batch_response(list outcomes, render) -> bytes:
             start = _open(&out, 1)
             _int(&out, 1, outcome.code)
             _int(&out, 2, outcome.reason)
-            _text(&out, 3, outcome.message)
+            _text_cut(&out, 3, outcome.message, MESSAGE_BYTES_MAX)
             body = outcome.body
             if type(body) is AccrueResult:
                 inner = _open(&out, 4)

@@ -15,6 +15,7 @@ import grpc
 from core_ext.model import AccrueOp, Code, Outcome, RedeemResult, RollbackResult
 from kassa.v1 import processing_pb2
 from server import convert, errors, wire
+from server.answer_bound import BatchAnswerBound
 from server.interceptors.auth import CALLER
 from server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
 
@@ -53,6 +54,10 @@ def add_to_server(servicer: "ProcessingServicer", server) -> None:
             servicer.Rollback, processing_pb2.RollbackRequest.FromString,
             processing_pb2.RollbackResponse.SerializeToString,
         ),
+        "ProcessEvent": grpc.unary_unary_rpc_method_handler(
+            servicer.ProcessEvent, processing_pb2.ProcessEventRequest.FromString,
+            processing_pb2.ProcessEventResponse.SerializeToString,
+        ),
     }
     missing = set(processing_pb2.DESCRIPTOR.services_by_name["Processing"].methods_by_name) - set(handlers)
     if missing:
@@ -70,11 +75,13 @@ def count_operations(metrics, grpc_method: str, payloads: list, outcomes: list[O
 
 
 class ProcessingServicer:
-    def __init__(self, ledger, committer, clock, limits, metrics=None):
+    def __init__(self, ledger, committer, clock, limits, response_bytes_max: int, metrics=None):
         self._metrics = metrics
         self._ledger = ledger
         self._committer = committer
         self._clock = clock
+        self._response_bytes_max = response_bytes_max  # server.message_bytes_max: the most a response may be
+        self._answer_bound: BatchAnswerBound | None = None  # of the ruleset serving; see _batch_answer_bound
         self._batch_operations_max = limits.batch_operations_max
         self._stream_events_in_flight_max = limits.stream_events_in_flight_max
         self._streams_max = limits.streams_max
@@ -107,6 +114,12 @@ class ProcessingServicer:
     async def Rollback(self, request, context):
         return await commit_one(self._committer, context, convert.rollback_op, request, convert.rollback_response)
 
+    async def ProcessEvent(self, request, context):
+        """One customer event: the operation a streamed `customer_event` makes, through the same commit."""
+        return await commit_one(
+            self._committer, context, convert.process_event_op, request, convert.process_event_response
+        )
+
     # -- many operations per call -----------------------------------------------------------------
 
     async def _commit_many(self, payloads: list, abort_in_flight: bool = True) -> list[Outcome]:
@@ -114,6 +127,11 @@ class ProcessingServicer:
         or (BUILT, operation, None) for one server/wire.pyx decoded (valid: no field to name); invalid
         ones are answered INVALID_ARGUMENT naming the field in place, the rest committed together, in
         order."""
+        return await self._commit_checked(*self._checked(payloads), abort_in_flight)
+
+    def _checked(self, payloads: list) -> tuple[list, list, list]:
+        """(outcomes, with those of refused payloads in place and None elsewhere; the operations
+        to commit; their positions)."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
         ops, positions = [], []
         for position, (kind, message, where) in enumerate(payloads):
@@ -134,6 +152,11 @@ class ProcessingServicer:
                 continue
             ops.append(op)
             positions.append(position)
+        return outcomes, ops, positions
+
+    async def _commit_checked(self, outcomes: list, ops: list, positions: list,
+                              abort_in_flight: bool) -> list[Outcome]:
+        """Commit the checked `ops` together and put their outcomes in their `positions`."""
         if ops:
             for position, outcome in zip(positions, await self._committer.submit(ops, abort_in_flight)):
                 outcomes[position] = outcome
@@ -167,9 +190,42 @@ class ProcessingServicer:
                 payloads.append((None, None, f"operations[{index}]: set one of accrue, redeem, rollback"))
             else:
                 payloads.append((kind, getattr(operation, kind), f"operations[{index}].{kind}"))
-        outcomes = await self._commit_many(payloads)
+        outcomes, ops, positions = self._checked(payloads)
+        refusal = self._answer_overflow(outcomes, positions, ops)
+        if refusal is not None:
+            await errors.refuse(context, grpc.StatusCode.INVALID_ARGUMENT, refusal, errors.RESPONSE_TOO_LARGE)
+        outcomes = await self._commit_checked(outcomes, ops, positions, True)
         count_operations(self._metrics, "ProcessBatch", payloads, outcomes)
         return wire.batch_response(outcomes, other_result)
+
+    def _batch_answer_bound(self) -> BatchAnswerBound:
+        spec = self._ledger.program.spec
+        if self._answer_bound is None or self._answer_bound.ruleset_version != spec.version:
+            self._answer_bound = BatchAnswerBound(spec)
+        return self._answer_bound
+
+    def _answer_overflow(self, outcomes: list, positions: list, ops: list) -> str | None:
+        """Why the answer to this batch might not fit a response, or None when it will: such a batch is
+        refused before anything of it is committed, since its answer could never be sent."""
+        bound = self._batch_answer_bound()
+        sizes = [bound.error_bytes] * len(outcomes)  # a refused operation: a message, no body
+        operation_bytes = bound.operation_bytes
+        for position, op in zip(positions, ops):
+            sizes[position] = operation_bytes(op)
+        total = sum(sizes)
+        if total <= self._response_bytes_max:
+            return None
+        fit, used = 0, 0
+        for size in sizes:
+            used += size
+            if used > self._response_bytes_max:
+                break
+            fit += 1
+        return (
+            f"operations: the answer to these {len(outcomes)} operations could take up to {total} bytes, more "
+            f"than the server's message limit of {self._response_bytes_max} bytes (server.message_bytes_max); "
+            f"the first {fit} fit in one answer: send the operations in smaller batches. Nothing was committed"
+        )
 
     async def StreamEvents(self, request_iterator, context):
         """Acks go out in the order events came in, each after its durable commit. At most
@@ -245,11 +301,14 @@ class ProcessingServicer:
                 event_ids.append(event_id)
                 payloads.append((BUILT, op, None))
                 continue
-            event_ids.append(event.event_id)
+            event_ids.append(event.event_id)  # sent back as it came, so that each ack names its event
+            try:
+                convert.event_id(event.event_id, f"events[{index}].event_id")
+            except convert.InvalidArgument as error:
+                payloads.append((None, None, str(error)))
+                continue
             kind = event.WhichOneof("payload")
-            if not event.event_id:
-                payloads.append((None, None, f"events[{index}].event_id: must not be empty"))
-            elif kind is None:
+            if kind is None:
                 payloads.append((None, None, f"events[{index}]: set one of {_EVENT_KINDS}"))
             elif kind == "customer_event":
                 payloads.append((kind, event, f"events[{index}]"))

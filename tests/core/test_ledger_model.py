@@ -585,7 +585,7 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             original = model.requests.get(op.original_request_id)
             if original is None and op.original_request_id not in model.tombstones:
-                assert out == Outcome(Code.OK, body=RollbackResult(0, "", RollbackKind.UNSPECIFIED, 0, 0, 0, 0,
+                assert out == Outcome(Code.OK, body=RollbackResult(0, "", RollbackKind.PENDING_ORIGINAL, 0, 0, 0, 0,
                                                                   Balance())), f"tombstone: got {out}"
                 model.tombstones.add(op.original_request_id)
                 return 0, ""

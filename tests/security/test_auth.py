@@ -122,7 +122,7 @@ def buy(request_id: str, account_id: str, price_minor: int, store_id: str = "sto
 def spend(request_id: str, account_id: str, points: int, store_id: str = "store-1") -> processing_pb2.RedeemRequest:
     return processing_pb2.RedeemRequest(
         request_id=request_id, customer=by_account(account_id), points=points, receipt_total_minor=10**9,
-        store_id=store_id,
+        mode=processing_pb2.REDEEM_MODE_IMMEDIATE, store_id=store_id,
     )
 
 

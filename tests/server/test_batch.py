@@ -3,13 +3,17 @@ operation, in order; a bad or refused operation changes nothing and does not fai
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from kassa.v1 import common_pb2, processing_pb2
 from tests.server.helpers import (
     accrue, balance, by_account, earn, line, open_account, receipt, refused, snapshot,
 )
-from tests.server.stream_helpers import earned_by, open_accounts, points_statement, purchase_request
+from tests.server.stream_helpers import (
+    earned_by, ledger_transactions, open_accounts, points_statement, purchase_request,
+)
 
 Op = processing_pb2.Operation
 
@@ -20,7 +24,8 @@ def buy(request_id: str, price_minor: int, account_id: str = "A-1") -> Op:
 
 def spend(request_id: str, points: int, account_id: str = "A-1") -> Op:
     return Op(redeem=processing_pb2.RedeemRequest(
-        request_id=request_id, customer=by_account(account_id), points=points, receipt_total_minor=10**9))
+        request_id=request_id, customer=by_account(account_id), points=points, receipt_total_minor=10**9,
+        mode=processing_pb2.REDEEM_MODE_IMMEDIATE))
 
 
 def cancel(request_id: str, **target) -> Op:
@@ -37,7 +42,7 @@ def process(server, operations) -> list[processing_pb2.OperationResult]:
     return list(server.processing.ProcessBatch(processing_pb2.ProcessBatchRequest(operations=operations)).results)
 
 
-def wire(message) -> bytes:
+def serialized(message) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
@@ -81,9 +86,9 @@ class TestMixedBatch:
         assert results[1].redeem.redeemed_points == 300
         assert results[1].redeem.balance.available_points == 1_200 + 500 - 300
         assert results[2].reason == common_pb2.REASON_INSUFFICIENT_POINTS
-        assert wire(results[5]) == wire(results[0])
+        assert serialized(results[5]) == serialized(results[0])
         assert "b-buy-1" in results[6].message
-        assert wire(results[7].accrue) == wire(seed)
+        assert serialized(results[7].accrue) == serialized(seed)
         assert "seed-buy" in results[8].message
         assert results[9].rollback.kind == processing_pb2.ROLLBACK_KIND_CANCEL
         assert results[9].rollback.reversed_transaction_id == to_cancel.transaction_id
@@ -115,7 +120,8 @@ class TestMixedBatch:
             buy("n-0", 2_000),
             negative_line_purchase("n-1"),
             Op(redeem=processing_pb2.RedeemRequest(
-                request_id="n-2", customer=by_account("A-1"), points=-5, receipt_total_minor=1_000)),
+                request_id="n-2", customer=by_account("A-1"), points=-5, receipt_total_minor=1_000,
+                mode=processing_pb2.REDEEM_MODE_IMMEDIATE)),
             cancel("n-3"),  # no target
             Op(accrue=processing_pb2.AccrueRequest(
                 request_id="n-4", customer=common_pb2.Customer(), receipt=receipt(line(1, 1_000)))),
@@ -149,7 +155,7 @@ class TestMixedBatch:
 
         again = process(kassa, operations)
 
-        assert [wire(result) for result in again] == [wire(result) for result in first]
+        assert [serialized(result) for result in again] == [serialized(result) for result in first]
         assert snapshot(kassa, "A-1") == before
         # The malformed operation left its request_id free for a corrected one.
         fixed = process(kassa, [buy("b-buy-bad", 2_000)])
@@ -189,3 +195,64 @@ class TestBatchSizeLimit:
         results = process(server, [buy(f"over-{n}", 2_000) for n in range(4)])  # the same request_ids are free
         assert [result.code for result in results] == [common_pb2.CODE_OK] * 4
         assert balance(server, "A-1").active_points == 4 * 100
+
+
+SMALL_MESSAGE_BYTES = 32 * 1024  # server.message_bytes_max of the answer-size tests
+FIT = re.compile(r"the first (\d+) fit")
+
+
+def small_purchases(prefix: str, count: int) -> list[Op]:
+    """Purchases of a small request (one bare line) and a larger answer (a calculation and a balance)."""
+    return [
+        Op(accrue=processing_pb2.AccrueRequest(
+            request_id=f"{prefix}-{n:03d}", customer=by_account("A-1"),
+            receipt=common_pb2.Receipt(lines=[common_pb2.Line(
+                line_no=1, qty_milli=1_000, price_minor=2_000 + n, amount_minor=2_000 + n)])))
+        for n in range(count)
+    ]
+
+
+class TestAnswerSize:
+    def test_a_batch_whose_answer_could_overflow_is_refused_before_anything_is_committed(self, start_kassa):
+        server = start_kassa(env={"KASSA_SERVER_MESSAGE_BYTES_MAX": str(SMALL_MESSAGE_BYTES)})
+        open_account(server, "A-1")
+        operations = small_purchases("ovf", 400)
+        request = processing_pb2.ProcessBatchRequest(operations=operations)
+        assert request.ByteSize() < SMALL_MESSAGE_BYTES // 2  # the request itself is taken, its answer is not
+        before, transactions_before = snapshot(server, "A-1"), ledger_transactions(server)
+
+        with refused(grpc.StatusCode.INVALID_ARGUMENT) as refusal:
+            server.processing.ProcessBatch(request)
+        assert refusal.details.startswith("operations:"), refusal.details
+        assert "server.message_bytes_max" in refusal.details, refusal.details
+        assert "Nothing was committed" in refusal.details, refusal.details
+        assert snapshot(server, "A-1") == before
+        assert ledger_transactions(server) == transactions_before
+
+        # A retry gets the same refusal, never a commit.
+        with refused(grpc.StatusCode.INVALID_ARGUMENT) as again:
+            server.processing.ProcessBatch(request)
+        assert again.details == refusal.details
+        assert snapshot(server, "A-1") == before
+
+        # As many as the refusal says fit are served; the rest in further batches of that size.
+        fit = int(FIT.search(refusal.details).group(1))
+        assert 0 < fit < len(operations)
+        results = []
+        for start in range(0, len(operations), fit):
+            results += process(server, operations[start:start + fit])
+        assert [result.code for result in results] == [common_pb2.CODE_OK] * len(operations)
+        assert balance(server, "A-1").active_points == sum(earned_by(2_000 + n) for n in range(len(operations)))
+
+    def test_a_batch_whose_answer_fits_is_served_as_before(self, start_kassa):
+        server = start_kassa(env={"KASSA_SERVER_MESSAGE_BYTES_MAX": str(SMALL_MESSAGE_BYTES)})
+        open_account(server, "A-1")
+        earn(server, "A-1", 1_000, request_id="seed")
+        operations = [
+            *small_purchases("fits", 5), spend("fits-spend", 100), cancel("fits-cancel", original_request_id="seed"),
+        ]
+
+        results = process(server, operations)
+
+        assert [result.code for result in results] == [common_pb2.CODE_OK] * len(operations)
+        assert balance(server, "A-1").active_points == sum(earned_by(2_000 + n) for n in range(5)) - 100

@@ -87,7 +87,8 @@ class TestRequestIdReuse:
         with refused(grpc.StatusCode.ALREADY_EXISTS):
             kassa.processing.Redeem(
                 processing_pb2.RedeemRequest(
-                    request_id="spend-1", customer=by_account("A-1"), points=200, receipt_total_minor=10**9
+                    request_id="spend-1", customer=by_account("A-1"), points=200, receipt_total_minor=10**9,
+                    mode=processing_pb2.REDEEM_MODE_IMMEDIATE,
                 )
             )
 

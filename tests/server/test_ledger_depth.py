@@ -38,7 +38,8 @@ def get_account(kassa, customer: common_pb2.Customer) -> accounts_pb2.Account:
 
 def redeem_as(kassa, customer: common_pb2.Customer, points: int, request_id: str):
     return kassa.processing.Redeem(processing_pb2.RedeemRequest(
-        request_id=request_id, customer=customer, points=points, receipt_total_minor=10**9))
+        request_id=request_id, customer=customer, points=points, receipt_total_minor=10**9,
+        mode=processing_pb2.REDEEM_MODE_IMMEDIATE))
 
 
 def accrue_as(kassa, customer: common_pb2.Customer, the_receipt, request_id: str, **fields):

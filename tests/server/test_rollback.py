@@ -37,6 +37,21 @@ def given_back_after(returned_qty_milli: int, bought_qty_milli: int = 3_000, ear
     return earned * returned_qty_milli // bought_qty_milli
 
 
+class TestRollbackBeforeItsOriginal:
+    def test_it_answers_its_own_kind_with_no_ids_and_a_retry_the_same(self, kassa):
+        open_account(kassa, "A-1")
+
+        pending = rollback(kassa, "cancel-early", original_request_id="store-1/term-1/R-not-yet")
+
+        assert pending.kind == processing_pb2.ROLLBACK_KIND_PENDING_ORIGINAL
+        assert (pending.transaction_id, pending.reversed_transaction_id, pending.account_id) == (0, 0, "")
+        again = rollback(kassa, "cancel-early", original_request_id="store-1/term-1/R-not-yet")
+        assert again.SerializeToString(deterministic=True) == pending.SerializeToString(deterministic=True)
+        # A rollback of what has arrived still says what it did.
+        earn(kassa, "A-1", 100, request_id="buy-1")
+        assert rollback(kassa, "cancel-1", original_request_id="buy-1").kind == processing_pb2.ROLLBACK_KIND_CANCEL
+
+
 class TestPartialReturn:
     def test_returning_one_of_three_units_claws_back_a_third_of_the_lines_points(self, kassa):
         bought = purchase(kassa)

@@ -23,7 +23,8 @@ OK = common_pb2.CODE_OK
 def redeem_event(event_id: str, account_id: str, points: int) -> processing_pb2.Event:
     return processing_pb2.Event(
         event_id=event_id,
-        redeem=processing_pb2.RedeemRequest(customer=by_account(account_id), points=points, receipt_total_minor=10**9),
+        redeem=processing_pb2.RedeemRequest(customer=by_account(account_id), points=points, receipt_total_minor=10**9,
+                                            mode=processing_pb2.REDEEM_MODE_IMMEDIATE),
     )
 
 

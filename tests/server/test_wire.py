@@ -859,7 +859,7 @@ def redeem_requests():
     return st.builds(
         processing_pb2.RedeemRequest,
         request_id=REQUEST_IDS, customer=CUSTOMERS, points=st.integers(-1, 10_000),
-        receipt_total_minor=st.integers(0, 10**6), mode=st.sampled_from([0, 1]), store_id=short_text(),
+        receipt_total_minor=st.integers(0, 10**6), mode=st.sampled_from([0, 1, 2, 3]), store_id=short_text(),
     )
 
 
@@ -927,8 +927,16 @@ def assert_event_item(event, item) -> None:
         assert op == convert.accrue_op(purchase_default(event))
         return
     assert item == event.SerializeToString()
-    if event.WhichOneof("payload") == "purchase" and event.event_id:
+    if event.WhichOneof("payload") == "purchase" and has_valid_event_id(event):
         assert not is_plain_valid_accrue(purchase_default(event)), "the fast path left a plain valid purchase"
+
+
+def has_valid_event_id(event) -> bool:
+    try:
+        convert.event_id(event.event_id)
+    except convert.InvalidArgument:
+        return False
+    return True
 
 
 EVENT_IDS = st.one_of(REQUEST_IDS, REQUEST_IDS, st.just(""), text_of_bytes(REQUEST_ID_BYTES_MAX + 1))
@@ -1020,12 +1028,16 @@ class TestEventBatch:
         assert op.request_id == "billing/ev-1"
         assert op == convert.accrue_op(purchase_default(event))
 
-    def test_a_purchase_with_its_own_request_id_keeps_it_whatever_the_event_id(self):
-        long_id = "é" * 100  # 200 bytes: too long for a request_id, not for an event_id
-        event = Event(event_id=long_id, purchase=plain_message(ACCRUE))
+    def test_a_purchase_with_its_own_request_id_keeps_it_and_the_event_id_its_limit(self):
+        at_limit = "é" * (REQUEST_ID_BYTES_MAX // 2)
+        event = Event(event_id=at_limit, purchase=plain_message(ACCRUE))
         ((event_id, op),) = wire.event_batch(processing_pb2.EventBatch(events=[event]).SerializeToString())
-        assert (event_id, op.request_id) == (long_id, "pos-7/R-1881")
+        assert (event_id, op.request_id) == (at_limit, "pos-7/R-1881")
         assert op == convert.accrue_op(purchase_default(event))
+        # One byte more: left to protobuf and the servicer, which refuse the event by its event_id.
+        event.event_id = at_limit + "x"
+        assert wire.event_batch(processing_pb2.EventBatch(events=[event]).SerializeToString()) == \
+            [event.SerializeToString()]
 
     def test_an_event_left_to_protobuf_comes_back_as_its_bytes(self):
         purchase = plain_message(ACCRUE)
@@ -1439,7 +1451,8 @@ class TestServer:
             Op(accrue=purchase("mb-1", line(1, 250_000), promo_codes=[PROMO_CODE])),
             Op(accrue=purchase("mb-2", line(1, 1_000), line(2, 500, qty_milli=0))),
             Op(redeem=processing_pb2.RedeemRequest(
-                request_id="mb-3", customer=by_account("A-1"), points=300, receipt_total_minor=10**9)),
+                request_id="mb-3", customer=by_account("A-1"), points=300, receipt_total_minor=10**9,
+                mode=processing_pb2.REDEEM_MODE_IMMEDIATE)),
             Op(rollback=processing_pb2.RollbackRequest(request_id="mb-4", original_request_id="mb-0")),
             Op(accrue=purchase("mb-5", line(1, 6_000))),
         ]
