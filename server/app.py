@@ -179,6 +179,9 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
             # Pings find peers that vanished without closing (a POS powered off mid-stream).
             ("grpc.keepalive_time_ms", int(config.server.keepalive_s * 1000)),
             ("grpc.keepalive_timeout_ms", int(config.server.keepalive_timeout_s * 1000)),
+            # grpc waits for a ping's answer for grpc.http2.ping_timeout_ms (a minute unless set),
+            # not keepalive_timeout_ms: without it a frozen client kept its streams for a minute.
+            ("grpc.http2.ping_timeout_ms", int(config.server.keepalive_timeout_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
