@@ -8,6 +8,7 @@ decoded with protobuf and checked by server/convert.py as everywhere else.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 
@@ -15,7 +16,10 @@ from core_ext.model import AccrueOp, Code, Outcome, RedeemResult, RollbackResult
 from kassa.v1 import processing_pb2
 from server import convert, wire
 from server.interceptors.auth import CALLER
+from server.logs import event
 from server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
+
+log = logging.getLogger("kassa.stream")
 
 SERVICE = "kassa.v1.Processing"
 BUILT = "built"  # a payload already decoded into its operation by server/wire.pyx
@@ -208,7 +212,14 @@ class ProcessingServicer:
                 if item is None:
                     break
                 size, pending = item
-                await context.write(await pending)
+                ack = await pending
+                try:
+                    await context.write(ack)
+                except grpc.aio.InternalError:  # the call is gone: the client left
+                    # An ordinary disconnect, not an error: the client re-sends what was not acked.
+                    event(log, "stream closed: the client went away", events_not_acked=in_flight)
+                    # end as grpc ends a call its client cancelled: one debug line, no error
+                    raise asyncio.CancelledError from None
                 async with room:
                     in_flight -= size
                     room.notify_all()

@@ -4,6 +4,7 @@ no acked event, and a client that stops taking acks cannot make the server hold 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -309,3 +310,63 @@ class TestStreamLimit:
         finally:
             channel.close()
         assert balance(server, "A-1").active_points == 3 * earned_by(2_000)
+
+
+def error_lines(server) -> list[str]:
+    """Server log lines at level error or above, and any that carry a traceback."""
+    found = []
+    for text in list(server.log_lines):
+        try:
+            level = json.loads(text).get("level", "")
+        except ValueError:
+            level = ""
+        if level in ("error", "critical") or "Traceback" in text:
+            found.append(text)
+    return found
+
+
+class TestClientGoesAway:
+    def test_a_client_that_leaves_mid_stream_is_one_info_line_not_an_error(self, start_kassa):
+        """The client cancels while the server waits to write acks it does not take: an ordinary
+        disconnect, which grpc reports as a failed write (ExecuteBatchError)."""
+        server = start_kassa(env=SLOW_READER_ENV)
+        for _ in range(2):
+            client = NonReadingClient(server.address, strangers_batch)
+            try:
+                stall_started_at = time.monotonic()
+                while time.monotonic() - stall_started_at < STALL_WAIT_S and not stalled(client):
+                    time.sleep(0.05)
+                assert not client.ended.is_set(), (client.call.code(), client.call.details())
+            finally:
+                client.close()
+        # each stream's end is logged, as an error (before) or as one info line
+        wait_for(lambda: len(closed_lines(server) + error_lines(server)) >= 2, LOG_WAIT_S,
+                 lambda: "".join(server.log_lines))
+
+        assert error_lines(server) == []
+        closed = [json.loads(text) for text in closed_lines(server)]
+        assert [record["level"] for record in closed] == ["info", "info"]
+        assert all(record["events_not_acked"] > 0 for record in closed), closed
+
+
+STALL_WAIT_S = 10  # a client that reads no acks fills its windows within this
+LOG_WAIT_S = 5
+
+
+def stalled(client: NonReadingClient, quiet_s: float = 0.5) -> bool:
+    """The server took nothing more from the client for `quiet_s`."""
+    offered = client.offered_bytes
+    time.sleep(quiet_s)
+    return client.offered_bytes == offered
+
+
+def closed_lines(server) -> list[str]:
+    return [text for text in list(server.log_lines) if '"stream closed: the client went away"' in text]
+
+
+def wait_for(predicate, timeout_s: float, describe) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, describe()
+        time.sleep(0.05)
+
