@@ -182,6 +182,10 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
             # grpc waits for a ping's answer for grpc.http2.ping_timeout_ms (a minute unless set),
             # not keepalive_timeout_ms: without it a frozen client kept its streams for a minute.
             ("grpc.http2.ping_timeout_ms", int(config.server.keepalive_timeout_s * 1000)),
+            # A fixed flow-control window per call, so a stream the server stops reading holds at
+            # most that much in grpc's buffers (BDP probing grows it to several MiB a stream).
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", config.server.stream_window_bytes),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]

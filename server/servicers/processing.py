@@ -17,6 +17,7 @@ from kassa.v1 import processing_pb2
 from server import convert, wire
 from server.interceptors.auth import CALLER
 from server.logs import event
+from server.servicers.in_flight import InFlight, StreamHold
 from server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
 
 log = logging.getLogger("kassa.stream")
@@ -69,7 +70,9 @@ class ProcessingServicer:
         self._committer = committer
         self._clock = clock
         self._batch_operations_max = limits.batch_operations_max
-        self._stream_events_in_flight_max = limits.stream_events_in_flight_max
+        self._in_flight = InFlight(
+            limits.stream_events_in_flight_max, limits.stream_bytes_in_flight_max, limits.streams_bytes_in_flight_max
+        )
         self._streams_max = limits.streams_max
         self.streams_open = 0
 
@@ -161,71 +164,68 @@ class ProcessingServicer:
         return wire.batch_response(await self._commit_many(payloads), other_result)
 
     async def StreamEvents(self, request_iterator, context):
-        """Acks go out in the order events came in, each after its durable commit. At most
-        `stream_events_in_flight_max` events are read and not yet acked: a client that stops
-        reading acks stops being read, so server memory stays bounded, and the stream lasts until
-        the client's deadline or the connection's keepalive ends it (grpc.aio has no server-side
-        cancel: a status cannot be sent past acks the client does not take). What it sent is
-        committed: the client re-sends what was not acked and gets the original results."""
+        """Acks go out in the order events came in, each after its durable commit. A stream holds
+        what it read and has not acked within its limits and the worker's (server/servicers/
+        in_flight.py): a client that stops reading acks stops being read, so server memory stays
+        bounded, and the stream lasts until the client's deadline or the connection's keepalive
+        ends it (grpc.aio has no server-side cancel: a status cannot be sent past acks the client
+        does not take). What it sent is committed: the client re-sends what was not acked and gets
+        the original results."""
         if self.streams_open >= self._streams_max:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.streams_open} event streams open, the limit (processing.streams_max) is {self._streams_max}",
             )
         self.streams_open += 1
+        hold = StreamHold()
         try:
-            await self._stream_events(request_iterator, context)
+            await self._stream_events(request_iterator, context, hold)
         finally:
             self.streams_open -= 1
+            self._in_flight.give(hold, hold.events, hold.bytes)  # what was not acked
 
-    async def _stream_events(self, request_iterator, context):
-        in_flight = 0
-        room = asyncio.Condition()
-        acks: asyncio.Queue = asyncio.Queue()
-        limit = self._stream_events_in_flight_max
-
+    async def _read_events(self, request_iterator, context, hold: StreamHold, acks: asyncio.Queue) -> None:
+        """Take each message's share (server/servicers/in_flight.py), decode it, start its commit."""
         method = f"/{SERVICE}/StreamEvents"
+        try:
+            async for data in request_iterator:
+                await self._in_flight.take(hold, 0, len(data))  # before decoding: bytes bound memory
+                events = wire.event_batch(data)
+                if events is None:
+                    events = (await decoded(context, method, processing_pb2.EventBatch, data)).events
+                events = [
+                    await decoded(context, method, processing_pb2.Event, event) if type(event) is bytes else event
+                    for event in events
+                ]
+                await self._in_flight.take(hold, len(events), 0)
+                acks.put_nowait((len(events), len(data), asyncio.ensure_future(self._events(events))))
+        finally:
+            acks.put_nowait(None)  # also when reading failed: the writer stops, `await reader` raises
 
-        async def read() -> None:
-            nonlocal in_flight
-            try:
-                async for data in request_iterator:
-                    events = wire.event_batch(data)
-                    if events is None:
-                        events = (await decoded(context, method, processing_pb2.EventBatch, data)).events
-                    events = [
-                        await decoded(context, method, processing_pb2.Event, event) if type(event) is bytes else event
-                        for event in events
-                    ]
-                    size = len(events)
-                    async with room:
-                        await room.wait_for(lambda: in_flight == 0 or in_flight + size <= limit)
-                        in_flight += size
-                    await acks.put((size, asyncio.ensure_future(self._events(events))))
-            finally:
-                acks.put_nowait(None)  # also when reading failed: the writer stops, `await reader` raises
-
-        reader = asyncio.ensure_future(read())
+    async def _stream_events(self, request_iterator, context, hold: StreamHold):
+        acks: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read_events(request_iterator, context, hold, acks))
         try:
             while True:
                 item = await acks.get()
                 if item is None:
                     break
-                size, pending = item
+                events, size_bytes, pending = item
                 ack = await pending
                 try:
                     await context.write(ack)
                 except grpc.aio.InternalError:  # the call is gone: the client left
-                    # An ordinary disconnect, not an error: the client re-sends what was not acked.
-                    event(log, "stream closed: the client went away", events_not_acked=in_flight)
+                    self._stream_closed(hold)
                     # end as grpc ends a call its client cancelled: one debug line, no error
                     raise asyncio.CancelledError from None
-                async with room:
-                    in_flight -= size
-                    room.notify_all()
+                self._in_flight.give(hold, events, size_bytes)
             await reader
         finally:
             reader.cancel()
+
+    def _stream_closed(self, hold: StreamHold) -> None:
+        """A stream whose call ended under it is no error: the client re-sends what was not acked."""
+        event(log, "stream closed: the client went away", events_not_acked=hold.events)
 
     async def _events(self, events: list) -> bytes:
         """One ack per event, in order. `events` holds (event_id, AccrueOp) for each purchase

@@ -157,8 +157,8 @@ class NonReadingClient:
     """A stream client that writes batches as fast as the transport takes them and never reads an
     ack. `offered_bytes` counts what gRPC took from it; `ended` is set when the call ends."""
 
-    def __init__(self, address: str, make_batch, timeout_s: float | None = None):
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, make_batch, timeout_s: float | None = None, options=()):
+        self.channel = grpc.insecure_channel(address, options=list(options))
         self.make_batch = make_batch
         self.offered_bytes = 0
         self.offered_batches = 0
