@@ -32,6 +32,7 @@ _BUILDERS = {
 }
 _EVENT_PAYLOADS = {"purchase": "accrue", "redeem": "redeem", "rollback": "rollback", "customer_event": "customer_event"}
 _EVENT_KINDS = ", ".join(_EVENT_PAYLOADS)
+STREAM_DRAINED = "the server is shutting down; events not acked were not recorded: send them again on a new stream"
 
 
 def other_result(body) -> tuple[int, bytes]:
@@ -75,6 +76,8 @@ class ProcessingServicer:
         )
         self._streams_max = limits.streams_max
         self.streams_open = 0
+        self._readers: set[asyncio.Task] = set()  # each open stream's reader
+        self._draining = False
 
     async def Calculate(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         query = wire.calculate_query(data)
@@ -163,6 +166,13 @@ class ProcessingServicer:
                 payloads.append((kind, getattr(operation, kind), f"operations[{index}].{kind}"))
         return wire.batch_response(await self._commit_many(payloads), other_result)
 
+    def stop_reading_streams(self) -> None:
+        """The drain: no stream reads another message, and none opens. What they read is committed
+        and acked; then each ends UNAVAILABLE, and the client sends the rest on a new stream."""
+        self._draining = True
+        for reader in self._readers:
+            reader.cancel()
+
     async def StreamEvents(self, request_iterator, context):
         """Acks go out in the order events came in, each after its durable commit. A stream holds
         what it read and has not acked within its limits and the worker's (server/servicers/
@@ -171,6 +181,8 @@ class ProcessingServicer:
         ends it (grpc.aio has no server-side cancel: a status cannot be sent past acks the client
         does not take). What it sent is committed: the client re-sends what was not acked and gets
         the original results."""
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STREAM_DRAINED)
         if self.streams_open >= self._streams_max:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -205,6 +217,7 @@ class ProcessingServicer:
     async def _stream_events(self, request_iterator, context, hold: StreamHold):
         acks: asyncio.Queue = asyncio.Queue()
         reader = asyncio.ensure_future(self._read_events(request_iterator, context, hold, acks))
+        self._readers.add(reader)
         try:
             while True:
                 item = await acks.get()
@@ -212,20 +225,26 @@ class ProcessingServicer:
                     break
                 events, size_bytes, pending = item
                 ack = await pending
+                if self._committer.refusing:  # past the drain's deadline: not committed, not acked
+                    break
                 try:
                     await context.write(ack)
-                except grpc.aio.InternalError:  # the call is gone: the client left
+                except grpc.aio.InternalError:  # the call is gone: the client left, or the drain ended it
                     self._stream_closed(hold)
                     # end as grpc ends a call its client cancelled: one debug line, no error
                     raise asyncio.CancelledError from None
                 self._in_flight.give(hold, events, size_bytes)
+            if reader.cancelled() or self._committer.refusing:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, STREAM_DRAINED)
             await reader
         finally:
+            self._readers.discard(reader)
             reader.cancel()
 
     def _stream_closed(self, hold: StreamHold) -> None:
         """A stream whose call ended under it is no error: the client re-sends what was not acked."""
-        event(log, "stream closed: the client went away", events_not_acked=hold.events)
+        reason = "the server is draining" if self._draining else "the client went away"
+        event(log, f"stream closed: {reason}", events_not_acked=hold.events)
 
     async def _events(self, events: list) -> bytes:
         """One ack per event, in order. `events` holds (event_id, AccrueOp) for each purchase
