@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -44,6 +46,11 @@ from server.startup import StartupRefused, read_tls_files
 log = logging.getLogger("kassa.server")
 
 RULES_REFRESH_INTERVAL_S = 1  # how often a worker looks for a ruleset another worker stored
+# On SIGTERM the process exits at most this long after server.grace_s: the group commit running at
+# the deadline ends (a drain commits groups of at most DRAIN_GROUP_OPERATIONS_MAX operations) and the
+# ledger closes. Whatever still runs then ends with the process (exit status EXIT_DRAIN_OVERRAN).
+DRAIN_OVERRUN_S_MAX = 2
+EXIT_DRAIN_OVERRAN = 1
 
 SERVICE_NAMES = (
     processing_pb2.DESCRIPTOR.services_by_name["Processing"].full_name,
@@ -153,6 +160,35 @@ async def check_readers_periodically(ledger, interval_s: float) -> None:
             event(log, "stale ledger readers freed", readers=freed)
 
 
+def exit_when_overrun(after_s: float) -> None:
+    """The drain's last resort: past `after_s`, the process ends whatever still runs. A commit cut
+    short is rolled back by LMDB, as after kill -9, and was acknowledged to nobody."""
+
+    def overrun() -> None:
+        log.error("drain overran its bound; exiting now", extra={"fields": {"after_s": after_s}})
+        os._exit(EXIT_DRAIN_OVERRAN)
+
+    timer = threading.Timer(after_s, overrun)
+    timer.daemon = True
+    timer.start()
+
+
+async def drain(server, health_servicer, processing, committer, reloads: set, grace_s: float) -> None:
+    """SIGTERM: take no new calls and read no more stream messages; answer and commit what is in
+    flight for up to `grace_s`. Past it nothing more is committed, and what was not is answered
+    UNAVAILABLE or not at all (never acked): the client sends it again. The process exits at most
+    DRAIN_OVERRUN_S_MAX after `grace_s`."""
+    deadline_s = time.monotonic() + grace_s
+    exit_when_overrun(grace_s + DRAIN_OVERRUN_S_MAX)
+    processing.stop_reading_streams()
+    committer.drain(deadline_s)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(max(0.0, deadline_s - time.monotonic()))
+    if reloads:  # a reload that reached the committer is answered before it stops
+        await asyncio.gather(*reloads, return_exceptions=True)
+    await committer.stop()
+
+
 async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     metrics = Metrics()
     # First: a metrics address in use stops the start before anything else is opened.
@@ -185,6 +221,13 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
             # Pings find peers that vanished without closing (a POS powered off mid-stream).
             ("grpc.keepalive_time_ms", int(config.server.keepalive_s * 1000)),
             ("grpc.keepalive_timeout_ms", int(config.server.keepalive_timeout_s * 1000)),
+            # grpc waits for a ping's answer for grpc.http2.ping_timeout_ms (a minute unless set),
+            # not keepalive_timeout_ms: without it a frozen client kept its streams for a minute.
+            ("grpc.http2.ping_timeout_ms", int(config.server.keepalive_timeout_s * 1000)),
+            # A fixed flow-control window per call, so a stream the server stops reading holds at
+            # most that much in grpc's buffers (BDP probing grows it to several MiB a stream).
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", config.server.stream_window_bytes),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
@@ -238,13 +281,9 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     await stop.wait()
     for chore in chores:
         chore.cancel()
-    if reloads:  # a reload that reached the committer finishes before it stops
-        await asyncio.gather(*reloads, return_exceptions=True)
 
     event(log, "draining", grace_s=config.server.grace_s)
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(config.server.grace_s)
-    await committer.stop()
+    await drain(server, health_servicer, processing, committer, reloads, config.server.grace_s)
     if metrics_endpoint is not None:
         metrics_endpoint.close()
     ledger.close()

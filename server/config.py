@@ -24,6 +24,7 @@ class ServerSection(_Section):
     message_bytes_max: int = 4 * 1024 * 1024
     keepalive_s: float = 30  # ping an idle connection this often
     keepalive_timeout_s: float = 10  # close it when a ping is not answered in this time
+    stream_window_bytes: int = 1024 * 1024  # per call: request bytes a client may send ahead of what the server read
     bench_noop: bool = False  # serve kassa.v1.Bench, the no-op baseline of bench/throughput.py
 
 
@@ -43,6 +44,8 @@ class ProcessingSection(_Section):
     hold_ttl_s: int = 900
     batch_operations_max: int = 10_000
     stream_events_in_flight_max: int = 20_000
+    stream_bytes_in_flight_max: int = 2 * 1024 * 1024  # request bytes read from one stream and not yet acked
+    streams_bytes_in_flight_max: int = 16 * 1024 * 1024  # the same over all of a worker's streams together
     streams_max: int = 256  # concurrent StreamEvents calls per worker process
     expiry_sweep_interval_s: float = 3600  # 0: only Admin.ExpirePoints sweeps
 
@@ -115,9 +118,12 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("processing", "batch_operations_max"): (1, 1_000_000),
     ("processing", "stream_events_in_flight_max"): (1, 10_000_000),
     ("processing", "streams_max"): (1, 100_000),
+    ("processing", "stream_bytes_in_flight_max"): (1024, 1024**3),
+    ("processing", "streams_bytes_in_flight_max"): (1024, 64 * 1024**3),
     ("processing", "expiry_sweep_interval_s"): (0, 86_400),
     ("server", "keepalive_s"): (1, 86_400),
     ("server", "keepalive_timeout_s"): (1, 3600),
+    ("server", "stream_window_bytes"): (64 * 1024, 1024**3),  # HTTP/2 allows up to 2**31 - 1
     ("commit", "batch_max"): (1, 100_000),
     ("auth", "rate_per_s"): (0.001, 1_000_000),
     ("auth", "burst"): (1, 10_000_000),

@@ -22,6 +22,7 @@ REASON_METADATA_KEY = "kassa-reason"  # trailing metadata naming the business re
 
 IN_FLIGHT_RETRY_DELAY_MS = 100  # ABORTED: the same request_id is being committed; about one group commit
 STREAMS_RETRY_DELAY_MS = 1_000  # RESOURCE_EXHAUSTED at processing.streams_max: a stream must end first
+SHUTTING_DOWN_RETRY_DELAY_MS = 1_000  # UNAVAILABLE while a worker drains: another worker, or the restarted one, takes it
 
 # ErrorInfo.reason of a refusal without a kassa.v1.Reason: one stable name per situation.
 INVALID_FIELD = "INVALID_FIELD"  # a field of the request is wrong; BadRequest names it
@@ -38,6 +39,7 @@ STREAMS_EXHAUSTED = "STREAMS_EXHAUSTED"  # processing.streams_max event streams 
 REQUEST_IN_FLIGHT = "REQUEST_IN_FLIGHT"  # the same request_id is being committed for another call
 REQUEST_ID_REUSED = "REQUEST_ID_REUSED"  # the request_id was used before with a different payload
 EXPIRY_SWEEP_FAILED = "EXPIRY_SWEEP_FAILED"  # Admin.ExpirePoints could not finish
+SHUTTING_DOWN = "SHUTTING_DOWN"  # the worker drains after SIGTERM: nothing of the call was recorded
 
 # The reason of a ledger outcome that names no business reason, by its code.
 REASON_OF_CODE = {
@@ -49,9 +51,13 @@ REASON_OF_CODE = {
     grpc.StatusCode.FAILED_PRECONDITION: "FAILED_PRECONDITION",
     grpc.StatusCode.ABORTED: REQUEST_IN_FLIGHT,
     grpc.StatusCode.INTERNAL: "INTERNAL",
-    grpc.StatusCode.UNAVAILABLE: "UNAVAILABLE",
+    grpc.StatusCode.UNAVAILABLE: SHUTTING_DOWN,  # the committer answers it only while draining
 }
-RETRY_DELAY_MS_OF_REASON = {REQUEST_IN_FLIGHT: IN_FLIGHT_RETRY_DELAY_MS, STREAMS_EXHAUSTED: STREAMS_RETRY_DELAY_MS}
+RETRY_DELAY_MS_OF_REASON = {
+    REQUEST_IN_FLIGHT: IN_FLIGHT_RETRY_DELAY_MS,
+    STREAMS_EXHAUSTED: STREAMS_RETRY_DELAY_MS,
+    SHUTTING_DOWN: SHUTTING_DOWN_RETRY_DELAY_MS,
+}
 
 # "receipt.lines[0].amount_minor: must be >= 0": a field path, then what is wrong with it.
 _FIELD_PATH = re.compile(r"([A-Za-z_]\w*(?:\[\d+\])*(?:\.[A-Za-z_]\w*(?:\[\d+\])*)*): (.*)", re.DOTALL)

@@ -8,6 +8,7 @@ decoded with protobuf and checked by server/convert.py as everywhere else.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 
 import grpc
@@ -17,7 +18,11 @@ from kassa.v1 import processing_pb2
 from server import convert, errors, wire
 from server.answer_bound import BatchAnswerBound
 from server.interceptors.auth import CALLER
+from server.logs import event
+from server.servicers.in_flight import InFlight, StreamHold
 from server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
+
+log = logging.getLogger("kassa.stream")
 
 SERVICE = "kassa.v1.Processing"
 BUILT = "built"  # a payload already decoded into its operation by server/wire.pyx
@@ -29,6 +34,7 @@ _BUILDERS = {
 }
 _EVENT_PAYLOADS = {"purchase": "accrue", "redeem": "redeem", "rollback": "rollback", "customer_event": "customer_event"}
 _EVENT_KINDS = ", ".join(_EVENT_PAYLOADS)
+STREAM_DRAINED = "the server is shutting down; events not acked were not recorded: send them again on a new stream"
 
 
 def other_result(body) -> tuple[int, bytes]:
@@ -83,9 +89,13 @@ class ProcessingServicer:
         self._response_bytes_max = response_bytes_max  # server.message_bytes_max: the most a response may be
         self._answer_bound: BatchAnswerBound | None = None  # of the ruleset serving; see _batch_answer_bound
         self._batch_operations_max = limits.batch_operations_max
-        self._stream_events_in_flight_max = limits.stream_events_in_flight_max
+        self._in_flight = InFlight(
+            limits.stream_events_in_flight_max, limits.stream_bytes_in_flight_max, limits.streams_bytes_in_flight_max
+        )
         self._streams_max = limits.streams_max
         self.streams_open = 0
+        self._readers: set[asyncio.Task] = set()  # each open stream's reader
+        self._draining = False
 
     async def Calculate(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         query = wire.calculate_query(data)
@@ -227,13 +237,23 @@ class ProcessingServicer:
             f"the first {fit} fit in one answer: send the operations in smaller batches. Nothing was committed"
         )
 
+    def stop_reading_streams(self) -> None:
+        """The drain: no stream reads another message, and none opens. What they read is committed
+        and acked; then each ends UNAVAILABLE, and the client sends the rest on a new stream."""
+        self._draining = True
+        for reader in self._readers:
+            reader.cancel()
+
     async def StreamEvents(self, request_iterator, context):
-        """Acks go out in the order events came in, each after its durable commit. At most
-        `stream_events_in_flight_max` events are read and not yet acked: a client that stops
-        reading acks stops being read, so server memory stays bounded, and the stream lasts until
-        the client's deadline or the connection's keepalive ends it (grpc.aio has no server-side
-        cancel: a status cannot be sent past acks the client does not take). What it sent is
-        committed: the client re-sends what was not acked and gets the original results."""
+        """Acks go out in the order events came in, each after its durable commit. A stream holds
+        what it read and has not acked within its limits and the worker's (server/servicers/
+        in_flight.py): a client that stops reading acks stops being read, so server memory stays
+        bounded, and the stream lasts until the client's deadline or the connection's keepalive
+        ends it (grpc.aio has no server-side cancel: a status cannot be sent past acks the client
+        does not take). What it sent is committed: the client re-sends what was not acked and gets
+        the original results."""
+        if self._draining:
+            await errors.refuse(context, grpc.StatusCode.UNAVAILABLE, STREAM_DRAINED, errors.SHUTTING_DOWN)
         if self.streams_open >= self._streams_max:
             await errors.refuse(
                 context,
@@ -242,52 +262,62 @@ class ProcessingServicer:
                 errors.STREAMS_EXHAUSTED,
             )
         self.streams_open += 1
+        hold = StreamHold()
         try:
-            await self._stream_events(request_iterator, context)
+            await self._stream_events(request_iterator, context, hold)
         finally:
             self.streams_open -= 1
+            self._in_flight.give(hold, hold.events, hold.bytes)  # what was not acked
 
-    async def _stream_events(self, request_iterator, context):
-        in_flight = 0
-        room = asyncio.Condition()
-        acks: asyncio.Queue = asyncio.Queue()
-        limit = self._stream_events_in_flight_max
-
+    async def _read_events(self, request_iterator, context, hold: StreamHold, acks: asyncio.Queue) -> None:
+        """Take each message's share (server/servicers/in_flight.py), decode it, start its commit."""
         method = f"/{SERVICE}/StreamEvents"
+        try:
+            async for data in request_iterator:
+                await self._in_flight.take(hold, 0, len(data))  # before decoding: bytes bound memory
+                events = wire.event_batch(data)
+                if events is None:
+                    events = (await decoded(context, method, processing_pb2.EventBatch, data)).events
+                events = [
+                    await decoded(context, method, processing_pb2.Event, event) if type(event) is bytes else event
+                    for event in events
+                ]
+                await self._in_flight.take(hold, len(events), 0)
+                acks.put_nowait((len(events), len(data), asyncio.ensure_future(self._events(events))))
+        finally:
+            acks.put_nowait(None)  # also when reading failed: the writer stops, `await reader` raises
 
-        async def read() -> None:
-            nonlocal in_flight
-            try:
-                async for data in request_iterator:
-                    events = wire.event_batch(data)
-                    if events is None:
-                        events = (await decoded(context, method, processing_pb2.EventBatch, data)).events
-                    events = [
-                        await decoded(context, method, processing_pb2.Event, event) if type(event) is bytes else event
-                        for event in events
-                    ]
-                    size = len(events)
-                    async with room:
-                        await room.wait_for(lambda: in_flight == 0 or in_flight + size <= limit)
-                        in_flight += size
-                    await acks.put((size, asyncio.ensure_future(self._events(events))))
-            finally:
-                acks.put_nowait(None)  # also when reading failed: the writer stops, `await reader` raises
-
-        reader = asyncio.ensure_future(read())
+    async def _stream_events(self, request_iterator, context, hold: StreamHold):
+        acks: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read_events(request_iterator, context, hold, acks))
+        self._readers.add(reader)
         try:
             while True:
                 item = await acks.get()
                 if item is None:
                     break
-                size, pending = item
-                await context.write(await pending)
-                async with room:
-                    in_flight -= size
-                    room.notify_all()
+                events, size_bytes, pending = item
+                ack = await pending
+                if self._committer.refusing:  # past the drain's deadline: not committed, not acked
+                    break
+                try:
+                    await context.write(ack)
+                except grpc.aio.InternalError:  # the call is gone: the client left, or the drain ended it
+                    self._stream_closed(hold)
+                    # end as grpc ends a call its client cancelled: one debug line, no error
+                    raise asyncio.CancelledError from None
+                self._in_flight.give(hold, events, size_bytes)
+            if reader.cancelled() or self._committer.refusing:
+                await errors.refuse(context, grpc.StatusCode.UNAVAILABLE, STREAM_DRAINED, errors.SHUTTING_DOWN)
             await reader
         finally:
+            self._readers.discard(reader)
             reader.cancel()
+
+    def _stream_closed(self, hold: StreamHold) -> None:
+        """A stream whose call ended under it is no error: the client re-sends what was not acked."""
+        reason = "the server is draining" if self._draining else "the client went away"
+        event(log, f"stream closed: {reason}", events_not_acked=hold.events)
 
     async def _events(self, events: list) -> bytes:
         """One ack per event, in order. `events` holds (event_id, AccrueOp) for each purchase

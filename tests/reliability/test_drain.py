@@ -15,11 +15,14 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2
 
+from kassa.v1 import common_pb2, processing_pb2
+from server.app import DRAIN_OVERRUN_S_MAX
 from tests.reliability import (
     CALL_TIMEOUT_S, assert_verifies, call_until_answered, fresh_channel, health_status, processing_stub, purchase,
     transactions_by_request,
 )
 from tests.server.helpers import balance, open_account
+from tests.server.stream_helpers import FloodingClient, TemplateBatches, flat_acks, open_accounts, stream_all
 
 GRACE_S = 3
 EXIT_MARGIN_S = 10  # a loaded 2-core machine
@@ -159,4 +162,93 @@ class TestGracefulDrain:
         for request, reply in zip(requests, replies):
             assert [t.transaction_id for t in found.get(request.request_id, [])] == [reply.transaction_id]
         assert balance(server, ACCOUNT).active_points == POINTS * len(requests)
+        assert_verifies(server)
+
+
+STREAM_GRACE_S = 2
+STREAMS = 8
+STREAM_BATCH = 250
+STREAM_ACCOUNTS = [f"DRAIN-S-{n:02d}" for n in range(20)]
+# Groups of 100 purchases, each with its own fsync: what the server has queued when the grace ends
+# takes seconds to commit, as 32 streams of 20,000 events each did at the default group size.
+SLOW_COMMIT_ENV = {
+    "KASSA_SERVER_GRACE_S": str(STREAM_GRACE_S),
+    "KASSA_COMMIT_BATCH_MAX": "100",
+    "KASSA_PROCESSING_STREAM_EVENTS_IN_FLIGHT_MAX": "5000",
+}
+
+
+def recorded_by_event(server) -> dict[str, list]:
+    """event id (the request id of its purchase) -> its journal entries."""
+    found: dict[str, list] = {}
+    for account_id in STREAM_ACCOUNTS:
+        for request_id, entries in transactions_by_request(server, account_id).items():
+            if request_id.startswith("drain-stream/"):
+                found.setdefault(request_id, []).extend(entries)
+    return found
+
+
+def batch_number(event_id: str) -> int:
+    return int(event_id.split("/")[2])
+
+
+def send_the_rest_again(server, number: int, client, template, recorded: dict) -> list:
+    """Stream `number` sends again what it has no ack for, up to one batch past what the ledger
+    recorded of it (what the server never read was never recorded); all it planned up to there."""
+    mine = [event_id for event_id in recorded if event_id.startswith(f"drain-stream/{number}/")]
+    last = max(map(batch_number, mine), default=-1)
+    resend = [template.planned(batch) for batch in range(len(client.acked) // STREAM_BATCH, last + 2)]
+    replies = flat_acks(stream_all(server, [processing_pb2.EventBatch(events=[item.event() for item in batch])
+                                            for batch in resend]))
+    assert [reply.code for reply in replies] == [common_pb2.CODE_OK] * len(replies)
+    return [item for batch in range(last + 2) for item in template.planned(batch)]
+
+
+class TestDrainWithFullStreams:
+    def test_sigterm_with_full_stream_windows_exits_within_grace_and_no_acked_event_is_lost(self, start_kassa):
+        """Clients keep sending until the stream ends. Past the grace nothing more is committed:
+        what was not committed is not acked, and the clients send it again after the restart."""
+        server = start_kassa(env=SLOW_COMMIT_ENV)
+        open_accounts(server, STREAM_ACCOUNTS)
+        templates = [TemplateBatches(f"drain-stream/{number}", STREAM_ACCOUNTS, STREAM_BATCH) for number in range(STREAMS)]
+        clients = [FloodingClient(server.address, template.batch) for template in templates]
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        while not all(client.acked for client in clients):  # every stream flows, its window fills
+            assert time.monotonic() < deadline, [len(client.acked) for client in clients]
+            time.sleep(0.05)
+        time.sleep(1)
+
+        sent_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(STREAM_GRACE_S + EXIT_MARGIN_S + 20)
+        exit_s = time.monotonic() - sent_at
+        server._reap()
+        for client in clients:
+            assert client.finished.wait(CALL_TIMEOUT_S), "a stream outlived its server"
+
+        assert code == 0, f"exit code {code} after SIGTERM"
+        assert exit_s <= STREAM_GRACE_S + DRAIN_OVERRUN_S_MAX, f"took {exit_s:.1f}s to exit, grace_s is {STREAM_GRACE_S}"
+        ended = [client.error.code() if client.error else "OK" for client in clients]
+        assert ended == [grpc.StatusCode.UNAVAILABLE] * STREAMS, "a stream cut by the drain must say: send again"
+        acked = {ack.event_id: ack for client in clients for ack in client.acked}
+        assert all(ack.code == common_pb2.CODE_OK for ack in acked.values()), "an event was acked without its commit"
+
+        server.extra_env = {}  # default group size, to send the rest at full speed
+        server.start()
+        recorded = recorded_by_event(server)
+        lost = [event_id for event_id, ack in acked.items()
+                if [entry.transaction_id for entry in recorded.get(event_id, [])] != [ack.transaction_id]]
+        assert not lost, f"{len(lost)} acked events are not in the ledger once, with their ack's transaction: {lost[:5]}"
+
+        planned = []
+        for number, (client, template) in enumerate(zip(clients, templates)):
+            planned.extend(send_the_rest_again(server, number, client, template, recorded))
+        recorded = recorded_by_event(server)
+        assert sorted(recorded) == sorted(item.event_id for item in planned)
+        assert all(len(entries) == 1 for entries in recorded.values()), "an event applied twice"
+        for account_id in STREAM_ACCOUNTS:
+            points = sum(item.points for item in planned if item.account_id == account_id)
+            assert balance(server, account_id).active_points == points, account_id
         assert_verifies(server)

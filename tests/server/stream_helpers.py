@@ -157,8 +157,8 @@ class NonReadingClient:
     """A stream client that writes batches as fast as the transport takes them and never reads an
     ack. `offered_bytes` counts what gRPC took from it; `ended` is set when the call ends."""
 
-    def __init__(self, address: str, make_batch, timeout_s: float | None = None):
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, make_batch, timeout_s: float | None = None, options=()):
+        self.channel = grpc.insecure_channel(address, options=list(options))
         self.make_batch = make_batch
         self.offered_bytes = 0
         self.offered_batches = 0
@@ -214,3 +214,61 @@ class MemoryWatch:
     @property
     def growth_bytes(self) -> int:
         return max(self.samples, default=self.baseline) - self.baseline
+
+
+class TemplateBatches:
+    """Purchase batches for one stream, each with ids of its own, made in microseconds: one batch is
+    serialised once with a placeholder where the batch number goes, and each batch patches it in
+    (building the events anew costs some 40 us each, more than a server takes to commit them)."""
+
+    PLACEHOLDER = b"########"  # as wide as the batch number
+
+    def __init__(self, prefix: str, accounts: list[str], size: int):
+        mark = self.PLACEHOLDER.decode()
+        self.events = [
+            PlannedPurchase(f"{prefix}/{mark}/{n:04d}", accounts[n % len(accounts)], 2_000 + (n * 37) % 50_000)
+            for n in range(size)
+        ]
+        self.template = processing_pb2.EventBatch(events=[item.event() for item in self.events]).SerializeToString()
+
+    def batch(self, number: int) -> bytes:
+        return self.template.replace(self.PLACEHOLDER, f"{number:08d}".encode())
+
+    def planned(self, number: int) -> list[PlannedPurchase]:
+        mark, numbered = self.PLACEHOLDER.decode(), f"{number:08d}"
+        return [PlannedPurchase(item.event_id.replace(mark, numbered), item.account_id, item.price_minor)
+                for item in self.events]
+
+
+class FloodingClient(threading.Thread):
+    """A billing system with a backlog: sends serialised batches `make_batch(0)`, `make_batch(1)`, ...
+    for as long as the stream lasts, and records every ack it reads."""
+
+    def __init__(self, address: str, make_batch):
+        super().__init__(daemon=True)
+        self.address = address
+        self.make_batch = make_batch
+        self.batches_offered = 0
+        self.acked: list[processing_pb2.EventAck] = []
+        self.error: grpc.RpcError | None = None
+        self.finished = threading.Event()
+
+    def _requests(self):
+        while True:
+            batch = self.make_batch(self.batches_offered)
+            self.batches_offered += 1
+            yield batch
+
+    def run(self) -> None:
+        try:
+            with grpc.insecure_channel(self.address) as channel:
+                method = channel.stream_stream(
+                    "/kassa.v1.Processing/StreamEvents", response_deserializer=processing_pb2.AckBatch.FromString
+                )
+                try:
+                    for reply in method(self._requests(), timeout=120):
+                        self.acked.extend(reply.acks)
+                except grpc.RpcError as error:
+                    self.error = error
+        finally:
+            self.finished.set()

@@ -4,6 +4,7 @@ no acked event, and a client that stops taking acks cannot make the server hold 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 from kassa.v1 import common_pb2, processing_pb2
+from server.servicers.in_flight import MEMORY_PER_REQUEST_BYTE
 from tests.server.helpers import balance, by_account, line, open_account, receipt
 from tests.server.stream_helpers import (
     MemoryWatch, NonReadingClient, StreamingClient, batches_of, earned_by, flat_acks, ledger_transactions,
@@ -310,3 +312,115 @@ class TestStreamLimit:
         finally:
             channel.close()
         assert balance(server, "A-1").active_points == 3 * earned_by(2_000)
+
+
+def error_lines(server) -> list[str]:
+    """Server log lines at level error or above, and any that carry a traceback."""
+    found = []
+    for text in list(server.log_lines):
+        try:
+            level = json.loads(text).get("level", "")
+        except ValueError:
+            level = ""
+        if level in ("error", "critical") or "Traceback" in text:
+            found.append(text)
+    return found
+
+
+class TestClientGoesAway:
+    def test_a_client_that_leaves_mid_stream_is_one_info_line_not_an_error(self, start_kassa):
+        """The client cancels while the server waits to write acks it does not take: an ordinary
+        disconnect, which grpc reports as a failed write (ExecuteBatchError)."""
+        server = start_kassa(env=SLOW_READER_ENV)
+        for _ in range(2):
+            client = NonReadingClient(server.address, strangers_batch)
+            try:
+                stall_started_at = time.monotonic()
+                while time.monotonic() - stall_started_at < STALL_WAIT_S and not stalled(client):
+                    time.sleep(0.05)
+                assert not client.ended.is_set(), (client.call.code(), client.call.details())
+            finally:
+                client.close()
+        # each stream's end is logged, as an error (before) or as one info line
+        wait_for(lambda: len(closed_lines(server) + error_lines(server)) >= 2, LOG_WAIT_S,
+                 lambda: "".join(server.log_lines))
+
+        assert error_lines(server) == []
+        closed = [json.loads(text) for text in closed_lines(server)]
+        assert [record["level"] for record in closed] == ["info", "info"]
+        assert all(record["events_not_acked"] > 0 for record in closed), closed
+
+
+STALL_WAIT_S = 10  # a client that reads no acks fills its windows within this
+LOG_WAIT_S = 5
+
+
+def stalled(client: NonReadingClient, quiet_s: float = 0.5) -> bool:
+    """The server took nothing more from the client for `quiet_s`."""
+    offered = client.offered_bytes
+    time.sleep(quiet_s)
+    return client.offered_bytes == offered
+
+
+def closed_lines(server) -> list[str]:
+    return [text for text in list(server.log_lines) if '"stream closed: the client went away"' in text]
+
+
+def wait_for(predicate, timeout_s: float, describe) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, describe()
+        time.sleep(0.05)
+
+
+STREAM_BYTES_MAX = 256 * 1024
+STREAMS_BYTES_MAX = 1024 * 1024
+MESSAGE_BYTES_MAX = 256 * 1024
+WINDOW_BYTES = 256 * 1024
+BYTE_LIMITS_ENV = {
+    "KASSA_PROCESSING_STREAM_BYTES_IN_FLIGHT_MAX": str(STREAM_BYTES_MAX),
+    "KASSA_PROCESSING_STREAMS_BYTES_IN_FLIGHT_MAX": str(STREAMS_BYTES_MAX),
+    "KASSA_SERVER_MESSAGE_BYTES_MAX": str(MESSAGE_BYTES_MAX),
+    "KASSA_SERVER_STREAM_WINDOW_BYTES": str(WINDOW_BYTES),
+}
+NON_READERS = 3
+# What a server's resident memory grows by from serving a few streams at all, whatever they hold:
+# grpc's per-connection and per-call state, allocator arenas, first-use caches.
+RSS_NOISE_BYTES = 16 * 1024 * 1024
+# A client that reads no acks buffers few of them itself, so the server has to stop early.
+SMALL_CLIENT_WINDOW = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 64 * 1024))
+BYTE_WATCH_S = 5  # seconds the test watches the server with clients that read no acks
+
+
+def memory_bound_bytes(streams: int) -> int:
+    """docs: what `streams` streams may cost a worker under BYTE_LIMITS_ENV, plus the noise."""
+    held_bytes = min(STREAMS_BYTES_MAX, streams * max(STREAM_BYTES_MAX, MESSAGE_BYTES_MAX))
+    return MEMORY_PER_REQUEST_BYTE * held_bytes + streams * (MESSAGE_BYTES_MAX + WINDOW_BYTES) + RSS_NOISE_BYTES
+
+
+class TestStreamByteLimits:
+    def test_streams_that_read_no_acks_hold_bounded_memory_and_a_reading_stream_goes_on(self, start_kassa):
+        """The default event limit lets each of these streams read 20,000 events (some 5 MB of
+        requests, ten times that decoded); the byte limits hold each to STREAM_BYTES_MAX."""
+        server = start_kassa(env=BYTE_LIMITS_ENV)
+        open_account(server, "A-1")
+        paced = (processing_pb2.EventBatch(events=[purchase_event(f"paced-{n}-{k}", "A-1", 2_000) for k in range(50)])
+                 for n in range(10**6))
+        with MemoryWatch(server.process.pid, every_s=0.05) as memory:
+            stalled_clients = [NonReadingClient(server.address, strangers_batch, options=SMALL_CLIENT_WINDOW)
+                               for _ in range(NON_READERS)]
+            reader = StreamingClient(server.address, paced, pace_s=0.1)
+            reader.start()
+            try:
+                time.sleep(BYTE_WATCH_S)
+                acked_before = len(reader.acked)
+                reader.wait_for_acks(acked_before + 200, timeout_s=10)  # still going, beside the stalled ones
+                for client in stalled_clients:
+                    assert not client.ended.is_set(), (client.call.code(), client.call.details())
+            finally:
+                for client in stalled_clients:
+                    client.close()
+        bound = memory_bound_bytes(NON_READERS + 1)
+        assert acked_before > 0, "the reading stream got no acks"
+        assert memory.growth_bytes < bound, (
+            f"server memory grew {memory.growth_bytes / 2**20:.1f} MiB, over the bound {bound / 2**20:.1f} MiB")
