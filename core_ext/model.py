@@ -66,6 +66,7 @@ class TxnKind(enum.IntEnum):
     LEAVE_GROUP = 12
     DEBT_REPAID = 13
     EVENT = 14
+    WRITE_OFF = 15  # clawback that policy "clamp" dropped: it follows the rollback it completes
 
 
 class RollbackKind(enum.IntEnum):
@@ -422,10 +423,12 @@ class RollbackResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag
     account_id: str
     kind: int  # RollbackKind
     reversed_transaction_id: int
-    clawed_back_points: int
+    clawed_back_points: int  # = taken_points + debt_points + written_off_points
     restored_points: int
     debt_points: int
     balance: Balance
+    taken_points: int = 0  # of the clawback, what the account's points covered
+    written_off_points: int = 0  # of the clawback, what policy "clamp" dropped (a WRITE_OFF entry)
 
 
 class TransactionView(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -448,6 +451,8 @@ class TransactionView(msgspec.Struct, array_like=True, gc=False, frozen=True):
     operator_id: str = ""
     adjusted_points: int = 0
     actor: str = ""
+    written_off_points: int = 0  # clawback dropped under policy "clamp"
+    balance_change_points: int = 0  # what it changed the statement's account's points by (records.statement_change)
 
 
 class Statement(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=15):

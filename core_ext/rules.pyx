@@ -987,6 +987,11 @@ cdef class Program:
             activate_at_ms, expire_at_ms, (), explained, tuple(limited), lots,
         )
 
+    def credit_expiry(self, int64_t now_ms):
+        """When points credited at `now_ms`, active at once, expire (0: never): the program's
+        lifetime, on a UTC midnight as every lot's dates are."""
+        return self._lot_dates(now_ms, 0, self.lifetime_ms)[1]
+
     cdef tuple _lot_dates(self, int64_t now_ms, int64_t delay_ms, int64_t lifetime_ms):
         """(activation, expiry) of points earned at `now_ms`. They fall on UTC day boundaries, so
         that one account's purchases of a day share one lot."""

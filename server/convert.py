@@ -515,6 +515,8 @@ def rollback_response(value: m.RollbackResult) -> processing_pb2.RollbackRespons
         restored_points=value.restored_points,
         debt_points=value.debt_points,
         balance=balance(value.balance),
+        taken_points=value.taken_points,
+        written_off_points=value.written_off_points,
     )
 
 
@@ -573,6 +575,8 @@ def statement(value: m.Statement) -> accounts_pb2.ListTransactionsResponse:
                 operator_id=t.operator_id,
                 adjusted_points=t.adjusted_points,
                 actor=t.actor,
+                written_off_points=t.written_off_points,
+                balance_change_points=t.balance_change_points,
             )
             for t in value.transactions
         ],
