@@ -651,6 +651,7 @@ cdef class Ledger:
 
     def _shopper(self, member, card, long long now_ms):
         category = "" if card is None else card.category
+        blocked = card is not None and card.blocked
         tier, window_spend = "", 0
         if self.program.tracks_activity:
             spend, points = self._window(member, now_ms)
@@ -659,7 +660,7 @@ cdef class Ledger:
                 tier = self._tier(member, now_ms, spend, points)[0]
         return Shopper(category, tier, tuple(member.segments), tuple(member.tags), tuple(member.clubs),
                        member.created_at_ms, member.birthday, member.purchases, member.lifetime_spend_minor,
-                       window_spend)
+                       window_spend, blocked)
 
     def _window(self, account, long long now_ms):
         """(spend, points earned) over the tier window, from the account's activity."""
@@ -796,8 +797,9 @@ cdef class Ledger:
             record = None if stored is None else _decode_promo_code(stored)
             if record is None:
                 refusal = "unknown"
-            elif (record.valid_from_ms and now_ms < record.valid_from_ms) or \
-                    (record.valid_to_ms and now_ms >= record.valid_to_ms):
+            elif record.valid_from_ms and now_ms < record.valid_from_ms:
+                refusal = "not_yet_valid"
+            elif record.valid_to_ms and now_ms >= record.valid_to_ms:
                 refusal = "expired"
             elif record.uses_total and self._counter(get, b"C:" + code.encode()) >= record.uses_total:
                 refusal = "exhausted"
@@ -1006,7 +1008,9 @@ cdef class Ledger:
         if rejection is not None:
             return rejection, 0
         card = self._card(batch.get, op.customer)
-        if card is not None and card.blocked and (op.redeem_points or op.capture_hold_ids or not self.program.blocked_card_earns):
+        # A blocked card may not spend; under blocked_card_earns = false it buys for 0 points (the
+        # rules see it), and the purchase still counts for tiers and purchase counts.
+        if card is not None and card.blocked and (op.redeem_points or op.capture_hold_ids):
             return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                             Reason.CARD_BLOCKED), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)

@@ -128,6 +128,7 @@ class Shopper(msgspec.Struct, array_like=True, gc=False, frozen=True):
     purchases: int = 0  # purchases before this one
     lifetime_spend_minor: int = 0
     window_spend_minor: int = 0  # spend over the tier window before this purchase
+    card_blocked: bool = False  # the presented card is blocked (see blocked_card_earns)
 
 
 NO_SHOPPER = Shopper()
@@ -326,7 +327,7 @@ class AppliedCampaign(msgspec.Struct, array_like=True, gc=False, frozen=True):
 class PromoCodeResult(msgspec.Struct, array_like=True, gc=False, frozen=True):
     code: str
     accepted: bool
-    reason: str = ""  # unknown | expired | exhausted | limit_per_account | not_applicable
+    reason: str = ""  # unknown | not_yet_valid | expired | exhausted | limit_per_account | not_applicable
 
 
 class CampaignExplain(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -354,6 +355,9 @@ class Calculation(msgspec.Struct, array_like=True, gc=False, frozen=True, omit_d
     # points of campaigns with their own activation or lifetime: (activate_at_ms, expire_at_ms, points),
     # not in the receipt's main lot (activate_at_ms / expire_at_ms); earned_points counts them too
     lots: tuple[tuple[int, int, int], ...] = ()
+    # why the purchase earns nothing whatever the campaigns say: "card_blocked" (a blocked card
+    # under blocked_card_earns = false); "" otherwise
+    no_points_reason: str = ""
 
 
 class EventCalculation(msgspec.Struct, array_like=True, gc=False, frozen=True):

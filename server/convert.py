@@ -468,6 +468,8 @@ def fill_calculation(target: common_pb2.Calculation, value: m.Calculation) -> No
         lot = target.own_lots.add(points=points)
         _set_time(lot.activate_at, activate_at_ms)
         _set_time(lot.expire_at, expire_at_ms)
+    if value.no_points_reason:
+        target.no_points_reason = value.no_points_reason
     if value.explain:
         add_explanation = target.explain.add
         for explanation in value.explain:

@@ -685,6 +685,7 @@ cdef int _calculation(Out* out, int number, value) except -1:
         _time(out, 2, expire_at_ms)
         _int(out, 3, points)
         _close(out, inner)
+    _text(out, 15, value.no_points_reason)
     return _close(out, start)
 
 
