@@ -24,7 +24,7 @@ from core_ext.model import (
     SweepResult, TransactionView, TxnKind, rejected,
 )
 from core_ext.program import parse_program
-from core_ext.promo import PatternError, check_code, generate, parse_pattern
+from core_ext.promo import PatternError, allowed_count, check_code, generate, parse_pattern
 from core_ext.rules import Program, prorate_points
 
 DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
@@ -981,7 +981,8 @@ cdef class Ledger:
         taken = lambda code: batch.get("codes", code.encode()) is not None
         try:
             if op.pattern:
-                codes = generate(parse_pattern(op.pattern, op.charset), op.count, taken)
+                pattern = parse_pattern(op.pattern, op.charset)
+                codes = generate(pattern, op.count, taken, taken_count=self._codes_of(batch, pattern, op.count))
             else:
                 seen = set()
                 for index, code in enumerate(op.codes):
@@ -999,6 +1000,26 @@ cdef class Ledger:
         for code in codes:
             batch.put("codes", code.encode(), record)
         return Outcome(CODE_OK, body=PromoCodesResult(op.campaign_id, tuple(codes))), 0
+
+    @staticmethod
+    def _codes_of(_Batch batch, pattern, long long count):
+        """How many of `pattern`'s codes exist, so that a request takes at most half of what it
+        can still yield: counted over the codes that begin with its literal head. Not counted (0)
+        when the pattern is so large beside every code there is that even if all of them were its
+        own the request would fit and random draws would still mostly find free codes."""
+        codes_db = batch.dbs["codes"]
+        every = batch.txn.stat(codes_db)["entries"]
+        if 2 * every <= pattern.capacity and allowed_count(pattern, every) >= count:
+            return 0
+        head = pattern.head.encode()
+        cursor = batch.txn.cursor(db=codes_db)
+        found = 0
+        if cursor.set_range(head):
+            for key in cursor.iternext(keys=True, values=False):
+                if not key.startswith(head):
+                    break
+                found += pattern.matches(key.decode(errors="replace"))
+        return found
 
     # -- Accrue -----------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Answers that say what they mean: a blocked card that earns nothing still buys (and says why), a
-promo code before its window is `not_yet_valid`, `explain` names the tie and the exclusive campaign."""
+promo code before its window is `not_yet_valid`, `explain` names the tie and the exclusive campaign,
+and promo-code generation counts what a pattern can still yield."""
 
 from __future__ import annotations
 
@@ -136,3 +137,22 @@ class TestExplainReasons:
         assert reasons["base-5pct"].reason == (
             "stopped by the exclusive campaign 'black-friday-electronics', which applied first")
 
+
+class TestPromoCodeGeneration:
+    def test_a_pattern_gives_at_most_half_of_what_it_can_still_yield(self, kassa):
+        def generate(request_id, count):
+            return kassa.admin.GeneratePromoCodes(admin_pb2.GeneratePromoCodesRequest(
+                request_id=request_id, campaign_id="promo-500-off", pattern="AB-##", charset="XY", count=count))
+
+        first = generate("gen-1", 2)  # 4 codes in all: half of them
+        assert len(set(first.codes)) == 2
+        with refused(grpc.StatusCode.INVALID_ARGUMENT) as refusal:
+            generate("gen-2", 2)  # 2 still free: at most 1
+        assert refusal.details.startswith("count: 'AB-##' with 2 characters yields at most 4 codes, 2 of them taken")
+        assert "at most 1 may be asked at once" in refusal.details
+        (third,) = generate("gen-3", 1).codes
+        assert third not in first.codes
+        with refused(grpc.StatusCode.INVALID_ARGUMENT) as refusal:
+            generate("gen-4", 1)  # 1 still free: at most 0
+        assert refusal.details.startswith("count:")
+        assert "at most 0 may be asked at once" in refusal.details
