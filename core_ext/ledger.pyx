@@ -24,8 +24,8 @@ from core_ext.model import (
     SweepResult, TransactionView, TxnKind, rejected,
 )
 from core_ext.program import parse_program
-from core_ext.promo import PatternError, check_code, generate, parse_pattern
-from core_ext.rules import Program
+from core_ext.promo import PatternError, allowed_count, check_code, generate, parse_pattern
+from core_ext.rules import Program, prorate_points
 
 DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
             b"reversals", b"meta", b"counters", b"codes")
@@ -33,7 +33,7 @@ NEXT_TXN_KEY = b"next_txn_id"
 RULESET_KEY = b"ruleset"  # the serving ruleset: (version, sources), shared by every worker
 RULE_FILES_KEY = b"rule_files"  # the version of the rule files last adopted at a start
 TOMBSTONE_DIGEST = b""
-SYSTEM_ACTOR = "system"  # the journal's actor for what time does (expiry)
+SYSTEM_ACTOR = "system"  # the journal's actor for what the ledger does by itself (expiry, debt repaid, write-off)
 MAX_DBS = 16  # named databases in the environment
 READERS_MAX = 512  # concurrent read transactions across all processes
 
@@ -63,7 +63,7 @@ cdef int TXN_ROLLBACK = TxnKind.ROLLBACK, TXN_ADJUST = TxnKind.ADJUST, TXN_EXPIR
 cdef int TXN_CREATE_ACCOUNT = TxnKind.CREATE_ACCOUNT, TXN_ISSUE_CARD = TxnKind.ISSUE_CARD
 cdef int TXN_BLOCK_CARD = TxnKind.BLOCK_CARD, TXN_SET_ATTRIBUTES = TxnKind.SET_ATTRIBUTES
 cdef int TXN_JOIN_GROUP = TxnKind.JOIN_GROUP, TXN_LEAVE_GROUP = TxnKind.LEAVE_GROUP
-cdef int TXN_DEBT_REPAID = TxnKind.DEBT_REPAID, TXN_EVENT = TxnKind.EVENT
+cdef int TXN_DEBT_REPAID = TxnKind.DEBT_REPAID, TXN_EVENT = TxnKind.EVENT, TXN_WRITE_OFF = TxnKind.WRITE_OFF
 
 
 cdef inline bytes id_key(object number):
@@ -355,7 +355,7 @@ cdef class Ledger:
         """Append `entry` and link it into the statement of `account` (and of the group `member`
         who made it): each account keeps its newest entry's id, each entry the previous one's.
         Saves the account objects, which the caller keeps using."""
-        entry.actor = SYSTEM_ACTOR if entry.kind in (TXN_EXPIRE, TXN_DEBT_REPAID) else batch.actor
+        entry.actor = SYSTEM_ACTOR if entry.kind in (TXN_EXPIRE, TXN_DEBT_REPAID, TXN_WRITE_OFF) else batch.actor
         entry.prev_id = account.last_txn_id
         account.last_txn_id = entry.txn_id
         self._save_account(batch, account)
@@ -372,6 +372,8 @@ cdef class Ledger:
 
         With `batch` the changes are written (and expiry journaled); without, `account` is a
         private copy updated for reading only."""
+        if batch is not None and not account.lots_by_expiry:
+            self._order_lots(get, account)
         if account.next_change_at_ms == 0 or now_ms < account.next_change_at_ms:
             return account
         expired_postings = []
@@ -468,12 +470,17 @@ cdef class Ledger:
         return min(times) if times else 0
 
     def _balance(self, get, account, long long expiry_at_ms=0):
-        """The account's balance; with `expiry_at_ms` (now) also the next expiry after it, from a
-        scan of its lots, taking the lots as a settle at that moment left them."""
+        """The account's balance; with `expiry_at_ms` (now) also the next expiry after it, from its
+        lots as a settle at that moment left them. Every balance an answer carries has it (the
+        checks inside a write need only the totals): lots kept in expiry order are read only up to
+        the first expiry past the next one, so a write's answer reads a lot or two, not all."""
         next_expiry_at_ms = 0
         next_expiry_points = 0
+        cdef bint ordered = account.lots_by_expiry
         for lot_id in (account.open_lot_ids if expiry_at_ms else ()):
             lot = _decode_lot(get("lots", id_key(lot_id)))
+            if ordered and next_expiry_at_ms and lot.expires_at_ms != next_expiry_at_ms:
+                break
             active = lot.state == LOT_ACTIVE or (
                 lot.state == LOT_PENDING and lot.activates_at_ms <= expiry_at_ms)
             if not active or not lot.expires_at_ms or lot.expires_at_ms <= expiry_at_ms or not lot.remaining:
@@ -487,6 +494,34 @@ cdef class Ledger:
                        next_expiry_at_ms, next_expiry_points)
 
     # -- lots -------------------------------------------------------------------------------------
+
+    def _order_lots(self, get, account):
+        """Put the open lots of an account written before they were kept in order in that order."""
+        lots = sorted((_decode_lot(get("lots", id_key(lot_id))) for lot_id in account.open_lot_ids),
+                      key=rec.lot_expiry_order)
+        account.open_lot_ids = [lot.lot_id for lot in lots]
+        account.lots_by_expiry = True
+
+    def _open_lot(self, get, account, lot):
+        """Add `lot` to the account's open lots, in expiry order: a new lot usually expires last
+        and goes at the end; one that does not (a shorter own lifetime, a lot opened again) is
+        placed by a binary search."""
+        open_lot_ids = account.open_lot_ids
+        if not account.lots_by_expiry:
+            open_lot_ids.append(lot.lot_id)
+            return
+        key = rec.lot_expiry_order(lot)
+        order = lambda lot_id: rec.lot_expiry_order(_decode_lot(get("lots", id_key(lot_id))))
+        cdef Py_ssize_t low = 0, high = len(open_lot_ids), middle
+        if high and key > order(open_lot_ids[high - 1]):
+            low = high
+        while low < high:
+            middle = (low + high) // 2
+            if order(open_lot_ids[middle]) < key:
+                low = middle + 1
+            else:
+                high = middle
+        open_lot_ids.insert(low, lot.lot_id)
 
     def _consume(self, _Batch batch, account, long long points):
         """Take `points` from ACTIVE lots, earliest expiry first; returns the postings.
@@ -536,7 +571,7 @@ cdef class Ledger:
             same_activation = state == LOT_ACTIVE or lot.activates_at_ms == activates_at_ms
             if lot.state == state and same_activation and lot.expires_at_ms == expires_at_ms:
                 if lot.remaining == 0 and state == LOT_ACTIVE:
-                    account.open_lot_ids.append(lot.lot_id)  # spent to nothing, open again
+                    self._open_lot(batch.get, account, lot)  # spent to nothing, open again
                 lot.amount += points
                 lot.remaining += points
                 if state == LOT_PENDING:
@@ -565,8 +600,8 @@ cdef class Ledger:
         return lot
 
     def _add_lot(self, _Batch batch, account, lot):
+        self._open_lot(batch.get, account, lot)
         batch.put("lots", id_key(lot.lot_id), _encode(lot))
-        account.open_lot_ids.append(lot.lot_id)
         if lot.state == LOT_PENDING:
             account.pending += lot.remaining
             self._schedule(account, lot.activates_at_ms)
@@ -618,6 +653,7 @@ cdef class Ledger:
 
     def _shopper(self, member, card, long long now_ms):
         category = "" if card is None else card.category
+        blocked = card is not None and card.blocked
         tier, window_spend = "", 0
         if self.program.tracks_activity:
             spend, points = self._window(member, now_ms)
@@ -626,7 +662,7 @@ cdef class Ledger:
                 tier = self._tier(member, now_ms, spend, points)[0]
         return Shopper(category, tier, tuple(member.segments), tuple(member.tags), tuple(member.clubs),
                        member.created_at_ms, member.birthday, member.purchases, member.lifetime_spend_minor,
-                       window_spend)
+                       window_spend, blocked)
 
     def _window(self, account, long long now_ms):
         """(spend, points earned) over the tier window, from the account's activity."""
@@ -763,8 +799,9 @@ cdef class Ledger:
             record = None if stored is None else _decode_promo_code(stored)
             if record is None:
                 refusal = "unknown"
-            elif (record.valid_from_ms and now_ms < record.valid_from_ms) or \
-                    (record.valid_to_ms and now_ms >= record.valid_to_ms):
+            elif record.valid_from_ms and now_ms < record.valid_from_ms:
+                refusal = "not_yet_valid"
+            elif record.valid_to_ms and now_ms >= record.valid_to_ms:
                 refusal = "expired"
             elif record.uses_total and self._counter(get, b"C:" + code.encode()) >= record.uses_total:
                 refusal = "exhausted"
@@ -871,7 +908,8 @@ cdef class Ledger:
         result = self.program.evaluate_event(op.event_type, dict(op.attributes), op.amount_minor, now_ms, shopper,
                                              allowances, related is not None)
         if result.points == 0 and result.related_points == 0:
-            body = EventResult(0, member.account_id, 0, 0, "", 0, result.campaigns, self._balance(batch.get, account))
+            body = EventResult(0, member.account_id, 0, 0, "", 0, result.campaigns,
+                               self._balance(batch.get, account, now_ms))
             return Outcome(CODE_OK, body=body), 0
         pooled = member.account_id != account.account_id
         txn_id = batch.take_id()
@@ -887,7 +925,7 @@ cdef class Ledger:
         if related_txn_id:  # the related customer may share the pool: show it as it is now
             account = self._load_account(batch.get, account.account_id)
         body = EventResult(txn_id, member.account_id, result.points, related_txn_id, related.account_id if related else "",
-                           result.related_points, result.campaigns, self._balance(batch.get, account))
+                           result.related_points, result.campaigns, self._balance(batch.get, account, now_ms))
         return Outcome(CODE_OK, body=body), txn_id
 
     def _related_event(self, _Batch batch, op, related, result, shared):
@@ -945,7 +983,8 @@ cdef class Ledger:
         taken = lambda code: batch.get("codes", code.encode()) is not None
         try:
             if op.pattern:
-                codes = generate(parse_pattern(op.pattern, op.charset), op.count, taken)
+                pattern = parse_pattern(op.pattern, op.charset)
+                codes = generate(pattern, op.count, taken, taken_count=self._codes_of(batch, pattern, op.count))
             else:
                 seen = set()
                 for index, code in enumerate(op.codes):
@@ -964,6 +1003,26 @@ cdef class Ledger:
             batch.put("codes", code.encode(), record)
         return Outcome(CODE_OK, body=PromoCodesResult(op.campaign_id, tuple(codes))), 0
 
+    @staticmethod
+    def _codes_of(_Batch batch, pattern, long long count):
+        """How many of `pattern`'s codes exist, so that a request takes at most half of what it
+        can still yield: counted over the codes that begin with its literal head. Not counted (0)
+        when the pattern is so large beside every code there is that even if all of them were its
+        own the request would fit and random draws would still mostly find free codes."""
+        codes_db = batch.dbs["codes"]
+        every = batch.txn.stat(codes_db)["entries"]
+        if 2 * every <= pattern.capacity and allowed_count(pattern, every) >= count:
+            return 0
+        head = pattern.head.encode()
+        cursor = batch.txn.cursor(db=codes_db)
+        found = 0
+        if cursor.set_range(head):
+            for key in cursor.iternext(keys=True, values=False):
+                if not key.startswith(head):
+                    break
+                found += pattern.matches(key.decode(errors="replace"))
+        return found
+
     # -- Accrue -----------------------------------------------------------------------------------
 
     def _accrue(self, _Batch batch, op):
@@ -972,7 +1031,9 @@ cdef class Ledger:
         if rejection is not None:
             return rejection, 0
         card = self._card(batch.get, op.customer)
-        if card is not None and card.blocked and (op.redeem_points or op.capture_hold_ids or not self.program.blocked_card_earns):
+        # A blocked card may not spend; under blocked_card_earns = false it buys for 0 points (the
+        # rules see it), and the purchase still counts for tiers and purchase counts.
+        if card is not None and card.blocked and (op.redeem_points or op.capture_hold_ids):
             return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                             Reason.CARD_BLOCKED), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
@@ -1047,7 +1108,8 @@ cdef class Ledger:
         if self.program.grants:
             self._grant_tier(member, txn_id, calculation, now_ms)
         self._journal(batch, entry, account, member)
-        result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account), captured)
+        result = AccrueResult(txn_id, account.account_id, calculation, self._balance(batch.get, account, now_ms),
+                              captured)
         return Outcome(CODE_OK, body=result), txn_id
 
     def _capturable(self, _Batch batch, account, hold_id, field):
@@ -1133,7 +1195,7 @@ cdef class Ledger:
             self._schedule(account, entry.hold_expires_at_ms)
         self._journal(batch, entry, account, member)
         result = RedeemResult(txn_id, account.account_id, entry.redeemed, entry.held, entry.hold_expires_at_ms,
-                              self._balance(batch.get, account))
+                              self._balance(batch.get, account, now_ms))
         return Outcome(CODE_OK, body=result), txn_id
 
     # -- Rollback ---------------------------------------------------------------------------------
@@ -1204,7 +1266,7 @@ cdef class Ledger:
                                         reverses=target.txn_id, member_id=target.member_id),
                       account, self._load_account(batch.get, target.member_id) if target.member_id else None)
         result = RollbackResult(txn_id, account.account_id, RollbackKind.VOID_HOLD, target.txn_id, 0,
-                                hold.amount, 0, self._balance(batch.get, account))
+                                hold.amount, 0, self._balance(batch.get, account, batch.now_ms))
         return Outcome(CODE_OK, body=result), txn_id
 
     def _reverse(self, _Batch batch, op, account, target):
@@ -1260,18 +1322,24 @@ cdef class Ledger:
             if target.activity_counted:  # (a purchase made under a ruleset without tiers added none)
                 self._record_activity(spender, target.created_at_ms, -spend_back, -clawback)
         kind = RollbackKind.CANCEL if not op.return_lines else RollbackKind.RETURN
+        # What no point covered is debt on the rollback's entry; under "clamp" a WRITE_OFF entry
+        # drops that debt at once, so that each entry's amounts add up to what it changed.
         entry = rec.TxnRec(
             txn_id, TXN_ROLLBACK, op.request_id, account.account_id, batch.now_ms, op.store_id,
             op.terminal_id, target.receipt_no, clawed=clawback, restored=restored, expired=expired_on_restore,
-            debt_delta=debt, forgiven=forgiven, postings=postings, reverses=target.txn_id,
+            debt_delta=debt + forgiven, postings=postings, reverses=target.txn_id,
             returned=sorted(returns.items()), member_id=target.member_id)
         if target.limited or target.use_keys:
             self._uncount(batch, entry, target, returns, reversal, reversal.complete)
         if reversal.complete and spender.tier_grants:
             spender.tier_grants = [grant for grant in spender.tier_grants if grant[2] != target.txn_id]
         self._journal(batch, entry, account, member)
+        if forgiven:
+            self._journal(batch, rec.TxnRec(batch.take_id(), TXN_WRITE_OFF, "", account.account_id, batch.now_ms,
+                                            forgiven=forgiven, debt_delta=-forgiven, reverses=txn_id,
+                                            member_id=target.member_id), account, member)
         result = RollbackResult(txn_id, account.account_id, kind, target.txn_id, clawback, restored, debt,
-                                self._balance(batch.get, account))
+                                self._balance(batch.get, account, batch.now_ms), clawback - debt - forgiven, forgiven)
         return Outcome(CODE_OK, body=result), txn_id
 
     def _returns(self, op, target, reversal):
@@ -1323,7 +1391,7 @@ cdef class Ledger:
                 expired += give
                 continue
             if lot.remaining == 0:
-                account.open_lot_ids.append(lot.lot_id)
+                self._open_lot(batch.get, account, lot)
             lot.remaining += give
             account.active += give
             restored += give
@@ -1439,8 +1507,9 @@ cdef class Ledger:
         return Outcome(CODE_OK, body=self._account_view(batch.get, account, batch.now_ms, batch)), txn_id
 
     def _adjust(self, _Batch batch, op):
-        """A manual credit (a new lot with the program's lifetime) or debit (from the lots, earliest
-        expiry first), journaled with its reason and operator; reversible by Rollback."""
+        """A manual credit (a new lot with the program's lifetime, to a UTC midnight) or debit (from
+        the lots, earliest expiry first, at most what is available), journaled with its reason and
+        operator; reversible by Rollback."""
         now_ms = batch.now_ms
         member, rejection = self._find_account(batch.get, op.customer)
         if rejection is not None:
@@ -1457,9 +1526,8 @@ cdef class Ledger:
                            reason=op.reason, operator_id=op.operator_id,
                            member_id=member.account_id if member.account_id != account.account_id else "")
         if op.points > 0:
-            lifetime_ms = self.program.lifetime_ms
             entry.new_lot = rec.LotRec(txn_id, account.account_id, op.points, op.points, now_ms,
-                                       now_ms + lifetime_ms if lifetime_ms else 0)
+                                       self.program.credit_expiry(now_ms))
             self._add_lot(batch, account, entry.new_lot)
             entry.postings = [rec.Posting(txn_id, op.points)]
             entry.debt_delta = -self._repay_debt(batch, account, entry.new_lot, entry.postings)
@@ -1467,7 +1535,8 @@ cdef class Ledger:
             entry.postings = self._consume(batch, account, -op.points)
         self._touch(account, now_ms)
         self._journal(batch, entry, account, member)
-        return Outcome(CODE_OK, body=AdjustResult(txn_id, account.account_id, self._balance(batch.get, account))), txn_id
+        balance = self._balance(batch.get, account, now_ms)
+        return Outcome(CODE_OK, body=AdjustResult(txn_id, account.account_id, balance)), txn_id
 
     def _join_group(self, _Batch batch, op):
         member = self._load_account(batch.get, op.account_id)
@@ -1565,7 +1634,7 @@ cdef class Ledger:
             if rejection is not None:
                 return rejection
             account = self._settle(get, self._pool(get, member), now_ms)
-            balance = self._balance(get, account)
+            balance = self._balance(get, account, now_ms)
             calculation, _ = self._evaluate(get, member, self._card(get, query.customer), query.receipt, now_ms,
                                             balance.available, query.redeem_points, query.explain)
         if query.redeem_points:
@@ -1613,7 +1682,7 @@ cdef class Ledger:
             views = []
             while next_id and len(views) <= page_size:
                 entry = _decode_txn(get("journal", id_key(next_id)))
-                views.append(_view(entry))
+                views.append(_view(entry, me))
                 next_id = _previous_of(entry, me)
         next_before_id = views[page_size - 1].transaction_id if len(views) > page_size else 0
         return Outcome(CODE_OK, body=Statement(account.account_id, tuple(views[:page_size]), next_before_id))
@@ -1673,8 +1742,10 @@ def _read_refusal(error):
     return rejected(mapped.code, str(mapped))
 
 
-def _view(entry):
+def _view(entry, str account_id):
+    """`entry` as the statement of `account_id` shows it."""
     return TransactionView(entry.txn_id, entry.request_id, entry.kind, entry.created_at_ms, entry.earned,
                            entry.redeemed + entry.captured, entry.held, entry.clawed, entry.restored,
                            entry.expired, entry.reverses, entry.store_id, entry.receipt_no, entry.total_minor,
-                           entry.member_id, entry.reason, entry.operator_id, entry.adjusted, entry.actor)
+                           entry.member_id, entry.reason, entry.operator_id, entry.adjusted, entry.actor,
+                           entry.forgiven, rec.statement_change(entry, account_id))

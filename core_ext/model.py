@@ -66,6 +66,7 @@ class TxnKind(enum.IntEnum):
     LEAVE_GROUP = 12
     DEBT_REPAID = 13
     EVENT = 14
+    WRITE_OFF = 15  # clawback that policy "clamp" dropped: it follows the rollback it completes
 
 
 class RollbackKind(enum.IntEnum):
@@ -128,6 +129,7 @@ class Shopper(msgspec.Struct, array_like=True, gc=False, frozen=True):
     purchases: int = 0  # purchases before this one
     lifetime_spend_minor: int = 0
     window_spend_minor: int = 0  # spend over the tier window before this purchase
+    card_blocked: bool = False  # the presented card is blocked (see blocked_card_earns)
 
 
 NO_SHOPPER = Shopper()
@@ -332,7 +334,7 @@ class AppliedCampaign(msgspec.Struct, array_like=True, gc=False, frozen=True):
 class PromoCodeResult(msgspec.Struct, array_like=True, gc=False, frozen=True):
     code: str
     accepted: bool
-    reason: str = ""  # unknown | expired | exhausted | limit_per_account | not_applicable
+    reason: str = ""  # unknown | not_yet_valid | expired | exhausted | limit_per_account | not_applicable
 
 
 class CampaignExplain(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -361,6 +363,9 @@ class Calculation(msgspec.Struct, array_like=True, gc=False, frozen=True, omit_d
     # not in the receipt's main lot (activate_at_ms / expire_at_ms); earned_points counts them too
     lots: tuple[tuple[int, int, int], ...] = ()
     captured_points: int = 0  # of the holds an Accrue captures; with redeemed_points, within redeemable_points
+    # why the purchase earns nothing whatever the campaigns say: "card_blocked" (a blocked card
+    # under blocked_card_earns = false); "" otherwise
+    no_points_reason: str = ""
 
     @property
     def due_minor(self) -> int:
@@ -435,10 +440,12 @@ class RollbackResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag
     account_id: str
     kind: int  # RollbackKind
     reversed_transaction_id: int
-    clawed_back_points: int
+    clawed_back_points: int  # = taken_points + debt_points + written_off_points
     restored_points: int
     debt_points: int
     balance: Balance
+    taken_points: int = 0  # of the clawback, what the account's points covered
+    written_off_points: int = 0  # of the clawback, what policy "clamp" dropped (a WRITE_OFF entry)
 
 
 class TransactionView(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -461,6 +468,8 @@ class TransactionView(msgspec.Struct, array_like=True, gc=False, frozen=True):
     operator_id: str = ""
     adjusted_points: int = 0
     actor: str = ""
+    written_off_points: int = 0  # clawback dropped under policy "clamp"
+    balance_change_points: int = 0  # what it changed the statement's account's points by (records.statement_change)
 
 
 class Statement(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=15):

@@ -12,10 +12,13 @@ charset and literals of one case and normalize input themselves.
 Generation draws indices uniformly at random (`secrets.SystemRandom` unless a `random.Random` is
 injected) and maps an index to a code by its base-len(charset) digits, the most significant digit
 in the leftmost placeholder, so patterns of any size work (32**20 too) without listing the space.
-A request may take at most `CAPACITY_SHARE_MAX_BPS` of the pattern's free space, so that a draw
-finds a free code with probability at least one half and the codes stay hard to guess; codes that
-already exist (`taken`) shrink the space further, so the number of draws is bounded as well and
-an exhausted pattern is an error, never an endless loop.
+A request may take at most `CAPACITY_SHARE_MAX_BPS` (half) of what the pattern can still yield:
+its capacity less the codes of it that exist already (`taken_count`, which the ledger counts), so
+the codes stay hard to guess and repeated requests never take the last codes of a pattern. While
+at most half of the pattern is taken, codes are drawn at random and a draw finds a free code with
+probability at least one quarter; past that, the free codes are listed and sampled (the space is
+then at most twice the codes that exist). The number of draws is bounded either way, and a pattern
+exhausted behind the caller's back (a wrong `taken_count`) is an error, never an endless loop.
 
 Pure Python: no LMDB, no gRPC. Every refusal is a `PatternError` whose message starts with the
 field it concerns (`pattern`, `charset`, `count`, or the caller's field name in `check_code`).
@@ -106,6 +109,11 @@ class Pattern:
     def placeholders(self) -> int:
         """The number of `#` in the pattern."""
         return len(self.slots)
+
+    @property
+    def head(self) -> str:
+        """The literal text before the first `#`: every code of the pattern starts with it."""
+        return self.text[: self.slots[0]]
 
     @property
     def capacity(self) -> int:
@@ -204,12 +212,14 @@ def generate(
         raise PatternError(
             "count",
             f"{pattern.describe()} yields at most {capacity:,} codes{taken_note}; "
-            f"at most {allowed_count(pattern, taken_count):,} may be asked at once, got {count:,}; "
-            "use a longer pattern or a larger charset",
+            f"at most {allowed_count(pattern, taken_count):,} may be asked at once "
+            f"(half of what it can still yield), got {count:,}; use a longer pattern or a larger charset",
         )
 
     if rng is None:
         rng = secrets.SystemRandom()
+    if taken_count * 2 > capacity:
+        return _sample_free(pattern, count, taken, rng)
     randrange, code_of = rng.randrange, pattern._code
     draws_max = count * DRAWS_PER_CODE_MAX
     fresh: list[str] = []
@@ -230,6 +240,19 @@ def generate(
         seen.add(code)
         fresh.append(code)
     return fresh
+
+
+def _sample_free(pattern: Pattern, count: int, taken: Callable[[str], bool], rng: random.Random) -> list[str]:
+    """`count` codes sampled from the pattern's free codes, listed: for a pattern mostly taken,
+    where random draws would mostly hit codes that exist."""
+    free = [code for code in map(pattern._code, range(pattern.capacity)) if not taken(code)]
+    if len(free) < count:
+        raise PatternError(
+            "count",
+            f"{pattern.describe()}: only {len(free):,} of its codes are free, {count:,} asked; "
+            "use a longer pattern or a larger charset",
+        )
+    return rng.sample(free, count)
 
 
 def check_code(code: str, field: str) -> None:

@@ -12,6 +12,8 @@ import enum
 
 import msgspec
 
+from core_ext.model import TxnKind
+
 
 class LotState(enum.IntEnum):
     PENDING = 0  # earned, not active before activates_at_ms
@@ -53,6 +55,15 @@ class AccountRec(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     purchases: int = 0  # accrues made (by this member), rolled back or not: for `nth_purchase`
     activity: list[tuple[int, int, int]] = []  # (local day, spend minor, points earned) inside the tier window
     tier_grants: list[tuple[str, int, int]] = []  # (tier, until ms, granting transaction) of grant_tier campaigns
+    # open_lot_ids is in lot_expiry_order, so the next expiry is read from its first lots; records
+    # written before it are put in order by their next write
+    lots_by_expiry: bool = False
+
+
+def lot_expiry_order(lot: LotRec) -> tuple[bool, int, int]:
+    """The order lots are spent in, and kept in `AccountRec.open_lot_ids`: earliest expiry first,
+    lots that never expire last, older first."""
+    return lot.expires_at_ms == 0, lot.expires_at_ms, lot.lot_id
 
 
 class IdentRec(msgspec.Struct, array_like=True, gc=False):
@@ -115,7 +126,7 @@ class TxnRec(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     restored: int = 0
     expired: int = 0
     debt_delta: int = 0
-    forgiven: int = 0  # clawback dropped under policy "clamp"
+    forgiven: int = 0  # WRITE_OFF: clawback dropped under policy "clamp" (older ledgers: on the ROLLBACK itself)
     new_lot: LotRec | None = None
     extra_lots: list[LotRec] = []  # lots of campaigns with their own activation or lifetime
     postings: list[Posting] = []
@@ -137,6 +148,36 @@ class TxnRec(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     promo_codes: list[str] = []  # the promo codes it accepted
     activity_counted: bool = False  # its spend and points went into the account's tier activity
     spent_postings: int = -1  # its first postings that spent points (-1: every negative one)
+
+
+def statement_change(entry: TxnRec, account_id: str) -> int:
+    """What `entry` changed the points of `account_id` by (active + pending - debt), from the
+    amounts its statement line shows; an account's statement adds up to its points.
+
+    An entry a group member made in its pool changed the pool's points, not the member's: 0 on the
+    member's statement. A void releases a hold: it posts to no lot, and its `restored` is the
+    released hold; every other rollback posts each point it restores to a lot (points whose lot has
+    expired meanwhile stay expired and are not in `restored`). A rollback written before write-offs
+    had entries of their own carries the clamp's write-off in `forgiven` itself."""
+    if entry.account_id != account_id:
+        return 0
+    kind = entry.kind
+    if kind == TxnKind.ACCRUE:
+        return entry.earned - entry.redeemed - entry.captured
+    if kind == TxnKind.EVENT:
+        return entry.earned
+    if kind == TxnKind.REDEEM:
+        return -entry.redeemed
+    if kind == TxnKind.ROLLBACK:
+        restored = entry.restored if entry.postings else 0  # (a void: no postings)
+        return restored - entry.clawed + entry.forgiven
+    if kind == TxnKind.WRITE_OFF:
+        return entry.forgiven
+    if kind == TxnKind.ADJUST:
+        return entry.adjusted
+    if kind == TxnKind.EXPIRE:
+        return -entry.expired
+    return 0  # holds, debt repaid from new points, account and card changes
 
 
 class LimitedUse(msgspec.Struct, array_like=True, gc=False):

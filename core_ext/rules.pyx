@@ -122,6 +122,8 @@ cdef enum Reason:
     R_LOST_BEST = 26
     R_WINDOW_SPEND = 27
     R_NO_BUNDLE = 28
+    R_TIED_BEST = 29
+    R_CARD_BLOCKED = 30
 
 REASONS = {
     R_NOT_YET: "not valid yet (valid_from)", R_ENDED: "ended (valid_to)",
@@ -135,7 +137,9 @@ REASONS = {
     R_NTH: "when.nth_purchase", R_SPEND: "when.lifetime_spend_min_minor",
     R_NO_LINE: "no line matches its line conditions", R_ITEM_QTY: "when.item_qty_min_milli",
     R_WINDOW_SPEND: "when.window_spend_min_minor", R_NO_BUNDLE: "no complete bundle",
+    R_CARD_BLOCKED: "the card is blocked and the program's blocked_card_earns is false: it gives no points",
 }
+NO_POINTS_CARD_BLOCKED = "card_blocked"  # Calculation.no_points_reason
 SET_FIELDS = ("stores", "regions", "channels", "terminals", "payment_methods", "card_categories", "tiers",
               "segments", "tags", "clubs", "skus", "brands")
 PREFIX_FIELDS = ("category_prefixes", "exclude_category_prefixes", "card_bins")
@@ -239,6 +243,7 @@ cdef struct ContextC:
     int64_t lifetime_spend_minor
     int64_t window_spend_minor
     int birthday_distance     # days from the local date to the birthday; -1: no birthday
+    bint no_points            # a blocked card under blocked_card_earns = false: nothing gives points
 
 cdef struct Share:
     int64_t remainder
@@ -659,6 +664,8 @@ cdef class Program:
             return R_NOT_YET
         if c.valid_to_ms and ctx.now_ms >= c.valid_to_ms:
             return R_ENDED
+        if ctx.no_points and (c.kind <= EARN_MULTIPLIER or c.kind == GRANT_TIER):
+            return R_CARD_BLOCKED
         if ctx.total < c.total_min_minor:
             return R_TOTAL
         for s in range(SET_CARD_CATEGORY + 2):  # the receipt's and customer's single values
@@ -896,6 +903,7 @@ cdef class Program:
         ctx.purchases = shopper.purchases
         ctx.lifetime_spend_minor = shopper.lifetime_spend_minor
         ctx.window_spend_minor = shopper.window_spend_minor
+        ctx.no_points = shopper.card_blocked and not self.blocked_card_earns
         ctx.weekday = ctx.hour = 0
         ctx.birthday_distance = -1
         if self.needs_local_time:
@@ -911,6 +919,8 @@ cdef class Program:
         for k in range(self.campaign_count):
             reasons[k] = R_STOPPED if stop >= 0 else self._reason(k, c_lines, count, &ctx, shopper,
                                                                    allowances, unlocked, &allowance[k])
+            if reasons[k] == R_STOPPED:
+                value[k] = stop  # the exclusive campaign that stopped it, for the explanation
             if reasons[k] == APPLIES and self.campaigns[k].stacking == EXCLUSIVE:
                 stop = k
         # 2. Best-of: of each group's applicable `best` campaigns only the one worth most stays.
@@ -928,7 +938,7 @@ cdef class Program:
                 if j != k and reasons[j] == APPLIES and self.campaigns[j].stacking == BEST and \
                         self.campaigns[j].best_group == self.campaigns[k].best_group and \
                         (value[j] > value[k] or (value[j] == value[k] and j < k)):
-                    reasons[k] = R_LOST_BEST
+                    reasons[k] = R_TIED_BEST if value[j] == value[k] else R_LOST_BEST
                     value[k] = j  # the winner, for the explanation
                     break
         # 3. Discounts, then earn on what is left to pay, then multipliers of that earn.
@@ -985,6 +995,7 @@ cdef class Program:
                               c_lines[i].earned, c_lines[i].redeemed, c_lines[i].captured) for i in range(count)]),
             ctx.total, discount, payable, earned, redeemable, redeemed, tuple(applied), self.version,
             activate_at_ms, expire_at_ms, (), explained, tuple(limited), lots, captured,
+            NO_POINTS_CARD_BLOCKED if ctx.no_points else "",
         )
 
     cdef int _spread_points(self, LineC *lines, int count, int64_t redeemed, int64_t captured, int64_t *weights,
@@ -1006,6 +1017,11 @@ cdef class Program:
             for i in range(count):
                 lines[i].captured = shares[i]
         return 0
+
+    def credit_expiry(self, int64_t now_ms):
+        """When points credited at `now_ms`, active at once, expire (0: never): the program's
+        lifetime, on a UTC midnight as every lot's dates are."""
+        return self._lot_dates(now_ms, 0, self.lifetime_ms)[1]
 
     cdef tuple _lot_dates(self, int64_t now_ms, int64_t delay_ms, int64_t lifetime_ms):
         """(activation, expiry) of points earned at `now_ms`. They fall on UTC day boundaries, so
@@ -1039,9 +1055,13 @@ cdef class Program:
                         gave = f"{item.discount_minor} off" if self.campaigns[k].discount else f"{item.points} points"
                     return CampaignExplain(campaign_id, True, f"applied: {gave}")
         if reason == R_STOPPED:
-            return CampaignExplain(campaign_id, False, "stopped by a higher exclusive campaign")
+            return CampaignExplain(campaign_id, False,
+                                   f"stopped by the exclusive campaign '{self.campaign_ids[value]}', which applied first")
         if reason == R_LOST_BEST:
             return CampaignExplain(campaign_id, False, f"best-of: '{self.campaign_ids[value]}' is worth more")
+        if reason == R_TIED_BEST:
+            return CampaignExplain(campaign_id, False, f"best-of: tied with '{self.campaign_ids[value]}', which "
+                                   "wins by priority, then file order")
         text = REASONS[reason]
         if text.startswith("when."):
             text = f"condition {text} not met"

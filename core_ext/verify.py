@@ -1,12 +1,18 @@
 """The ledger's invariants (DESIGN §4, 1-4), checked over a read transaction.
 
-1. Every account's active, pending and held totals equal the sums over its lots and live holds.
+1. Every account's active, pending and held totals equal the sums over its lots and live holds,
+   and its open lots are in expiry order once it keeps them so.
 2. Replaying the journal from empty reproduces every lot's `remaining` (from its postings), every
    account's debt (from its debt entries), every hold's fate (held, captured or voided) and every
    counter (campaign caps, budgets, uses, promo-code uses).
 3. A request id maps to at most one transaction, and that transaction carries the request id.
 4. No rollback returned more than was bought or clawed back more than was earned.
 5. No lot and no account total is below zero (only clawback debt may make a balance negative).
+6. Every account's statement (its chain of journal entries, as ListTransactions shows it) holds
+   every entry that names the account, and its entries' amounts add up to the account's points
+   (active + pending - debt): each entry shows what it changed (`records.statement_change`), and
+   that is what its postings and debt change moved. A change no entry shows, such as clawback
+   dropped without a write-off entry, fails here.
 """
 
 from __future__ import annotations
@@ -59,6 +65,11 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
                 violations.append(f"account {account_id}: {field} expected {expected} (from lots/holds), found {found}")
             if found < 0:
                 violations.append(f"account {account_id}: {field} expected >= 0, found {found}")
+        if account.lots_by_expiry:
+            order = [rec.lot_expiry_order(lots[lot_id]) for lot_id in account.open_lot_ids if lot_id in lots]
+            if order != sorted(order):
+                violations.append(f"account {account_id}: open lots expected in expiry order, found "
+                                  f"{account.open_lot_ids}")
 
     # 2. replay: postings rebuild every lot, debt entries every debt
     replayed: dict[int, int] = defaultdict(int)
@@ -144,7 +155,50 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
         if clawed > credited:
             violations.append(f"account {original.account_id}: transaction {txn_id} clawed back {clawed} "
                               f"of {credited} credited")
+
+    # 6. statements that add up
+    on_statement: dict[str, set[int]] = {}
+    for account in accounts.values():
+        on_statement[account.account_id] = _check_statement(account, journal, violations)
+    for entry in journal.values():
+        for account_id in (entry.account_id, entry.member_id):
+            if account_id in on_statement and entry.txn_id not in on_statement[account_id]:
+                violations.append(f"account {account_id}: transaction {entry.txn_id} names the account but is "
+                                  "not on its statement")
     return violations
+
+
+def _check_statement(account, journal: dict, violations: list[str]) -> set[int]:
+    """Walk the account's statement, newest first: its entries' amounts against the account's
+    points, each entry's against what it moved. Returns the ids on the statement."""
+    me = account.account_id
+    seen: set[int] = set()
+    shown_total = 0
+    txn_id = account.last_txn_id
+    while txn_id:
+        entry = journal.get(txn_id)
+        if entry is None:
+            violations.append(f"account {me}: statement links to transaction {txn_id}, which is missing")
+            break
+        seen.add(txn_id)
+        shown = rec.statement_change(entry, me)
+        shown_total += shown
+        if entry.account_id == me:
+            moved = sum(posting.delta for posting in entry.postings) - entry.debt_delta
+            if shown != moved:
+                kind = TxnKind(entry.kind).name.lower()
+                violations.append(f"account {me}: transaction {txn_id} ({kind}) shows {shown:+} points on the "
+                                  f"statement, its lots and debt moved {moved:+}")
+        previous = entry.prev_id if entry.account_id == me else entry.member_prev_id
+        if previous >= txn_id:  # ids grow with time: a link forward would loop
+            violations.append(f"account {me}: statement links transaction {txn_id} to a later one, {previous}")
+            break
+        txn_id = previous
+    points = account.active + account.pending - account.debt
+    if shown_total != points:
+        violations.append(f"account {me}: statement adds up to {shown_total} points, expected {points} "
+                          f"(active {account.active} + pending {account.pending} - debt {account.debt})")
+    return seen
 
 
 def _replay_holds(journal: dict) -> dict[int, str]:

@@ -22,6 +22,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from core_ext import limits, promo
 from core_ext.model import AccrueOp, RedeemOp, RollbackOp
+from core_ext.rules import NO_POINTS_CARD_BLOCKED
 from kassa.v1 import common_pb2, processing_pb2
 from server import wire
 
@@ -115,6 +116,7 @@ class BatchAnswerBound:
             "kassa.v1.RedeemResponse.account_id": id_bytes_max,
             "kassa.v1.RollbackResponse.account_id": id_bytes_max,
             "kassa.v1.Calculation.ruleset_version": len(spec.version.encode()),
+            "kassa.v1.Calculation.no_points_reason": len(NO_POINTS_CARD_BLOCKED),  # the only reason there is
             "kassa.v1.PromoCodeResult.code": promo.PROMO_CODE_BYTES_MAX,
             "kassa.v1.PromoCodeResult.reason": PROMO_REASON_BYTES_MAX,
         }

@@ -498,6 +498,8 @@ def fill_calculation(target: common_pb2.Calculation, value: m.Calculation) -> No
         lot = target.own_lots.add(points=points)
         _set_time(lot.activate_at, activate_at_ms)
         _set_time(lot.expire_at, expire_at_ms)
+    if value.no_points_reason:
+        target.no_points_reason = value.no_points_reason
     if value.explain:
         add_explanation = target.explain.add
         for explanation in value.explain:
@@ -545,6 +547,8 @@ def rollback_response(value: m.RollbackResult) -> processing_pb2.RollbackRespons
         restored_points=value.restored_points,
         debt_points=value.debt_points,
         balance=balance(value.balance),
+        taken_points=value.taken_points,
+        written_off_points=value.written_off_points,
     )
 
 
@@ -619,6 +623,8 @@ def statement(value: m.Statement) -> accounts_pb2.ListTransactionsResponse:
                 operator_id=t.operator_id,
                 adjusted_points=t.adjusted_points,
                 actor=t.actor,
+                written_off_points=t.written_off_points,
+                balance_change_points=t.balance_change_points,
             )
             for t in value.transactions
         ],

@@ -712,6 +712,7 @@ cdef int _calculation(Out* out, int number, value) except -1:
         _close(out, inner)
     _int(out, 15, captured)
     _int(out, 16, payable - redeemed - captured)  # Calculation.due_minor
+    _text(out, 17, value.no_points_reason)
     return _close(out, start)
 
 

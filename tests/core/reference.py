@@ -324,8 +324,12 @@ def select(spec, receipt, shopper, now_ms, allowances, unlocked) -> list:
     """The campaigns that apply, in walk order, after exclusivity and best-of-group."""
     local = local_time(now_ms, spec.settings.timezone)
     walk = sorted((c for c in spec.campaigns if c.trigger == "purchase"), key=lambda c: -c.priority)
+    # A blocked card under blocked_card_earns = false: no campaign gives points or a tier.
+    no_points = shopper.card_blocked and not spec.settings.blocked_card_earns
     chosen = []
     for campaign in walk:
+        if no_points and (campaign.effect.kind.startswith("earn_") or campaign.effect.kind == "grant_tier"):
+            continue
         if not applies(campaign, receipt, shopper, now_ms, local, allowances, unlocked):
             continue
         chosen.append(campaign)

@@ -514,7 +514,7 @@ class LedgerMachine(RuleBasedStateMachine):
         model.txns[txn_id] = txn
         model.accounts[member].lifetime_earned += sum(earned)
         model.accounts[member].lifetime_spend += sum(nets)
-        assert body.balance == model.balance(pool, now)
+        self.check_answer_balance(body.balance, pool)
         return txn_id, pool
 
     def check_redeem(self, op: RedeemOp, out: Outcome):
@@ -547,7 +547,7 @@ class LedgerMachine(RuleBasedStateMachine):
             txn.spent = model.consume(pool, op.points, now)
             txn.restored = [0] * len(txn.spent)
             model.txns[txn_id] = txn
-        assert body.balance == model.balance(pool, now)
+        self.check_answer_balance(body.balance, pool)
         assert body.balance.available >= 0, "a redemption made available negative"
         return txn_id, pool
 
@@ -566,14 +566,14 @@ class LedgerMachine(RuleBasedStateMachine):
         txn_id = body.transaction_id
         txn = MTxn(txn_id, TxnKind.ADJUST, pool, member, op.request_id, adjusted=op.points)
         if op.points > 0:
-            model.lots[txn_id] = MLot(txn_id, pool, op.points, now, now + LIFETIME_MS, activated=True)
+            model.lots[txn_id] = MLot(txn_id, pool, op.points, now, day_end(now + LIFETIME_MS), activated=True)
             txn.new_lot = txn_id
             self.repay_debt(model.lots[txn_id])
         else:
             txn.spent = model.consume(pool, -op.points, now)
             txn.restored = [0] * len(txn.spent)
         model.txns[txn_id] = txn
-        assert body.balance == model.balance(pool, now)
+        self.check_answer_balance(body.balance, pool)
         return txn_id, pool
 
     def check_rollback(self, op: RollbackOp, out: Outcome):
@@ -632,7 +632,7 @@ class LedgerMachine(RuleBasedStateMachine):
         body = out.body
         assert isinstance(body, RollbackResult)
         restored = self.restore(target, restore)
-        debt = self.claw(target, clawback)
+        debt, written_off = self.claw(target, clawback)
         for line_no, qty in returns.items():
             target.returned[line_no] = target.returned.get(line_no, 0) + qty
         target.complete = all(target.returned.get(line.line_no, 0) == line.qty for line in target.lines)
@@ -643,7 +643,8 @@ class LedgerMachine(RuleBasedStateMachine):
         expected = (account, kind, target.txn_id, clawback, restored, debt)
         assert (body.account_id, body.kind, body.reversed_transaction_id, body.clawed_back_points,
                 body.restored_points, body.debt_points) == expected, f"expected {expected}"
-        assert body.balance == model.balance(account, now)
+        assert (body.taken_points, body.written_off_points) == (clawback - debt - written_off, written_off)
+        self.check_answer_balance(body.balance, account)
         model.txns[body.transaction_id] = MTxn(body.transaction_id, TxnKind.ROLLBACK, account, account, op.request_id)
         return body.transaction_id, account
 
@@ -664,7 +665,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert (body.account_id, body.kind, body.reversed_transaction_id, body.clawed_back_points,
                 body.restored_points, body.debt_points) == (
             hold.account, RollbackKind.VOID_HOLD, hold.hold_id, 0, hold.amount, 0)
-        assert body.balance == model.balance(hold.account, self.now)
+        self.check_answer_balance(body.balance, hold.account)
         model.txns[body.transaction_id] = MTxn(body.transaction_id, TxnKind.ROLLBACK, hold.account, hold.account,
                                                op.request_id)
         return body.transaction_id, hold.account
@@ -713,11 +714,12 @@ class LedgerMachine(RuleBasedStateMachine):
         assert points == 0
         return restored
 
-    def claw(self, target: MTxn, points: int) -> int:
-        """Take back what `target` earned: its own lot first, then the other lots; the rest is debt."""
+    def claw(self, target: MTxn, points: int) -> tuple[int, int]:
+        """Take back what `target` earned: its own lot first, then the other lots; the rest is debt,
+        or written off under clamp. Returns (debt, written off)."""
         model, now = self.model, self.now
         if points == 0:
-            return 0
+            return 0, 0
         if target.new_lot:
             lot = model.lots[target.new_lot]
             if model.state(lot, now) != "expired" and lot.remaining:
@@ -730,10 +732,12 @@ class LedgerMachine(RuleBasedStateMachine):
         if take:
             model.consume(target.account, take, now)
             points -= take
-        if points == 0 or model.clamp:
-            return 0
+        if points == 0:
+            return 0, 0
+        if model.clamp:
+            return 0, points  # written off
         account.debt += points
-        return points
+        return points, 0
 
     def check_create(self, op: CreateAccountOp, out: Outcome):
         assert out.ok, f"create: {out}"
@@ -1006,14 +1010,20 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- after every step ----------------------------------------------------------------------
 
+    def check_answer_balance(self, answered, pool: str) -> None:
+        """A write's answer shows its pool's balance, with the next expiry, as a view does."""
+        self.check_balance(answered, pool, "answer")
+
     def check_view_balance(self, view, pool: str) -> None:
         """An account view shows its pool's balance, with the next expiry."""
-        got = view.balance
+        self.check_balance(view.balance, pool, view.account_id)
+
+    def check_balance(self, got, pool: str, where: str) -> None:
         expected = self.model.balance(pool, self.now, with_expiry=True)
         if not self.CHECK_NEXT_EXPIRY:
             got = msgspec.structs.replace(got, next_expiry_at_ms=0, next_expiry_points=0)
             expected = msgspec.structs.replace(expected, next_expiry_at_ms=0, next_expiry_points=0)
-        assert got == expected, f"{view.account_id}: ledger {got}, model {expected}"
+        assert got == expected, f"{where}: ledger {got}, model {expected}"
 
     def snapshot(self) -> dict:
         views = {}
@@ -1209,6 +1219,7 @@ def test_points_that_activate_later_repay_clawback_debt_like_points_active_at_on
 
 
 def test_a_blocked_card_earns_nothing_when_the_program_says_so(scenario):
+    """The purchase is recorded with 0 points and says why; it still counts as a purchase."""
     s = scenario(blocked_card_earns=TomlFalse())
     s.apply(IssueCardOp("card-1", b"card-1", "A", "C-1"))
     s.apply(BlockCardOp("block-1", b"block-1", "C-1"))
@@ -1216,9 +1227,11 @@ def test_a_blocked_card_earns_nothing_when_the_program_says_so(scenario):
 
     out = s.apply(AccrueOp("buy-1", b"buy-1", Customer(IdKind.CARD, "C-1"), receipt))
 
-    refusal(out, Code.FAILED_PRECONDITION, Reason.CARD_BLOCKED)
+    assert out.code == Code.OK, out
+    assert (out.body.calculation.earned_points, out.body.calculation.no_points_reason) == (0, "card_blocked")
     assert s.apply(AccrueOp("buy-2", b"buy-2", Customer(IdKind.PHONE, "none"), receipt)).code == Code.NOT_FOUND
     assert s.view().balance.active == 0
+    assert (s.view().purchases, s.view().lifetime_spend_minor) == (1, 10_000)
 
 
 def test_points_earned_into_a_lot_that_was_spent_to_nothing_still_expire(scenario):

@@ -327,6 +327,25 @@ def test_a_few_free_codes_are_still_found():
     assert not earlier & set(codes)
 
 
+def test_a_pattern_mostly_taken_gives_half_of_what_is_left_without_failing_draws():
+    # 1,024 codes, 900 of them taken, and the caller says so: at most 62 of the 124 left, sampled
+    # from the free codes listed, as random draws would hit a taken code seven times in eight
+    pattern = parse_pattern("SPRING-##", "")
+    all_codes = [pattern.code_at(i) for i in range(pattern.capacity)]
+    earlier = set(random.Random(4).sample(all_codes, 900))
+    assert allowed_count(pattern, taken_count=900) == 62
+    for seed in range(20):
+        codes = generate(pattern, 62, earlier.__contains__, random.Random(seed), taken_count=900)
+        assert len(set(codes)) == 62
+        assert not earlier & set(codes)
+
+
+def test_a_taken_count_below_the_truth_is_refused_naming_count_not_looped_over():
+    pattern = parse_pattern("A-###", "AB")  # 8 codes; the caller says 5 exist, all 8 do
+    with pytest.raises(PatternError, match=r"^count: 'A-###' with 2 characters: only 0 of its codes are free"):
+        generate(pattern, 1, lambda code: True, random.Random(1), taken_count=5)
+
+
 def test_taken_count_beyond_capacity_leaves_no_room():
     pattern = parse_pattern("A-#", "AB")
     with pytest.raises(PatternError, match=r"^count: .*at most 0 may be asked"):

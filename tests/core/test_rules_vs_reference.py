@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -243,8 +244,9 @@ class Choices:
         return tuple(picked)
 
 
-def cases(spec):
-    """A strategy of (receipt, shopper, now_ms, available, redeem, allowances, unlocked, captured) for `spec`."""
+def cases(spec, card_blocked: bool = False):
+    """A strategy of (receipt, shopper, now_ms, available, redeem, allowances, unlocked, captured) for
+    `spec`, the shopper presenting a blocked card when `card_blocked`."""
     pools = Pools(spec)
     tz = spec.settings.timezone
     line = Choices(
@@ -320,7 +322,7 @@ def cases(spec):
         if isinstance(born, int):
             born = (reference.local_time(now_ms, tz).date() + dt.timedelta(days=born)).strftime("%m-%d")
         shopper = Shopper(card_category, tier, segments, tags, clubs, now_ms - age_days * DAY_MS + age_ms, born,
-                          purchases, spend, window_spend_minor=window)
+                          purchases, spend, window_spend_minor=window, card_blocked=card_blocked)
         store, terminal, region, channel, payment_method, card_bin = draw(where)
         receipt = Receipt(store, terminal, "r", tuple(made), region=region, channel=channel,
                           payment_method=payment_method, card_bin=card_bin)
@@ -360,6 +362,22 @@ def test_core_agrees_with_reference_on_the_sample_program(case):
 @given(case=cases(SPEC_50))
 def test_core_agrees_with_reference_on_random_receipts(case):
     check_agreement(SPEC_50, PROGRAM_50, case)
+
+
+SPEC_50_BLOCKED = msgspec.structs.replace(
+    SPEC_50, settings=msgspec.structs.replace(SPEC_50.settings, blocked_card_earns=False))
+PROGRAM_50_BLOCKED = Program(SPEC_50_BLOCKED)
+
+
+@settings(max_examples=300, **RANDOM)
+@given(case=cases(SPEC_50_BLOCKED, card_blocked=True))
+def test_core_agrees_with_reference_for_a_blocked_card_that_earns_nothing(case):
+    """blocked_card_earns = false: no campaign gives points or a tier; discounts still apply."""
+    check_agreement(SPEC_50_BLOCKED, PROGRAM_50_BLOCKED, case)
+    calculation = PROGRAM_50_BLOCKED.calculate(case[0], case[2], case[3], case[4], shopper=case[1],
+                                               allowances=case[5], unlocked=set(case[6]))
+    assert calculation.earned_points == 0
+    assert calculation.no_points_reason == "card_blocked"
 
 
 def test_generated_program_has_every_kind():

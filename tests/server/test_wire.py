@@ -1235,7 +1235,7 @@ class TestAnswers:
             ruleset_version="v" * 200, activate_at_ms=1, expire_at_ms=999,
             promo_codes=(PromoCodeResult("CODE-1", False, "unknown"), PromoCodeResult("", True)),
             explain=(CampaignExplain("base", True, "é" * 100), CampaignExplain("x", False, "")),
-            lots=((1_500, 0, 5), (0, 2_000_000_001, -7)), captured_points=2**41,
+            lots=((1_500, 0, 5), (0, 2_000_000_001, -7)), captured_points=2**41, no_points_reason="card_blocked",
         )
         balance = Balance(active=-10, pending=0, held=3, available=-13, debt=10, next_expiry_at_ms=1_780_300_800_123,
                           next_expiry_points=2**63 - 1)
