@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/kassa.toml
 INSTALLED := $(VENV)/.installed
+DEV_INSTALLED := $(VENV)/.installed-dev
 BUILT := $(VENV)/.built
-CORE_SOURCES := $(wildcard core_ext/*.pyx core_ext/*.pxd core_ext/*.pxi server/*.pyx)
+CORE_SOURCES := $(shell find core_ext server -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi')
 PROTO_SOURCES := $(wildcard proto/kassa/v1/*.proto)
 
 .PHONY: run test build bench loadtest verify clean
@@ -17,11 +18,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(INSTALLED): $(BIN)/python requirements.txt requirements-dev.txt
+# The server's own needs: runtime and build requirements (make run).
+$(INSTALLED): $(BIN)/python requirements.txt requirements-build.txt
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-build.txt
+	touch $@
+
+# Tests, benchmarks and the load test add their tools (make test, bench, loadtest).
+$(DEV_INSTALLED): $(INSTALLED) requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-$(BUILT): $(INSTALLED) setup.py $(CORE_SOURCES) $(PROTO_SOURCES)
+$(BUILT): $(INSTALLED) setup.py pyproject.toml $(CORE_SOURCES) $(PROTO_SOURCES)
 	$(BIN)/python setup.py --quiet build_proto build_ext --inplace
 	$(BIN)/pip install --quiet --no-build-isolation --no-deps -e .
 	touch $@
@@ -31,14 +38,14 @@ build: $(BUILT)
 run: $(BUILT)
 	$(BIN)/kassa serve --config $(CONFIG)
 
-test: $(BUILT)
+test: $(BUILT) $(DEV_INSTALLED)
 	$(BIN)/python -m pytest tests
 
-bench: $(BUILT)
+bench: $(BUILT) $(DEV_INSTALLED)
 	$(BIN)/python -m bench.run_all
 
 HOST ?= 127.0.0.1:50051
-loadtest: $(BUILT)  # against a running server: make run, then make loadtest [HOST=host:port]
+loadtest: $(BUILT) $(DEV_INSTALLED)  # against a running server: make run, then make loadtest [HOST=host:port]
 	$(BIN)/locust -f loadtest/locustfile.py --headless --users 16 --spawn-rate 16 --run-time 30s \
 		--host $(HOST) --html bench/results/locust.html --csv bench/results/locust
 
@@ -46,4 +53,5 @@ verify: $(BUILT)
 	$(BIN)/kassa verify --config $(CONFIG)
 
 clean:
-	rm -rf $(VENV) build kassa core_ext/*.c core_ext/*.so server/*.c server/*.so *.egg-info
+	rm -rf $(VENV) build dist kassa *.egg-info
+	find core_ext server \( -name '*.c' -o -name '*.so' -o -name '*.html' \) -delete

@@ -1,4 +1,4 @@
-"""The `kassa` command: serve, verify, rules check."""
+"""The `kassa` command: serve, verify, rules check, init."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +15,15 @@ from pathlib import Path
 from server.cpus import cpu_shares, pin_to, usable_cpus
 
 DEFAULT_CONFIG = "config/kassa.toml"
+SAMPLE_FOLDER = Path(__file__).resolve().parent.parent / "config"  # the repository's config/, or kassa/config in a wheel
+SAMPLE_SUFFIXES = (".toml", ".service", ".yml", ".yaml", ".json")  # what `kassa init` copies (and setup.py ships)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from server.version import package_version
+
     parser = argparse.ArgumentParser(prog="kassa", description="kassa loyalty processing server")
+    parser.add_argument("--version", action="version", version=f"kassa {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gRPC server")
@@ -42,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     check = rules_commands.add_parser("check", help="validate rule files without a server")
     check.add_argument("files", nargs="+", type=Path)
 
+    init = commands.add_parser("init", help="write the sample config and loyalty program into a directory")
+    init.add_argument("directory", type=Path, nargs="?", default=Path("."), help="where (default: here)")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -51,12 +60,18 @@ def main(argv: list[str] | None = None) -> int:
         return _backup(args)
     if args.command == "stats":
         return _stats(args)
+    if args.command == "init":
+        return _init(args)
     return _rules_check(args)
 
 
 def _load(path: str):
     from server.config import ConfigError, load_config
 
+    if not Path(path).exists():
+        print(f"kassa: no config at {path}; `kassa init DIR` writes the sample (DIR/{DEFAULT_CONFIG} and "
+              f"its loyalty program in DIR/config/rules) to start from DIR, or pass --config FILE", file=sys.stderr)
+        raise SystemExit(2)
     try:
         return load_config(path)
     except ConfigError as error:
@@ -318,6 +333,28 @@ def _stats(args) -> int:
         print(f"{label:<32} {totals.get(name, 0):>16,.{decimals}f}")
     for key in sorted(lines):
         print(f"{key:<56} {lines[key]:>12,.0f}")
+    return 0
+
+
+def _init(args) -> int:
+    """Copy the sample config/ (server config, loyalty program, systemd unit) into DIR/config, so that
+    `kassa serve` started in DIR finds config/kassa.toml and the relative paths in it work."""
+    target = args.directory / "config"
+    samples = sorted(path for path in SAMPLE_FOLDER.rglob("*") if path.is_file() and path.suffix in SAMPLE_SUFFIXES)
+    if not samples:
+        print(f"kassa init: no sample config in {SAMPLE_FOLDER}; reinstall kassa", file=sys.stderr)
+        return 2
+    existing = [target / path.relative_to(SAMPLE_FOLDER) for path in samples]
+    existing = [path for path in existing if path.exists()]
+    if existing:
+        print(f"kassa init: {existing[0]} exists; nothing written (move it away or choose another DIR)", file=sys.stderr)
+        return 2
+    for path in samples:
+        copy = target / path.relative_to(SAMPLE_FOLDER)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+        print(f"wrote {copy}")
+    print(f"next: cd {args.directory} && kassa rules check config/rules && kassa serve")
     return 0
 
 
