@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench import throughput
-from server.cpus import usable_cpus
+from kassa.server.cpus import usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DURATION_S = 15  # measured seconds per stream or batch run

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench import throughput
-from server.cpus import usable_cpus
+from kassa.server.cpus import usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
 UNARY_CONCURRENCY = 128  # calls in flight, unary modes and batch

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core_ext import Ledger, Program, load_program
-from core_ext.model import AccrueOp, CreateAccountOp, Customer, IdKind, Line, Receipt
+from kassa.core_ext import Ledger, Program, load_program
+from kassa.core_ext.model import AccrueOp, CreateAccountOp, Customer, IdKind, Line, Receipt
 
 REPO = Path(__file__).resolve().parent.parent
 NOW_MS = 1_780_300_800_000

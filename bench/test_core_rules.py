@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from core_ext import Program
-from core_ext.model import Line, Receipt
+from kassa.core_ext import Program
+from kassa.core_ext.model import Line, Receipt
 from tests.core import reference
 from tests.core.programs import generated_program
 

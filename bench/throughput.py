@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from server.cpus import usable_cpus
+from kassa.server.cpus import usable_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("unary", "batch", "stream", "noop-unary", "noop-stream")
@@ -267,8 +267,8 @@ def _free_port() -> int:
 
 
 def seed_ledger(path: Path, accounts: int) -> None:
-    from core_ext import Ledger, Program, load_program
-    from core_ext.model import CreateAccountOp
+    from kassa.core_ext import Ledger, Program, load_program
+    from kassa.core_ext.model import CreateAccountOp
 
     ledger = Ledger(str(path), Program(load_program([REPO / "config" / "rules"])), 8 * 1024**3, 900)
     now_ms = time.time_ns() // 1_000_000
@@ -340,7 +340,7 @@ def split_cpus(server_cpus: list[int], driver_cpus: list[int]) -> tuple[list[int
 def start_server(environ: dict[str, str], workers: int, cpus: list[int]) -> tuple[subprocess.Popen, list[list[int]]]:
     """Start kassa; with `cpus`, on those alone (its supervisor then shares them out to the workers).
     Returns the server and the CPUs each worker says it may run on, by worker."""
-    command = [sys.executable, "-m", "server.cli", "serve", "--config", str(REPO / "config" / "kassa.toml")]
+    command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(REPO / "config" / "kassa.toml")]
     server = subprocess.Popen(command, cwd=REPO, env=environ, stderr=subprocess.PIPE, text=True,
                               preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     serving: dict[int, list[int]] = {}
@@ -417,7 +417,7 @@ def _measure(args, workdir: Path) -> dict:
         server.send_signal(signal.SIGTERM)
         _, server_log = server.communicate(timeout=SERVER_STOP_TIMEOUT_S)
     verify = subprocess.run(
-        [sys.executable, "-m", "server.cli", "verify", "--config", str(REPO / "config" / "kassa.toml")],
+        [sys.executable, "-m", "kassa.server.cli", "verify", "--config", str(REPO / "config" / "kassa.toml")],
         cwd=REPO, env=environ, capture_output=True, text=True)
     latencies = sorted(value for part in parts for value in part["latencies_ms"])
     purchases = sum(part["purchases"] for part in parts)

@@ -28,8 +28,8 @@ US_PER_MIN = 60_000_000
 
 
 def measure(accounts: int, groups: list[int], rounds: int, purchases_per_cell: int) -> dict:
-    from core_ext import Ledger, Program, load_program
-    from server.wire import accrue_op
+    from kassa.core_ext import Ledger, Program, load_program
+    from kassa.server.wire import accrue_op
 
     workdir = Path(tempfile.mkdtemp(prefix="kassa-writer-cost-"))
     try:

@@ -14,18 +14,18 @@ import lmdb
 import msgspec
 from msgspec.structs import replace as _replace
 
-from core_ext import records as rec
-from core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
-from core_ext.model import (
+from kassa.core_ext import records as rec
+from kassa.core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
+from kassa.core_ext.model import (
     AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, CalculateResult,
     CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
     LeaveGroupOp, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
     RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, SetRulesOp, Shopper, Statement, SweepOp,
     SweepResult, TransactionView, TxnKind, rejected,
 )
-from core_ext.program import parse_program
-from core_ext.promo import PatternError, allowed_count, check_code, generate, parse_pattern
-from core_ext.rules import Program, prorate_points
+from kassa.core_ext.program import parse_program
+from kassa.core_ext.promo import PatternError, allowed_count, check_code, generate, parse_pattern
+from kassa.core_ext.rules import Program, prorate_points
 
 DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
             b"reversals", b"meta", b"counters", b"codes")
@@ -1693,7 +1693,7 @@ cdef class Ledger:
     def verify(self, long long now_ms):
         """Check the invariants of DESIGN §4 (1-4) over the whole ledger; returns a list of
         violations, each a string naming the account or record, what was expected, what was found."""
-        from core_ext.verify import check_ledger
+        from kassa.core_ext.verify import check_ledger
         with self.env.begin() as txn:
             return check_ledger(txn, self.dbs, now_ms)
 

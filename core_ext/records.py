@@ -12,7 +12,7 @@ import enum
 
 import msgspec
 
-from core_ext.model import TxnKind
+from kassa.core_ext.model import TxnKind
 
 
 class LotState(enum.IntEnum):

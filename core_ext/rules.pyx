@@ -16,8 +16,8 @@ include "consts.pxi"
 import datetime as dt
 import zoneinfo
 
-from core_ext.model import AppliedCampaign, Calculation, CampaignExplain, EventCalculation, LineResult, NO_SHOPPER
-from core_ext.program import DISCOUNT_EFFECTS, Limits, kept_by_ledger
+from kassa.core_ext.model import AppliedCampaign, Calculation, CampaignExplain, EventCalculation, LineResult, NO_SHOPPER
+from kassa.core_ext.program import DISCOUNT_EFFECTS, Limits, kept_by_ledger
 
 _NO_LIMITS = Limits()
 EPOCH_DATE = dt.date(1970, 1, 1)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from core_ext import records as rec
-from core_ext.model import TxnKind
+from kassa.core_ext import records as rec
+from kassa.core_ext.model import TxnKind
 
 _decode_account = rec.decode_account
 _decode_lot = rec.decode_lot

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from core_ext import limits, promo
-from core_ext.model import AccrueOp, RedeemOp, RollbackOp
-from core_ext.rules import NO_POINTS_CARD_BLOCKED
+from kassa.core_ext import limits, promo
+from kassa.core_ext.model import AccrueOp, RedeemOp, RollbackOp
+from kassa.core_ext.rules import NO_POINTS_CARD_BLOCKED
 from kassa.v1 import common_pb2, processing_pb2
-from server import wire
+from kassa.server import wire
 
 VARINT_BYTES_MAX = 10  # a varint of 64 bits (a negative int64 takes all 10)
 LENGTH_BYTES_MAX = 5  # the length of a nested message, any length below 2**35

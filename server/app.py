@@ -15,8 +15,8 @@ import lmdb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core_ext import Ledger, Program, RulesError, load_program
-from core_ext.model import Code
+from kassa.core_ext import Ledger, Program, RulesError, load_program
+from kassa.core_ext.model import Code
 from kassa.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -26,22 +26,22 @@ from kassa.v1 import (
     bench_pb2_grpc,
     processing_pb2,
 )
-from server.clock import make_clock
-from server.commit import GroupCommitter
-from server.interceptors.access_log import AccessLogInterceptor
-from server.interceptors.auth import AuthInterceptor
-from server.interceptors.decode import DecodeInterceptor
-from server.interceptors.metrics import MetricsInterceptor
-from server.metrics import GAUGE_REFRESH_INTERVAL_S, Metrics, serve_metrics
-from server.config import ServerConfig
-from server.cpus import usable_cpus
-from server.logs import event
-from server.servicers.accounts import AccountsServicer
-from server.servicers.admin import AdminServicer, compile_rules, sweep_expired, switch_rules
-from server.servicers.bench import BenchServicer
-from server.servicers.processing import ProcessingServicer
-from server.servicers.processing import add_to_server as add_processing
-from server.startup import StartupRefused, read_tls_files
+from kassa.server.clock import make_clock
+from kassa.server.commit import GroupCommitter
+from kassa.server.interceptors.access_log import AccessLogInterceptor
+from kassa.server.interceptors.auth import AuthInterceptor
+from kassa.server.interceptors.decode import DecodeInterceptor
+from kassa.server.interceptors.metrics import MetricsInterceptor
+from kassa.server.metrics import GAUGE_REFRESH_INTERVAL_S, Metrics, serve_metrics
+from kassa.server.config import ServerConfig
+from kassa.server.cpus import usable_cpus
+from kassa.server.logs import event
+from kassa.server.servicers.accounts import AccountsServicer
+from kassa.server.servicers.admin import AdminServicer, compile_rules, sweep_expired, switch_rules
+from kassa.server.servicers.bench import BenchServicer
+from kassa.server.servicers.processing import ProcessingServicer
+from kassa.server.servicers.processing import add_to_server as add_processing
+from kassa.server.startup import StartupRefused, read_tls_files
 
 log = logging.getLogger("kassa.server")
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.cpus import cpu_shares, pin_to, usable_cpus
+from kassa.server.cpus import cpu_shares, pin_to, usable_cpus
 
 DEFAULT_CONFIG = "config/kassa.toml"
 SAMPLE_FOLDER = Path(__file__).resolve().parent.parent / "config"  # the repository's config/, or kassa/config in a wheel
@@ -20,7 +20,7 @@ SAMPLE_SUFFIXES = (".toml", ".service", ".yml", ".yaml", ".json")  # what `kassa
 
 
 def main(argv: list[str] | None = None) -> int:
-    from server.version import package_version
+    from kassa.server.version import package_version
 
     parser = argparse.ArgumentParser(prog="kassa", description="kassa loyalty processing server")
     parser.add_argument("--version", action="version", version=f"kassa {package_version()}")
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(path: str):
-    from server.config import ConfigError, load_config
+    from kassa.server.config import ConfigError, load_config
 
     if not Path(path).exists():
         print(f"kassa: no config at {path}; `kassa init DIR` writes the sample (DIR/{DEFAULT_CONFIG} and "
@@ -82,8 +82,8 @@ def _load(path: str):
 def _serve(args) -> int:
     import msgspec
 
-    from server.logs import setup_logging
-    from server.startup import StartupRefused, claim, inherit, read_tls_files
+    from kassa.server.logs import setup_logging
+    from kassa.server.startup import StartupRefused, claim, inherit, read_tls_files
 
     config = _load(args.config)
     workers = config.server.workers if args.workers is None else args.workers
@@ -108,9 +108,9 @@ def _serve(args) -> int:
         pin_to([int(cpu) for cpu in args.cpus.split(",")])
     import uvloop
 
-    from core_ext import RulesError
-    from server.app import LedgerUnavailable, serve
-    from server.metrics import MetricsUnavailable
+    from kassa.core_ext import RulesError
+    from kassa.server.app import LedgerUnavailable, serve
+    from kassa.server.metrics import MetricsUnavailable
 
     # SIGHUP reloads the rules once the server runs; until then (and in a worker starting up) it
     # must not end the process: the rules are read at start anyway.
@@ -129,8 +129,8 @@ def _serve(args) -> int:
 def _supervise(config_path: str, shares: list[list[int]], claims, metrics_listen: str) -> int:
     """Serve the workers' metrics, summed, on metrics.listen (prometheus_client's multiprocess
     mode, in a directory of this run's), and run the workers."""
-    from server.logs import event
-    from server.metrics import MetricsUnavailable, WorkersMetrics
+    from kassa.server.logs import event
+    from kassa.server.metrics import MetricsUnavailable, WorkersMetrics
 
     try:
         metrics = WorkersMetrics(metrics_listen)
@@ -150,7 +150,7 @@ def _run_workers(config_path: str, shares: list[list[int]], claims, worker_envir
     are handed this server's claims on its address and ledger, and the port it holds."""
     environ = dict(os.environ, KASSA_SERVER_WORKERS="1", KASSA_SERVER_LISTEN=claims.listen, **worker_environ)
     fds = claims.inherited_fds()
-    command = [sys.executable, "-m", "server.cli", "serve", "--config", config_path, "--workers", "1",
+    command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", config_path, "--workers", "1",
                "--claims", ",".join(map(str, fds))]
     children: list[subprocess.Popen] = []
 
@@ -174,7 +174,7 @@ def _run_workers(config_path: str, shares: list[list[int]], claims, worker_envir
 def _open_existing(command: str, path: str, map_size_bytes: int):
     import lmdb
 
-    from core_ext.ledger import DB_NAMES, MAX_DBS
+    from kassa.core_ext.ledger import DB_NAMES, MAX_DBS
 
     if not Path(path, "data.mdb").exists():
         print(f"kassa {command}: no ledger at {path}", file=sys.stderr)
@@ -243,8 +243,8 @@ def _remove_backup(target: Path, created: Path | None) -> None:
 
 
 def _verify(args) -> int:
-    from core_ext.verify import check_ledger, ledger_summary
-    from server.clock import make_clock
+    from kassa.core_ext.verify import check_ledger, ledger_summary
+    from kassa.server.clock import make_clock
 
     config = _load(args.config)
     env, dbs = _open_existing("verify", config.ledger.path, config.ledger.map_size_bytes)
@@ -299,7 +299,7 @@ def _stats(args) -> int:
     """The figures of the whole server (every worker's, summed) from its one metrics endpoint."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from server.metrics import MetricsUnavailable, parse_listen
+    from kassa.server.metrics import MetricsUnavailable, parse_listen
 
     config = _load(args.config)
     if not config.metrics.listen:
@@ -359,7 +359,7 @@ def _init(args) -> int:
 
 
 def _rules_check(args) -> int:
-    from core_ext import Program, RulesError, load_program
+    from kassa.core_ext import Program, RulesError, load_program
 
     try:
         spec = load_program(args.files)

@@ -26,8 +26,8 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from core_ext.ledger import LedgerError
-from core_ext.model import Code, Outcome, rejected
+from kassa.core_ext.ledger import LedgerError
+from kassa.core_ext.model import Code, Outcome, rejected
 
 log = logging.getLogger("kassa.commit")
 SMALL_GROUP_CALLERS_MAX = 2  # a group of at most this many callers is small

@@ -11,10 +11,10 @@ import operator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from core_ext import limits, promo
-from core_ext import model as m
+from kassa.core_ext import limits, promo
+from kassa.core_ext import model as m
 from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2
-from server import wire
+from kassa.server import wire
 
 DIGEST_BYTES = wire.DIGEST_BYTES  # of the payload digest kept with each idempotency record
 PROMO_CODES_PER_RECEIPT_MAX = 16  # promo codes presented with one receipt

@@ -31,7 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from core_ext.model import Code
+from kassa.core_ext.model import Code
 
 log = logging.getLogger("kassa.metrics")
 

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.config import ServerConfig, TlsSection, split_listen
+from kassa.server.config import ServerConfig, TlsSection, split_listen
 
 LEDGER_LOCK_NAME = "serve.lock"  # in the ledger directory; holds the pid of the server that has it
 ADDRESS_LOCK_PREFIX = "\0kassa-listen:"  # abstract Unix socket names: one per address a server listens on

@@ -23,8 +23,8 @@ import hashlib
 
 import msgspec
 
-from core_ext import limits
-from core_ext.model import (
+from kassa.core_ext import limits
+from kassa.core_ext.model import (
     AccrueOp, AccrueResult, CalculateQuery, Customer, EventResult, IdKind, Line, Receipt, RedeemResult,
     RollbackResult,
 )

@@ -76,7 +76,7 @@ class KassaServer:
         return path
 
     def start(self) -> "KassaServer":
-        command = [sys.executable, "-m", "server.cli", "serve", "--config", str(self.config_path())]
+        command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(self.config_path())]
         self.process = subprocess.Popen(
             command, cwd=self.workdir, env=self.environ, stderr=subprocess.PIPE, text=True
         )
@@ -149,5 +149,5 @@ class KassaServer:
 
     def run_cli(self, *args: str) -> subprocess.CompletedProcess:
         """`kassa ARGS` against this server's config and ledger."""
-        command = [sys.executable, "-m", "server.cli", *args]
+        command = [sys.executable, "-m", "kassa.server.cli", *args]
         return subprocess.run(command, cwd=self.workdir, env=self.environ, capture_output=True, text=True, timeout=120)

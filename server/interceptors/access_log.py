@@ -12,9 +12,9 @@ import time
 
 import grpc
 
-from server import wire
-from server.interceptors.metrics import code_name
-from server.logs import REQUEST_ID
+from kassa.server import wire
+from kassa.server.interceptors.metrics import code_name
+from kassa.server.logs import REQUEST_ID
 
 log = logging.getLogger("kassa.access")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from server import errors
+from kassa.server import errors
 
 API_KEY_METADATA = "x-api-key"
 KASSA_METHOD_PREFIX = "/kassa.v1."  # health and reflection stay open

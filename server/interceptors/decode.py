@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from server import errors
+from kassa.server import errors
 
 
 class _Undecodable:

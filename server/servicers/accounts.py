@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kassa.v1 import accounts_pb2, accounts_pb2_grpc
-from server import convert
-from server.servicers.respond import answer, commit_one, invalid
+from kassa.server import convert
+from kassa.server.servicers.respond import answer, commit_one, invalid
 
 
 def _account_response(response_type):

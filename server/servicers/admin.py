@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 
-from core_ext import Program, RulesError, load_program, parse_program
-from core_ext.limits import SWEEP_ACCOUNTS_MAX
-from core_ext.model import Code, Outcome, SetRulesOp, SweepOp
+from kassa.core_ext import Program, RulesError, load_program, parse_program
+from kassa.core_ext.limits import SWEEP_ACCOUNTS_MAX
+from kassa.core_ext.model import Code, Outcome, SetRulesOp, SweepOp
 from kassa.v1 import admin_pb2, admin_pb2_grpc
-from server import convert, errors
-from server.servicers.respond import answer, commit_one
+from kassa.server import convert, errors
+from kassa.server.servicers.respond import answer, commit_one
 
 RELOADED_SOURCE_NAME = "ReloadRules.source_toml"  # the file name problems are reported under
 

@@ -13,14 +13,14 @@ from collections import Counter
 
 import grpc
 
-from core_ext.model import AccrueOp, Code, Outcome, RedeemResult, RollbackResult
+from kassa.core_ext.model import AccrueOp, Code, Outcome, RedeemResult, RollbackResult
 from kassa.v1 import processing_pb2
-from server import convert, errors, wire
-from server.answer_bound import BatchAnswerBound
-from server.interceptors.auth import CALLER
-from server.logs import event
-from server.servicers.in_flight import InFlight, StreamHold
-from server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
+from kassa.server import convert, errors, wire
+from kassa.server.answer_bound import BatchAnswerBound
+from kassa.server.interceptors.auth import CALLER
+from kassa.server.logs import event
+from kassa.server.servicers.in_flight import InFlight, StreamHold
+from kassa.server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
 
 log = logging.getLogger("kassa.stream")
 

@@ -6,11 +6,11 @@ import grpc
 import msgspec
 from google.protobuf.message import DecodeError
 
-from core_ext.model import AccrueOp, Code, Outcome, Reason, RedeemOp, RollbackOp
-from server import errors
-from server.convert import InvalidArgument
-from server.interceptors.decode import refuse_undecodable
-from server.interceptors.auth import CALLER
+from kassa.core_ext.model import AccrueOp, Code, Outcome, Reason, RedeemOp, RollbackOp
+from kassa.server import errors
+from kassa.server.convert import InvalidArgument
+from kassa.server.interceptors.decode import refuse_undecodable
+from kassa.server.interceptors.auth import CALLER
 
 STATUS_CODES = {int(code): grpc.StatusCode[code.name] for code in Code}
 REUSED_PREFIX = "request_id '"  # an ALREADY_EXISTS about the request_id itself, not what it creates

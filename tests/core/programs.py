@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 
-from core_ext import parse_program
+from kassa.core_ext import parse_program
 
 CATEGORIES = ("grocery/dairy/milk", "grocery/bakery", "pharmacy/vitamins", "flowers/roses", "home/kitchen", "tobacco")
 

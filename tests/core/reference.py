@@ -358,7 +358,7 @@ def calculate(
     unlocked=frozenset(),
     captured_points: int = 0,
 ) -> dict:
-    from core_ext.model import Shopper
+    from kassa.core_ext.model import Shopper
 
     shopper = Shopper() if shopper is None else shopper
     # Only campaigns whose limits the ledger counts (day/week/month caps, budget, uses) have an allowance.

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import pytest
 
-from core_ext import Ledger, Program
-from core_ext.model import (
+from kassa.core_ext import Ledger, Program
+from kassa.core_ext.model import (
     AccrueOp, Code, CreateAccountOp, Customer, EventOp, IdKind, Line, PromoCodesOp, Reason, Receipt, ReturnLine,
     RollbackOp,
 )

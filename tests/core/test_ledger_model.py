@@ -45,8 +45,8 @@ from hypothesis import HealthCheck, Phase, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from core_ext import Ledger, Program
-from core_ext.model import (
+from kassa.core_ext import Ledger, Program
+from kassa.core_ext.model import (
     AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, CardInfo, Code, CreateAccountOp,
     Customer, IdKind, IssueCardOp, JoinGroupOp, LeaveGroupOp, Line, Outcome, Reason, Receipt, RedeemOp,
     RedeemResult, ReturnLine, RollbackKind, RollbackOp, RollbackResult, SweepOp, TxnKind,

@@ -9,8 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from core_ext import Ledger, Program, load_program
-from core_ext.model import AccrueOp, Code, CreateAccountOp, Customer, IdKind, Line, Receipt
+from kassa.core_ext import Ledger, Program, load_program
+from kassa.core_ext.model import AccrueOp, Code, CreateAccountOp, Customer, IdKind, Line, Receipt
 
 REPO = Path(__file__).resolve().parents[2]
 MAP_SIZE_BYTES = 64 * 1024**2

@@ -10,8 +10,8 @@ import itertools
 
 import pytest
 
-from core_ext import Ledger, Program
-from core_ext.model import AccrueOp, Code, CreateAccountOp, Customer, IdKind, Line, Receipt, ReturnLine, RollbackOp
+from kassa.core_ext import Ledger, Program
+from kassa.core_ext.model import AccrueOp, Code, CreateAccountOp, Customer, IdKind, Line, Receipt, ReturnLine, RollbackOp
 from tests.core.programs import program
 
 T0_MS = 1_780_300_800_000  # 2026-06-01T08:00:00Z, 11:00 in Moscow

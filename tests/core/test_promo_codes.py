@@ -1,4 +1,4 @@
-"""Promo-code patterns (`core_ext.promo`): parsing, generation, limits, exhaustion, distribution."""
+"""Promo-code patterns (`kassa.core_ext.promo`): parsing, generation, limits, exhaustion, distribution."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core_ext import promo
-from core_ext.promo import (
+from kassa.core_ext import promo
+from kassa.core_ext.promo import (
     CAPACITY_SHARE_MAX_BPS,
     DEFAULT_CHARSET,
     DRAWS_PER_CODE_MAX,
@@ -394,5 +394,5 @@ def test_invalid_imported_codes_are_refused_naming_the_field(code, fragment):
 
 def test_module_is_pure_python():
     source = Path(promo.__file__).read_text(encoding="utf-8")
-    for forbidden in ("lmdb", "grpc", "core_ext.ledger", "core_ext.rules"):
+    for forbidden in ("lmdb", "grpc", "kassa.core_ext.ledger", "kassa.core_ext.rules"):
         assert f"import {forbidden}" not in source

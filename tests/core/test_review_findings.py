@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import itertools
 
-from core_ext import Ledger, Program
-from core_ext.records import decode_txn
-from core_ext.model import (
+from kassa.core_ext import Ledger, Program
+from kassa.core_ext.records import decode_txn
+from kassa.core_ext.model import (
     AccrueOp, Code, CreateAccountOp, Customer, EventOp, IdKind, JoinGroupOp, Line, Receipt, RedeemOp, RollbackOp, SetRulesOp,
 )
 from tests.core.programs import program

@@ -1,7 +1,7 @@
 """`kassa rules check`: every broken program in tests/rules/broken is refused with one line naming the
 file, the campaign and the field; the sample program in config/rules passes.
 
-The CLI runs as a real process (`python -m server.cli rules check FILE`), as an operator would run it.
+The CLI runs as a real process (`python -m kassa.server.cli rules check FILE`), as an operator would run it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core_ext.program import RulesError, load_program, parse_program, source_refusal
+from kassa.core_ext.program import RulesError, load_program, parse_program, source_refusal
 
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = Path("tests/rules/broken")  # relative to REPO, as an operator would type it
@@ -61,7 +61,7 @@ NOT_TOML: dict[str, tuple[int, int]] = {
 
 def rules_check(*paths: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", "rules", "check", *map(str, paths)],
+        [sys.executable, "-m", "kassa.server.cli", "rules", "check", *map(str, paths)],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
 

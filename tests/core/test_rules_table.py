@@ -1,7 +1,7 @@
 """The rules language row by row: one receipt, one program, and the exact outcome, worked out by
 hand from docs/rules.md and written in the row.
 
-Each row is checked three ways: the core (`core_ext.Program`) gives the expected numbers, the
+Each row is checked three ways: the core (`kassa.core_ext.Program`) gives the expected numbers, the
 pure-Python reference (tests/core/reference.py) gives them, and the two agree on everything else.
 
 Every row's program runs in Europe/Moscow (UTC+3, no daylight saving). NOW is Monday 2026-06-01,
@@ -20,8 +20,8 @@ import datetime as dt
 
 import pytest
 
-from core_ext import Program
-from core_ext.model import Line, Receipt, Shopper
+from kassa.core_ext import Program
+from kassa.core_ext.model import Line, Receipt, Shopper
 from tests.core import reference
 from tests.core.programs import program
 

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core_ext import Program, load_program
-from core_ext.model import Line, Receipt, Shopper
+from kassa.core_ext import Program, load_program
+from kassa.core_ext.model import Line, Receipt, Shopper
 from tests.core import reference
 from tests.core.programs import CATEGORIES, generated_program, program
 

@@ -30,7 +30,7 @@ def blocks(path: Path, language: str) -> list[str]:
 
 
 def kassa_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "server.cli", *args]
+    command = [sys.executable, "-m", "kassa.server.cli", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -68,7 +68,7 @@ class TestOperations:
         assert re.fullmatch(r"[0-9a-f]{64}  -", digest_line)
 
     def test_the_auth_example_is_a_config_kassa_accepts(self, tmp_path):
-        from server.config import load_config
+        from kassa.server.config import load_config
 
         path = tmp_path / "kassa.toml"
         path.write_text(blocks(DOCS / "operations.md", "toml")[0])
@@ -83,7 +83,7 @@ class TestOperations:
         recipe = blocks(DOCS / "operations.md", "sh")[2]
         backup_dir = tmp_path / "kassa-backup"
         script = recipe.replace("/srv/backup/kassa-2026-11-25", str(backup_dir)) \
-                       .replace(".venv/bin/kassa", f"{sys.executable} -m server.cli")
+                       .replace(".venv/bin/kassa", f"{sys.executable} -m kassa.server.cli")
         environment = dict(kassa.environ, PYTHONPATH=str(REPO))
 
         run = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, env=environment,

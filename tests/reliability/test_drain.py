@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from kassa.v1 import common_pb2, processing_pb2
-from server.app import DRAIN_OVERRUN_S_MAX
+from kassa.server.app import DRAIN_OVERRUN_S_MAX
 from tests.reliability import (
     CALL_TIMEOUT_S, assert_verifies, call_until_answered, fresh_channel, health_status, processing_stub, purchase,
     transactions_by_request,

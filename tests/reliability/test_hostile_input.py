@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core_ext import limits
+from kassa.core_ext import limits
 from kassa.v1 import accounts_pb2, admin_pb2, admin_pb2_grpc, common_pb2, processing_pb2
 from tests.kassa_harness import KassaServer
 from tests.reliability import CALL_TIMEOUT_S, assert_verifies, health_status, purchase, spend

@@ -9,7 +9,7 @@ import grpc
 import msgspec
 import pytest
 
-from core_ext import records
+from kassa.core_ext import records
 from kassa.v1 import processing_pb2
 from tests.kassa_harness import KassaServer
 from tests.security.test_auth import Client, assert_verifies, sha256

@@ -8,15 +8,15 @@ with every value at its largest.
 
 from __future__ import annotations
 
-from core_ext import limits, load_program, promo
-from core_ext.model import (
+from kassa.core_ext import limits, load_program, promo
+from kassa.core_ext.model import (
     AccrueResult, AppliedCampaign, Balance, Calculation, Code, LineResult, Outcome, PromoCodeResult, RedeemResult,
     RollbackResult,
 )
 from kassa.v1 import processing_pb2
-from server import convert, wire
-from server.answer_bound import BatchAnswerBound
-from server.servicers.processing import _BUILDERS, other_result
+from kassa.server import convert, wire
+from kassa.server.answer_bound import BatchAnswerBound
+from kassa.server.servicers.processing import _BUILDERS, other_result
 from tests.kassa_harness import REPO
 from tests.server.helpers import by_account, earn, line, open_account, receipt
 

@@ -15,8 +15,8 @@ import grpc
 import lmdb
 import msgspec
 
-from core_ext.ledger import MAX_DBS
-from core_ext.records import TxnRec
+from kassa.core_ext.ledger import MAX_DBS
+from kassa.core_ext.records import TxnRec
 from kassa.v1 import accounts_pb2, processing_pb2
 from tests.server.helpers import balance, by_account, earn, line, open_account, receipt, statement
 
@@ -64,7 +64,7 @@ def backup(kassa, target) -> subprocess.CompletedProcess:
 def verify_copy(kassa, copy) -> tuple[subprocess.CompletedProcess, dict]:
     """`kassa verify` with the copy as the ledger."""
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "verify", "--config", str(kassa.config_path())],
+        [sys.executable, "-m", "kassa.server.cli", "verify", "--config", str(kassa.config_path())],
         cwd=kassa.workdir, env={**kassa.environ, "KASSA_LEDGER_PATH": str(copy)},
         capture_output=True, text=True, timeout=120)
     return result, json.loads(result.stdout.strip().splitlines()[-1])

@@ -35,7 +35,7 @@ import grpc
 import lmdb
 import pytest
 
-from core_ext.ledger import MAX_DBS
+from kassa.core_ext.ledger import MAX_DBS
 from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2, processing_pb2_grpc
 from tests.kassa_harness import START_TIMEOUT_S, T0_MS
 from tests.reliability import CALL_TIMEOUT_S, assert_verifies, verify

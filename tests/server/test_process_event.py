@@ -12,7 +12,7 @@ import urllib.request
 import grpc
 import pytest
 
-from core_ext import limits
+from kassa.core_ext import limits
 from kassa.v1 import accounts_pb2, common_pb2, processing_pb2, processing_pb2_grpc
 from tests.server.helpers import balance, by_account, open_account, refused, snapshot, statement
 from tests.server.stream_helpers import ledger_transactions

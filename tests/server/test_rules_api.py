@@ -17,7 +17,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from core_ext import load_program
+from kassa.core_ext import load_program
 from kassa.v1 import accounts_pb2, admin_pb2, admin_pb2_grpc, common_pb2, processing_pb2, processing_pb2_grpc
 from tests.kassa_harness import DAY_MS, T0_MS
 from tests.server.helpers import (

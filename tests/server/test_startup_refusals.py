@@ -35,7 +35,7 @@ def refused_start(workdir, env: dict[str, str], config_text: str | None = None) 
     serves instead is killed (with its workers) and the test fails."""
     workdir.mkdir(exist_ok=True)
     server = KassaServer(workdir, env=env, config_text=config_text)
-    command = [sys.executable, "-m", "server.cli", "serve", "--config", str(server.config_path())]
+    command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(server.config_path())]
     process = subprocess.Popen(command, cwd=workdir, env=server.environ, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -109,7 +109,7 @@ class TestOneServerPerAddress:
                    for name in ("left", "right")]
         processes = []
         for server in servers:
-            command = [sys.executable, "-m", "server.cli", "serve", "--config", str(server.config_path())]
+            command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(server.config_path())]
             processes.append(subprocess.Popen(command, cwd=server.workdir, env=server.environ,
                                               stderr=subprocess.PIPE, text=True, start_new_session=True))
         try:
@@ -168,7 +168,7 @@ class TestOneServerPerLedger:
         (tmp_path / "impostor").mkdir()
         server = KassaServer(tmp_path / "impostor", env={"KASSA_SERVER_LISTEN": address,
                                                          "KASSA_LEDGER_PATH": str(first.ledger_path)})
-        command = [sys.executable, "-m", "server.cli", "serve", "--config", str(server.config_path()),
+        command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(server.config_path()),
                    "--workers", "1", "--worker-index", "1", "--claims", "0,1,2"]
 
         done = subprocess.run(command, cwd=server.workdir, env=server.environ, capture_output=True, text=True,

@@ -11,7 +11,7 @@ import lmdb
 import msgspec
 import pytest
 
-import core_ext.records
+from kassa.core_ext import records as ledger_records
 from kassa.v1 import accounts_pb2, processing_pb2
 from tests.kassa_harness import REPO
 from tests.server.helpers import (
@@ -62,8 +62,8 @@ def rewrite_journal(kassa, change) -> None:
     env = lmdb.open(str(kassa.ledger_path), max_dbs=16)
     try:
         with env.begin(write=True) as txn:
-            change(_Records(txn, env.open_db(b"journal", txn=txn), core_ext.records.decode_txn),
-                   _Records(txn, env.open_db(b"accounts", txn=txn), core_ext.records.decode_account))
+            change(_Records(txn, env.open_db(b"journal", txn=txn), ledger_records.decode_txn),
+                   _Records(txn, env.open_db(b"accounts", txn=txn), ledger_records.decode_account))
     finally:
         env.close()
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from kassa.v1 import common_pb2, processing_pb2
-from server.servicers.in_flight import MEMORY_PER_REQUEST_BYTE
+from kassa.server.servicers.in_flight import MEMORY_PER_REQUEST_BYTE
 from tests.server.helpers import balance, by_account, line, open_account, receipt
 from tests.server.stream_helpers import (
     MemoryWatch, NonReadingClient, StreamingClient, batches_of, earned_by, flat_acks, ledger_transactions,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from core_ext import limits
+from kassa.core_ext import limits
 from kassa.v1 import common_pb2, processing_pb2
 from tests.server.helpers import balance, by_account, earn, line, open_account, receipt, refused, snapshot, statement
 from tests.server.stream_helpers import flat_acks, purchase_request, stream_all

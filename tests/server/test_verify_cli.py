@@ -8,7 +8,7 @@ import grpc
 import lmdb
 import msgspec
 
-import core_ext.records
+from kassa.core_ext import records
 from kassa.v1 import processing_pb2
 from tests.server.helpers import (
     HOLD_TTL_S, LIFETIME_DAYS, accrue, balance, by_card, earn, line, open_account, receipt, redeem, refused,
@@ -115,7 +115,7 @@ class TestVerifyFindsTampering:
         env = lmdb.open(str(kassa.ledger_path), max_dbs=16)
         try:
             accounts = env.open_db(b"accounts")
-            decode = msgspec.msgpack.Decoder(core_ext.records.AccountRec).decode
+            decode = msgspec.msgpack.Decoder(records.AccountRec).decode
             with env.begin(write=True) as txn:
                 record = decode(txn.get(b"A-TAMPERED", db=accounts))
                 assert record.active == 1_000

@@ -34,15 +34,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core_ext import Ledger, Program, limits, load_program
-from core_ext.model import (
+from kassa.core_ext import Ledger, Program, limits, load_program
+from kassa.core_ext.model import (
     AccrueOp, AccrueResult, AdjustOp, AppliedCampaign, Balance, Calculation, CampaignExplain, Code, CreateAccountOp,
     Customer, EventOp, EventResult, IdKind, IssueCardOp, LineResult, Outcome, PromoCodeResult, PromoCodesOp, Reason,
     RedeemOp, RedeemResult, RollbackOp, RollbackResult, rejected,
 )
 from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2
-from server import convert, wire
-from server.servicers.processing import other_result
+from kassa.server import convert, wire
+from kassa.server.servicers.processing import other_result
 from tests.kassa_harness import REPO, T0_MS
 from tests.server.helpers import by_account, line, open_account, receipt, refused, statement
 

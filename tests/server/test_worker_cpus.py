@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cpus import cpu_shares
+from kassa.server.cpus import cpu_shares
 from tests.server.helpers import balance, open_account
 
 WORKERS = 2

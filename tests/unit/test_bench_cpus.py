@@ -14,7 +14,7 @@ import pytest
 from bench.scaling import main as scaling_main
 from bench.scaling import speedups
 from bench.throughput import CPUS_MAX, cpu_list, split_cpus
-from server.cpus import usable_cpus
+from kassa.server.cpus import usable_cpus
 
 REPO = Path(__file__).resolve().parents[2]
 

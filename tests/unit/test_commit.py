@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from core_ext.model import Code
-from server.clock import SystemClock
-from server.commit import DRAIN_GROUP_OPERATIONS_MAX, GroupCommitter
+from kassa.core_ext.model import Code
+from kassa.server.clock import SystemClock
+from kassa.server.commit import DRAIN_GROUP_OPERATIONS_MAX, GroupCommitter
 from tests.core.test_ledger_take import open_ledger, purchase
 
 ANSWER_TIMEOUT_S = 10  # a caller not answered by then counts as never answered

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
-from core_ext.model import Code
-from server.clock import SystemClock
-from server.commit import SMALL_GROUP_CALLERS_MAX, SMALL_GROUPS_BEFORE_NO_WAIT, GroupCommitter
+from kassa.core_ext.model import Code
+from kassa.server.clock import SystemClock
+from kassa.server.commit import SMALL_GROUP_CALLERS_MAX, SMALL_GROUPS_BEFORE_NO_WAIT, GroupCommitter
 from tests.core.test_ledger_take import open_ledger, purchase
 
 WAIT_US_MAX = 1_000_000

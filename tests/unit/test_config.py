@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from server.config import ConfigError, ServerConfig, load_config
+from kassa.server.config import ConfigError, ServerConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "kassa.toml"
@@ -90,7 +90,7 @@ class TestRefused:
     def test_kassa_serve_with_a_wrong_config_says_why_in_one_line_and_exits_2(self, tmp_path):
         path = tmp_path / "kassa.toml"
         path.write_text("[server]\nwrokers = 2\n")
-        done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--config", str(path)],
+        done = subprocess.run([sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(path)],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2
         assert done.stderr.strip() == f"kassa: {path}: unknown key 'server.wrokers'"
@@ -110,7 +110,7 @@ class TestServeRefusesAWrongEnvironment:
     def test_kassa_serve_says_which_variable_in_one_line_and_exits_2(self, tmp_path, variable, value, said):
         environ = {name: text for name, text in os.environ.items() if not name.startswith("KASSA_")}
         done = subprocess.run(
-            [sys.executable, "-m", "server.cli", "serve", "--config", str(SHIPPED)],
+            [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(SHIPPED)],
             cwd=tmp_path, env={**environ, "PYTHONPATH": str(REPO), variable: value},
             capture_output=True, text=True, timeout=60,
         )

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from server import errors
+from kassa.server import errors
 
 AIP_193_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,61}[A-Z0-9]")  # ErrorInfo.reason: UPPER_SNAKE_CASE, <= 63 chars
 FIELD_MESSAGES = [  # (message, (field, description) or None)
@@ -68,7 +68,7 @@ class TestRefusalStatus:
 
 class TestReasonNames:
     def test_every_reason_is_an_aip_193_name(self):
-        from core_ext.model import Reason
+        from kassa.core_ext.model import Reason
 
         names = {value for name, value in vars(errors).items() if name.isupper() and isinstance(value, str)}
         names -= {errors.DOMAIN, errors.REASON_METADATA_KEY}

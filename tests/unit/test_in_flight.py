@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.servicers.in_flight import InFlight, StreamHold
+from kassa.server.servicers.in_flight import InFlight, StreamHold
 
 EVENTS_MAX = 100
 BYTES_MAX = 1_000

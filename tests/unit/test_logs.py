@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, load_config
-from server.logs import REQUEST_ID, JsonFormatter
+from kassa.server.config import ConfigError, load_config
+from kassa.server.logs import REQUEST_ID, JsonFormatter
 
 
 def formatted(formatter: JsonFormatter, **fields) -> dict:
