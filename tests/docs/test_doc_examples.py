@@ -1,7 +1,8 @@
 """The code blocks of docs/ that can run, run as written (paths and addresses swapped for the test's).
 
 Not run here, and why: the README's tour has its own test (tests/server/test_readme_tour.py); the
-grpcurl calls in docs/api.md need grpcurl, which is not installed; the Python fragments (the API key
+grpcurl calls in docs/api.md need grpcurl, which is not installed (their JSON bodies are decoded and
+sent from Python instead, TestGrpcurlBodies); the Python fragments (the API key
 metadata, the TLS channel) are pieces of a client, run in substance by tests/security; the command
 synopses in docs/operations.md and bench/README.md list options rather than run one command; the
 locust command in loadtest/README.md runs for 30 s against a server (make loadtest).
@@ -101,3 +102,42 @@ def test_relative_links_lead_to_files_that_exist(path):
     text = path.read_text(encoding="utf-8")
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert (path.parent / target).exists(), f"{path.name} links to {target}, which does not exist"
+
+
+class TestGrpcurlBodies:
+    """grpcurl is not installed here: each call's JSON body is decoded with the proto3 JSON mapping
+    grpcurl uses and sent, in the order docs/api.md lists them, to a real server; every one answers OK."""
+
+    CALL = re.compile(r"grpcurl -plaintext(?: -d '(?P<body>[^']*)')?\s+\S+\s+(?P<method>kassa\.v1\.\w+/\w+)")
+
+    def calls(self) -> list[tuple[str, str]]:
+        text = (DOCS / "api.md").read_text(encoding="utf-8")
+        section = text[text.index("## Calling kassa with grpcurl"):]
+        script = blocks_of(section, "sh")[0].replace("\\\n", " ")
+        return [(found["method"], found["body"] or "{}") for found in self.CALL.finditer(script)]
+
+    def test_every_body_is_its_methods_request_and_is_answered_ok(self, kassa):
+        import grpc
+        from google.protobuf import descriptor_pool, json_format, message_factory
+
+        from kassa.v1 import accounts_pb2, processing_pb2  # noqa: F401  (register the services in the pool)
+
+        calls = self.calls()
+        assert "kassa.v1.Processing/ProcessEvent" in [method for method, _ in calls]
+        pool = descriptor_pool.Default()
+        channel = grpc.insecure_channel(kassa.address)
+        for method, body in calls:
+            service_name, method_name = method.split("/")
+            descriptor = pool.FindServiceByName(service_name).FindMethodByName(method_name)
+            request_class = message_factory.GetMessageClass(descriptor.input_type)
+            response_class = message_factory.GetMessageClass(descriptor.output_type)
+            request = json_format.Parse(body, request_class())
+            call = channel.unary_unary(f"/{method}", request_serializer=request_class.SerializeToString,
+                                       response_deserializer=response_class.FromString)
+
+            call(request, timeout=10)  # raises grpc.RpcError unless the server answers OK
+        channel.close()
+
+
+def blocks_of(text: str, language: str) -> list[str]:
+    return [body for lang, body in BLOCK.findall(text) if lang == language]
