@@ -1,4 +1,5 @@
-"""The code blocks of docs/ that can run, run as written (paths and addresses swapped for the test's).
+"""The code blocks of docs/ that can run, run as written (paths and addresses swapped for the test's),
+and the refusals docs/configuration.md shows are the ones kassa prints.
 
 Not run here, and why: the README's tour has its own test (tests/server/test_readme_tour.py); the
 grpcurl calls in docs/api.md need grpcurl, which is not installed (their JSON bodies are decoded and
@@ -141,3 +142,38 @@ class TestGrpcurlBodies:
 
 def blocks_of(text: str, language: str) -> list[str]:
     return [body for lang, body in BLOCK.findall(text) if lang == language]
+
+
+class TestConfigurationRefusals:
+    """Each refusal line docs/configuration.md shows is what `kassa verify` (which reads the config
+    first, as every command does) prints for the mistake beside it here."""
+
+    MISTAKES = [  # (a replacement in the sample config, the environment)
+        (("workers = 0", "wrokers = 0"), {}),
+        (("grace_s = 10", 'grace_s = "ten"'), {}),
+        (None, {"KASSA_LEDGER_SYNC": "ture"}),
+        (None, {"KASSA_SERVER_LISTEN": "localhost"}),
+        (None, {"KASSA_SERVER_WORKERS": "1000"}),
+        (None, {"KASSA_SERVER_WORKRES": "2"}),
+    ]
+
+    def test_every_refusal_shown_is_the_one_kassa_prints(self, tmp_path):
+        import os
+
+        text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+        shown = blocks_of(text, "")[0].strip().splitlines()
+        sample = (REPO / "config" / "kassa.toml").read_text(encoding="utf-8")
+        printed = []
+        for edit, variables in self.MISTAKES:
+            (tmp_path / "config").mkdir(exist_ok=True)
+            config = sample.replace(*edit) if edit else sample
+            assert config != sample or not edit
+            (tmp_path / "config" / "kassa.toml").write_text(config)
+            environment = {name: value for name, value in os.environ.items() if not name.startswith("KASSA_")}
+            environment.update(variables, PYTHONPATH=str(REPO))
+
+            run = kassa_cli("verify", cwd=tmp_path, env=environment)
+
+            assert run.returncode == 2, run.stderr
+            printed.append(run.stderr.strip())
+        assert printed == shown
