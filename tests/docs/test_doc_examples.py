@@ -6,7 +6,13 @@ grpcurl calls in docs/api.md need grpcurl, which is not installed (their JSON bo
 sent from Python instead, TestGrpcurlBodies); the Python fragments (the API key
 metadata, the TLS channel) are pieces of a client, run in substance by tests/security; the command
 synopses in docs/operations.md and bench/README.md list options rather than run one command; the
-locust command in loadtest/README.md runs for 30 s against a server (make loadtest).
+locust command in loadtest/README.md runs for 30 s against a server (make loadtest); the install
+recipe's `pip install .` needs the package index and a build (tests/packaging/test_wheel.py builds
+and installs the wheel; its `kassa init` and `rules check` lines run here) and `kassa serve` would
+not end; the systemd recipe needs root and systemd (tests/packaging/test_systemd_unit.py checks the
+unit); README.md's install block is the same recipe; the `proto` block in docs/api.md is an excerpt
+of proto/kassa/v1/processing.proto; the `kassa verify` violation lines need a ledger with an
+unjournaled write-off, which tests/server/test_statements.py builds and checks them on.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ def blocks(path: Path, language: str) -> list[str]:
     """The fenced code blocks of one language in a Markdown file, in order."""
     text = path.read_text(encoding="utf-8")
     return [body for lang, body in BLOCK.findall(text) if lang == language]
+
+
+def block_with(path: Path, language: str, text: str) -> str:
+    """The one block of that language that holds `text`."""
+    found = [body for body in blocks(path, language) if text in body]
+    assert len(found) == 1, f"{len(found)} {language} blocks of {path.name} hold {text!r}"
+    return found[0]
 
 
 def kassa_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -59,7 +72,7 @@ class TestRulesReference:
 
 class TestOperations:
     def test_the_key_recipe_makes_a_key_and_its_sha256(self):
-        recipe = blocks(DOCS / "operations.md", "sh")[1]
+        recipe = block_with(DOCS / "operations.md", "sh", "openssl rand")
         script = recipe + 'printf "%s\\n" "$KEY"\n'
 
         run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
@@ -73,7 +86,7 @@ class TestOperations:
         from kassa.server.config import load_config
 
         path = tmp_path / "kassa.toml"
-        path.write_text(blocks(DOCS / "operations.md", "toml")[0])
+        path.write_text(block_with(DOCS / "operations.md", "toml", "[[auth.keys]]"))
 
         config = load_config(str(path))
 
@@ -82,7 +95,7 @@ class TestOperations:
             [("store-7/pos-2", ["store-7"], False), ("ops/alice", [], True)]
 
     def test_backup_and_verify_as_written(self, kassa, tmp_path):
-        recipe = blocks(DOCS / "operations.md", "sh")[2]
+        recipe = block_with(DOCS / "operations.md", "sh", "kassa backup /srv/backup")
         backup_dir = tmp_path / "kassa-backup"
         script = recipe.replace("/srv/backup/kassa-2026-11-25", str(backup_dir)) \
                        .replace(".venv/bin/kassa", f"{sys.executable} -m kassa.server.cli")
@@ -177,3 +190,46 @@ class TestConfigurationRefusals:
             assert run.returncode == 2, run.stderr
             printed.append(run.stderr.strip())
         assert printed == shown
+
+
+class TestInstalling:
+    def test_init_and_rules_check_as_written(self, tmp_path):
+        recipe = block_with(DOCS / "operations.md", "sh", "kassa init /srv/shop")
+        kassa = f"{sys.executable} -m kassa.server.cli"
+        # pip install needs the package index (tests/packaging builds and installs the wheel), and
+        # serve would not end: the rest runs as written, the checkout's kassa standing in for /opt/kassa's.
+        lines = [line.split("#")[0] for line in recipe.splitlines() if "kassa init" in line or "rules check" in line]
+        script = "\n".join(lines).replace("/opt/kassa/bin/kassa", kassa).replace("/srv/shop", str(tmp_path / "shop"))
+        script = script.replace(f" && {kassa} serve", "")
+
+        run = subprocess.run(["bash", "-e", "-c", script], env=dict(PYTHONPATH=str(REPO), PATH="/usr/bin:/bin"),
+                             capture_output=True, text=True, timeout=120)
+
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip().splitlines()[-1].startswith("ok: 17 campaigns")
+        assert (tmp_path / "shop" / "config" / "systemd" / "kassa.service").exists()
+
+
+class TestRulesSourceLimits:
+    """The problem lines of the rules-source limits table are what `kassa rules check` prints."""
+
+    def shown(self) -> dict[str, str]:
+        text = (DOCS / "operations.md").read_text(encoding="utf-8")
+        rows = re.findall(r"^\| `(RULES_\w+)` \| [^|]+ \| `([^`]+)` \|$", text, re.M)
+        return dict(rows)
+
+    @pytest.mark.parametrize("limit, source", [
+        ("RULES_SOURCE_BYTES_MAX", "# " + "x" * (1024 * 1024) + "\n"),
+        ("RULES_NESTING_DEPTH_MAX", "a = " + "[" * 33 + "]" * 33 + "\n"),
+        ("RULES_KEY_PARTS_MAX", "a" + ".a" * 32 + " = 1\n"),
+    ])
+    def test_the_line_shown_is_the_line_printed(self, tmp_path, limit, source):
+        path = tmp_path / "program.toml"
+        path.write_text(source)
+        expected = self.shown()[limit].replace("FILE", str(path)).replace("line N", "line 1")
+        expected = expected.replace("N bytes", f"{len(source.encode())} bytes")
+
+        run = kassa_cli("rules", "check", str(path), cwd=REPO)
+
+        assert run.returncode == 1
+        assert expected in run.stderr.splitlines()
