@@ -233,3 +233,19 @@ class TestRulesSourceLimits:
 
         assert run.returncode == 1
         assert expected in run.stderr.splitlines()
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces to hyphens."""
+    text = BLOCK.sub("", path.read_text(encoding="utf-8"))
+    headings = re.findall(r"^#{1,6} (.+)$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("path", sorted([*DOCS.glob("*.md"), REPO / "README.md", REPO / "bench" / "README.md",
+                                         REPO / "loadtest" / "README.md"]), ids=lambda p: p.name)
+def test_links_to_a_heading_lead_to_a_heading_that_exists(path):
+    text = path.read_text(encoding="utf-8")
+    for target, anchor in re.findall(r"\]\(([^)#:]*)#([^)]+)\)", text):
+        linked = (path.parent / target) if target else path
+        assert anchor in heading_anchors(linked), f"{path.name} links to {target}#{anchor}, which has no such heading"
