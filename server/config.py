@@ -46,6 +46,7 @@ class ProcessingSection(_Section):
     stream_events_in_flight_max: int = 20_000
     stream_bytes_in_flight_max: int = 2 * 1024 * 1024  # request bytes read from one stream and not yet acked
     streams_bytes_in_flight_max: int = 16 * 1024 * 1024  # the same over all of a worker's streams together
+    stream_ack_write_timeout_s: float = 30  # a stream whose client takes no ack for this long is ended
     streams_max: int = 256  # concurrent StreamEvents calls per worker process
     expiry_sweep_interval_s: float = 3600  # 0: only Admin.ExpirePoints sweeps
 
@@ -120,6 +121,7 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("processing", "streams_max"): (1, 100_000),
     ("processing", "stream_bytes_in_flight_max"): (1024, 1024**3),
     ("processing", "streams_bytes_in_flight_max"): (1024, 64 * 1024**3),
+    ("processing", "stream_ack_write_timeout_s"): (0.1, 3600),
     ("processing", "expiry_sweep_interval_s"): (0, 86_400),
     ("server", "keepalive_s"): (1, 86_400),
     ("server", "keepalive_timeout_s"): (1, 3600),

@@ -31,6 +31,14 @@ async def switch_rules(ledger, committer, spec) -> Outcome:
     return outcome
 
 
+class SweepFailed(RuntimeError):
+    """The expiry sweep stopped on a refused step: `outcome` says why (a full map, a drain, ...)."""
+
+    def __init__(self, outcome):
+        super().__init__(f"expiry sweep failed: {outcome.message}")
+        self.outcome = outcome
+
+
 async def sweep_expired(committer) -> tuple[int, int]:
     """Run the expiry sweep to the end, `SWEEP_ACCOUNTS_MAX` accounts per transaction.
     Returns (accounts settled, points expired)."""
@@ -38,7 +46,7 @@ async def sweep_expired(committer) -> tuple[int, int]:
     while True:
         (outcome,) = await committer.submit([SweepOp(SWEEP_ACCOUNTS_MAX)])
         if outcome.code != Code.OK:
-            raise RuntimeError(f"expiry sweep failed: {outcome.message}")
+            raise SweepFailed(outcome)
         settled += outcome.body.accounts_settled
         expired += outcome.body.expired_points
         if not outcome.body.more:
@@ -102,8 +110,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ExpirePoints(self, request, context):
         try:
             settled, expired = await sweep_expired(self._committer)
-        except RuntimeError as error:
-            await errors.refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), errors.EXPIRY_SWEEP_FAILED)
+        except SweepFailed as error:  # answered with the refused step's own code: a drain is not a full disk
+            code = grpc.StatusCode[Code(error.outcome.code).name]
+            await errors.refuse(context, code, str(error), errors.REASON_OF_CODE.get(code, errors.EXPIRY_SWEEP_FAILED))
         return admin_pb2.ExpirePointsResponse(accounts_settled=settled, expired_points=expired)
 
     async def GetStats(self, request, context):

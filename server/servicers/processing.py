@@ -89,6 +89,7 @@ class ProcessingServicer:
         self._response_bytes_max = response_bytes_max  # server.message_bytes_max: the most a response may be
         self._answer_bound: BatchAnswerBound | None = None  # of the ruleset serving; see _batch_answer_bound
         self._batch_operations_max = limits.batch_operations_max
+        self._ack_write_timeout_s = limits.stream_ack_write_timeout_s
         self._in_flight = InFlight(
             limits.stream_events_in_flight_max, limits.stream_bytes_in_flight_max, limits.streams_bytes_in_flight_max
         )
@@ -272,24 +273,31 @@ class ProcessingServicer:
     async def _read_events(self, request_iterator, context, hold: StreamHold, acks: asyncio.Queue) -> None:
         """Take each message's share (server/servicers/in_flight.py), decode it, start its commit."""
         method = f"/{SERVICE}/StreamEvents"
-        try:
-            async for data in request_iterator:
-                await self._in_flight.take(hold, 0, len(data))  # before decoding: bytes bound memory
-                events = wire.event_batch(data)
-                if events is None:
-                    events = (await decoded(context, method, processing_pb2.EventBatch, data)).events
-                events = [
-                    await decoded(context, method, processing_pb2.Event, event) if type(event) is bytes else event
-                    for event in events
-                ]
-                await self._in_flight.take(hold, len(events), 0)
-                acks.put_nowait((len(events), len(data), asyncio.ensure_future(self._events(events))))
-        finally:
-            acks.put_nowait(None)  # also when reading failed: the writer stops, `await reader` raises
+        async for data in request_iterator:
+            await self._in_flight.take(hold, 0, len(data))  # before decoding: bytes bound memory
+            events = wire.event_batch(data)
+            if events is None:
+                events = (await decoded(context, method, processing_pb2.EventBatch, data)).events
+            if len(events) > self._batch_operations_max:  # one message is one commit and one ack
+                await errors.refuse(
+                    context, grpc.StatusCode.INVALID_ARGUMENT,
+                    f"events: {len(events)} events in one message, the limit (processing.batch_operations_max) "
+                    f"is {self._batch_operations_max}; the events acked so far are recorded, this message's are not",
+                    errors.BATCH_TOO_LARGE,
+                )
+            events = [
+                await decoded(context, method, processing_pb2.Event, event) if type(event) is bytes else event
+                for event in events
+            ]
+            await self._in_flight.take(hold, len(events), 0)
+            acks.put_nowait((len(events), len(data), asyncio.ensure_future(self._events(events))))
 
     async def _stream_events(self, request_iterator, context, hold: StreamHold):
         acks: asyncio.Queue = asyncio.Queue()
         reader = asyncio.ensure_future(self._read_events(request_iterator, context, hold, acks))
+        # The writer stops once the reader ends, however it ends: also when the drain cancels it
+        # before it ran (a `finally` inside it would not run then); `await reader` then raises.
+        reader.add_done_callback(lambda _: acks.put_nowait(None))
         self._readers.add(reader)
         try:
             while True:
@@ -301,11 +309,15 @@ class ProcessingServicer:
                 if self._committer.refusing:  # past the drain's deadline: not committed, not acked
                     break
                 try:
-                    await context.write(ack)
+                    await asyncio.wait_for(context.write(ack), self._ack_write_timeout_s)
                 except grpc.aio.InternalError:  # the call is gone: the client left, or the drain ended it
                     self._stream_closed(hold)
                     # end as grpc ends a call its client cancelled: one debug line, no error
                     raise asyncio.CancelledError from None
+                except TimeoutError:  # the client takes no acks: what it holds is given back
+                    event(log, "stream ended: the client reads no acks", events_not_acked=hold.events,
+                          ack_write_timeout_s=self._ack_write_timeout_s)
+                    raise asyncio.CancelledError from None  # a status could not pass the unread acks
                 self._in_flight.give(hold, events, size_bytes)
             if reader.cancelled() or self._committer.refusing:
                 await errors.refuse(context, grpc.StatusCode.UNAVAILABLE, STREAM_DRAINED, errors.SHUTTING_DOWN)

@@ -11,8 +11,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TOUR_HEADING = "## A two-minute tour"
 EXPIRY = re.compile(r"held until \S+")
-# Edits the README's tour still needs, applied here until the README has them: (as written, as it must read).
-# Redeem has no default mode since REDEEM_MODE_UNSPECIFIED became 0 (refused): the tour's last Redeem says so.
 
 
 def readme_blocks() -> tuple[str, list[str]]:

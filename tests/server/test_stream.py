@@ -435,3 +435,38 @@ class TestStreamByteLimits:
         assert acked_before > 0, "the reading stream got no acks"
         assert memory.growth_bytes < bound, (
             f"server memory grew {memory.growth_bytes / 2**20:.1f} MiB, over the bound {bound / 2**20:.1f} MiB")
+
+
+STALLED_STREAMS = 6  # more than STREAMS_BYTES_MAX / STREAM_BYTES_MAX: together they fill the worker's share
+ACK_WRITE_TIMEOUT_S = 1
+STALL_END_WAIT_S = 20  # for every stalled stream to be ended, on a loaded machine
+
+
+class TestStreamsThatReadNoAcks:
+    def test_they_are_ended_and_the_worker_serves_a_reading_stream_again(self, start_kassa):
+        """Clients that keep their connection but never read an ack hold the worker's byte share
+        (answered pings keep the connection alive): past stream_ack_write_timeout_s their streams are
+        ended and what they held is given back, so a stream that reads its acks is served."""
+        server = start_kassa(env={**BYTE_LIMITS_ENV,
+                                  "KASSA_PROCESSING_STREAM_ACK_WRITE_TIMEOUT_S": str(ACK_WRITE_TIMEOUT_S)})
+        open_account(server, "A-1")
+        stalled_clients = [NonReadingClient(server.address, strangers_batch, options=SMALL_CLIENT_WINDOW)
+                           for _ in range(STALLED_STREAMS)]
+        paced = (processing_pb2.EventBatch(events=[purchase_event(f"late-{n}-{k}", "A-1", 2_000) for k in range(50)])
+                 for n in range(10**6))
+        reader = StreamingClient(server.address, paced, pace_s=0.1)
+        try:
+            # the server ends each of them: its log says so (the client, reading nothing, may not know yet)
+            wait_for(lambda: len(no_ack_lines(server)) >= STALLED_STREAMS, STALL_END_WAIT_S,
+                     lambda: "".join(server.log_lines))
+            reader.start()
+            reader.wait_for_acks(200, timeout_s=STALL_END_WAIT_S)
+        finally:
+            for client in stalled_clients:
+                client.close()
+        assert len(no_ack_lines(server)) == STALLED_STREAMS
+        assert error_lines(server) == []
+
+
+def no_ack_lines(server) -> list[str]:
+    return [text for text in list(server.log_lines) if '"stream ended: the client reads no acks"' in text]
