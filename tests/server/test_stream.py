@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 
-from kassa.v1 import common_pb2, processing_pb2
+from kassa.v1 import accounts_pb2, common_pb2, processing_pb2
 from kassa.server.servicers.in_flight import MEMORY_PER_REQUEST_BYTE
 from tests.server.helpers import balance, by_account, line, open_account, receipt
 from tests.server.stream_helpers import (
@@ -470,3 +470,31 @@ class TestStreamsThatReadNoAcks:
 
 def no_ack_lines(server) -> list[str]:
     return [text for text in list(server.log_lines) if '"stream ended: the client reads no acks"' in text]
+
+
+EVENTS_PER_MESSAGE_MAX = 5  # processing.batch_operations_max for the test below
+
+
+class TestEventsPerMessage:
+    def test_a_message_of_more_events_than_a_batch_may_hold_is_refused_and_nothing_of_it_recorded(
+            self, start_kassa):
+        """One message is one commit and one ack: more events than processing.batch_operations_max in
+        one message would hold the writer lock and could make an ack too large to send."""
+        server = start_kassa(env={"KASSA_PROCESSING_BATCH_OPERATIONS_MAX": str(EVENTS_PER_MESSAGE_MAX)})
+        open_account(server, "A-1")
+        fits = processing_pb2.EventBatch(events=[purchase_event(f"fits-{k}", "A-1", 2_000) for k in range(5)])
+        too_many = processing_pb2.EventBatch(events=[purchase_event(f"many-{k}", "A-1", 2_000) for k in range(6)])
+
+        acks = []
+        with pytest.raises(grpc.RpcError) as refused:
+            for ack_batch in server.processing.StreamEvents(iter([fits, too_many]), timeout=30):
+                acks.extend(ack_batch.acks)
+
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details().startswith("events: 6 events in one message")
+        assert {ack.code for ack in acks} <= {OK}  # the first message's acks, if written before the refusal
+        statement = server.accounts.ListTransactions(accounts_pb2.ListTransactionsRequest(
+            customer=common_pb2.Customer(account_id="A-1"), page_size=100))
+        recorded = {entry.request_id for entry in statement.transactions}
+        assert not {request_id for request_id in recorded if request_id.startswith("many-")}
+        assert {ack.event_id for ack in acks} <= recorded
