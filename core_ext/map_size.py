@@ -50,6 +50,10 @@ class DiskReserveReached(lmdb.DiskError):
     """The map is full and cannot grow without taking the disk's reserve."""
 
 
+class _Depth(threading.local):
+    depth = 0  # this thread's open transactions
+
+
 class _Gate:
     """Transactions open in this process (shared, re-entrant per thread) against a resize
     (exclusive). A resize, once waiting, holds back new transactions, so reads cannot starve it."""
@@ -59,17 +63,16 @@ class _Gate:
         self._changed = threading.Condition(self._lock)
         self._open = 0  # threads inside at least one transaction
         self._resizing = False
-        self._local = threading.local()  # .depth: this thread's open transactions
+        self._local = _Depth()
 
     def enter(self) -> None:
         local = self._local
-        depth = getattr(local, "depth", 0)
-        if not depth:  # a thread inside a transaction already may not wait: the resize waits for it
+        if not local.depth:  # a thread inside a transaction already may not wait: the resize waits for it
             with self._lock:
                 while self._resizing:
                     self._changed.wait()
                 self._open += 1
-        local.depth = depth + 1
+        local.depth += 1
 
     def leave(self) -> None:
         local = self._local
@@ -82,7 +85,7 @@ class _Gate:
 
     def close(self) -> None:
         """Wait until no other transaction is open and hold new ones back, until `reopen`."""
-        if getattr(self._local, "depth", 0):
+        if self._local.depth:
             raise RuntimeError("the ledger map cannot be resized from inside a transaction")
         with self._lock:
             while self._resizing:
