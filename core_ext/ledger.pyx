@@ -219,7 +219,7 @@ cdef class Ledger:
             accounts = txn.stat(self.dbs["accounts"])["entries"]
             transactions = txn.stat(self.dbs["journal"])["entries"]
         return {"ledger_bytes": (info["last_pgno"] + 1) * self.env.stat()["psize"], "map_bytes": info["map_size"],
-                "accounts": accounts, "transactions": transactions}
+                "map_limit_bytes": self.env.limit_bytes(), "accounts": accounts, "transactions": transactions}
 
     def reader_check(self):
         """Free the reader slots of processes that died inside a read; returns how many."""

@@ -143,6 +143,7 @@ class GrowingEnvironment:
         self._max_bytes = max(map_size_bytes_max, self.map_bytes())
 
     def map_bytes(self) -> int:
+        """Not counted in the gate: for the resize itself, and before any transaction."""
         return self.env.info()["map_size"]
 
     def begin(self, write: bool = False) -> _Transaction:
@@ -210,6 +211,11 @@ class GrowingEnvironment:
             self._refused_at_bytes = ours
             log.warning("ledger map at its limit", extra={"fields": {"map_bytes": ours, "reason": str(refusal)}})
         return refusal
+
+    def limit_bytes(self) -> int:
+        """The most the map can grow to now: its maximum, or what the disk holds less the reserve
+        (never below the map's size now: it does not shrink)."""
+        return max(min(self._max_bytes, self._disk_limit_bytes()), self.info()["map_size"])
 
     def _disk_limit_bytes(self) -> int:
         """The largest map the disk holds: the data file, plus the free space, less the reserve."""

@@ -265,6 +265,7 @@ STATS_SHOWN = (  # (sample name, label in the table, decimals)
     ("kassa_transactions", "journal entries", 0),
     ("kassa_ledger_bytes", "ledger bytes", 0),
     ("kassa_ledger_map_bytes", "map bytes", 0),
+    ("kassa_ledger_map_limit_bytes", "map limit bytes", 0),
     ("kassa_streams_open", "streams open", 0),
     ("kassa_workers", "workers", 0),
     ("kassa_commit_operations_count", "commits", 0),

@@ -91,6 +91,15 @@ class TestGrowth:
 
 
 class TestLimits:
+    def test_the_stats_name_the_limit_the_map_can_grow_to(self, tmp_path):
+        ample = open_ledger(tmp_path / "ample")  # the test disk has far more than 16 MiB free
+        tight = open_ledger(tmp_path / "tight", disk_reserve_bytes=1024**5)
+
+        assert ample.stats()["map_limit_bytes"] == MAP_MAX_BYTES
+        assert tight.stats()["map_limit_bytes"] == MAP_START_BYTES  # the disk's reserve: no room to grow
+        ample.close()
+        tight.close()
+
     def test_at_the_max_the_group_is_refused_naming_the_key_and_nothing_is_written(self, tmp_path):
         ledger = open_ledger(tmp_path, map_size_bytes_max=MAP_START_BYTES)
         (before,) = ledger.apply(purchases(10**6, 1), T0_MS)
