@@ -16,6 +16,7 @@ from msgspec.structs import replace as _replace
 
 from kassa.core_ext import records as rec
 from kassa.core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
+from kassa.core_ext.map_size import GrowingEnvironment
 from kassa.core_ext.model import (
     AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, CalculateResult,
     CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
@@ -85,7 +86,7 @@ class LedgerError(Exception):
 # One table from LMDB's errors to ours, each with a hint a person can act on.
 LMDB_ERRORS = {
     lmdb.MapFullError: (Code.RESOURCE_EXHAUSTED,
-                        "ledger map is full; raise ledger.map_size_bytes in the config"),
+                        "ledger map is full; raise ledger.map_size_bytes_max in the config"),
     lmdb.DiskError: (Code.RESOURCE_EXHAUSTED, "ledger disk is full or failing; free space under ledger.path"),
     lmdb.ReadersFullError: (Code.RESOURCE_EXHAUSTED, "too many ledger readers; raise ledger.readers_max"),
 }
@@ -182,7 +183,9 @@ cdef class Ledger:
     cdef bint _sync  # commits are durable before `apply` returns
 
     def __init__(self, path, program, long long map_size_bytes, long long hold_ttl_s, bint sync=True,
-                 int readers_max=READERS_MAX):
+                 int readers_max=READERS_MAX, long long map_size_bytes_max=0, long long disk_reserve_bytes=0):
+        """The map starts at `map_size_bytes` (or the size it grew to before) and grows by itself up
+        to `map_size_bytes_max` (0: it does not grow) and the free disk less `disk_reserve_bytes`."""
         os.makedirs(path, exist_ok=True)
         self.path = str(path)
         self.program = program
@@ -194,8 +197,9 @@ cdef class Ledger:
         # only unanswered work and never the database's integrity (LMDB keeps the pages of the last
         # two commits until a later commit has synced).
         self._sync = sync
-        self.env = lmdb.open(self.path, map_size=map_size_bytes, max_dbs=MAX_DBS, sync=sync,
-                             metasync=False, readahead=False, max_readers=readers_max)
+        self.env = GrowingEnvironment(
+            lmdb.open(self.path, map_size=map_size_bytes, max_dbs=MAX_DBS, sync=sync, metasync=False,
+                      readahead=False, max_readers=readers_max), map_size_bytes_max, disk_reserve_bytes)
         self.env.reader_check()  # reclaim slots of readers that died
         self.dbs = {name.decode(): self.env.open_db(name) for name in DB_NAMES}
         self._handlers = {
@@ -215,7 +219,7 @@ cdef class Ledger:
             accounts = txn.stat(self.dbs["accounts"])["entries"]
             transactions = txn.stat(self.dbs["journal"])["entries"]
         return {"ledger_bytes": (info["last_pgno"] + 1) * self.env.stat()["psize"], "map_bytes": info["map_size"],
-                "accounts": accounts, "transactions": transactions}
+                "map_limit_bytes": self.env.limit_bytes(), "accounts": accounts, "transactions": transactions}
 
     def reader_check(self):
         """Free the reader slots of processes that died inside a read; returns how many."""
@@ -271,6 +275,10 @@ cdef class Ledger:
                 self.program, self._switched = self._switched, None
             return outcomes
         except lmdb.Error as error:
+            if isinstance(error, lmdb.MapFullError):  # the group was aborted whole: none of it is written
+                error = self.env.grow()  # None: the map grew; else why it cannot (its maximum, the disk)
+                if error is None:
+                    return self._apply_group(ops, self._now_ms)  # all of it, `take`n ones included, once more
             mapped = ledger_error(error)
             if mapped is None:
                 raise

@@ -74,6 +74,8 @@ def open_ledger(config: ServerConfig) -> Ledger:
             config.processing.hold_ttl_s,
             sync=config.ledger.sync,
             readers_max=config.ledger.readers_max,
+            map_size_bytes_max=config.ledger.map_size_bytes_max,
+            disk_reserve_bytes=config.ledger.disk_reserve_bytes,
         )
     except lmdb.ReadersFullError as error:
         raise LedgerUnavailable(

@@ -175,12 +175,14 @@ def _open_existing(command: str, path: str, map_size_bytes: int):
     import lmdb
 
     from kassa.core_ext.ledger import DB_NAMES, MAX_DBS
+    from kassa.core_ext.map_size import GrowingEnvironment
 
     if not Path(path, "data.mdb").exists():
         print(f"kassa {command}: no ledger at {path}", file=sys.stderr)
         raise SystemExit(2)
     try:
-        env = lmdb.open(path, max_dbs=MAX_DBS, map_size=map_size_bytes)
+        # At the size the servers grew the map to (stored in the file), adopting later growth: it only reads.
+        env = GrowingEnvironment(lmdb.open(path, max_dbs=MAX_DBS, map_size=map_size_bytes))
         return env, {name.decode(): env.open_db(name) for name in DB_NAMES}
     except lmdb.Error as error:
         print(f"kassa {command}: cannot open the ledger at {path}: {error}", file=sys.stderr)
@@ -263,6 +265,7 @@ STATS_SHOWN = (  # (sample name, label in the table, decimals)
     ("kassa_transactions", "journal entries", 0),
     ("kassa_ledger_bytes", "ledger bytes", 0),
     ("kassa_ledger_map_bytes", "map bytes", 0),
+    ("kassa_ledger_map_limit_bytes", "map limit bytes", 0),
     ("kassa_streams_open", "streams open", 0),
     ("kassa_workers", "workers", 0),
     ("kassa_commit_operations_count", "commits", 0),

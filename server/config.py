@@ -30,7 +30,9 @@ class ServerSection(_Section):
 
 class LedgerSection(_Section):
     path: str = "data/ledger"
-    map_size_bytes: int = 4 * 1024**3
+    map_size_bytes: int = 4 * 1024**3  # the map's starting size; it grows by itself (core_ext/map_size.py)
+    map_size_bytes_max: int = 1024**4  # the map grows up to this, and to what the disk holds
+    disk_reserve_bytes: int = 1024**3  # the map never grows into the last this many free bytes of the disk
     sync: bool = True
     readers_max: int = 512
     reader_check_interval_s: float = 10  # reclaim reader slots of dead processes this often
@@ -113,6 +115,8 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("server", "grace_s"): (0, 3600),
     ("server", "message_bytes_max"): (1024, 1024**3),
     ("ledger", "map_size_bytes"): (1024**2, 1024**5),
+    ("ledger", "map_size_bytes_max"): (1024**2, 1024**5),
+    ("ledger", "disk_reserve_bytes"): (0, 1024**5),
     ("ledger", "readers_max"): (8, 100_000),
     ("ledger", "reader_check_interval_s"): (0.1, 3600),
     ("processing", "hold_ttl_s"): (1, 30 * 86_400),
@@ -173,6 +177,12 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
             raise ConfigError(
                 f"{path or 'config'}: {section}.{key} = {value}{source(f'{section}.{key}')} is outside {least}..{most}"
             )
+    if config.ledger.map_size_bytes_max < config.ledger.map_size_bytes:
+        raise ConfigError(
+            f"{path or 'config'}: ledger.map_size_bytes_max = {config.ledger.map_size_bytes_max}"
+            f"{source('ledger.map_size_bytes_max')} is below ledger.map_size_bytes = {config.ledger.map_size_bytes}"
+            f"{source('ledger.map_size_bytes')}, the size the map starts at"
+        )
     return config
 
 

@@ -134,7 +134,11 @@ class Metrics:
 
         self.streams_open = gauge("kassa_streams_open", "StreamEvents calls open.", "livesum")
         self.ledger_bytes = gauge("kassa_ledger_bytes", "Bytes of the LMDB map in use.", "livemostrecent")
-        self.map_bytes = gauge("kassa_ledger_map_bytes", "The LMDB map size (ledger.map_size_bytes).", "livemostrecent")
+        self.map_bytes = gauge("kassa_ledger_map_bytes", "The LMDB map size now; it grows by itself.", "livemostrecent")
+        self.map_limit_bytes = gauge(
+            "kassa_ledger_map_limit_bytes",
+            "The most the LMDB map can grow to now: ledger.map_size_bytes_max, or the disk's free space less "
+            "ledger.disk_reserve_bytes.", "livemostrecent")
         self.accounts = gauge("kassa_accounts", "Accounts in the ledger.", "livemostrecent")
         self.transactions = gauge("kassa_transactions", "Journal entries in the ledger.", "livemostrecent")
         self.ruleset = gauge("kassa_ruleset_info", "1 for the ruleset version a worker serves.", "livemax",
@@ -177,6 +181,7 @@ class Metrics:
         stats = self._ledger.stats()
         self.ledger_bytes.set(stats["ledger_bytes"])
         self.map_bytes.set(stats["map_bytes"])
+        self.map_limit_bytes.set(stats["map_limit_bytes"])
         self.accounts.set(stats["accounts"])
         self.transactions.set(stats["transactions"])
         version = self._ledger.program.version

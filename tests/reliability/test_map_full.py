@@ -1,10 +1,12 @@
 """LMDB map full: a write that does not fit is refused whole, with a hint, and reads go on.
 
-The server starts with the smallest map the config allows (server/config.py LIMITS: 1 MiB) and
-takes purchases until one is answered RESOURCE_EXHAUSTED naming `ledger.map_size_bytes`. Then no
+The server starts with the smallest map the config allows (server/config.py LIMITS: 1 MiB), its
+maximum too (`ledger.map_size_bytes_max`: the map may not grow, tests/reliability/test_map_growth.py
+has it grow), and takes purchases until one is answered RESOURCE_EXHAUSTED naming
+`ledger.map_size_bytes_max`. Then no
 transaction is half applied (`kassa verify` exits 0; the refused request, retried, is refused
 again or applied whole, never half; a batch refused for space leaves no trace), every acknowledged
-purchase is there, reads keep working, and a restart with a larger map lets writes resume.
+purchase is there, reads keep working, and a restart with a larger maximum lets writes resume.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def fill(server, prefix: str = "fill") -> Filled:
 
 @pytest.fixture
 def tiny_map(start_kassa):
-    server = start_kassa(env={"KASSA_LEDGER_MAP_SIZE_BYTES": str(MAP_SIZE_MIN_BYTES)})
+    server = start_kassa(env={"KASSA_LEDGER_MAP_SIZE_BYTES": str(MAP_SIZE_MIN_BYTES),
+                              "KASSA_LEDGER_MAP_SIZE_BYTES_MAX": str(MAP_SIZE_MIN_BYTES)})
     open_account(server, ACCOUNT)
     return server
 
@@ -84,7 +87,7 @@ class TestMapFull:
         assert filled.refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (
             f"{filled.refusal.code().name}: {filled.refusal.details()}"
         )
-        assert "map_size_bytes" in filled.refusal.details(), filled.refusal.details()
+        assert "map_size_bytes_max" in filled.refusal.details(), filled.refusal.details()
         assert filled.acked, "the map filled up before the first purchase"
 
         # the refused request, retried: refused again (nothing fits) or applied whole, never half
@@ -132,19 +135,19 @@ class TestMapFull:
                 applied.append(request.request_id)
                 assert len(found.get(request.request_id, [])) == 1
             else:
-                assert "map_size_bytes" in result.message, result.message
+                assert "map_size_bytes_max" in result.message, result.message
                 assert request.request_id not in found, f"refused {request.request_id} left a transaction"
         assert balance(tiny_map, ACCOUNT).active_points == before.active_points + POINTS * len(applied)
         assert_acknowledged_all_there(tiny_map, filled, applied)
         assert_verifies(tiny_map)
 
-    def test_writes_resume_after_a_restart_with_a_larger_map(self, tiny_map):
+    def test_writes_resume_after_a_restart_with_a_larger_maximum(self, tiny_map):
         filled = fill(tiny_map)
         assert filled.refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
         assert tiny_map.stop() == 0
         assert_verifies(tiny_map)
-        tiny_map.extra_env["KASSA_LEDGER_MAP_SIZE_BYTES"] = str(4 * MAP_SIZE_MIN_BYTES)
+        tiny_map.extra_env["KASSA_LEDGER_MAP_SIZE_BYTES_MAX"] = str(4 * MAP_SIZE_MIN_BYTES)  # it grows into it
         tiny_map.start()
 
         reply = tiny_map.processing.Accrue(filled.refused_request, timeout=CALL_TIMEOUT_S)

@@ -63,6 +63,9 @@ class TestRefused:
          "auth.keys[0].key_sha256: not a hex SHA-256 (64 hex digits)"),
         (f"[[auth.keys]]\nkey_sha256 = '{KEY_SHA256}'\n", "Object missing required field `name`"),
         ("[tls]\ncert_file = 'server.pem'\n", "tls.cert_file and tls.key_file go together"),
+        ("[ledger]\nmap_size_bytes = 2097152\nmap_size_bytes_max = 1048576\n",
+         "ledger.map_size_bytes_max = 1048576 is below ledger.map_size_bytes = 2097152, the size the map starts at"),
+        ("[ledger]\ndisk_reserve_bytes = -1\n", "ledger.disk_reserve_bytes = -1 is outside 0..1125899906842624"),
     ])
     def test_a_wrong_file_is_refused_naming_the_key(self, tmp_path, text, said):
         assert said in refusal(tmp_path, text)
