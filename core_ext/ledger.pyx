@@ -17,9 +17,9 @@ from msgspec.structs import replace as _replace
 from kassa.core_ext import records as rec
 from kassa.core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from kassa.core_ext.model import (
-    AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, CalculateResult,
+    AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, Calculation, CalculateResult,
     CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
-    LeaveGroupOp, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
+    LeaveGroupOp, LineResult, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
     RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, SetRulesOp, Shopper, Statement, SweepOp,
     SweepResult, TransactionView, TxnKind, rejected,
 )
@@ -49,6 +49,10 @@ _decode_promo_code = rec.decode_promo_code
 _decode_ruleset = msgspec.msgpack.Decoder(tuple[str, dict[str, str]]).decode
 _decode_ruleset_version = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw]).decode
 _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
+AccrueOutcomeRec = rec.AccrueOutcomeRec
+AccrueOutcomeRare = rec.AccrueOutcomeRare
+NO_RARE = AccrueOutcomeRare()
+IDEMPOTENCY_ACCRUE_V1_BYTE = bytes([rec.IDEMPOTENCY_ACCRUE_V1])
 
 
 # Enum members the hot paths compare and store, as C ints: an IntEnum attribute lookup costs about
@@ -286,7 +290,7 @@ cdef class Ledger:
         if stored is not None:
             record = _decode_idempotency(stored)
             if not _spared_by_tombstone(record, op):
-                return self._replay(op, record)
+                return self._replay(batch, op, record)
         batch.actor = op.actor
         handler = self._handlers.get(kind)
         if handler is None:
@@ -294,11 +298,10 @@ cdef class Ledger:
         outcome, txn_id = handler(batch, op)
         if outcome.code == CODE_OK or outcome.code == Code.FAILED_PRECONDITION:
             # Business outcomes are final: a retry replays them, never flips them.
-            record = rec.IdempotencyRec(op.digest, txn_id, _encode(outcome))
-            batch.put("idempotency", op.request_id.encode(), _encode(record))
+            batch.put("idempotency", op.request_id.encode(), _idempotency_record(op.digest, txn_id, outcome))
         return outcome
 
-    def _replay(self, op, record):
+    def _replay(self, _Batch batch, op, record):
         if record.digest == TOMBSTONE_DIGEST:
             return rejected(Code.FAILED_PRECONDITION,
                             f"request_id '{op.request_id}' was rolled back before it arrived",
@@ -306,6 +309,8 @@ cdef class Ledger:
         if record.digest != op.digest:
             return rejected(Code.ALREADY_EXISTS,
                             f"request_id '{op.request_id}' was used before with a different payload")
+        if type(record) is AccrueOutcomeRec:
+            return _rebuilt_accrue(record, _decode_txn(batch.get("journal", id_key(record.txn_id))))
         return _decode_outcome(record.outcome)
 
     # -- customers ------------------------------------------------------------------------------
@@ -1710,6 +1715,57 @@ def _store_of(op):
     if kind is RedeemOp or kind is RollbackOp:
         return op.store_id
     return ""
+
+
+# -- Idempotency records ------------------------------------------------------------------------
+
+cdef bytes _idempotency_record(bytes digest, long long txn_id, outcome):
+    """The record a retry is answered from. An accepted purchase keeps only what its journal entry
+    does not (`AccrueOutcomeRec`); any other outcome keeps the whole answer (`IdempotencyRec`).
+    A digest of b"" is a tombstone's: such a request keeps the whole answer too, so that a record
+    with an empty digest is always an `IdempotencyRec`."""
+    body = outcome.body
+    if txn_id == 0 or not digest or type(body) is not AccrueResult:
+        return _encode(rec.IdempotencyRec(digest, txn_id, _encode(outcome)))
+    calculation = body.calculation
+    compact = AccrueOutcomeRec(
+        digest, txn_id, body.balance, tuple(calculation.campaigns), calculation.discount_minor,
+        calculation.redeemable_points, calculation.redeemed_points, calculation.activate_at_ms,
+        calculation.expire_at_ms, _accrue_outcome_rare(calculation))
+    return IDEMPOTENCY_ACCRUE_V1_BYTE + _encode(compact)
+
+
+cdef _accrue_outcome_rare(calculation):
+    """What a plain purchase leaves empty, or None when it is."""
+    cdef bint captured_by_line = False
+    for line in calculation.lines:
+        if line.captured_points:
+            captured_by_line = True
+            break
+    if not (calculation.promo_codes or calculation.explain or calculation.limited or calculation.lots
+            or calculation.captured_points or calculation.no_points_reason or captured_by_line):
+        return None
+    return AccrueOutcomeRare(
+        tuple(calculation.promo_codes), tuple(calculation.explain), tuple(calculation.limited),
+        tuple(calculation.lots), calculation.captured_points, calculation.no_points_reason,
+        tuple([line.captured_points for line in calculation.lines]) if captured_by_line else ())
+
+
+cdef _rebuilt_accrue(record, entry):
+    """The answer `_accrue` gave, from its compact record and its journal entry `entry` (which
+    `_accrue` wrote from the same calculation: lines, totals, points, ruleset, account, captured)."""
+    rare = record.rare if record.rare is not None else NO_RARE
+    captured_by_line = rare.line_captured_points or (0,) * len(entry.lines)
+    lines = tuple([LineResult(line.line_no, line.amount_minor, line.discount_minor, line.earned_points,
+                              line.redeemed_points - captured, captured)
+                   for line, captured in zip(entry.lines, captured_by_line)])
+    calculation = Calculation(
+        lines, entry.total_minor, record.discount_minor, entry.payable_minor, entry.earned,
+        record.redeemable_points, record.redeemed_points, record.campaigns, entry.ruleset_version,
+        record.activate_at_ms, record.expire_at_ms, rare.promo_codes, rare.explain, rare.limited,
+        rare.lots, rare.captured_points, rare.no_points_reason)
+    return Outcome(CODE_OK, body=AccrueResult(entry.txn_id, entry.account_id, calculation, record.balance,
+                                              entry.captured))
 
 
 cdef inline bint _spared_by_tombstone(record, op):
