@@ -119,6 +119,8 @@ cdef class _Batch:
     cdef readonly long long next_id
     cdef public str actor  # of the operation being applied, stamped on its journal entries
     cdef dict cursors  # one per database, opened when first used
+    cdef readonly long long reads  # LMDB gets made, hits and misses: what the bench and tests count
+    cdef readonly long long writes  # LMDB puts and appends
 
     def __init__(self, txn, dict dbs, long long now_ms, long long next_id):
         self.actor = ""
@@ -137,13 +139,16 @@ cdef class _Batch:
         return cursor
 
     cpdef get(self, str name, bytes key):
+        self.reads += 1
         return self._cursor(name).get(key)
 
     cpdef put(self, str name, bytes key, bytes value):
+        self.writes += 1
         self._cursor(name).put(key, value)
 
     cpdef append(self, str name, bytes key, bytes value):
         """Put a key greater than every key in `name` (ids grow): LMDB appends without a search."""
+        self.writes += 1
         self._cursor(name).put(key, value, True, True, True)  # dupdata, overwrite, append
 
     cpdef long long take_id(self):
@@ -180,6 +185,9 @@ cdef class Ledger:
     cdef readonly long long hold_ttl_ms
     cdef dict _handlers
     cdef object _switched  # a ruleset written by this group, served once it commits
+    # (LMDB gets, puts) the operations of the last committed group made (None before one): what a
+    # purchase costs in LMDB calls, for the bench and the tests
+    cdef readonly tuple last_group_calls
     cdef object _counted_program  # the program `_counted` was built for
     cdef dict _counted  # campaign id -> (amount limits [(period, cap)], uses cap), of `program`
     cdef long long _now_ms  # of the group being applied
@@ -269,6 +277,7 @@ cdef class Ledger:
                 batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else 1)
                 outcomes = [self._apply_one(batch, op) for op in ops]
                 txn.put(NEXT_TXN_KEY, id_key(batch.next_id), db=meta)
+                self.last_group_calls = (batch.reads, batch.writes)
             if self._sync:
                 self.env.sync(True)  # the meta page, outside the writer lock (see __init__)
             if self._switched is not None:
@@ -317,18 +326,26 @@ cdef class Ledger:
 
     def _find_account(self, get, customer):
         """(account, None) or (None, rejection). `get(db_name, key)` reads in any transaction."""
+        account, _, rejection = self._find_customer(get, customer)
+        return account, rejection
+
+    def _find_customer(self, get, customer):
+        """(account, card, None) or (None, None, rejection): the presented card's record (None
+        without a card) comes from the same read that found the account, not from a second one."""
+        ident = None
         if customer.kind == ID_ACCOUNT:
             account_id = customer.value
         else:
-            ident = get("idents", ident_key(customer.kind, customer.value))
-            if ident is None:
+            stored = get("idents", ident_key(customer.kind, customer.value))
+            if stored is None:
                 field = "card" if customer.kind == ID_CARD else "phone"
-                return None, rejected(Code.NOT_FOUND, f"customer.{field}: no account has {field} '{customer.value}'")
-            account_id = _decode_ident(ident).account_id
+                return None, None, rejected(Code.NOT_FOUND, f"customer.{field}: no account has {field} '{customer.value}'")
+            ident = _decode_ident(stored)
+            account_id = ident.account_id
         stored = get("accounts", account_id.encode())
         if stored is None:
-            return None, rejected(Code.NOT_FOUND, f"customer.account_id: no account '{account_id}'")
-        return _decode_account(stored), None
+            return None, None, rejected(Code.NOT_FOUND, f"customer.account_id: no account '{account_id}'")
+        return _decode_account(stored), ident if customer.kind == ID_CARD else None, None
 
     def _pool(self, get, member):
         """The account whose lots a member's operations use: the group's parent, or itself."""
@@ -345,13 +362,6 @@ cdef class Ledger:
         account.last_activity_at_ms = now_ms
         if self.program.inactivity_burn_ms:
             self._schedule(account, now_ms + self.program.inactivity_burn_ms)
-
-    def _card(self, get, customer):
-        """The presented card's record (its category and whether it is blocked); None without a card."""
-        if customer.kind != ID_CARD:
-            return None
-        stored = get("idents", ident_key(ID_CARD, customer.value))
-        return None if stored is None else _decode_ident(stored)
 
     def _save_account(self, _Batch batch, account):
         batch.put("accounts", account.account_id.encode(), _encode(account))
@@ -896,7 +906,7 @@ cdef class Ledger:
 
     def _event(self, _Batch batch, op):
         now_ms = batch.now_ms
-        member, rejection = self._find_account(batch.get, op.customer)
+        member, card, rejection = self._find_customer(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
         related = None
@@ -908,7 +918,7 @@ cdef class Ledger:
                 return rejected(Code.INVALID_ARGUMENT, "related: the related customer is the event's customer"), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
         self._now_ms = now_ms
-        shopper = self._shopper(member, self._card(batch.get, op.customer), now_ms)
+        shopper = self._shopper(member, card, now_ms)
         allowances = self._allowance(batch.get, member.account_id, now_ms) if self.program.limits else None
         result = self.program.evaluate_event(op.event_type, dict(op.attributes), op.amount_minor, now_ms, shopper,
                                              allowances, related is not None)
@@ -1032,10 +1042,9 @@ cdef class Ledger:
 
     def _accrue(self, _Batch batch, op):
         now_ms = batch.now_ms
-        member, rejection = self._find_account(batch.get, op.customer)
+        member, card, rejection = self._find_customer(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
-        card = self._card(batch.get, op.customer)
         # A blocked card may not spend; under blocked_card_earns = false it buys for 0 points (the
         # rules see it), and the purchase still counts for tiers and purchase counts.
         if card is not None and card.blocked and (op.redeem_points or op.capture_hold_ids):
@@ -1167,10 +1176,9 @@ cdef class Ledger:
 
     def _redeem(self, _Batch batch, op):
         now_ms = batch.now_ms
-        member, rejection = self._find_account(batch.get, op.customer)
+        member, card, rejection = self._find_customer(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
-        card = self._card(batch.get, op.customer)
         if card is not None and card.blocked:
             return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                             Reason.CARD_BLOCKED), 0
@@ -1635,12 +1643,12 @@ cdef class Ledger:
     def _calculate(self, query, long long now_ms):
         with self.env.begin() as txn:
             get = self._reader(txn)
-            member, rejection = self._find_account(get, query.customer)
+            member, card, rejection = self._find_customer(get, query.customer)
             if rejection is not None:
                 return rejection
             account = self._settle(get, self._pool(get, member), now_ms)
             balance = self._balance(get, account, now_ms)
-            calculation, _ = self._evaluate(get, member, self._card(get, query.customer), query.receipt, now_ms,
+            calculation, _ = self._evaluate(get, member, card, query.receipt, now_ms,
                                             balance.available, query.redeem_points, query.explain)
         if query.redeem_points:
             rejection = self._redeem_rejection(balance, query.redeem_points, calculation.redeemable_points)
