@@ -18,9 +18,9 @@ from kassa.core_ext import records as rec
 from kassa.core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from kassa.core_ext.map_size import GrowingEnvironment
 from kassa.core_ext.model import (
-    AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, CalculateResult,
+    AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, Calculation, CalculateResult,
     CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
-    LeaveGroupOp, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
+    LeaveGroupOp, LineResult, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
     RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, SetRulesOp, Shopper, Statement, SweepOp,
     SweepResult, TransactionView, TxnKind, rejected,
 )
@@ -50,6 +50,10 @@ _decode_promo_code = rec.decode_promo_code
 _decode_ruleset = msgspec.msgpack.Decoder(tuple[str, dict[str, str]]).decode
 _decode_ruleset_version = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw]).decode
 _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
+AccrueOutcomeRec = rec.AccrueOutcomeRec
+AccrueOutcomeRare = rec.AccrueOutcomeRare
+NO_RARE = AccrueOutcomeRare()
+IDEMPOTENCY_ACCRUE_V1_BYTE = bytes([rec.IDEMPOTENCY_ACCRUE_V1])
 
 
 # Enum members the hot paths compare and store, as C ints: an IntEnum attribute lookup costs about
@@ -116,6 +120,8 @@ cdef class _Batch:
     cdef readonly long long next_id
     cdef public str actor  # of the operation being applied, stamped on its journal entries
     cdef dict cursors  # one per database, opened when first used
+    cdef readonly long long reads  # LMDB gets made, hits and misses: what the bench and tests count
+    cdef readonly long long writes  # LMDB puts and appends
 
     def __init__(self, txn, dict dbs, long long now_ms, long long next_id):
         self.actor = ""
@@ -134,13 +140,16 @@ cdef class _Batch:
         return cursor
 
     cpdef get(self, str name, bytes key):
+        self.reads += 1
         return self._cursor(name).get(key)
 
     cpdef put(self, str name, bytes key, bytes value):
+        self.writes += 1
         self._cursor(name).put(key, value)
 
     cpdef append(self, str name, bytes key, bytes value):
         """Put a key greater than every key in `name` (ids grow): LMDB appends without a search."""
+        self.writes += 1
         self._cursor(name).put(key, value, True, True, True)  # dupdata, overwrite, append
 
     cpdef long long take_id(self):
@@ -177,6 +186,9 @@ cdef class Ledger:
     cdef readonly long long hold_ttl_ms
     cdef dict _handlers
     cdef object _switched  # a ruleset written by this group, served once it commits
+    # (LMDB gets, puts) the operations of the last committed group made (None before one): what a
+    # purchase costs in LMDB calls, for the bench and the tests
+    cdef readonly tuple last_group_calls
     cdef object _counted_program  # the program `_counted` was built for
     cdef dict _counted  # campaign id -> (amount limits [(period, cap)], uses cap), of `program`
     cdef long long _now_ms  # of the group being applied
@@ -269,6 +281,7 @@ cdef class Ledger:
                 batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else 1)
                 outcomes = [self._apply_one(batch, op) for op in ops]
                 txn.put(NEXT_TXN_KEY, id_key(batch.next_id), db=meta)
+                self.last_group_calls = (batch.reads, batch.writes)
             if self._sync:
                 self.env.sync(True)  # the meta page, outside the writer lock (see __init__)
             if self._switched is not None:
@@ -294,7 +307,7 @@ cdef class Ledger:
         if stored is not None:
             record = _decode_idempotency(stored)
             if not _spared_by_tombstone(record, op):
-                return self._replay(op, record)
+                return self._replay(batch, op, record)
         batch.actor = op.actor
         handler = self._handlers.get(kind)
         if handler is None:
@@ -302,11 +315,10 @@ cdef class Ledger:
         outcome, txn_id = handler(batch, op)
         if outcome.code == CODE_OK or outcome.code == Code.FAILED_PRECONDITION:
             # Business outcomes are final: a retry replays them, never flips them.
-            record = rec.IdempotencyRec(op.digest, txn_id, _encode(outcome))
-            batch.put("idempotency", op.request_id.encode(), _encode(record))
+            batch.put("idempotency", op.request_id.encode(), _idempotency_record(op.digest, txn_id, outcome))
         return outcome
 
-    def _replay(self, op, record):
+    def _replay(self, _Batch batch, op, record):
         if record.digest == TOMBSTONE_DIGEST:
             return rejected(Code.FAILED_PRECONDITION,
                             f"request_id '{op.request_id}' was rolled back before it arrived",
@@ -314,24 +326,34 @@ cdef class Ledger:
         if record.digest != op.digest:
             return rejected(Code.ALREADY_EXISTS,
                             f"request_id '{op.request_id}' was used before with a different payload")
+        if type(record) is AccrueOutcomeRec:
+            return _rebuilt_accrue(record, _decode_txn(batch.get("journal", id_key(record.txn_id))))
         return _decode_outcome(record.outcome)
 
     # -- customers ------------------------------------------------------------------------------
 
     def _find_account(self, get, customer):
         """(account, None) or (None, rejection). `get(db_name, key)` reads in any transaction."""
+        account, _, rejection = self._find_customer(get, customer)
+        return account, rejection
+
+    def _find_customer(self, get, customer):
+        """(account, card, None) or (None, None, rejection): the presented card's record (None
+        without a card) comes from the same read that found the account, not from a second one."""
+        ident = None
         if customer.kind == ID_ACCOUNT:
             account_id = customer.value
         else:
-            ident = get("idents", ident_key(customer.kind, customer.value))
-            if ident is None:
+            stored = get("idents", ident_key(customer.kind, customer.value))
+            if stored is None:
                 field = "card" if customer.kind == ID_CARD else "phone"
-                return None, rejected(Code.NOT_FOUND, f"customer.{field}: no account has {field} '{customer.value}'")
-            account_id = _decode_ident(ident).account_id
+                return None, None, rejected(Code.NOT_FOUND, f"customer.{field}: no account has {field} '{customer.value}'")
+            ident = _decode_ident(stored)
+            account_id = ident.account_id
         stored = get("accounts", account_id.encode())
         if stored is None:
-            return None, rejected(Code.NOT_FOUND, f"customer.account_id: no account '{account_id}'")
-        return _decode_account(stored), None
+            return None, None, rejected(Code.NOT_FOUND, f"customer.account_id: no account '{account_id}'")
+        return _decode_account(stored), ident if customer.kind == ID_CARD else None, None
 
     def _pool(self, get, member):
         """The account whose lots a member's operations use: the group's parent, or itself."""
@@ -348,13 +370,6 @@ cdef class Ledger:
         account.last_activity_at_ms = now_ms
         if self.program.inactivity_burn_ms:
             self._schedule(account, now_ms + self.program.inactivity_burn_ms)
-
-    def _card(self, get, customer):
-        """The presented card's record (its category and whether it is blocked); None without a card."""
-        if customer.kind != ID_CARD:
-            return None
-        stored = get("idents", ident_key(ID_CARD, customer.value))
-        return None if stored is None else _decode_ident(stored)
 
     def _save_account(self, _Batch batch, account):
         batch.put("accounts", account.account_id.encode(), _encode(account))
@@ -899,7 +914,7 @@ cdef class Ledger:
 
     def _event(self, _Batch batch, op):
         now_ms = batch.now_ms
-        member, rejection = self._find_account(batch.get, op.customer)
+        member, card, rejection = self._find_customer(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
         related = None
@@ -911,7 +926,7 @@ cdef class Ledger:
                 return rejected(Code.INVALID_ARGUMENT, "related: the related customer is the event's customer"), 0
         account = self._settle(batch.get, self._pool(batch.get, member), now_ms, batch)
         self._now_ms = now_ms
-        shopper = self._shopper(member, self._card(batch.get, op.customer), now_ms)
+        shopper = self._shopper(member, card, now_ms)
         allowances = self._allowance(batch.get, member.account_id, now_ms) if self.program.limits else None
         result = self.program.evaluate_event(op.event_type, dict(op.attributes), op.amount_minor, now_ms, shopper,
                                              allowances, related is not None)
@@ -1035,10 +1050,9 @@ cdef class Ledger:
 
     def _accrue(self, _Batch batch, op):
         now_ms = batch.now_ms
-        member, rejection = self._find_account(batch.get, op.customer)
+        member, card, rejection = self._find_customer(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
-        card = self._card(batch.get, op.customer)
         # A blocked card may not spend; under blocked_card_earns = false it buys for 0 points (the
         # rules see it), and the purchase still counts for tiers and purchase counts.
         if card is not None and card.blocked and (op.redeem_points or op.capture_hold_ids):
@@ -1170,10 +1184,9 @@ cdef class Ledger:
 
     def _redeem(self, _Batch batch, op):
         now_ms = batch.now_ms
-        member, rejection = self._find_account(batch.get, op.customer)
+        member, card, rejection = self._find_customer(batch.get, op.customer)
         if rejection is not None:
             return rejection, 0
-        card = self._card(batch.get, op.customer)
         if card is not None and card.blocked:
             return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                             Reason.CARD_BLOCKED), 0
@@ -1638,12 +1651,12 @@ cdef class Ledger:
     def _calculate(self, query, long long now_ms):
         with self.env.begin() as txn:
             get = self._reader(txn)
-            member, rejection = self._find_account(get, query.customer)
+            member, card, rejection = self._find_customer(get, query.customer)
             if rejection is not None:
                 return rejection
             account = self._settle(get, self._pool(get, member), now_ms)
             balance = self._balance(get, account, now_ms)
-            calculation, _ = self._evaluate(get, member, self._card(get, query.customer), query.receipt, now_ms,
+            calculation, _ = self._evaluate(get, member, card, query.receipt, now_ms,
                                             balance.available, query.redeem_points, query.explain)
         if query.redeem_points:
             rejection = self._redeem_rejection(balance, query.redeem_points, calculation.redeemable_points)
@@ -1718,6 +1731,57 @@ def _store_of(op):
     if kind is RedeemOp or kind is RollbackOp:
         return op.store_id
     return ""
+
+
+# -- Idempotency records ------------------------------------------------------------------------
+
+cdef bytes _idempotency_record(bytes digest, long long txn_id, outcome):
+    """The record a retry is answered from. An accepted purchase keeps only what its journal entry
+    does not (`AccrueOutcomeRec`); any other outcome keeps the whole answer (`IdempotencyRec`).
+    A digest of b"" is a tombstone's: such a request keeps the whole answer too, so that a record
+    with an empty digest is always an `IdempotencyRec`."""
+    body = outcome.body
+    if txn_id == 0 or not digest or type(body) is not AccrueResult:
+        return _encode(rec.IdempotencyRec(digest, txn_id, _encode(outcome)))
+    calculation = body.calculation
+    compact = AccrueOutcomeRec(
+        digest, txn_id, body.balance, tuple(calculation.campaigns), calculation.discount_minor,
+        calculation.redeemable_points, calculation.redeemed_points, calculation.activate_at_ms,
+        calculation.expire_at_ms, _accrue_outcome_rare(calculation))
+    return IDEMPOTENCY_ACCRUE_V1_BYTE + _encode(compact)
+
+
+cdef _accrue_outcome_rare(calculation):
+    """What a plain purchase leaves empty, or None when it is."""
+    cdef bint captured_by_line = False
+    for line in calculation.lines:
+        if line.captured_points:
+            captured_by_line = True
+            break
+    if not (calculation.promo_codes or calculation.explain or calculation.limited or calculation.lots
+            or calculation.captured_points or calculation.no_points_reason or captured_by_line):
+        return None
+    return AccrueOutcomeRare(
+        tuple(calculation.promo_codes), tuple(calculation.explain), tuple(calculation.limited),
+        tuple(calculation.lots), calculation.captured_points, calculation.no_points_reason,
+        tuple([line.captured_points for line in calculation.lines]) if captured_by_line else ())
+
+
+cdef _rebuilt_accrue(record, entry):
+    """The answer `_accrue` gave, from its compact record and its journal entry `entry` (which
+    `_accrue` wrote from the same calculation: lines, totals, points, ruleset, account, captured)."""
+    rare = record.rare if record.rare is not None else NO_RARE
+    captured_by_line = rare.line_captured_points or (0,) * len(entry.lines)
+    lines = tuple([LineResult(line.line_no, line.amount_minor, line.discount_minor, line.earned_points,
+                              line.redeemed_points - captured, captured)
+                   for line, captured in zip(entry.lines, captured_by_line)])
+    calculation = Calculation(
+        lines, entry.total_minor, record.discount_minor, entry.payable_minor, entry.earned,
+        record.redeemable_points, record.redeemed_points, record.campaigns, entry.ruleset_version,
+        record.activate_at_ms, record.expire_at_ms, rare.promo_codes, rare.explain, rare.limited,
+        rare.lots, rare.captured_points, rare.no_points_reason)
+    return Outcome(CODE_OK, body=AccrueResult(entry.txn_id, entry.account_id, calculation, record.balance,
+                                              entry.captured))
 
 
 cdef inline bint _spared_by_tombstone(record, op):

@@ -12,7 +12,7 @@ import enum
 
 import msgspec
 
-from kassa.core_ext.model import TxnKind
+from kassa.core_ext.model import AppliedCampaign, Balance, CampaignExplain, PromoCodeResult, TxnKind
 
 
 class LotState(enum.IntEnum):
@@ -215,6 +215,49 @@ class IdempotencyRec(msgspec.Struct, array_like=True, gc=False):
     stores: list[str] = []
 
 
+# An idempotency record begins with its format: a msgpack array header (0x90-0x9f, 0xdc) for an
+# `IdempotencyRec` (every record written before formats existed), or one of these bytes.
+IDEMPOTENCY_ACCRUE_V1 = 0x01  # an accepted purchase: `AccrueOutcomeRec`, the rest read from its journal entry
+
+
+class AccrueOutcomeRare(msgspec.Struct, array_like=True, gc=False):
+    """The parts of a purchase's answer that most purchases leave empty."""
+
+    promo_codes: tuple[PromoCodeResult, ...] = ()
+    explain: tuple[CampaignExplain, ...] = ()
+    limited: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    lots: tuple[tuple[int, int, int], ...] = ()
+    captured_points: int = 0  # the calculation's
+    no_points_reason: str = ""
+    # Per line, its share of the captured holds; (): none. The journal line holds redeemed + captured.
+    line_captured_points: tuple[int, ...] = ()
+
+
+class AccrueOutcomeRec(msgspec.Struct, array_like=True, gc=False):
+    """What a purchase's answer holds beyond its journal entry: the answer is rebuilt from both,
+    equal to the one first given (the journal keeps the lines, totals, points, ruleset and account).
+    Stored after the byte IDEMPOTENCY_ACCRUE_V1. (msgspec writes every field of an array-like
+    struct, defaults too: what is mostly empty sits in `rare`, one byte when None.)"""
+
+    digest: bytes  # of the request payload
+    txn_id: int
+    balance: Balance
+    campaigns: tuple[AppliedCampaign, ...]
+    discount_minor: int
+    redeemable_points: int
+    redeemed_points: int
+    activate_at_ms: int
+    expire_at_ms: int
+    rare: AccrueOutcomeRare | None = None
+
+
+def decode_idempotency(stored: bytes) -> IdempotencyRec | AccrueOutcomeRec:
+    """Either format of an idempotency record; both have `digest` and `txn_id`."""
+    if stored[0] == IDEMPOTENCY_ACCRUE_V1:
+        return decode_accrue_outcome(memoryview(stored)[1:])
+    return _decode_idempotency_rec(stored)
+
+
 # One decoder per record kind, shared by the ledger and the invariant checks.
 decode_account = msgspec.msgpack.Decoder(AccountRec).decode
 decode_ident = msgspec.msgpack.Decoder(IdentRec).decode
@@ -222,5 +265,6 @@ decode_lot = msgspec.msgpack.Decoder(LotRec).decode
 decode_hold = msgspec.msgpack.Decoder(HoldRec).decode
 decode_txn = msgspec.msgpack.Decoder(TxnRec).decode
 decode_reversal = msgspec.msgpack.Decoder(ReversalRec).decode
-decode_idempotency = msgspec.msgpack.Decoder(IdempotencyRec).decode
+_decode_idempotency_rec = msgspec.msgpack.Decoder(IdempotencyRec).decode
+decode_accrue_outcome = msgspec.msgpack.Decoder(AccrueOutcomeRec).decode
 decode_promo_code = msgspec.msgpack.Decoder(PromoCodeRec).decode
