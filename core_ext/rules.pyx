@@ -357,6 +357,12 @@ cdef inline bint is_discount(int kind) noexcept nogil:
     return DISCOUNT_PERCENT <= kind <= BUNDLE
 
 
+cdef inline bint gives_points(int kind) noexcept nogil:
+    """Whether a campaign of `kind` gives points or a tier: what a blocked card that earns nothing
+    does not get."""
+    return kind <= EARN_MULTIPLIER or kind == GRANT_TIER
+
+
 cdef inline int pass_of(int kind) noexcept nogil:
     """Which pass applies a campaign: discounts, earn, multipliers, then those with no amount."""
     if is_discount(kind):
@@ -664,8 +670,6 @@ cdef class Program:
             return R_NOT_YET
         if c.valid_to_ms and ctx.now_ms >= c.valid_to_ms:
             return R_ENDED
-        if ctx.no_points and (c.kind <= EARN_MULTIPLIER or c.kind == GRANT_TIER):
-            return R_CARD_BLOCKED
         if ctx.total < c.total_min_minor:
             return R_TOTAL
         for s in range(SET_CARD_CATEGORY + 2):  # the receipt's and customer's single values
@@ -941,6 +945,13 @@ cdef class Program:
                     reasons[k] = R_TIED_BEST if value[j] == value[k] else R_LOST_BEST
                     value[k] = j  # the winner, for the explanation
                     break
+        # A blocked card under blocked_card_earns = false: the selection is the active card's (its
+        # earn campaigns still stop later ones and win their best-of groups); only then do they,
+        # and tier grants, give nothing.
+        if ctx.no_points:
+            for k in range(self.campaign_count):
+                if reasons[k] == APPLIES and gives_points(self.campaigns[k].kind):
+                    reasons[k] = R_CARD_BLOCKED
         # 3. Discounts, then earn on what is left to pay, then multipliers of that earn.
         applied, limited = [], []
         cdef int64_t share_bps = self.max_redeem_share_bps

@@ -7,9 +7,13 @@ connections to another ledger. So the server that starts (the supervisor, or the
 - binds each of the address's sockets without SO_REUSEPORT (a probe): that fails while anything listens
   there, kassa or not. The probes stay bound, not listening, for the server's life: a port 0 keeps the
   port the kernel chose (the workers are told it), and nothing that binds without SO_REUSEADDR gets it;
-- takes a lock named by the address (an abstract Unix socket: it goes with the process, and it lives
-  in the network namespace the port does), which closes the moment between two probes and their
-  listeners: of two servers starting at once, only one holds it;
+- takes an exclusive flock on a lock file named by the port, `listen-port-<port>.lock` in a directory
+  only this user can write (`$XDG_RUNTIME_DIR/kassa/`, else `<tempdir>/kassa-<uid>/`, mode 0700), which
+  closes the moment between two probes and their listeners: of two servers starting at once, only
+  one holds it. It is keyed by the port alone, as a wildcard host (0.0.0.0, ::) and a specific one on
+  one port would both pass their probes: two kassa servers of one user on one port number are always
+  refused, whatever their hosts. (An abstract Unix socket, as before, has no permissions: any local
+  user could take its name and keep kassa from starting.)
 - takes an exclusive flock on `serve.lock` in the ledger directory, which names its pid.
 
 Its workers are handed the lock and the flock (inherited descriptors) and check that they hold them; a
@@ -23,15 +27,16 @@ import fcntl
 import os
 import socket
 import stat
-import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kassa.server.config import ServerConfig, TlsSection, split_listen
 
 LEDGER_LOCK_NAME = "serve.lock"  # in the ledger directory; holds the pid of the server that has it
-ADDRESS_LOCK_PREFIX = "\0kassa-listen:"  # abstract Unix socket names: one per address a server listens on
-ABSTRACT_SOCKETS = sys.platform.startswith("linux")  # elsewhere the probe alone guards the address
+ADDRESS_LOCK_DIRECTORY_NAME = "kassa"  # under $XDG_RUNTIME_DIR; else kassa-<uid> under the temp directory
+ADDRESS_LOCK_DIRECTORY_MODE = 0o700  # this user's alone: no one else may create or hold its locks
+ADDRESS_LOCK_NAME = "listen-port-{port}.lock"  # one per port number a server listens on
 
 
 class StartupRefused(Exception):
@@ -42,12 +47,12 @@ class StartupRefused(Exception):
 class Claims:
     listen: str  # server.listen with the port it holds (the kernel's choice when it was 0)
     probes: list[socket.socket] = field(default_factory=list)  # bound without SO_REUSEPORT, not listening
-    address_locks: list[socket.socket] = field(default_factory=list)
+    address_lock_fd: int = -1  # the flock on the port's lock file
     ledger_lock_fd: int = -1
 
     def inherited_fds(self) -> list[int]:
-        """What the workers are handed: the address locks and the ledger's flock."""
-        return [lock.fileno() for lock in self.address_locks] + [self.ledger_lock_fd]
+        """What the workers are handed: the port's flock and the ledger's flock."""
+        return [self.address_lock_fd, self.ledger_lock_fd]
 
 
 def claim(config: ServerConfig) -> Claims:
@@ -61,24 +66,17 @@ def inherit(config: ServerConfig, fds: list[int]) -> Claims:
     """A worker's claims: the ones its supervisor handed down, checked. A process that was not handed
     them all claims them itself, and is refused while a server holds them. Descriptors that are not
     claims are left alone."""
-    names = {_address_lock_name(address) for address in _addresses(config.server.listen)}
-    locks, ledger_lock_fd = [], -1
+    _, port = split_listen(config.server.listen)
+    address_lock = _address_lock_path(port)
+    address_lock_fd = ledger_lock_fd = -1
     for fd in fds:
-        if _is_socket(fd):
-            lock = socket.socket(fileno=fd)
-            if lock.family == socket.AF_UNIX and _as_text(lock.getsockname()) in names:
-                locks.append(lock)
-            else:
-                lock.detach()
-        elif _holds_ledger_lock(fd, config.ledger.path):
+        if _holds_flock(fd, address_lock):
+            address_lock_fd = fd
+        elif _holds_flock(fd, Path(config.ledger.path, LEDGER_LOCK_NAME)):
             ledger_lock_fd = fd
-    # Each lock kept names one of this address's sockets; the supervisor may have left out some it
-    # could not bind (an address family this host lacks), never all of them.
-    if ledger_lock_fd < 0 or (ABSTRACT_SOCKETS and not locks):
-        for lock in locks:
-            lock.detach()
+    if address_lock_fd < 0 or ledger_lock_fd < 0:
         return claim(config)
-    return Claims(config.server.listen, address_locks=locks, ledger_lock_fd=ledger_lock_fd)
+    return Claims(config.server.listen, address_lock_fd=address_lock_fd, ledger_lock_fd=ledger_lock_fd)
 
 
 def read_tls_files(tls: TlsSection) -> tuple[bytes, bytes, bytes | None]:
@@ -113,8 +111,8 @@ def _claim_address(listen: str) -> Claims:
                 continue
             claims.probes.append(probe)
             port = probe.getsockname()[1]  # port 0: every address gets the one the kernel chose
-            if ABSTRACT_SOCKETS:
-                claims.address_locks.append(_lock_address((family, probe.getsockname()), listen))
+            if claims.address_lock_fd < 0:
+                claims.address_lock_fd = _lock_port(port, listen)
         if not claims.probes:
             raise unavailable or OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
     except OSError as error:
@@ -147,24 +145,41 @@ def host_of(listen: str) -> str:
     return listen.rpartition(":")[0]
 
 
-def _lock_address(address, listen: str) -> socket.socket:
-    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _lock_port(port: int, listen: str) -> int:
+    """An exclusive flock on the port's lock file (its descriptor); refused while a server holds it."""
+    path = _address_lock_path(port)
     try:
-        lock.bind(_address_lock_name(address))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as error:
-        lock.close()
-        raise StartupRefused(f"{listen} is in use by another process") from error
-    return lock
+        raise StartupRefused(f"cannot open the address lock {path}: {error.strerror or error}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupRefused(f"{listen} is in use by another process") from None
+    return fd
 
 
-def _address_lock_name(address) -> str:
-    family, sockaddr = address
-    return f"{ADDRESS_LOCK_PREFIX}{sockaddr[0]}:{sockaddr[1]}"
+def _address_lock_path(port: int) -> Path:
+    return _address_lock_directory() / ADDRESS_LOCK_NAME.format(port=port)
 
 
-def _as_text(name) -> str:
-    """An abstract socket's name as getsockname() gives it (bytes) as bind() takes it."""
-    return "\0" + name[1:].decode() if isinstance(name, bytes) else name
+def _address_lock_directory() -> Path:
+    """The directory of the address locks, made this user's alone; refused when another user owns it
+    or may write to it (a lock file there could be taken by them)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    directory = Path(runtime, ADDRESS_LOCK_DIRECTORY_NAME) if runtime else \
+        Path(tempfile.gettempdir(), f"{ADDRESS_LOCK_DIRECTORY_NAME}-{os.getuid()}")
+    try:
+        directory.mkdir(mode=ADDRESS_LOCK_DIRECTORY_MODE, exist_ok=True)
+        found = os.lstat(directory)
+    except OSError as error:
+        raise StartupRefused(f"cannot make the address lock directory {directory}: "
+                             f"{error.strerror or error}") from None
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o022:
+        raise StartupRefused(f"the address lock directory {directory} is not this user's alone (owner uid "
+                             f"{found.st_uid}, mode {stat.filemode(found.st_mode)}): remove it or fix it")
+    return directory
 
 
 def _addresses(listen: str) -> list[tuple[int, tuple]]:
@@ -199,11 +214,11 @@ def _lock_ledger(path: str) -> int:
     return fd
 
 
-def _holds_ledger_lock(fd: int, path: str) -> bool:
-    """Whether `fd` is the ledger's lock file and this process holds its flock through it (a handed-down
-    descriptor shares the lock its supervisor took)."""
+def _holds_flock(fd: int, path: Path) -> bool:
+    """Whether `fd` is the lock file at `path` and this process holds its flock through it (a
+    handed-down descriptor shares the lock its supervisor took)."""
     try:
-        same = os.path.samestat(os.fstat(fd), os.stat(Path(path, LEDGER_LOCK_NAME)))
+        same = os.path.samestat(os.fstat(fd), os.stat(path))
         if same:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return same
@@ -211,15 +226,10 @@ def _holds_ledger_lock(fd: int, path: str) -> bool:
         return False
 
 
-def _is_socket(fd: int) -> bool:
-    try:
-        return stat.S_ISSOCK(os.fstat(fd).st_mode)
-    except OSError:
-        return False
-
-
 def _release(claims: Claims) -> None:
-    for held in (*claims.probes, *claims.address_locks):
+    for held in claims.probes:
         held.close()
     claims.probes.clear()
-    claims.address_locks.clear()
+    if claims.address_lock_fd >= 0:
+        os.close(claims.address_lock_fd)
+        claims.address_lock_fd = -1

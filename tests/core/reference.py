@@ -324,12 +324,8 @@ def select(spec, receipt, shopper, now_ms, allowances, unlocked) -> list:
     """The campaigns that apply, in walk order, after exclusivity and best-of-group."""
     local = local_time(now_ms, spec.settings.timezone)
     walk = sorted((c for c in spec.campaigns if c.trigger == "purchase"), key=lambda c: -c.priority)
-    # A blocked card under blocked_card_earns = false: no campaign gives points or a tier.
-    no_points = shopper.card_blocked and not spec.settings.blocked_card_earns
     chosen = []
     for campaign in walk:
-        if no_points and (campaign.effect.kind.startswith("earn_") or campaign.effect.kind == "grant_tier"):
-            continue
         if not applies(campaign, receipt, shopper, now_ms, local, allowances, unlocked):
             continue
         chosen.append(campaign)
@@ -344,7 +340,16 @@ def select(spec, receipt, shopper, now_ms, allowances, unlocked) -> list:
         if held is None or value > held[0]:
             best_of_group[campaign.best_group] = (value, campaign)
     winners = {id(campaign) for _, campaign in best_of_group.values()}
-    return [c for c in chosen if c.stacking != "best" or id(c) in winners]
+    selected = [c for c in chosen if c.stacking != "best" or id(c) in winners]
+    # A blocked card under blocked_card_earns = false: the selection above is the active card's;
+    # of it, no campaign gives points or a tier.
+    if shopper.card_blocked and not spec.settings.blocked_card_earns:
+        return [c for c in selected if not gives_points(c)]
+    return selected
+
+
+def gives_points(campaign) -> bool:
+    return campaign.effect.kind.startswith("earn_") or campaign.effect.kind == "grant_tier"
 
 
 def calculate(

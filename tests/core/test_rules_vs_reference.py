@@ -380,6 +380,29 @@ def test_core_agrees_with_reference_for_a_blocked_card_that_earns_nothing(case):
     assert calculation.no_points_reason == "card_blocked"
 
 
+POINT_KINDS = {"earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier", "grant_tier"}
+
+
+@settings(max_examples=300, **RANDOM)
+@given(case=cases(SPEC_50_BLOCKED, card_blocked=True))
+def test_a_blocked_card_gets_the_active_cards_selection_without_its_points(case):
+    """blocked_card_earns = false: the blocked card's earn campaigns still stop later ones (exclusive)
+    and win their best-of groups, so its discounts and campaigns are the active card's less those
+    that give points or a tier."""
+    receipt, blocked_shopper, now_ms, available, redeem, allowances, unlocked, _ = case
+    active_shopper = msgspec.structs.replace(blocked_shopper, card_blocked=False)
+
+    def calculation(shopper):
+        return PROGRAM_50_BLOCKED.calculate(receipt, now_ms, available, redeem, shopper=shopper,
+                                            allowances=allowances, unlocked=set(unlocked))
+
+    blocked, active = calculation(blocked_shopper), calculation(active_shopper)
+    assert [line.discount_minor for line in blocked.lines] == [line.discount_minor for line in active.lines]
+    assert [c.campaign_id for c in blocked.campaigns] == [
+        c.campaign_id for c in active.campaigns if c.effect not in POINT_KINDS]
+    assert blocked.earned_points == 0
+
+
 def test_generated_program_has_every_kind():
     """The 50-campaign program the random receipts run against uses the whole language."""
     kinds = {c.effect.kind for c in SPEC_50.campaigns}

@@ -78,6 +78,23 @@ class TestBlockedCardThatEarnsNothing:
         assert "card is blocked" in reasons["base-5pct"].reason
         assert reasons["dairy-discount"].applied
 
+    # config/rules: household-points (12 %, earn) wins its best-of group from household-discount (7 %)
+    HOUSEHOLD = receipt(line(1, 100_000, category="household/cleaning"))
+
+    def test_its_earn_campaigns_still_win_their_best_of_group(self, kassa):
+        """The blocked card gets the active card's selection, points zeroed: household-points still
+        beats household-discount, so no discount either (before: 7,000 off)."""
+        by_the_account = calculate(kassa, by_account("A-1"), self.HOUSEHOLD).calculation
+        assert (by_the_account.earned_points, by_the_account.discount_minor) == (17_000, 0)
+
+        reply = kassa.processing.Accrue(processing_pb2.AccrueRequest(
+            request_id="buy-household", customer=by_card("C-1"), receipt=self.HOUSEHOLD))
+
+        calculation = reply.calculation
+        assert (calculation.earned_points, calculation.no_points_reason) == (0, "card_blocked")
+        assert calculation.discount_minor == 0
+        assert [c.campaign_id for c in calculation.campaigns] == []
+
     def test_the_account_itself_still_earns_and_the_card_still_cannot_spend(self, kassa):
         by_the_account = calculate(kassa, by_account("A-1"), self.BASKET).calculation
         assert (by_the_account.earned_points, by_the_account.no_points_reason) == (1_450, "")

@@ -124,6 +124,58 @@ class TestOneServerPerAddress:
                     process.wait(REFUSAL_TIMEOUT_S)
                 process.stderr.close()
 
+    def test_a_foreign_process_holding_the_old_abstract_lock_name_does_not_block_the_start(self, start_kassa):
+        """Abstract Unix socket names have no permissions: any local user could bind kassa's old
+        address lock name and keep it from starting. The lock is now a file of this user's."""
+        port = free_port()
+        squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        squatter.bind(f"\0kassa-listen:127.0.0.1:{port}")
+        try:
+            server = start_kassa(env={"KASSA_SERVER_LISTEN": f"127.0.0.1:{port}", "KASSA_SERVER_WORKERS": "2"})
+
+            assert serving_addresses(server, 2) == [f"127.0.0.1:{port}"] * 2
+        finally:
+            squatter.close()
+
+    def test_of_two_servers_started_at_once_on_a_wildcard_and_a_specific_host_one_serves(self, tmp_path):
+        """0.0.0.0:P and 127.0.0.1:P both pass their probes while neither listens: the lock is keyed by
+        the port alone, so one of them is refused."""
+        port = free_port()
+        addresses = {"wildcard": f"0.0.0.0:{port}", "specific": f"127.0.0.1:{port}"}
+        servers, processes = [], []
+        for name, address in addresses.items():
+            (tmp_path / name).mkdir()
+            servers.append(KassaServer(tmp_path / name, env={"KASSA_SERVER_LISTEN": address,
+                                                             "KASSA_SERVER_WORKERS": "2"}))
+        for server in servers:
+            command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(server.config_path())]
+            processes.append(subprocess.Popen(command, cwd=server.workdir, env=server.environ,
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True))
+        try:
+            refused = [process for process in processes if _exits_within(process, REFUSAL_TIMEOUT_S)]
+            assert len(refused) == 1, [process.returncode for process in processes]
+            assert refused[0].returncode == 2
+            address = list(addresses.values())[processes.index(refused[0])]
+            assert refused[0].stderr.read().splitlines() == [f"kassa: {address} is in use by another process"]
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait(REFUSAL_TIMEOUT_S)
+                process.stderr.close()
+
+    def test_a_lock_directory_others_may_write_to_is_refused(self, tmp_path):
+        runtime = tmp_path / "runtime"
+        (runtime / "kassa").mkdir(parents=True)
+        (runtime / "kassa").chmod(0o777)
+
+        code, said = refused_start(tmp_path / "kassa", {"XDG_RUNTIME_DIR": str(runtime),
+                                                        "KASSA_SERVER_LISTEN": f"127.0.0.1:{free_port()}"})
+
+        assert code == 2
+        assert said == [f"kassa: the address lock directory {runtime / 'kassa'} is not this user's alone "
+                        f"(owner uid {os.getuid()}, mode drwxrwxrwx): remove it or fix it"]
+
     def test_port_0_gives_every_worker_the_same_port(self, start_kassa):
         server = start_kassa(env={"KASSA_SERVER_LISTEN": "127.0.0.1:0", "KASSA_SERVER_WORKERS": "2"})
 
