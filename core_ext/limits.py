@@ -1,4 +1,12 @@
-"""Limits on what one request may carry. Each is enforced with an error that names the field."""
+"""Limits and units of the core, each defined here once.
+
+The Python modules import them from here and the Cython modules read them at import into typed C
+globals (core_ext/rules.pyx, server/wire.pyx), so a value is never mirrored by hand. The request
+limits are enforced with an error that names the field.
+"""
+
+BPS_PER_UNIT = 10_000  # basis points in 100 %
+CAMPAIGNS_PER_PROGRAM_MAX = 4096  # campaigns in one loyalty program
 
 LINES_PER_RECEIPT_MAX = 1000  # lines
 REQUEST_ID_BYTES_MAX = 128  # bytes of UTF-8

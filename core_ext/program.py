@@ -18,9 +18,9 @@ from typing import Literal
 
 import msgspec
 
-BPS_PER_UNIT = 10_000  # basis points in 100 %
+from kassa.core_ext.limits import BPS_PER_UNIT, CAMPAIGNS_PER_PROGRAM_MAX
+
 EARN_BPS_MAX = 100 * BPS_PER_UNIT  # an earn rate of at most 10,000 %
-CAMPAIGNS_PER_PROGRAM_MAX = 4096  # campaigns
 CAMPAIGN_ID_BYTES_MAX = 64  # bytes of UTF-8
 POINTS_LIFETIME_DAYS_MAX = 36_500  # days
 ACTIVATION_DELAY_DAYS_MAX = 365  # days

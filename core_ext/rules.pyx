@@ -11,13 +11,18 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc, free, qsort
 from libc.string cimport memcmp
 
-include "consts.pxi"
-
 import datetime as dt
 import zoneinfo
 
 from kassa.core_ext.model import AppliedCampaign, Calculation, CampaignExplain, EventCalculation, LineResult, NO_SHOPPER
+from kassa.core_ext import limits
 from kassa.core_ext.program import DISCOUNT_EFFECTS, Limits, kept_by_ledger
+
+# Read once from core_ext/limits.py, the one place they are defined, into C globals for the loops.
+cdef int64_t BPS_PER_UNIT = limits.BPS_PER_UNIT
+cdef int64_t MS_PER_DAY = limits.MS_PER_DAY
+cdef Py_ssize_t LINES_PER_RECEIPT_MAX = limits.LINES_PER_RECEIPT_MAX
+cdef Py_ssize_t CAMPAIGNS_PER_PROGRAM_MAX = limits.CAMPAIGNS_PER_PROGRAM_MAX
 
 _NO_LIMITS = Limits()
 EPOCH_DATE = dt.date(1970, 1, 1)
@@ -153,7 +158,6 @@ KIND_NAMES = {number: name for name, number in EFFECT_KINDS.items()}
 PERS = {"receipt": PER_RECEIPT, "line": PER_LINE, "unit": PER_UNIT}
 STACKINGS = {"stack": STACK, "exclusive": EXCLUSIVE, "best": BEST}
 ROUNDINGS = {"floor": ROUND_FLOOR, "half_up": ROUND_HALF_UP, "ceil": ROUND_CEIL}
-DEF MS_PER_DAY = 86_400_000  # milliseconds
 DEF MS_PER_HOUR = 3_600_000  # milliseconds
 DEF OFFSET_BUCKET_MS = 900_000  # time zone offsets change on quarter hours (UTC): cache per bucket
 DEF NO_CAP = -1

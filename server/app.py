@@ -1,4 +1,4 @@
-"""The server: create -> add servicers -> add port -> start -> wait -> drain."""
+"""The server: serve() reads build -> start -> wait_for_signal -> drain -> close, one function a step."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -191,25 +192,39 @@ async def drain(server, health_servicer, processing, committer, reloads: set, gr
     await committer.stop()
 
 
-async def serve(config: ServerConfig, worker_index: int = 0) -> None:
-    metrics = Metrics()
-    # First: a metrics address in use stops the start before anything else is opened.
-    metrics_endpoint = serve_metrics(metrics, config.metrics.listen)
-    clock = make_clock(config.clock.file)
+@dataclass(frozen=True)
+class Parts:
+    """What build() makes and the later steps use: one worker's server, ledger and helpers."""
+
+    config: ServerConfig
+    metrics: Metrics
+    metrics_endpoint: object  # None when config.metrics.listen is empty
+    clock: object
+    ledger: Ledger
+    committer: GroupCommitter
+    server: grpc.aio.Server
+    processing: ProcessingServicer
+    health: health.aio.HealthServicer
+    rule_paths: list[Path]
+    port: int
+
+
+def open_ledger_serving(config: ServerConfig, clock) -> Ledger:
+    """The ledger, serving the rule files' ruleset when they were edited since the ledger last saw
+    them; otherwise the ruleset stored by the last ReloadRules or SIGHUP keeps serving across restarts."""
     ledger = open_ledger(config)
     files_version = ledger.program.version
-    # Rule files edited since the ledger last saw them take over; otherwise the ruleset stored by
-    # the last ReloadRules or SIGHUP keeps serving across restarts.
     if ledger.adopt_rule_files(clock.now_ms()):
         event(log, "serving the rule files' ruleset", ruleset_version=files_version)
     elif ledger.refresh_program():
         event(log, "serving the stored ruleset; the rule files are unchanged since it replaced them",
               ruleset_version=ledger.program.version, files_ruleset_version=files_version)
-    committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
-    committer.start()
+    return ledger
 
+
+def grpc_server(config: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
     message_bytes_max = config.server.message_bytes_max
-    server = grpc.aio.server(
+    return grpc.aio.server(
         interceptors=[
             MetricsInterceptor(metrics),
             AccessLogInterceptor(),  # outside auth: its refusals are logged with their request id
@@ -234,11 +249,15 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
     )
+
+
+def add_services(server, config: ServerConfig, ledger, committer, clock, metrics, rule_paths):
+    """The servicers, health and reflection; returns (processing servicer, health servicer)."""
+    message_bytes_max = config.server.message_bytes_max
     processing = ProcessingServicer(ledger, committer, clock, config.processing, message_bytes_max, metrics)
     add_processing(processing, server)
     metrics.watch(ledger, lambda: processing.streams_open)
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(ledger, committer, clock), server)
-    rule_paths = [Path(path) for path in config.rules.paths]
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ledger, committer, rule_paths, message_bytes_max), server)
     services = SERVICE_NAMES
     if config.server.bench_noop:
@@ -247,19 +266,45 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return processing, health_servicer
 
+
+def build(config: ServerConfig) -> Parts:
+    """Open everything a worker serves with, listening but not yet serving."""
+    metrics = Metrics()
+    # First: a metrics address in use stops the start before anything else is opened.
+    metrics_endpoint = serve_metrics(metrics, config.metrics.listen)
+    clock = make_clock(config.clock.file)
+    ledger = open_ledger_serving(config, clock)
+    committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
+    committer.start()
+    server = grpc_server(config, metrics)
+    rule_paths = [Path(path) for path in config.rules.paths]
+    processing, health_servicer = add_services(server, config, ledger, committer, clock, metrics, rule_paths)
     port = add_port(server, config)
     if port == 0:
         raise StartupRefused(f"cannot listen on {config.server.listen}")
-    await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    if metrics_endpoint is not None:
-        event(log, "metrics", address=metrics_endpoint.address)
-    host = config.server.listen.rsplit(":", 1)[0]
-    event(log, "serving", address=f"{host}:{port}", pid=os.getpid(), worker=worker_index, cpus=usable_cpus(),
-          ruleset_version=ledger.program.version)
+    return Parts(config, metrics, metrics_endpoint, clock, ledger, committer, server, processing,
+                 health_servicer, rule_paths, port)
 
+
+async def start(parts: Parts, worker_index: int) -> None:
+    """Take calls, and say so: health SERVING and the "serving" log line."""
+    config = parts.config
+    await parts.server.start()
+    for name in ("", *SERVICE_NAMES):
+        await parts.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if parts.metrics_endpoint is not None:
+        event(log, "metrics", address=parts.metrics_endpoint.address)
+    host = config.server.listen.rsplit(":", 1)[0]
+    event(log, "serving", address=f"{host}:{parts.port}", pid=os.getpid(), worker=worker_index,
+          cpus=usable_cpus(), ruleset_version=parts.ledger.program.version)
+
+
+async def wait_for_signal(parts: Parts) -> set[asyncio.Task]:
+    """Serve, with the periodic chores and SIGHUP reloads, until SIGTERM or SIGINT. Returns the
+    reloads still running, which the drain lets finish."""
+    config, ledger, committer = parts.config, parts.ledger, parts.committer
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -269,7 +314,7 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     def on_sighup() -> None:
         if stop.is_set():  # draining: the committer is about to stop
             return
-        task = loop.create_task(reload_rules_files(ledger, committer, rule_paths))
+        task = loop.create_task(reload_rules_files(ledger, committer, parts.rule_paths))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -278,15 +323,26 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
         loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s)),
         loop.create_task(check_readers_periodically(ledger, config.ledger.reader_check_interval_s)),
         loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
-        loop.create_task(metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
+        loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
     ]
     await stop.wait()
     for chore in chores:
         chore.cancel()
+    return reloads
 
+
+def close(parts: Parts) -> None:
+    if parts.metrics_endpoint is not None:
+        parts.metrics_endpoint.close()
+    parts.ledger.close()
+    event(log, "stopped", groups_committed=parts.committer.groups_committed,
+          ops_committed=parts.committer.ops_committed)
+
+
+async def serve(config: ServerConfig, worker_index: int = 0) -> None:
+    parts = build(config)
+    await start(parts, worker_index)
+    reloads = await wait_for_signal(parts)
     event(log, "draining", grace_s=config.server.grace_s)
-    await drain(server, health_servicer, processing, committer, reloads, config.server.grace_s)
-    if metrics_endpoint is not None:
-        metrics_endpoint.close()
-    ledger.close()
-    event(log, "stopped", groups_committed=committer.groups_committed, ops_committed=committer.ops_committed)
+    await drain(parts.server, parts.health, parts.processing, parts.committer, reloads, config.server.grace_s)
+    close(parts)

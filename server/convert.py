@@ -14,171 +14,57 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kassa.core_ext import limits, promo
 from kassa.core_ext import model as m
 from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2
-from kassa.server import wire
+from kassa.server import checks, wire
 
 DIGEST_BYTES = wire.DIGEST_BYTES  # of the payload digest kept with each idempotency record
-PROMO_CODES_PER_RECEIPT_MAX = 16  # promo codes presented with one receipt
 EVENT_ATTRIBUTES_MAX = 32  # entries in a customer event's attributes
 TIMESTAMP_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the end of google.protobuf.Timestamp's range
 
 
-class InvalidArgument(Exception):
-    """The request is malformed; the message names the field."""
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise InvalidArgument(message)
+# The checks of plain values are server/checks.pyx's, shared with the C reader (server/wire.pyx).
+InvalidArgument = checks.InvalidArgument
+_check, _text, _request_id, _amount = checks.check, checks.text, checks.request_id, checks.amount
+_promo_codes = checks.promo_codes
+PROMO_CODES_PER_RECEIPT_MAX = checks.PROMO_CODES_PER_RECEIPT_MAX
 
 
 def digest(request) -> bytes:
     return hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=DIGEST_BYTES).digest()
 
 
-# A line's fields in one C call: the receipt loop is the hot path of every purchase.
-_line_fields = operator.attrgetter(
-    "line_no", "qty_milli", "price_minor", "amount_minor", "sku", "category", "brand", "no_earn", "no_discount"
-)
-
-
-def _too_long(value: str, bytes_max: int) -> bool:
-    # A character is at most 4 bytes of UTF-8: encode only when the length could be over.
-    return len(value) * 4 > bytes_max and len(value.encode()) > bytes_max
-
-
-# The checks below run for every field of every request: each tests first and builds its message
-# only for a field that fails.
-
-
-def _text(value: str, field: str, bytes_max: int, required: bool = True) -> str:
-    if required and not value:
-        raise InvalidArgument(f"{field}: must not be empty")
-    if _too_long(value, bytes_max):
-        raise InvalidArgument(f"{field}: longer than {bytes_max} bytes")
-    return value
-
-
-def _request_id(value: str, field: str = "request_id") -> str:
-    return _text(value, field, limits.REQUEST_ID_BYTES_MAX)
-
-
-def _amount(value: int, field: str, most: int, least: int = 0) -> int:
-    if value < least:
-        raise InvalidArgument(f"{field}: must be >= {least}, got {value}")
-    if value > most:
-        raise InvalidArgument(f"{field}: must be <= {most}, got {value}")
-    return value
-
-
 _CUSTOMER_KINDS = {"account_id": m.IdKind.ACCOUNT, "card": m.IdKind.CARD, "phone": m.IdKind.PHONE}
 
 
-def customer(message, field: str = "customer") -> m.Customer:
+def _customer_value(message) -> m.Customer | None:
     which = message.WhichOneof("id")
-    _check(which is not None, f"{field}: set one of account_id, card, phone")
-    value = getattr(message, which)
-    return m.Customer(_CUSTOMER_KINDS[which], _text(value, f"{field}.{which}", limits.IDENTIFIER_BYTES_MAX))
+    if which is None:
+        return None
+    return m.Customer(_CUSTOMER_KINDS[which], getattr(message, which))
 
 
-def receipt(message, field: str = "receipt") -> m.Receipt:
-    """The receipt's lines, checked. The loop is the hot path of every purchase: one combined test
-    per line, and the field-by-field explanation only for a line that fails it."""
-    count = len(message.lines)
-    if not 0 < count <= limits.LINES_PER_RECEIPT_MAX:
-        _check(count > 0, f"{field}.lines: a receipt needs at least one line")
-        raise InvalidArgument(f"{field}.lines: {count} lines, more than {limits.LINES_PER_RECEIPT_MAX}")
-    seen: set[int] = set()
-    lines = []
-    total = 0
-    qty_max, amount_max = limits.QTY_MILLI_MAX, limits.AMOUNT_MINOR_MAX
-    id_max, category_max = limits.IDENTIFIER_BYTES_MAX, limits.CATEGORY_BYTES_MAX
-    # Strings of at most a quarter of a byte limit fit it whatever they hold (UTF-8: <= 4 bytes a
-    # character): only longer ones are measured in bytes.
-    id_chars_safe, category_chars_safe = id_max // 4, category_max // 4
+def customer(message, field: str = "customer") -> m.Customer:
+    return checks.customer(_customer_value(message), field)
+
+
+# A line's fields in one C call, in the order of m.Line's.
+_line_fields = operator.attrgetter(
+    "line_no", "sku", "category", "qty_milli", "price_minor", "amount_minor", "no_earn", "no_discount", "brand"
+)
+
+
+def _receipt_value(message) -> m.Receipt:
     Line = m.Line
-    for line in message.lines:
-        line_no, qty, price, amount, sku, category, brand, no_earn, no_discount = _line_fields(line)
-        if (
-            line_no <= 0
-            or line_no in seen
-            or not 0 < qty <= qty_max
-            or not 0 <= price <= amount_max
-            or not 0 <= amount <= amount_max
-            or not -1000 < amount * 1000 - qty * price < 1000
-            or (len(sku) > id_chars_safe and _too_long(sku, id_max))
-            or (len(category) > category_chars_safe and _too_long(category, category_max))
-            or (len(brand) > id_chars_safe and _too_long(brand, id_max))
-        ):
-            _explain_line(f"{field}.lines[{len(lines)}]", line, seen)
-        seen.add(line_no)
-        total += amount
-        lines.append(Line(line_no, sku, category, qty, price, amount, no_earn, no_discount, brand))
-    if total > amount_max:
-        raise InvalidArgument(f"{field}: total {total} is more than {amount_max}")
+    lines = tuple([Line(*_line_fields(line)) for line in message.lines])
     store_id, terminal_id, receipt_no = message.store_id, message.terminal_id, message.receipt_no
-    if _too_long(store_id, id_max) or _too_long(terminal_id, id_max) or _too_long(receipt_no, id_max):
-        _text(store_id, f"{field}.store_id", id_max, required=False)
-        _text(terminal_id, f"{field}.terminal_id", id_max, required=False)
-        _text(receipt_no, f"{field}.receipt_no", id_max, required=False)
     region, channel, payment_method, card_bin = message.region, message.channel, message.payment_method, message.card_bin
     codes = message.promo_codes
     if not (region or channel or payment_method or card_bin or codes):
-        return m.Receipt(store_id, terminal_id, receipt_no, tuple(lines))
-    return m.Receipt(
-        store_id,
-        terminal_id,
-        receipt_no,
-        tuple(lines),
-        _text(region, f"{field}.region", id_max, required=False),
-        _text(channel, f"{field}.channel", id_max, required=False),
-        _text(payment_method, f"{field}.payment_method", id_max, required=False),
-        _card_bin(card_bin, f"{field}.card_bin"),
-        _promo_codes(codes, f"{field}.promo_codes") if codes else (),
-    )
+        return m.Receipt(store_id, terminal_id, receipt_no, lines)
+    return m.Receipt(store_id, terminal_id, receipt_no, lines, region, channel, payment_method, card_bin, tuple(codes))
 
 
-def _card_bin(value: str, field: str) -> str:
-    _text(value, field, limits.IDENTIFIER_BYTES_MAX, required=False)
-    _check(value.isascii() and (value.isdigit() or not value), f"{field}: digits only (the bank card's leading digits)")
-    return value
-
-
-def _promo_code(code: str, field: str) -> str:
-    try:
-        promo.check_code(code, field)
-    except promo.PatternError as error:
-        raise InvalidArgument(str(error)) from None
-    return code
-
-
-def _promo_codes(codes, field: str, most: int = PROMO_CODES_PER_RECEIPT_MAX) -> tuple[str, ...]:
-    count = len(codes)
-    _check(count <= most, f"{field}: {count} codes, more than {most}")
-    seen: set[str] = set()
-    for index, code in enumerate(codes):
-        _promo_code(code, f"{field}[{index}]")
-        _check(code not in seen, f"{field}[{index}]: {code!r} appears twice")
-        seen.add(code)
-    return tuple(codes)
-
-
-def _explain_line(where: str, line, seen: set[int]) -> None:
-    """Raise the error naming the first bad field of a line that failed the combined test."""
-    _check(line.line_no > 0, f"{where}.line_no: must be > 0")
-    _check(line.line_no not in seen, f"{where}.line_no: {line.line_no} appears twice")
-    _amount(line.qty_milli, f"{where}.qty_milli", limits.QTY_MILLI_MAX, least=1)
-    _amount(line.price_minor, f"{where}.price_minor", limits.AMOUNT_MINOR_MAX)
-    _amount(line.amount_minor, f"{where}.amount_minor", limits.AMOUNT_MINOR_MAX)
-    exact = line.qty_milli * line.price_minor
-    _check(
-        abs(line.amount_minor * 1000 - exact) < 1000,
-        f"{where}.amount_minor: {line.amount_minor} is not qty_milli x price_minor / 1000 "
-        f"({line.qty_milli} x {line.price_minor} / 1000 = {exact // 1000}.{exact % 1000:03d})",
-    )
-    _text(line.sku, f"{where}.sku", limits.IDENTIFIER_BYTES_MAX, required=False)
-    _text(line.category, f"{where}.category", limits.CATEGORY_BYTES_MAX, required=False)
-    _text(line.brand, f"{where}.brand", limits.IDENTIFIER_BYTES_MAX, required=False)
-    raise AssertionError(f"{where}: failed the line check, but no field is wrong")
+def receipt(message, field: str = "receipt") -> m.Receipt:
+    return checks.receipt(_receipt_value(message), field)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,28 +72,18 @@ def _explain_line(where: str, line, seen: set[int]) -> None:
 
 
 def calculate_query(request: processing_pb2.CalculateRequest) -> m.CalculateQuery:
-    return m.CalculateQuery(
-        customer(request.customer),
-        receipt(request.receipt),
-        _amount(request.redeem_points, "redeem_points", limits.POINTS_MAX),
-        request.explain,
-    )
+    buyer, bought = _customer_value(request.customer), _receipt_value(request.receipt)
+    checks.calculate(buyer, bought, request.redeem_points)
+    return m.CalculateQuery(buyer, bought, request.redeem_points, request.explain)
 
 
 def accrue_op(request: processing_pb2.AccrueRequest) -> m.AccrueOp:
     holds = tuple(request.capture_hold_ids)
-    if holds:
-        _check(len(holds) <= limits.CAPTURE_HOLDS_MAX, f"capture_hold_ids: more than {limits.CAPTURE_HOLDS_MAX}")
-        _check(all(0 < hold <= limits.TRANSACTION_ID_MAX for hold in holds),
-               f"capture_hold_ids: a transaction id is 1..{limits.TRANSACTION_ID_MAX}")
-        _check(len(set(holds)) == len(holds), "capture_hold_ids: a hold is named twice")
-    request_id = _request_id(request.request_id)
-    buyer = customer(request.customer)
-    bought = receipt(request.receipt)
-    redeem_points = _amount(request.redeem_points, "redeem_points", limits.POINTS_MAX)
+    buyer, bought = _customer_value(request.customer), _receipt_value(request.receipt)
+    checks.accrue(request.request_id, buyer, bought, request.redeem_points, holds)
     # Hashed from the checked values, as server/wire.pyx does for the requests it decodes.
-    payload_digest = wire.accrue_digest(buyer, bought, redeem_points, holds)
-    return m.AccrueOp(request_id, payload_digest, buyer, bought, redeem_points, holds)
+    payload_digest = wire.accrue_digest(buyer, bought, request.redeem_points, holds)
+    return m.AccrueOp(request.request_id, payload_digest, buyer, bought, request.redeem_points, holds)
 
 
 _REDEEM_MODES = (processing_pb2.REDEEM_MODE_IMMEDIATE, processing_pb2.REDEEM_MODE_HOLD)
@@ -462,68 +338,6 @@ def fill_balance(target: common_pb2.Balance, value: m.Balance) -> common_pb2.Bal
 
 def balance(value: m.Balance) -> common_pb2.Balance:
     return fill_balance(common_pb2.Balance(), value)
-
-
-def fill_calculation(target: common_pb2.Calculation, value: m.Calculation) -> None:
-    add_line = target.lines.add
-    for line in value.lines:
-        add_line(
-            line_no=line.line_no,
-            amount_minor=line.amount_minor,
-            discount_minor=line.discount_minor,
-            earned_points=line.earned_points,
-            redeemed_points=line.redeemed_points,
-            captured_points=line.captured_points,
-            due_minor=line.due_minor,
-        )
-    add_campaign = target.campaigns.add
-    for c in value.campaigns:
-        add_campaign(campaign_id=c.campaign_id, effect=c.effect, points=c.points, discount_minor=c.discount_minor)
-    target.total_minor = value.total_minor
-    target.discount_minor = value.discount_minor
-    target.payable_minor = value.payable_minor
-    target.earned_points = value.earned_points
-    target.redeemable_points = value.redeemable_points
-    target.redeemed_points = value.redeemed_points
-    target.captured_points = value.captured_points
-    target.due_minor = value.due_minor
-    target.ruleset_version = value.ruleset_version
-    _set_time(target.points_activate_at, value.activate_at_ms)
-    _set_time(target.points_expire_at, value.expire_at_ms)
-    if value.promo_codes:
-        add_code = target.promo_codes.add
-        for code in value.promo_codes:
-            add_code(code=code.code, accepted=code.accepted, reason=code.reason)
-    for activate_at_ms, expire_at_ms, points in value.lots:
-        lot = target.own_lots.add(points=points)
-        _set_time(lot.activate_at, activate_at_ms)
-        _set_time(lot.expire_at, expire_at_ms)
-    if value.no_points_reason:
-        target.no_points_reason = value.no_points_reason
-    if value.explain:
-        add_explanation = target.explain.add
-        for explanation in value.explain:
-            add_explanation(campaign_id=explanation.campaign_id, applied=explanation.applied, reason=explanation.reason)
-
-
-def calculate_response(value: m.CalculateResult) -> processing_pb2.CalculateResponse:
-    response = processing_pb2.CalculateResponse(account_id=value.account_id)
-    fill_calculation(response.calculation, value.calculation)
-    fill_balance(response.balance, value.balance)
-    return response
-
-
-def fill_accrue_response(target: processing_pb2.AccrueResponse, value: m.AccrueResult):
-    target.transaction_id = value.transaction_id
-    target.account_id = value.account_id
-    target.captured_points = value.captured_points
-    fill_calculation(target.calculation, value.calculation)
-    fill_balance(target.balance, value.balance)
-    return target
-
-
-def accrue_response(value: m.AccrueResult) -> processing_pb2.AccrueResponse:
-    return fill_accrue_response(processing_pb2.AccrueResponse(), value)
 
 
 def redeem_response(value: m.RedeemResult) -> processing_pb2.RedeemResponse:

@@ -6,17 +6,17 @@ attribute access, about 11 us for a five-line receipt; a batch answer filled the
 much again. Here the same messages are read straight from the request bytes and the answers written
 straight to bytes, so the common case of every hot call costs a few microseconds.
 
-It is a fast path, never a second definition: it takes only a request that is well formed and
-passes every check of `convert.py`, and builds exactly the value `convert.py` builds from it. Anything
-else - a check that fails, a field it does not read (promo codes, hold captures, a bank card BIN), a
-field repeated where protobuf would merge it, bytes that are not plain protobuf - comes back as
-"not mine" (None, or the operation's own bytes) and the caller decodes it with protobuf and
-`convert.py`, which name the field or refuse the message exactly as before.
+It only reads: it turns the bytes of a plain request into the core values `convert.py` builds from
+the same request, and both pass them to the one set of checks, `server/checks.pyx`. Anything it does
+not take - a request that fails a check, a field it does not read (promo codes, hold captures, a
+bank card BIN), a field repeated where protobuf would merge it, bytes that are not plain protobuf -
+comes back as "not mine" (None, or the operation's own bytes) and the caller decodes it with
+protobuf and `convert.py`, whose values meet the same checks, which name the field.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
 
 import hashlib
@@ -24,6 +24,7 @@ import hashlib
 import msgspec
 
 from kassa.core_ext import limits
+from kassa.server import checks
 from kassa.core_ext.model import (
     AccrueOp, AccrueResult, CalculateQuery, Customer, EventResult, IdKind, Line, Receipt, RedeemResult,
     RollbackResult,
@@ -43,12 +44,6 @@ cdef enum:
     WIRE_I32 = 5
     FIELD_NUMBER_MAX = 536870911  # 2**29 - 1
 
-cdef int64_t AMOUNT_MAX = limits.AMOUNT_MINOR_MAX
-cdef int64_t QTY_MAX = limits.QTY_MILLI_MAX
-cdef int64_t POINTS_MAX = limits.POINTS_MAX
-cdef Py_ssize_t LINES_MAX = limits.LINES_PER_RECEIPT_MAX
-cdef Py_ssize_t ID_BYTES_MAX = limits.IDENTIFIER_BYTES_MAX
-cdef Py_ssize_t CATEGORY_BYTES_MAX = limits.CATEGORY_BYTES_MAX
 cdef Py_ssize_t REQUEST_ID_BYTES_MAX = limits.REQUEST_ID_BYTES_MAX
 cdef Py_ssize_t MESSAGE_BYTES_MAX = RESULT_MESSAGE_BYTES_MAX
 cdef tuple CUSTOMER_KINDS = (None, IdKind.ACCOUNT, IdKind.CARD, IdKind.PHONE)  # by field number
@@ -171,7 +166,7 @@ cdef object _customer(const uint8_t* p, const uint8_t* end):
                 return None  # not a string, or two ids: protobuf's rules for a oneof decide
             kind = field.number
             text.data, text.size = field.data, field.size
-    if not kind or text.size == 0 or text.size > ID_BYTES_MAX:
+    if not kind:
         return None
     value = _str(text)
     if value is None:
@@ -179,18 +174,12 @@ cdef object _customer(const uint8_t* p, const uint8_t* end):
     return Customer(CUSTOMER_KINDS[kind], value)
 
 
-cdef int _compare_line_no(const void* a, const void* b) noexcept nogil:
-    cdef uint32_t x = (<const uint32_t*>a)[0], y = (<const uint32_t*>b)[0]
-    return (x > y) - (x < y)
-
-
-cdef object _line(const uint8_t* p, const uint8_t* end, int64_t* amount_out, uint32_t* line_no_out):
+cdef object _line(const uint8_t* p, const uint8_t* end):
     cdef Field field
     cdef int got
     cdef uint64_t line_no = 0
     cdef int64_t qty = 0, price = 0, amount = 0
     cdef bint no_earn = False, no_discount = False
-    cdef Py_ssize_t sku_size = 0, category_size = 0, brand_size = 0
     cdef Text text
     sku_text = category_text = brand_text = ""
     while True:
@@ -209,11 +198,11 @@ cdef object _line(const uint8_t* p, const uint8_t* end, int64_t* amount_out, uin
             if value is None:
                 return None
             if field.number == 2:
-                sku_text, sku_size = value, field.size
+                sku_text = value
             elif field.number == 3:
-                category_text, category_size = value, field.size
+                category_text = value
             else:
-                brand_text, brand_size = value, field.size
+                brand_text = value
             continue
         if field.wire != WIRE_VARINT:
             return None
@@ -229,32 +218,15 @@ cdef object _line(const uint8_t* p, const uint8_t* end, int64_t* amount_out, uin
             no_earn = field.value != 0
         else:
             no_discount = field.value != 0
-    if line_no == 0 or line_no > 0xFFFFFFFF:
-        return None
-    if not (0 < qty <= QTY_MAX and 0 <= price <= AMOUNT_MAX and 0 <= amount <= AMOUNT_MAX):
-        return None
-    # |amount * 1000 - qty * price| < 1000, without overflow: qty * price <= amount * 1000 + 999 first.
-    if price and qty > (amount * 1000 + 999) // price:
-        return None
-    if not -1000 < amount * 1000 - qty * price < 1000:
-        return None
-    if sku_size > ID_BYTES_MAX or category_size > CATEGORY_BYTES_MAX or brand_size > ID_BYTES_MAX:
-        return None
-    amount_out[0] = amount
-    line_no_out[0] = <uint32_t>line_no
+    if line_no > 0xFFFFFFFF:
+        return None  # protobuf keeps the low 32 bits of a uint32: its rules decide
     return Line(<long long>line_no, sku_text, category_text, qty, price, amount, no_earn, no_discount, brand_text)
 
 
 cdef object _receipt(const uint8_t* p, const uint8_t* end):
     cdef Field field
-    cdef int got, index
-    cdef Py_ssize_t count = 0
-    cdef int64_t total = 0, amount = 0
-    cdef uint32_t line_nos[1000]  # LINES_PER_RECEIPT_MAX, checked at import
-    cdef Py_ssize_t sizes[7]  # by field number 1..7 (4 unused): store, terminal, receipt no, -, region, channel, payment
+    cdef int got
     cdef Text text
-    for index in range(7):
-        sizes[index] = 0
     texts = ["", "", "", "", "", "", ""]
     lines = []
     while True:
@@ -268,13 +240,9 @@ cdef object _receipt(const uint8_t* p, const uint8_t* end):
         if field.wire != WIRE_LEN or field.number >= 8:
             return None  # card_bin and promo codes are convert.py's (and rare on the hot path)
         if field.number == 4:
-            if count == LINES_MAX:
-                return None
-            line = _line(field.data, field.data + field.size, &amount, &line_nos[count])
+            line = _line(field.data, field.data + field.size)
             if line is None:
                 return None
-            total += amount
-            count += 1
             lines.append(line)
         else:
             text.data, text.size = field.data, field.size
@@ -282,16 +250,6 @@ cdef object _receipt(const uint8_t* p, const uint8_t* end):
             if value is None:
                 return None
             texts[field.number - 1] = value
-            sizes[field.number - 1] = field.size
-    if count == 0 or total > AMOUNT_MAX:
-        return None
-    qsort(line_nos, count, sizeof(uint32_t), _compare_line_no)
-    for index in range(1, count):
-        if line_nos[index] == line_nos[index - 1]:
-            return None
-    for index in (0, 1, 2, 4, 5, 6):
-        if sizes[index] > ID_BYTES_MAX:
-            return None
     store_id, terminal_id, receipt_no, _, region, channel, payment_method = texts
     if not (region or channel or payment_method):
         return Receipt(store_id, terminal_id, receipt_no, tuple(lines))
@@ -317,7 +275,6 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
     cdef int got
     cdef int64_t redeem = 0
     cdef Text text
-    cdef Py_ssize_t request_id_size = 0
     cdef const uint8_t* customer_data = NULL
     cdef const uint8_t* receipt_data = NULL
     cdef Py_ssize_t customer_size = 0, receipt_size = 0
@@ -341,7 +298,6 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
             request_id = _str(text)  # every copy, as in _line
             if request_id is None:
                 return None
-            request_id_size = field.size
         elif field.number == 2:
             if customer_data != NULL:
                 return None  # protobuf merges a repeated message field
@@ -350,20 +306,17 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
             if receipt_data != NULL:
                 return None
             receipt_data, receipt_size = field.data, field.size
-    if customer_data == NULL or receipt_data == NULL or not 0 <= redeem <= POINTS_MAX:
+    if customer_data == NULL or receipt_data == NULL:
         return None
-    if request_id_size:
-        if request_id_size > REQUEST_ID_BYTES_MAX:
-            return None
-        rid = request_id
-    elif default_request_id is not None:
-        rid = default_request_id
-    else:
-        return None
+    rid = request_id if request_id or default_request_id is None else default_request_id
     bought = _customer_receipt(customer_data, customer_size, receipt_data, receipt_size)
     if bought is None:
         return None
     customer, receipt = bought
+    try:
+        checks.accrue(rid, customer, receipt, redeem, ())
+    except checks.InvalidArgument:
+        return None  # protobuf and convert.py check it again, to say why
     return AccrueOp(rid, accrue_digest(customer, receipt, redeem, ()), customer, receipt, redeem)
 
 
@@ -409,12 +362,16 @@ def calculate_query(bytes data):
             if receipt_data != NULL:
                 return None
             receipt_data, receipt_size = field.data, field.size
-    if customer_data == NULL or receipt_data == NULL or not 0 <= redeem <= POINTS_MAX:
+    if customer_data == NULL or receipt_data == NULL:
         return None
     bought = _customer_receipt(customer_data, customer_size, receipt_data, receipt_size)
     if bought is None:
         return None
     customer, receipt = bought
+    try:
+        checks.calculate(customer, receipt, redeem)
+    except checks.InvalidArgument:
+        return None  # protobuf and convert.py check it again, to say why
     return CalculateQuery(customer, receipt, redeem, explain)
 
 
@@ -525,10 +482,6 @@ def request_id(bytes data) -> str:
             text.data, text.size = field.data, field.size
     value = _str(text)
     return "" if value is None else value
-
-
-if limits.LINES_PER_RECEIPT_MAX > 1000:
-    raise ImportError("server.wire keeps a receipt's line numbers in a 1000-entry array: raise it with the limit")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,43 +2,23 @@
 
 The key travels in the `x-api-key` metadata. The config keeps only its SHA-256, so a leaked config
 file leaks no key. Admin RPCs (and manual adjustments) need a key with `admin = true`. The caller
-found here is kept in a context variable for the servicers, which check the store of each operation
+found here is kept in a context variable (server/caller.py) for the servicers, which check the store of each operation
 and stamp the caller on the journal entry it makes.
 """
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import time
-from dataclasses import dataclass
 
 import grpc
 
 from kassa.server import errors
+from kassa.server.caller import CALLER, Caller
 
 API_KEY_METADATA = "x-api-key"
 KASSA_METHOD_PREFIX = "/kassa.v1."  # health and reflection stay open
 ADMIN_METHODS = ("/kassa.v1.Admin/", "/kassa.v1.Accounts/Adjust")
-
-
-@dataclass(frozen=True)
-class Caller:
-    name: str  # terminal or operator id, recorded in the journal
-    stores: frozenset[str]  # empty: every store
-    admin: bool
-
-    def store_refusal(self, store_id: str) -> str | None:
-        """Why this caller may not act for `store_id`, or None when it may."""
-        if not self.stores or store_id in self.stores:
-            return None
-        if not store_id:
-            return f"store_id: required for '{self.name}', whose key is scoped to stores"
-        return f"store_id: '{self.name}' may not act for store '{store_id}'"
-
-
-ANONYMOUS = Caller("anonymous", frozenset(), True)  # when auth is off
-CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("kassa_caller", default=ANONYMOUS)
 
 
 class TokenBucket:

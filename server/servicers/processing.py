@@ -17,7 +17,7 @@ from kassa.core_ext.model import AccrueOp, Code, Outcome, RedeemResult, Rollback
 from kassa.v1 import processing_pb2
 from kassa.server import convert, errors, wire
 from kassa.server.answer_bound import BatchAnswerBound
-from kassa.server.interceptors.auth import CALLER
+from kassa.server.caller import CALLER
 from kassa.server.logs import event
 from kassa.server.servicers.in_flight import InFlight, StreamHold
 from kassa.server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid

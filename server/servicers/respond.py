@@ -10,7 +10,7 @@ from kassa.core_ext.model import AccrueOp, Code, Outcome, Reason, RedeemOp, Roll
 from kassa.server import errors
 from kassa.server.convert import InvalidArgument
 from kassa.server.interceptors.decode import refuse_undecodable
-from kassa.server.interceptors.auth import CALLER
+from kassa.server.caller import CALLER
 
 STATUS_CODES = {int(code): grpc.StatusCode[code.name] for code in Code}
 REUSED_PREFIX = "request_id '"  # an ALREADY_EXISTS about the request_id itself, not what it creates

@@ -44,6 +44,7 @@ from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2
 from kassa.server import convert, wire
 from kassa.server.servicers.processing import other_result
 from tests.kassa_harness import REPO, T0_MS
+from tests.server import pb_responses
 from tests.server.helpers import by_account, line, open_account, receipt, refused, statement
 
 ID_BYTES_MAX = limits.IDENTIFIER_BYTES_MAX
@@ -1161,7 +1162,7 @@ class TestAnswers:
             request.receipt.promo_codes.append(PROMO_CODE)
         (outcome,) = books.commit(convert.accrue_op(request))
         assert outcome.code == Code.OK, outcome.message
-        assert_written_as(convert.accrue_response(outcome.body), wire.accrue_response(outcome.body))
+        assert_written_as(pb_responses.accrue_response(outcome.body), wire.accrue_response(outcome.body))
 
     @LEDGER
     @given(request=requests(CALCULATE), promo=st.booleans())
@@ -1172,7 +1173,7 @@ class TestAnswers:
             request.receipt.promo_codes.append(PROMO_CODE)
         outcome = books.ledger.calculate(convert.calculate_query(request), NOW_MS)
         assert outcome.code == Code.OK, outcome.message
-        assert_written_as(convert.calculate_response(outcome.body), wire.calculate_response(outcome.body))
+        assert_written_as(pb_responses.calculate_response(outcome.body), wire.calculate_response(outcome.body))
 
     def test_an_answer_with_redeemed_points_and_lots_of_their_own(self, books):
         outcome = books.accrue(line(1, 50_000, sku="FRESH"), line(2, 1_000, sku="LATER"),
@@ -1182,7 +1183,7 @@ class TestAnswers:
         assert len(calculation.lots) == 2
         assert all(line_result.redeemed_points for line_result in calculation.lines)
         assert calculation.discount_minor > 0
-        assert_written_as(convert.accrue_response(outcome.body), wire.accrue_response(outcome.body))
+        assert_written_as(pb_responses.accrue_response(outcome.body), wire.accrue_response(outcome.body))
 
     def test_an_answer_with_captured_holds_and_money_due(self, books):
         held = books.commit(convert.redeem_op(processing_pb2.RedeemRequest(
@@ -1199,7 +1200,7 @@ class TestAnswers:
         assert calculation.captured_points == 3_000
         assert all(line_result.captured_points for line_result in calculation.lines)
         assert calculation.due_minor > 0
-        assert_written_as(convert.accrue_response(outcome.body), wire.accrue_response(outcome.body))
+        assert_written_as(pb_responses.accrue_response(outcome.body), wire.accrue_response(outcome.body))
 
     def test_a_calculation_explained_with_a_promo_code(self, books):
         request = processing_pb2.CalculateRequest(
@@ -1212,18 +1213,18 @@ class TestAnswers:
         assert [code.code for code in calculation.promo_codes] == [PROMO_CODE]
         assert len(calculation.explain) > 5
         assert calculation.lots
-        assert_written_as(convert.calculate_response(outcome.body), wire.calculate_response(outcome.body))
+        assert_written_as(pb_responses.calculate_response(outcome.body), wire.calculate_response(outcome.body))
 
     def test_an_answer_of_the_most_lines(self, books):
         outcome = books.accrue(*thousand_lines())
         assert outcome.code == Code.OK, outcome.message
-        expected = convert.accrue_response(outcome.body)
+        expected = pb_responses.accrue_response(outcome.body)
         assert expected.calculation.ByteSize() >= 2**14  # its length takes three bytes
         assert_written_as(expected, wire.accrue_response(outcome.body))
         query = convert.calculate_query(processing_pb2.CalculateRequest(
             customer=BY_CARD, receipt=common_pb2.Receipt(lines=thousand_lines()), explain=True))
         calculated = books.ledger.calculate(query, NOW_MS)
-        assert_written_as(convert.calculate_response(calculated.body), wire.calculate_response(calculated.body))
+        assert_written_as(pb_responses.calculate_response(calculated.body), wire.calculate_response(calculated.body))
 
     def test_an_answer_of_values_no_purchase_gives(self):
         # Negative balances, times inside a second and before it, text of every width: values the
@@ -1240,9 +1241,9 @@ class TestAnswers:
         balance = Balance(active=-10, pending=0, held=3, available=-13, debt=10, next_expiry_at_ms=1_780_300_800_123,
                           next_expiry_points=2**63 - 1)
         result = AccrueResult(limits.TRANSACTION_ID_MAX, "счёт-1", calculation, balance, -3)
-        assert_written_as(convert.accrue_response(result), wire.accrue_response(result))
+        assert_written_as(pb_responses.accrue_response(result), wire.accrue_response(result))
         empty = AccrueResult(0, "", Calculation((), 0, 0, 0, 0, 0, 0, (), "", 0, 0), Balance(), 0)
-        assert_written_as(convert.accrue_response(empty), wire.accrue_response(empty))
+        assert_written_as(pb_responses.accrue_response(empty), wire.accrue_response(empty))
 
 
 def expected_batch_response(outcomes) -> processing_pb2.ProcessBatchResponse:
@@ -1252,7 +1253,7 @@ def expected_batch_response(outcomes) -> processing_pb2.ProcessBatchResponse:
         result = response.results.add(code=outcome.code, reason=outcome.reason, message=outcome.message)
         body = outcome.body
         if type(body) is AccrueResult:
-            convert.fill_accrue_response(result.accrue, body)
+            pb_responses.fill_accrue_response(result.accrue, body)
         elif type(body) is RedeemResult:
             result.redeem.CopyFrom(convert.redeem_response(body))
         elif type(body) is RollbackResult:
