@@ -275,9 +275,10 @@ def _check_types(raw: Any, struct_type: type, where: str, refuse) -> None:
                 raise refuse(key, f": expected a list of tables ([[{key}]]), got {_shown(value)}")
             for index, item in enumerate(value):
                 _check_types(item, ApiKey, f"{key}[{index}]", refuse)
-        elif get_origin(field.type) is Literal:
-            if value not in get_args(field.type):
+        elif get_origin(field.type) is Literal:  # a choice of names, in any case (`INFO` is `info`)
+            if not isinstance(value, str) or value.lower() not in get_args(field.type):
                 raise refuse(key, f": expected one of {', '.join(get_args(field.type))}, got {_shown(value)}")
+            raw[field.encode_name] = value.lower()
         elif not _fits(value, field.type):
             raise refuse(key, f": expected {TYPE_WORDS[field.type]}, got {_shown(value)}")
 

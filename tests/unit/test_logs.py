@@ -48,6 +48,13 @@ class TestLogLevelConfig:
         assert load_config(None, {}).log.level == "info"
         assert load_config(None, {"KASSA_LOG_LEVEL": "debug"}).log.level == "debug"
 
+    def test_a_level_is_taken_in_any_case(self, tmp_path: Path):
+        path = tmp_path / "kassa.toml"
+        path.write_text('[log]\nlevel = "WARNING"\n')
+
+        assert load_config(str(path), {}).log.level == "warning"
+        assert load_config(None, {"KASSA_LOG_LEVEL": "Debug"}).log.level == "debug"
+
     def test_an_unknown_level_is_refused_naming_the_key(self, tmp_path: Path):
         path = tmp_path / "kassa.toml"
         path.write_text('[log]\nlevel = "verbose"\n')
