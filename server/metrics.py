@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import importlib.metadata
 import logging
 import os
 import socket
@@ -32,6 +31,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from kassa.core_ext.model import Code
+from kassa.server.version import package_version
 
 log = logging.getLogger("kassa.metrics")
 
@@ -56,13 +56,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not colon or not host or not port.isdigit() or int(port) > 65535:
         raise MetricsUnavailable(f'metrics.listen = "{listen}" is not host:port (e.g. 127.0.0.1:9464)')
     return host.removeprefix("[").removesuffix("]"), int(port)
-
-
-def build_version() -> str:
-    try:
-        return importlib.metadata.version("kassa")
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
 
 
 # -- a worker's metrics ---------------------------------------------------------------------------
@@ -144,7 +137,7 @@ class Metrics:
         self.ruleset = gauge("kassa_ruleset_info", "1 for the ruleset version a worker serves.", "livemax",
                              ("ruleset_version",))
         self.build = gauge("kassa_build_info", "1, labelled with the kassa version serving.", "livemax", ("version",))
-        self.build.labels(build_version()).set(1)
+        self.build.labels(package_version()).set(1)  # what kassa --version says
 
     def method(self, full_method: str, grpc_type: str) -> MethodMetrics:
         found = self._methods.get(full_method)
