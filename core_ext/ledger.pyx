@@ -22,7 +22,7 @@ from kassa.core_ext.model import (
     CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
     LeaveGroupOp, LineResult, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
     RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, SetRulesOp, Shopper, Statement, SweepOp,
-    SweepResult, TransactionView, TxnKind, rejected,
+    SweepResult, TransactionView, TxnKind, rejected, store_of,
 )
 from kassa.core_ext.program import parse_program
 from kassa.core_ext.promo import PatternError, allowed_count, check_code, generate, parse_pattern
@@ -1723,16 +1723,6 @@ cdef class Ledger:
         return self.env.begin(), self.dbs
 
 
-def _store_of(op):
-    """The store an operation was made for; "" for one that belongs to no store."""
-    kind = type(op)
-    if kind is AccrueOp:
-        return op.receipt.store_id
-    if kind is RedeemOp or kind is RollbackOp:
-        return op.store_id
-    return ""
-
-
 # -- Idempotency records ------------------------------------------------------------------------
 
 cdef bytes _idempotency_record(bytes digest, long long txn_id, outcome):
@@ -1787,7 +1777,7 @@ cdef _rebuilt_accrue(record, entry):
 cdef inline bint _spared_by_tombstone(record, op):
     """A tombstone written by a key scoped to other stores than `op`'s does not cancel it: `op`
     is applied as if the tombstone were not there (and its own record replaces it)."""
-    return record.digest == TOMBSTONE_DIGEST and record.stores and _store_of(op) not in record.stores
+    return record.digest == TOMBSTONE_DIGEST and record.stores and store_of(op) not in record.stores
 
 
 cdef _widened_tombstone(record, tuple stores):

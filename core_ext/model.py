@@ -182,6 +182,16 @@ class RollbackOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=3):
     stores: tuple[str, ...] = ()  # the caller's stores: what it may roll back or capture; (): any
 
 
+def store_of(op) -> str | None:
+    """The store an operation was made for; None for one that belongs to no store."""
+    kind = type(op)
+    if kind is AccrueOp:
+        return op.receipt.store_id
+    if kind is RedeemOp or kind is RollbackOp:
+        return op.store_id
+    return None
+
+
 class CreateAccountOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=4):
     request_id: str
     digest: bytes

@@ -6,7 +6,7 @@ import grpc
 import msgspec
 from google.protobuf.message import DecodeError
 
-from kassa.core_ext.model import AccrueOp, Code, Outcome, Reason, RedeemOp, RollbackOp
+from kassa.core_ext.model import AccrueOp, Code, Outcome, Reason, RollbackOp, store_of
 from kassa.server import errors
 from kassa.server.convert import InvalidArgument
 from kassa.server.interceptors.decode import refuse_undecodable
@@ -30,16 +30,6 @@ async def answer(context: grpc.aio.ServicerContext, outcome: Outcome, render):
         return render(outcome.body)
     code = STATUS_CODES[outcome.code]
     await errors.refuse(context, code, outcome.message, outcome_reason(code, outcome), business=bool(outcome.reason))
-
-
-def store_of(op) -> str | None:
-    """The store an operation acts for; None for operations that belong to no store."""
-    kind = type(op)
-    if kind is AccrueOp:
-        return op.receipt.store_id
-    if kind is RedeemOp or kind is RollbackOp:
-        return op.store_id
-    return None
 
 
 def as_caller(op):
