@@ -42,7 +42,16 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
     holds = [hold for _, hold in _records(txn, dbs["holds"], _decode_hold)]
     journal = {entry.txn_id: entry for _, entry in _records(txn, dbs["journal"], _decode_txn)}
 
-    # 1. totals against lots and holds
+    _check_totals(accounts, lots, holds, violations)
+    _check_replay(txn, dbs, accounts, lots, holds, journal, violations)
+    _check_request_ids(txn, dbs, journal, violations)
+    _check_reversals(txn, dbs, journal, violations)
+    _check_statements(accounts, journal, violations)
+    return violations
+
+
+def _check_totals(accounts: dict, lots: dict, holds: list, violations: list[str]) -> None:
+    """Each account's active, pending and held points against its lots and holds."""
     sums: dict[str, dict[str, int]] = defaultdict(lambda: {"active": 0, "pending": 0, "held": 0})
     for lot in lots.values():
         if lot.state == rec.LotState.ACTIVE:
@@ -71,7 +80,9 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
                 violations.append(f"account {account_id}: open lots expected in expiry order, found "
                                   f"{account.open_lot_ids}")
 
-    # 2. replay: postings rebuild every lot, debt entries every debt
+
+def _check_replay(txn, dbs, accounts: dict, lots: dict, holds: list, journal: dict, violations: list[str]) -> None:
+    """The journal replayed: lots, settles due, holds, counters and debts it rebuilds."""
     replayed: dict[int, int] = defaultdict(int)
     debt: dict[str, int] = defaultdict(int)
     for entry in journal.values():
@@ -123,7 +134,9 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
         if debt[account_id] != account.debt:
             violations.append(f"account {account_id}: debt expected {debt[account_id]} (journal replay), found {account.debt}")
 
-    # 3. one request id, one transaction
+
+def _check_request_ids(txn, dbs, journal: dict, violations: list[str]) -> None:
+    """One request id, one transaction, and the transaction names its request id."""
     owners: dict[int, str] = {}
     for key, record in _records(txn, dbs["idempotency"], _decode_idempotency):
         request_id = key.decode()
@@ -138,7 +151,9 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
         elif entry.request_id != request_id:
             violations.append(f"request '{request_id}': transaction {record.txn_id} carries request id '{entry.request_id}'")
 
-    # 4. rollbacks within what was bought and earned
+
+def _check_reversals(txn, dbs, journal: dict, violations: list[str]) -> None:
+    """Rollbacks within what was bought and earned."""
     for key, reversal in _records(txn, dbs["reversals"], _decode_reversal):
         txn_id = int.from_bytes(key, "big")
         original = journal.get(txn_id)
@@ -156,7 +171,9 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
             violations.append(f"account {original.account_id}: transaction {txn_id} clawed back {clawed} "
                               f"of {credited} credited")
 
-    # 6. statements that add up
+
+def _check_statements(accounts: dict, journal: dict, violations: list[str]) -> None:
+    """Every statement adds up to its balance, and names every entry about its account."""
     on_statement: dict[str, set[int]] = {}
     for account in accounts.values():
         on_statement[account.account_id] = _check_statement(account, journal, violations)
@@ -165,7 +182,6 @@ def check_ledger(txn, dbs, now_ms: int) -> list[str]:
             if account_id in on_statement and entry.txn_id not in on_statement[account_id]:
                 violations.append(f"account {account_id}: transaction {entry.txn_id} names the account but is "
                                   "not on its statement")
-    return violations
 
 
 def _check_statement(account, journal: dict, violations: list[str]) -> set[int]:

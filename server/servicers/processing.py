@@ -18,7 +18,7 @@ from kassa.v1 import processing_pb2
 from kassa.server import convert, errors, wire
 from kassa.server.answer_bound import BatchAnswerBound
 from kassa.server.caller import CALLER
-from kassa.server.logs import event
+from kassa.server.logs import event as log_event
 from kassa.server.servicers.in_flight import InFlight, StreamHold
 from kassa.server.servicers.respond import answer, as_caller, commit_one, commit_op, decoded, invalid
 
@@ -315,7 +315,7 @@ class ProcessingServicer:
                     # end as grpc ends a call its client cancelled: one debug line, no error
                     raise asyncio.CancelledError from None
                 except TimeoutError:  # the client takes no acks: what it holds is given back
-                    event(log, "stream ended: the client reads no acks", events_not_acked=hold.events,
+                    log_event(log, "stream ended: the client reads no acks", events_not_acked=hold.events,
                           ack_write_timeout_s=self._ack_write_timeout_s)
                     raise asyncio.CancelledError from None  # a status could not pass the unread acks
                 self._in_flight.give(hold, events, size_bytes)
@@ -329,7 +329,7 @@ class ProcessingServicer:
     def _stream_closed(self, hold: StreamHold) -> None:
         """A stream whose call ended under it is no error: the client re-sends what was not acked."""
         reason = "the server is draining" if self._draining else "the client went away"
-        event(log, f"stream closed: {reason}", events_not_acked=hold.events)
+        log_event(log, f"stream closed: {reason}", events_not_acked=hold.events)
 
     async def _events(self, events: list) -> bytes:
         """One ack per event, in order. `events` holds (event_id, AccrueOp) for each purchase
