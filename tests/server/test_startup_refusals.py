@@ -4,6 +4,7 @@ either is refused at start, with one worker or several, whichever of the two sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -108,22 +109,11 @@ class TestOneServerPerAddress:
             (tmp_path / name).mkdir()
         servers = [KassaServer(tmp_path / name, env={"KASSA_SERVER_LISTEN": address, "KASSA_SERVER_WORKERS": "2"})
                    for name in ("left", "right")]
-        processes = []
-        for server in servers:
-            command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(server.config_path())]
-            processes.append(subprocess.Popen(command, cwd=server.workdir, env=server.environ,
-                                              stderr=subprocess.PIPE, text=True, start_new_session=True))
-        try:
+        with _started_at_once(servers) as processes:
             refused = _the_refused(processes)
             assert len(refused) == 1, [process.returncode for process in processes]
             assert refused[0].returncode == 2
             assert refused[0].stderr.read().splitlines() == [f"kassa: {address} is in use by another process"]
-        finally:
-            for process in processes:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(REFUSAL_TIMEOUT_S)
-                process.stderr.close()
 
     def test_a_foreign_process_holding_the_old_abstract_lock_name_does_not_block_the_start(self, start_kassa):
         """Abstract Unix socket names have no permissions: any local user could bind kassa's old
@@ -143,27 +133,17 @@ class TestOneServerPerAddress:
         the port alone, so one of them is refused."""
         port = free_port()
         addresses = {"wildcard": f"0.0.0.0:{port}", "specific": f"127.0.0.1:{port}"}
-        servers, processes = [], []
+        servers = []
         for name, address in addresses.items():
             (tmp_path / name).mkdir()
             servers.append(KassaServer(tmp_path / name, env={"KASSA_SERVER_LISTEN": address,
                                                              "KASSA_SERVER_WORKERS": "2"}))
-        for server in servers:
-            command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(server.config_path())]
-            processes.append(subprocess.Popen(command, cwd=server.workdir, env=server.environ,
-                                              stderr=subprocess.PIPE, text=True, start_new_session=True))
-        try:
+        with _started_at_once(servers) as processes:
             refused = _the_refused(processes)
             assert len(refused) == 1, [process.returncode for process in processes]
             assert refused[0].returncode == 2
             address = list(addresses.values())[processes.index(refused[0])]
             assert refused[0].stderr.read().splitlines() == [f"kassa: {address} is in use by another process"]
-        finally:
-            for process in processes:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(REFUSAL_TIMEOUT_S)
-                process.stderr.close()
 
     def test_a_lock_directory_others_may_write_to_is_refused(self, tmp_path):
         runtime = tmp_path / "runtime"
@@ -190,6 +170,24 @@ class TestOneServerPerAddress:
 
         assert code == 2
         assert said == ["kassa: cannot listen on 192.0.2.1:50051: Cannot assign requested address"]
+
+
+@contextlib.contextmanager
+def _started_at_once(servers: list[KassaServer]):
+    """`kassa serve` for each of `servers` at once, each in its own session; stopped afterwards."""
+    processes = []
+    for server in servers:
+        command = [sys.executable, "-m", "kassa.server.cli", "serve", "--config", str(server.config_path())]
+        processes.append(subprocess.Popen(command, cwd=server.workdir, env=server.environ,
+                                          stderr=subprocess.PIPE, text=True, start_new_session=True))
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(REFUSAL_TIMEOUT_S)
+            process.stderr.close()
 
 
 def _the_refused(processes: list[subprocess.Popen]) -> list[subprocess.Popen]:
