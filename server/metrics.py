@@ -31,6 +31,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from kassa.core_ext.model import Code
+from kassa.server.config import split_listen
 from kassa.server.version import package_version
 
 log = logging.getLogger("kassa.metrics")
@@ -52,10 +53,10 @@ class MetricsUnavailable(Exception):
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """metrics.listen as (host, port); brackets around an IPv6 host are dropped."""
-    host, colon, port = listen.rpartition(":")
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
+    address = split_listen(listen)  # the one reading of host:port, server.listen's too
+    if address is None:
         raise MetricsUnavailable(f'metrics.listen = "{listen}" is not host:port (e.g. 127.0.0.1:9464)')
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    return address
 
 
 # -- a worker's metrics ---------------------------------------------------------------------------
