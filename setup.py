@@ -172,7 +172,7 @@ def data_packages() -> list[str]:
 
 
 def core_extensions() -> list[Extension]:
-    """One extension per .pyx, named by where it lives: core_ext/ledger.pyx is kassa.core_ext.ledger."""
+    """One extension per .pyx, named by where it lives: core_ext/ledger/core.pyx is kassa.core_ext.ledger.core."""
     extensions = []
     for name, folder in SOURCE_PACKAGES.items():
         for source in sorted((ROOT / folder).rglob("*.pyx")):

@@ -75,7 +75,7 @@ class TestTheWheel:
 
     def test_it_ships_the_compiled_core_the_stubs_and_the_samples(self, wheel):
         names = set(zipfile.ZipFile(wheel).namelist())
-        for module in ("kassa/core_ext/ledger", "kassa/core_ext/rules", "kassa/server/wire"):
+        for module in ("kassa/core_ext/ledger/core", "kassa/core_ext/rules", "kassa/server/wire", "kassa/server/checks"):
             assert any(name.startswith(module + ".") and name.endswith(".so") for name in names), module
         for path in ("kassa/v1/processing_pb2.py", "kassa/v1/processing_pb2_grpc.py", "kassa/config/kassa.toml",
                      "kassa/config/rules/program.toml", "kassa/config/systemd/kassa.service",
