@@ -1,0 +1,64 @@
+"""A partition's owner: lease, log and replica together.
+
+`acquire` takes the lease, applies the log to its end, then appends an empty marker group at that
+end. The marker moves the partition's last sequence, so a previous owner that still believes it
+holds the lease (paused, partitioned) has its next append refused by the log, before it applies or
+answers anything. `commit` then appends each group and applies it once the quorum has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from kassa.server.cluster.group_record import LoggedGroup, check_replicable, encode_group
+from kassa.server.cluster.partition_log import PartitionLog, StaleWriter
+
+
+class NotOwner(Exception):
+    """This node does not hold the partition's lease (or lost it): the call goes to the owner."""
+
+
+class PartitionOwner:
+    def __init__(self, lease, log: PartitionLog, replica, clock):
+        self.lease = lease
+        self.log = log
+        self.replica = replica
+        self._clock = clock
+        self.partition = log.partition
+        # One group in flight at a time: each append expects the sequence the previous one got.
+        self._appending = asyncio.Lock()
+
+    def serving(self) -> bool:
+        return self.lease.held() and self.lease.token is not None
+
+    async def acquire(self) -> bool:
+        """Take the lease if it is free; then catch up and fence the log. True when serving."""
+        if not await self.lease.take():
+            return False
+        try:
+            await self.replica.catch_up(self.log)
+            await self._append(())
+        except StaleWriter:  # another writer appended while we caught up: it is not ours after all
+            await self.lease.release()
+            return False
+        return self.serving()
+
+    async def commit(self, ops: list) -> list:
+        """Log `ops` as one group at the time now, apply them, and return their outcomes."""
+        check_replicable(ops)
+        return await self._append(tuple(ops))
+
+    async def _append(self, ops: tuple) -> list:
+        async with self._appending:
+            return await self._append_next(ops)
+
+    async def _append_next(self, ops: tuple) -> list:
+        if not self.serving():
+            raise NotOwner(f"this node does not hold partition {self.partition}'s lease")
+        group = LoggedGroup(self.partition, self.lease.token, self._clock.now_ms(), self.replica.ruleset_version(), ops)
+        try:
+            sequence = await self.log.append(encode_group(group), self.replica.applied_sequence, self.lease.token)
+        except StaleWriter:
+            self.lease.token = None  # the log says someone else owns it now: stop serving at once
+            raise
+        return self.replica.apply(sequence, group)

