@@ -83,8 +83,10 @@ class PartitionLease:
         try:
             revision = await asyncio.wait_for(
                 self._kv.create(self._key, _encode(LeaseRecord(self.node_id, self.address, 0))), LEASE_REQUEST_S_MAX)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False  # held by someone (maybe an earlier run of this node: it lapses)
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            # Held by someone (maybe an earlier run of this node: it lapses). KeyNotFound: the
+            # client found the entry, then looked for a delete marker after it had expired.
+            return False
         except _TRANSIENT:
             return False
         self.token = revision

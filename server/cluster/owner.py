@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from kassa.server.cluster.group_record import LoggedGroup, check_replicable, encode_group
-from kassa.server.cluster.partition_log import PartitionLog, StaleWriter
+from kassa.server.cluster.group_record import LoggedGroup, check_replicable, decode_group, encode_group
+from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 
 
 class NotOwner(Exception):
@@ -27,6 +27,7 @@ class PartitionOwner:
         self.partition = log.partition
         # One group in flight at a time: each append expects the sequence the previous one got.
         self._appending = asyncio.Lock()
+        self._uncertain = False  # an append went unanswered: it may be in the log
 
     def serving(self) -> bool:
         return self.lease.held() and self.lease.token is not None
@@ -55,10 +56,35 @@ class PartitionOwner:
     async def _append_next(self, ops: tuple) -> list:
         if not self.serving():
             raise NotOwner(f"this node does not hold partition {self.partition}'s lease")
+        if self._uncertain:
+            await self._settle()
         group = LoggedGroup(self.partition, self.lease.token, self._clock.now_ms(), self.replica.ruleset_version(), ops)
         try:
             sequence = await self.log.append(encode_group(group), self.replica.applied_sequence, self.lease.token)
         except StaleWriter:
-            self.lease.token = None  # the log says someone else owns it now: stop serving at once
+            self._step_down()
+            raise
+        except LogUnavailable:
+            self._uncertain = True  # its callers get UNAVAILABLE; the next append settles it first
             raise
         return self.replica.apply(sequence, group)
+
+    async def _settle(self) -> None:
+        """After an unanswered append: apply what of ours reached the log. A group under another
+        token there means another owner wrote: this node is stale."""
+        end = await self.log.end()
+        while self.replica.applied_sequence < end:
+            found = await self.log.read(self.replica.applied_sequence + 1)
+            if found is None:
+                break
+            sequence, payload = found
+            group = decode_group(payload)
+            if group.token != self.lease.token:
+                self._step_down()
+                raise StaleWriter(f"partition {self.partition}: the log holds another owner's group at {sequence}")
+            self.replica.apply(sequence, group)
+        self._uncertain = False
+
+    def _step_down(self) -> None:
+        """The log says someone else owns the partition now: stop serving it at once."""
+        self.lease.token = None

@@ -29,9 +29,20 @@ def nats_one(tmp_path):
     cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_nats_three(tmp_path_factory):
+    """Three nats-servers shared by a module's tests, which keep apart by using other partitions
+    (a 3-server cluster takes some 2.5 s to elect its JetStream leader). Tests that kill, pause or
+    restart a server take `nats_three` instead."""
+    cluster = NatsCluster(NATS_BINARY, tmp_path_factory.mktemp("nats"), 3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def nats_three(tmp_path):
-    """Three nats-servers with JetStream, routed into one cluster."""
+    """Three nats-servers with JetStream, routed into one cluster, for one test."""
     cluster = NatsCluster(NATS_BINARY, tmp_path / "nats", 3)
     cluster.start()
     yield cluster

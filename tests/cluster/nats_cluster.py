@@ -30,6 +30,7 @@ JETSTREAM_READY_S_MAX = 20.0  # from spawn to JetStream answering (a cluster ele
 STOP_S_MAX = 5.0  # SIGTERM, then SIGKILL after this long
 POLL_S = 0.05
 CLUSTER_NAME = "kassa-test"
+PROBE_STREAM = "kassa-probe"  # created and deleted at start: JetStream can place a replicated stream
 JETSTREAM_MEMORY_BYTES_MAX = 64 * 1024 * 1024
 JETSTREAM_FILE_BYTES_MAX = 1024 * 1024 * 1024
 
@@ -149,20 +150,33 @@ class NatsCluster:
             raise
 
     async def _wait_jetstream(self, deadline: float) -> None:
-        """JetStream answers an account-info request on every server (a cluster's meta leader is up)."""
+        """JetStream answers on every server, and can place a stream on all of them (a cluster's
+        meta leader is elected and knows every peer)."""
         for server in self.servers:
-            while True:
-                try:
-                    client = await nats.connect(server.url, connect_timeout=1, allow_reconnect=False)
-                    try:
-                        await client.jetstream(timeout=1).account_info()
-                        break
-                    finally:
-                        await client.close()
-                except Exception:
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError(f"JetStream not ready on {server.name} within {JETSTREAM_READY_S_MAX} s")
-                    await asyncio.sleep(POLL_S * 4)
+            await self._retry_until(deadline, server, self._probe, server.url, len(self.servers))
+
+    @staticmethod
+    async def _probe(url: str, replicas: int) -> None:
+        client = await nats.connect(url, connect_timeout=1, allow_reconnect=False)
+        try:
+            js = client.jetstream(timeout=2)
+            await js.account_info()
+            if replicas > 1:
+                await js.add_stream(name=PROBE_STREAM, subjects=[PROBE_STREAM], num_replicas=replicas)
+                await js.delete_stream(PROBE_STREAM)
+        finally:
+            await client.close()
+
+    @staticmethod
+    async def _retry_until(deadline: float, server: NatsServer, probe, *args) -> None:
+        while True:
+            try:
+                return await probe(*args)
+            except Exception as error:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"JetStream not ready on {server.name} within {JETSTREAM_READY_S_MAX} s: "
+                                       f"{error!r}") from error
+                await asyncio.sleep(POLL_S * 4)
 
     def stop(self) -> None:
         for server in self.servers:

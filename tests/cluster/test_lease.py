@@ -58,7 +58,7 @@ class TestRenew:
                 holder, rival = leases(kv, "node-a", "node-b")
                 assert await holder.take()
                 token = holder.token
-                for _ in range(3 * TIMING.ttl_ms // TIMING.renew_interval_ms):  # three TTLs of renewals
+                for _ in range(2 * TIMING.ttl_ms // TIMING.renew_interval_ms):  # two TTLs of renewals
                     await asyncio.sleep(TIMING.renew_interval_ms / 1000)
                     assert await holder.renew() is True
                     assert await rival.take() is False
