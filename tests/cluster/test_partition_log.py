@@ -4,7 +4,6 @@ them, a stale owner is refused by the log, and a server killed mid-load loses no
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 
 import pytest
@@ -20,17 +19,11 @@ from kassa.core_ext.model import Code, PromoCodesOp
 from tests.cluster.support import T0_MS, jetstream, open_ledger, opening, purchase
 
 REPLICAS = 3
-_partitions = itertools.count(1)  # each test its own partition: the servers are shared
 TIMING = LeaseTiming(ttl_ms=1_000, renew_interval_ms=300, margin_ms=200)
 TAKEOVER_WAIT_S_MAX = 5.0
 POLL_S = 0.1
 GROUPS_BEFORE_KILL = 20
 GROUPS_AFTER_KILL = 20
-
-
-@pytest.fixture
-def partition() -> int:
-    return next(_partitions)
 
 
 class StepClock:
