@@ -78,16 +78,23 @@ class PartitionLease:
         return max(0, int((self._held_until_s - self._monotonic()) * 1000)) if self.token is not None else 0
 
     async def take(self) -> bool:
-        """Take the lease if no one holds it (or it lapsed). True when this node holds it now."""
+        """Take the lease if no one holds it (or it lapsed), or take back the entry this node last
+        wrote (its hold ran out while the servers could not be reached, and no one took it since).
+        True when this node holds it now, under a new token."""
         sent_s = self._monotonic()
+        value = _encode(LeaseRecord(self.node_id, self.address, 0))
         try:
-            revision = await asyncio.wait_for(
-                self._kv.create(self._key, _encode(LeaseRecord(self.node_id, self.address, 0))), LEASE_REQUEST_S_MAX)
-        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-            # Held by someone (maybe an earlier run of this node: it lapses). KeyNotFound: the
-            # client found the entry, then looked for a delete marker after it had expired.
-            return False
-        except _TRANSIENT:
+            revision = await asyncio.wait_for(self._kv.create(self._key, value), LEASE_REQUEST_S_MAX)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            if not self._revision:
+                return False  # held by someone (maybe an earlier run of this node: it lapses)
+            try:  # still the entry this node wrote: no one else took the lease since
+                revision = await asyncio.wait_for(self._kv.update(self._key, value, last=self._revision),
+                                                  LEASE_REQUEST_S_MAX)
+            except (nats.js.errors.KeyWrongLastSequenceError, *_TRANSIENT):
+                return False
+        except (nats.js.errors.KeyNotFoundError, *_TRANSIENT):
+            # KeyNotFound: the client found an entry, then looked for a delete marker after it expired.
             return False
         self.token = revision
         self._granted(revision, sent_s)

@@ -86,6 +86,23 @@ class TestLapse:
 
         asyncio.run(scenario())
 
+    def test_a_holder_whose_hold_ran_out_takes_its_own_entry_back_under_a_new_token(self, nats_one):
+        """As after the servers could not be reached for longer than the hold: no one took it."""
+        async def scenario():
+            async with jetstream(nats_one, 1, TIMING.ttl_ms) as (_, _, kv):
+                now_s = [0.0]
+                holder = PartitionLease(kv, PARTITION, "node-a", "a:50051", TIMING, monotonic=lambda: now_s[0])
+                (rival,) = leases(kv, "node-b")
+                assert await holder.take()
+                old_token = holder.token
+                now_s[0] += TIMING.ttl_ms / 1000  # its own clock says the hold ran out
+                assert holder.held() is False
+                assert await holder.take() is True
+                assert holder.token > old_token
+                assert await rival.take() is False
+
+        asyncio.run(scenario())
+
     def test_a_released_lease_is_taken_at_once(self, nats_one):
         async def scenario():
             async with jetstream(nats_one, 1, TIMING.ttl_ms) as (_, _, kv):
