@@ -30,18 +30,19 @@ LEASE_MARGIN_MS = 500  # the holder stops counting on its lease this long before
 LEASE_REQUEST_S_MAX = 1.0  # one take or renew request
 
 
-class LeaseTiming(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+class LeaseTiming(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ttl_ms: int = LEASE_TTL_MS
     renew_interval_ms: int = LEASE_RENEW_INTERVAL_MS
     margin_ms: int = LEASE_MARGIN_MS
 
     def __post_init__(self):
         if self.margin_ms <= 0:
-            raise ValueError(f"lease margin-ms must be > 0, got {self.margin_ms}")
+            raise ValueError(f"cluster.lease_margin_ms must be > 0, got {self.margin_ms}")
         if self.renew_interval_ms + self.margin_ms >= self.ttl_ms:
             raise ValueError(
-                f"lease renew-interval-ms ({self.renew_interval_ms}) + margin-ms ({self.margin_ms}) must be "
-                f"below ttl-ms ({self.ttl_ms}): a holder would lose its lease between two renewals"
+                f"cluster.lease_renew_interval_ms ({self.renew_interval_ms}) + cluster.lease_margin_ms "
+                f"({self.margin_ms}) must be below cluster.lease_ttl_ms ({self.ttl_ms}): a holder would lose "
+                "its lease between two renewals"
             )
 
 

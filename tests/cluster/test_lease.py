@@ -47,7 +47,7 @@ class TestTake:
         asyncio.run(scenario())
 
     def test_timing_that_loses_the_lease_between_renewals_is_refused(self):
-        with pytest.raises(ValueError, match="renew-interval-ms"):
+        with pytest.raises(ValueError, match="cluster.lease_renew_interval_ms"):
             LeaseTiming(ttl_ms=1_000, renew_interval_ms=900, margin_ms=200)
 
 
