@@ -13,10 +13,16 @@ idempotent by request id, so this replays their records and writes nothing new.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from kassa.server.cluster.group_record import LoggedGroup, decode_group
 
 APPLIED_DB = b"cluster"
 APPLIED_SEQUENCE_KEY = b"applied_sequence"
+# A warm follower that found nothing new asks again after this long (one request to the stream's
+# leader per partition per follower at rest; an ordered push consumer can replace the polling).
+FOLLOW_IDLE_S = 0.05
 
 
 class ReplicaDiverged(Exception):
@@ -69,3 +75,10 @@ class Replica:
             self.apply(sequence, decode_group(payload))
             applied += 1
         return applied
+
+    async def follow(self, log, stop: asyncio.Event) -> None:
+        """Keep applying the log as it grows (a warm follower), until `stop` is set."""
+        while not stop.is_set():
+            if await self.catch_up(log) == 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), FOLLOW_IDLE_S)

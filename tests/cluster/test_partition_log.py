@@ -21,6 +21,7 @@ from tests.cluster.support import T0_MS, jetstream, open_ledger, opening, purcha
 REPLICAS = 3
 TIMING = LeaseTiming(ttl_ms=1_000, renew_interval_ms=300, margin_ms=200)
 TAKEOVER_WAIT_S_MAX = 5.0
+FOLLOW_WAIT_S_MAX = 5.0  # for a warm follower to reach the owner's last group
 POLL_S = 0.1
 GROUPS_BEFORE_KILL = 20
 GROUPS_AFTER_KILL = 20
@@ -81,6 +82,25 @@ class TestReplicas:
                 assert ledger_digest(follower.ledger) == ledger_digest(owner.replica.ledger)
                 assert follower.ledger.verify(T0_MS + 3_600_000) == []
                 assert owner.replica.ledger.verify(T0_MS + 3_600_000) == []
+
+        asyncio.run(scenario())
+
+    def test_a_warm_follower_keeps_up_with_the_owner(self, shared_nats_three, tmp_path, partition):
+        async def scenario():
+            async with jetstream(shared_nats_three, REPLICAS, TIMING.ttl_ms) as (_, js, kv):
+                owner = node(tmp_path, js, kv, "node-a", partition)
+                assert await owner.acquire()
+                follower = Replica(open_ledger(tmp_path / "node-b"), partition)
+                stop = asyncio.Event()
+                following = asyncio.get_running_loop().create_task(follower.follow(PartitionLog(js, partition), stop))
+                await commit_accounts(owner, ["A1", "A2"], purchases=3)
+                deadline_s = time.monotonic() + FOLLOW_WAIT_S_MAX
+                while follower.applied_sequence < owner.replica.applied_sequence:
+                    assert time.monotonic() < deadline_s, "the follower fell behind"
+                    await asyncio.sleep(POLL_S)
+                stop.set()
+                await following
+                assert ledger_digest(follower.ledger) == ledger_digest(owner.replica.ledger)
 
         asyncio.run(scenario())
 
