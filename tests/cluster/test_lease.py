@@ -18,7 +18,8 @@ PARTITION = 7
 
 
 def leases(kv, *nodes):
-    return [PartitionLease(kv, PARTITION, node, f"127.0.0.1:{5000 + index}", TIMING) for index, node in enumerate(nodes)]
+    return [PartitionLease(kv, PARTITION, node, f"127.0.0.1:{5000 + index}", TIMING)
+            for index, node in enumerate(nodes)]
 
 
 async def take_within(lease: PartitionLease, wait_s: float) -> float:

@@ -14,7 +14,6 @@ from kassa.server.cluster.lease import LeaseTiming, PartitionLease
 from kassa.server.cluster.owner import NotOwner, PartitionOwner
 from kassa.server.cluster.partition_log import PartitionLog, StaleWriter
 from kassa.server.cluster.replica import Replica
-from kassa.server.cluster.streams import LOG_STREAM
 from kassa.core_ext.model import Code, PromoCodesOp
 from tests.cluster.support import T0_MS, jetstream, open_ledger, opening, purchase
 
@@ -67,7 +66,8 @@ async def commit_accounts(owner: PartitionOwner, accounts: list[str], purchases:
 
 
 class TestReplicas:
-    def test_two_replicas_applying_the_same_log_have_equal_digests_and_verify(self, shared_nats_three, tmp_path, partition):
+    def test_two_replicas_applying_the_same_log_have_equal_digests_and_verify(self, shared_nats_three, tmp_path,
+                                                                             partition):
         async def scenario():
             async with jetstream(shared_nats_three, REPLICAS, TIMING.ttl_ms) as (_, js, kv):
                 owner = node(tmp_path, js, kv, "node-a", partition)
