@@ -19,10 +19,9 @@ import asyncio
 import time
 
 import msgspec
-import nats.errors
 import nats.js.errors
 
-from kassa.server.cluster.streams import lease_key
+from kassa.server.cluster.streams import TRANSIENT_ERRORS, lease_key
 
 LEASE_TTL_MS = 3_000  # an unrenewed lease lapses this long after its last renewal
 LEASE_RENEW_INTERVAL_MS = 1_000  # the holder renews this often
@@ -54,8 +53,7 @@ class LeaseRecord(msgspec.Struct, array_like=True, frozen=True):
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(LeaseRecord).decode
-_TRANSIENT = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
-              nats.errors.ConnectionClosedError, nats.js.errors.ServiceUnavailableError)
+_TRANSIENT = TRANSIENT_ERRORS
 
 
 class PartitionLease:

@@ -39,8 +39,8 @@ class PartitionOwner:
         try:
             await self.replica.catch_up(self.log)
             await self._append(())
-        except StaleWriter:  # another writer appended while we caught up: it is not ours after all
-            await self.lease.release()
+        except (StaleWriter, LogUnavailable):  # another writer appended while we caught up, or the log
+            await self.lease.release()         # cannot be read now: leave the lease to whoever can serve
             return False
         return self.serving()
 
@@ -67,7 +67,11 @@ class PartitionOwner:
         except LogUnavailable:
             self._uncertain = True  # its callers get UNAVAILABLE; the next append settles it first
             raise
-        return self.replica.apply(sequence, group)
+        try:
+            return self.replica.apply(sequence, group)
+        except BaseException:  # logged but not applied here (a full disk, a diverged replica): this
+            self._step_down()  # copy is behind its own log, so another node must serve
+            raise
 
     async def _settle(self) -> None:
         """After an unanswered append: apply what of ours reached the log. A group under another

@@ -17,20 +17,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-import nats.errors
 import nats.js.errors
 from nats.js.api import Header
 
-from kassa.server.cluster.streams import GROUP_BYTES_MAX, LOG_STREAM, log_subject
+from kassa.server.cluster.streams import GROUP_BYTES_MAX, LOG_STREAM, TRANSIENT_ERRORS, log_subject
 
 APPEND_S_MAX = 10.0  # retries of one publish (through a stream leader's election) end after this
 APPEND_ATTEMPT_S_MAX = 2.0  # one publish request
 APPEND_RETRY_PAUSE_S = 0.1
 READ_REQUEST_S_MAX = 2.0  # one read of the log (a message, or the subject's last sequence)
 WRONG_LAST_SEQUENCE_ERR_CODE = 10071  # JSStreamWrongLastSequenceErr
-_TRANSIENT = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
-              nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError,
-              nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError)
+_TRANSIENT = TRANSIENT_ERRORS
 
 
 class StaleWriter(Exception):

@@ -8,6 +8,9 @@ the nodes', decides when a lease has lapsed. Snapshots go to an object store buc
 
 from __future__ import annotations
 
+import asyncio
+
+import nats.errors
 import nats.js.api as api
 import nats.js.errors
 
@@ -21,6 +24,11 @@ LOG_DUPLICATE_WINDOW_S = 120
 # nats-server's default max_payload: the largest commit group one message carries.
 GROUP_BYTES_MAX = 1024 * 1024
 STREAM_IN_USE_ERR_CODE = 10058  # JSStreamNameExistErr: the stream exists with another configuration
+# What a request may meet while a NATS server is lost or a stream's leader is being elected: it is
+# retried (or, for a lease, counted as "not now") rather than taken for an answer.
+TRANSIENT_ERRORS = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                    nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError,
+                    nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError)
 
 
 def log_subject(partition: int) -> str:
