@@ -44,34 +44,47 @@ class PartitionOwner:
             return False
         return self.serving()
 
-    async def commit(self, ops: list) -> list:
-        """Log `ops` as one group at the time now, apply them, and return their outcomes."""
+    async def commit(self, ops: list, now_ms: int | None = None) -> list:
+        """Log `ops` as one group (at `now_ms`, default the clock's now), apply them, and return
+        their outcomes."""
         check_replicable(ops)
-        return await self._append(tuple(ops))
+        return await self._append(tuple(ops), now_ms)
 
-    async def _append(self, ops: tuple) -> list:
+    async def append(self, ops: list, now_ms: int) -> tuple[int, LoggedGroup]:
+        """Log `ops` as one group without applying it: for a committer that applies in a thread of
+        its own (`apply_appended`) before it appends the next one. (sequence, group)."""
+        check_replicable(ops)
         async with self._appending:
-            return await self._append_next(ops)
+            return await self._append_next(tuple(ops), now_ms)
 
-    async def _append_next(self, ops: tuple) -> list:
-        if not self.serving():
-            raise NotOwner(f"this node does not hold partition {self.partition}'s lease")
-        if self._uncertain:
-            await self._settle()
-        group = LoggedGroup(self.partition, self.lease.token, self._clock.now_ms(), self.replica.ruleset_version(), ops)
-        try:
-            sequence = await self.log.append(encode_group(group), self.replica.applied_sequence, self.lease.token)
-        except StaleWriter:
-            self._step_down()
-            raise
-        except LogUnavailable:
-            self._uncertain = True  # its callers get UNAVAILABLE; the next append settles it first
-            raise
+    def apply_appended(self, sequence: int, group: LoggedGroup) -> list:
         try:
             return self.replica.apply(sequence, group)
         except BaseException:  # logged but not applied here (a full disk, a diverged replica): this
             self._step_down()  # copy is behind its own log, so another node must serve
             raise
+
+    async def _append(self, ops: tuple, now_ms: int | None = None) -> list:
+        async with self._appending:
+            sequence, group = await self._append_next(ops, now_ms)
+            return self.apply_appended(sequence, group)
+
+    async def _append_next(self, ops: tuple, now_ms: int | None) -> tuple[int, LoggedGroup]:
+        if not self.serving():
+            raise NotOwner(f"this node does not hold partition {self.partition}'s lease")
+        if self._uncertain:
+            await self._settle()
+        now_ms = self._clock.now_ms() if now_ms is None else now_ms
+        group = LoggedGroup(self.partition, self.lease.token, now_ms, self.replica.ruleset_version(), ops)
+        try:
+            sequence = await self.log.append(encode_group(group), self.replica.applied_sequence, self.lease.token)
+        except StaleWriter:
+            self._step_down()
+            raise
+        except (LogUnavailable, asyncio.CancelledError):
+            self._uncertain = True  # its callers get UNAVAILABLE; the next append settles it first
+            raise
+        return sequence, group
 
     async def _settle(self) -> None:
         """After an unanswered append: apply what of ours reached the log. A group under another
