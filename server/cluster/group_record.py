@@ -1,0 +1,51 @@
+"""A logged commit group: everything that decides its outcome, so that every replica applying it
+reaches the same ledger.
+
+`ops` are the ledger's own operation structs (tagged msgspec structs, core_ext/model.py), encoded as
+msgpack; `now_ms` is the time the owner applied the group at; `ruleset_version` the version its
+ledger served (a replica serving another refuses the group rather than diverge); `token` the
+owner's lease token (the lease entry's revision when it was taken), which tells a reader who wrote
+the group. The log, not the token, decides which writer wins: see partition_log.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from kassa.core_ext.model import Operation, PromoCodesOp
+
+
+class LoggedGroup(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    partition: int
+    token: int
+    now_ms: int
+    ruleset_version: str
+    ops: tuple[Operation, ...]  # empty: the marker a new owner writes when it takes the lease
+
+
+class NotReplicable(ValueError):
+    """An operation whose outcome the ledger does not decide from the group alone."""
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decoder = msgspec.msgpack.Decoder(LoggedGroup)
+
+
+def encode_group(group: LoggedGroup) -> bytes:
+    return _encode(group)
+
+
+def decode_group(data: bytes) -> LoggedGroup:
+    return _decoder.decode(data)
+
+
+def check_replicable(ops) -> None:
+    """Refuse what replicas could not reproduce. Promo codes drawn from a pattern come from the
+    system's random source inside the ledger, so each replica would draw other codes; imported
+    codes (`codes`) are fine. The ledger lifts this once it seeds its draws from the operation."""
+    for op in ops:
+        if isinstance(op, PromoCodesOp) and op.count:
+            raise NotReplicable(
+                f"PromoCodesOp '{op.request_id}': codes drawn from a pattern cannot be replicated yet; "
+                "import the codes instead (codes=...)"
+            )
