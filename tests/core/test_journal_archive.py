@@ -203,3 +203,34 @@ class TestRunner:
         assert result.entries > 0
         assert oldest.created_at_ms >= NOW_MS - 4 * MS_PER_DAY
         assert Path(archive_dir_of(ledger.path), result.segments[0]).exists()
+
+
+class TestWhatStays:
+    def test_a_hold_still_capturable_stays_with_everything_after_it(self, tmp_path):
+        from kassa.core_ext.model import CreateAccountOp, RedeemOp
+        from tests.core.archive_ledger import applied, by_account, purchase
+
+        ledger = open_ledger(tmp_path / "ledger")
+        fill(ledger, range(0, 2))
+        held_at_ms = T0_MS + 2 * MS_PER_DAY
+        applied(ledger, [CreateAccountOp("create/holder", b"d", "HOLDER"), purchase("buy/holder", "HOLDER", 10_000)],
+                held_at_ms)
+        hold = applied(ledger, [RedeemOp("hold/live", b"d", by_account("HOLDER"), 10, 1_000, hold=True)],
+                       held_at_ms)[0].body.transaction_id  # its account is not touched again: it stays LIVE
+        fill(ledger, range(2, 4))
+        try:
+            result = archive_journal(ledger.env, dbs_of(ledger), archive_dir_of(ledger.path), T0_MS + 4 * MS_PER_DAY,
+                                     now_ms=held_at_ms + 1_000)
+            assert result.archived_below_txn_id == hold
+            assert violations(ledger) == []
+        finally:
+            ledger.close()
+
+    def test_nothing_at_or_after_keep_after_ms_moves(self, ledger):
+        result = archive_journal(ledger.env, dbs_of(ledger), archive_dir_of(ledger.path), NOW_MS,
+                                 keep_after_ms=BOUNDARY_MS, now_ms=NOW_MS)
+
+        with ledger.env.begin() as txn:
+            first = rec.decode_txn(txn.get(result.archived_below_txn_id.to_bytes(8, "big"), db=dbs_of(ledger)["journal"]))
+        assert first.created_at_ms >= BOUNDARY_MS
+        assert result.entries > 0
