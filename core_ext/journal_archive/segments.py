@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import os
 from pathlib import Path
+from typing import Union
 
 import msgspec
 import msgspec.inspect
@@ -36,10 +37,6 @@ SEGMENT_SUFFIX = ".jsonl.gz"
 MANIFEST_SUFFIX = ".manifest.json"
 HASH_CHUNK_BYTES = 1024**2  # read size when hashing a segment
 
-_TXN_INFO = msgspec.inspect.type_info(rec.TxnRec)
-_KIND_NAMES = {kind.value: kind.name.lower() for kind in TxnKind}
-_json_encode = msgspec.json.Encoder().encode
-_json_decode = msgspec.json.Decoder().decode
 
 
 class BlockRef(msgspec.Struct, array_like=True, frozen=True):
@@ -76,63 +73,66 @@ def manifest_name(segment: str) -> str:
 
 
 # -- entries as JSON ------------------------------------------------------------------------------
+# The journal's records are array-like msgpack structs; the archive writes them with field names.
+# Each record type gets a mirror struct of the same fields that is not array-like (built once
+# from the record's type information, so the two never drift): msgspec converts a record into its
+# mirror and encodes the mirror as a JSON object, both in C.
 
-def _defaults(info) -> dict[str, object]:
-    """Each optional field's default value, for leaving it out of a line."""
-    found = {}
-    for field in info.fields:
+def _python_type(info):
+    """The annotation for a msgspec type-info node, records replaced by their mirrors."""
+    inspect = msgspec.inspect
+    if isinstance(info, inspect.StructType):
+        return _mirror(info.cls, omit_defaults=False)
+    if isinstance(info, inspect.ListType):
+        return list[_python_type(info.item_type)]
+    if isinstance(info, inspect.TupleType):
+        return tuple[tuple(_python_type(item) for item in info.item_types)]
+    if isinstance(info, inspect.VarTupleType):
+        return tuple[_python_type(info.item_type), ...]
+    if isinstance(info, inspect.DictType):
+        return dict[_python_type(info.key_type), _python_type(info.value_type)]
+    if isinstance(info, inspect.UnionType):
+        return Union[tuple(_python_type(member) for member in info.types)]  # noqa: UP007
+    simple = {inspect.IntType: int, inspect.StrType: str, inspect.BoolType: bool, inspect.BytesType: bytes,
+              inspect.NoneType: type(None)}
+    return simple[type(info)]
+
+
+def _mirror(cls, omit_defaults: bool, extra: tuple = ()):
+    """A struct with `cls`'s fields (and `extra` ones last) that encodes as a JSON object."""
+    fields = []
+    for field in msgspec.inspect.type_info(cls).fields:
         if field.default is not msgspec.NODEFAULT:
-            found[field.name] = field.default
+            fields.append((field.name, _python_type(field.type), field.default))
         elif field.default_factory is not msgspec.NODEFAULT:
-            found[field.name] = field.default_factory()
-    return found
+            fields.append((field.name, _python_type(field.type), msgspec.field(default_factory=field.default_factory)))
+        else:
+            fields.append((field.name, _python_type(field.type)))
+    return msgspec.defstruct(f"Named{cls.__name__}", fields + list(extra), omit_defaults=omit_defaults)
 
 
-_TXN_DEFAULTS = _defaults(_TXN_INFO)
-
-
-def _named(value):
-    """A record as plain JSON values, its structs (array-like in LMDB) as objects with field names."""
-    if isinstance(value, msgspec.Struct):
-        return {name: _named(getattr(value, name)) for name in value.__struct_fields__}
-    if isinstance(value, (list, tuple)):
-        return [_named(item) for item in value]
-    return value
+# Written: the entry's fields, those equal to their default left out. Read: the same, and the
+# line's schema (kind_name is for people; the kind number is what is read back).
+_NamedTxn = _mirror(rec.TxnRec, omit_defaults=True, extra=(("schema", int, 0), ("kind_name", str, "")))
+_LINE_STARTS = {kind.value: b'{"schema":%d,"kind_name":"%s",' % (SCHEMA_VERSION, kind.name.lower().encode())
+                for kind in TxnKind}
+_encode_named = msgspec.json.Encoder().encode
+_decode_named = msgspec.json.Decoder(_NamedTxn).decode
 
 
 def entry_line(entry: rec.TxnRec) -> bytes:
     """One JSON line for `entry`: schema, kind_name, then its fields that differ from their default."""
-    line = {"schema": SCHEMA_VERSION, "kind_name": _KIND_NAMES.get(entry.kind, str(entry.kind))}
-    for name in entry.__struct_fields__:
-        value = getattr(entry, name)
-        if name in _TXN_DEFAULTS and value == _TXN_DEFAULTS[name]:
-            continue
-        line[name] = _named(value)
-    return _json_encode(line) + b"\n"
-
-
-def _arrayed(value, info):
-    """The inverse of `_named` for a value of type `info`: structs back to the arrays msgspec
-    decodes array-like structs from."""
-    if isinstance(info, msgspec.inspect.StructType):
-        defaults = _defaults(info)
-        return [_arrayed(value[field.name], field.type) if field.name in value else defaults[field.name]
-                for field in info.fields]
-    if isinstance(info, msgspec.inspect.ListType):
-        return [_arrayed(item, info.item_type) for item in value]
-    if isinstance(info, msgspec.inspect.UnionType) and value is not None:
-        for member in info.types:
-            if isinstance(member, msgspec.inspect.StructType):
-                return _arrayed(value, member)
-    return value
+    body = _encode_named(msgspec.convert(entry, _NamedTxn, from_attributes=True))
+    start = _LINE_STARTS.get(entry.kind) or b'{"schema":%d,"kind_name":"%d",' % (SCHEMA_VERSION, entry.kind)
+    return start + body[1:] + b"\n"
 
 
 def entry_of_line(line: bytes) -> rec.TxnRec:
     """The journal entry a segment line holds (an unknown newer schema is refused)."""
-    named = _json_decode(line)
-    if named.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"archive line of schema {named.get('schema')!r}; this kassa reads {SCHEMA_VERSION}")
-    return msgspec.convert(_arrayed(named, _TXN_INFO), rec.TxnRec)
+    named = _decode_named(line)
+    if named.schema != SCHEMA_VERSION:
+        raise ValueError(f"archive line of schema {named.schema!r}; this kassa reads {SCHEMA_VERSION}")
+    return msgspec.convert(named, rec.TxnRec, from_attributes=True)
 
 
 # -- files ----------------------------------------------------------------------------------------
