@@ -51,12 +51,23 @@ class ArchiveReader:
             return None  # an id the journal never used (ids of aborted groups are not reused)
         return segments.entry_of_line(line)
 
+    def archived(self, get, txn_id: int) -> bool:
+        """Whether `txn_id` is below the archive boundary: a Rollback or retry naming it is refused
+        (FAILED_PRECONDITION: archived, past the return window) instead of reading the journal."""
+        with self._lock:
+            self._follow_index(get("meta", state.INDEX_KEY) or b"")
+            return bool(self._index) and 0 < txn_id <= self._index[-1].last_txn_id
+
+    def _follow_index(self, index_bytes: bytes) -> None:
+        """Parse the index once per change (it only grows); under the lock."""
+        if index_bytes != self._index_bytes:
+            self._index = state.read_index(lambda name, key: index_bytes)
+            self._first_ids = [ref.first_txn_id for ref in self._index]
+            self._index_bytes = index_bytes
+
     def _segment_of(self, index_bytes: bytes, txn_id: int) -> state.SegmentRef | None:
         with self._lock:
-            if index_bytes != self._index_bytes:  # the index grew: parse it once per change
-                self._index = state.read_index(lambda name, key: index_bytes)
-                self._first_ids = [ref.first_txn_id for ref in self._index]
-                self._index_bytes = index_bytes
+            self._follow_index(index_bytes)
             at = bisect.bisect_right(self._first_ids, txn_id) - 1
             if at < 0 or txn_id > self._index[at].last_txn_id:
                 return None

@@ -93,6 +93,22 @@ class TestStatementAcrossTheBoundary:
         assert reader.blocks_read == 1  # one block holds this small archive: read once, then cached
 
 
+class TestArchivedIds:
+    def test_the_reader_says_which_ids_are_archived(self, ledger):
+        result = archived(ledger)
+        reader = ArchiveReader(archive_dir_of(ledger.path))
+        dbs = dbs_of(ledger)
+
+        with ledger.env.begin() as txn:
+            get = lambda name, key: txn.get(key, db=dbs[name])  # noqa: E731
+            below = result.archived_below_txn_id
+            answers = [reader.archived(get, txn_id) for txn_id in (1, below - 1, below, below + 1)]
+            entry = reader.entry(get, below - 1)
+
+        assert answers == [True, True, False, False]
+        assert entry.txn_id == below - 1
+
+
 class TestVerifyAcrossTheBoundary:
     def test_verify_passes_after_archiving(self, ledger):
         archived(ledger)
