@@ -39,7 +39,7 @@ HASH_CHUNK_BYTES = 1024**2  # read size when hashing a segment
 
 
 
-class BlockRef(msgspec.Struct, array_like=True, frozen=True):
+class BlockRef(msgspec.Struct, frozen=True):
     first_txn_id: int
     offset_bytes: int
     length_bytes: int
@@ -59,7 +59,7 @@ class Manifest(msgspec.Struct, frozen=True):
     entries: int
     bytes: int
     sha256: str  # hex, of the whole segment file
-    blocks: list[BlockRef]  # [first_txn_id, offset_bytes, length_bytes, entries] per block
+    blocks: list[BlockRef]  # per block: first_txn_id, offset_bytes, length_bytes, entries
     compression: str = "gzip, one member per block"
     encoding: str = "JSON Lines, UTF-8, one journal entry per line"
 

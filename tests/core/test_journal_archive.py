@@ -83,6 +83,19 @@ class TestStatementAcrossTheBoundary:
             whole_statement(ledger, ACCOUNTS[0], None)
         assert result.archived_below_txn_id > 1
 
+    def test_small_blocks_and_a_small_cache_still_give_every_entry_once(self, ledger, monkeypatch):
+        monkeypatch.setattr(segments, "BLOCK_ENTRIES_MAX", 10)  # many blocks from this small period
+        before = {account_id: whole_statement(ledger, account_id, None) for account_id in ACCOUNTS}
+
+        result = archived(ledger)
+        reader = ArchiveReader(archive_dir_of(ledger.path), blocks_cached_max=2)
+        after = {account_id: whole_statement(ledger, account_id, reader) for account_id in ACCOUNTS}
+
+        manifest = segments.read_manifest(archive_dir_of(ledger.path), result.segments[0])
+        assert len(manifest.blocks) == -(-result.entries // 10)
+        assert after == before
+        assert len(reader._blocks) <= 2
+
     def test_a_page_of_archived_entries_decompresses_one_block(self, ledger):
         archived(ledger)
         reader = ArchiveReader(archive_dir_of(ledger.path))
@@ -190,7 +203,8 @@ class TestFormat:
         lines = gzip.decompress(raw).splitlines()
         rows = [json.loads(line) for line in lines]
         first_block = manifest["blocks"][0]
-        block = gzip.decompress(raw[first_block[1]:first_block[1] + first_block[2]]).splitlines()
+        start = first_block["offset_bytes"]
+        block = gzip.decompress(raw[start:start + first_block["length_bytes"]]).splitlines()
 
         assert manifest["format"] == segments.FORMAT_NAME
         assert manifest["entries"] == len(rows) == result.entries
