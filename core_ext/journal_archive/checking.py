@@ -51,6 +51,7 @@ def check_archive(archive_dir: Path, txn, dbs: dict, wanted: Wanted, violations:
         for line in segments.segment_lines(Path(archive_dir) / ref.name):
             entry = segments.entry_of_line(line)
             _follow_chain(entry, chain, ref.name, violations)
+            _check_shown(entry, ref.name, violations)
             carried.add(entry)
             _answer(entry, wanted, found, ref.name, violations)
     if not found.complete:
@@ -98,6 +99,15 @@ def _follow_chain(entry: rec.TxnRec, chain: dict[str, int], segment: str, violat
             violations.append(f"account {account_id}: archived transaction {entry.txn_id} ({segment}) links to "
                               f"{found}, expected {expected}")
         chain[account_id] = entry.txn_id
+
+
+def _check_shown(entry: rec.TxnRec, segment: str, violations: list[str]) -> None:
+    """What the entry shows on its account's statement is what its lots and debt moved."""
+    shown = rec.statement_change(entry, entry.account_id)
+    moved = sum(posting.delta for posting in entry.postings) - entry.debt_delta
+    if shown != moved:
+        violations.append(f"account {entry.account_id}: archived transaction {entry.txn_id} ({segment}) shows "
+                          f"{shown:+} points on the statement, its lots and debt moved {moved:+}")
 
 
 def _answer(entry: rec.TxnRec, wanted: Wanted, found: Found, segment: str, violations: list[str]) -> None:

@@ -163,6 +163,27 @@ class TestVerifyAcrossTheBoundary:
         assert any(f"account {ACCOUNTS[3]}: statement adds up to" in line for line in found), found
 
 
+    def test_a_segment_rewritten_with_its_checksum_listed_anew_still_fails_the_sums(self, ledger):
+        import msgspec
+
+        result = archived(ledger)
+        directory = archive_dir_of(ledger.path)
+        entries = [segments.entry_of_line(line) for line in segments.segment_lines(directory / result.segments[0])]
+        bought = next(index for index, entry in enumerate(entries) if entry.earned and entry.account_id == ACCOUNTS[4])
+        entries[bought] = msgspec.structs.replace(entries[bought], earned=entries[bought].earned + 1)
+        manifest = segments.write_segment(directory, entries)  # a forger who also lists the new sha256
+        dbs = dbs_of(ledger)
+        with ledger.env.begin(write=True) as txn:
+            (ref,) = read_index(lambda name, key: txn.get(key, db=dbs[name]))
+            txn.put(state.INDEX_KEY, state.encode_index([msgspec.structs.replace(
+                ref, sha256=manifest.sha256, bytes=manifest.bytes)]), db=dbs["meta"])
+
+        found = violations(ledger)
+
+        assert any(f"account {ACCOUNTS[4]}: checkpoint points expected" in line for line in found), found
+        assert any(f"archived transaction {entries[bought].txn_id}" in line and "shows" in line for line in found), found
+
+
 class TestCheckpoints:
     def test_checkpoint_points_are_the_archived_entries_statement_changes_summed(self, ledger):
         result = archived(ledger)
