@@ -70,7 +70,7 @@ class _Carried:
 
     def __init__(self, txn, dbs):
         get = lambda name, key: txn.get(key, db=dbs[name])  # noqa: E731
-        self.below = archive_state.archived_below(archive_state.read_index(get))
+        self.below = archive_state.read_below(get)
         self.checkpoints = archive_state.read_checkpoints(txn, dbs["meta"]) if self.below else {}
         self.lot_postings = archive_checking.lot_postings_carried(self.checkpoints)
         self.counters = archive_state.read_counters(get)

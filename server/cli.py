@@ -227,7 +227,7 @@ def _backup(args) -> int:
         # Read after the copy: the index then lists every segment the copy's does (segments are only
         # ever added, and a listed segment never changes).
         with env.begin() as txn:
-            index = read_index(lambda name, key: txn.get(key, db=dbs[name]))
+            index = read_index(txn, dbs)
         copied = _copy_segments(archive_dir_of(config.ledger.path), archive_dir_of(target), index)
     except lmdb.Error as error:  # py-lmdb raises its own errors for a failed write (lmdb.DiskError: ENOSPC)
         _remove_backup(target, created)
@@ -287,7 +287,7 @@ def _remove_backup(target: Path, created: Path | None) -> None:
 
 
 def _verify(args) -> int:
-    from kassa.core_ext.journal_archive import archive_dir_of, archived_below, read_index
+    from kassa.core_ext.journal_archive import archive_dir_of, read_below, read_index
     from kassa.core_ext.verify import check_ledger, ledger_summary
     from kassa.server.clock import make_clock
 
@@ -296,8 +296,8 @@ def _verify(args) -> int:
     with env.begin() as txn:
         violations = check_ledger(txn, dbs, make_clock(config.clock.file).now_ms(), archive_dir_of(config.ledger.path))
         summary = ledger_summary(txn, dbs)
-        index = read_index(lambda name, key: txn.get(key, db=dbs[name]))
-        summary.update(archive_segments=len(index), archived_below_txn_id=archived_below(index))
+        summary.update(archive_segments=len(read_index(txn, dbs)),
+                       archived_below_txn_id=read_below(lambda name, key: txn.get(key, db=dbs[name])))
     env.close()
     for violation in violations:
         print(f"VIOLATION {violation}")

@@ -9,10 +9,10 @@ from kassa.core_ext.journal_archive.archiving import (
 from kassa.core_ext.journal_archive.reading import (
     BLOCKS_CACHED_MAX, ArchiveReader, ArchiveUnreadable, journal_entry, statement_page,
 )
-from kassa.core_ext.journal_archive.state import archived_below, read_index
+from kassa.core_ext.journal_archive.state import read_below, read_index
 
 __all__ = [
     "ARCHIVE_DIR_NAME", "BLOCKS_CACHED_MAX", "DELETE_ENTRIES_PER_TXN", "SEGMENT_ENTRIES_MAX", "ArchiveConflict",
-    "ArchiveReader", "ArchiveResult", "ArchiveUnreadable", "archive_dir_of", "archive_journal", "archived_below",
-    "journal_entry", "read_index", "statement_page",
+    "ArchiveReader", "ArchiveResult", "ArchiveUnreadable", "archive_dir_of", "archive_journal", "journal_entry",
+    "read_below", "read_index", "statement_page",
 ]

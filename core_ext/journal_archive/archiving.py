@@ -63,19 +63,18 @@ def archive_journal(env, dbs: dict, archive_dir: Path, before_ms: int, keep_afte
     written: list[segments.Manifest] = []
     while True:
         with env.begin() as txn:
-            get = _getter(txn, dbs)
-            index = state.read_index(get)
-            entries = _closed_entries(txn, dbs, state.archived_below(index), cutoff_ms, now_ms, segment_entries_max)
+            below = state.read_below(_getter(txn, dbs))
+            entries = _closed_entries(txn, dbs, below, cutoff_ms, now_ms, segment_entries_max)
         if not entries:
             break
         manifest = segments.write_segment(archive_dir, entries)
         step("written")
-        _list_segment(env, dbs, index, manifest, entries)
+        _list_segment(env, dbs, below, manifest, entries)
         step("listed")
         written.append(manifest)
         deleted += _delete_archived(env, dbs, step)
     with env.begin() as txn:
-        below = state.archived_below(state.read_index(_getter(txn, dbs)))
+        below = state.read_below(_getter(txn, dbs))
     return ArchiveResult([manifest.segment for manifest in written], sum(m.entries for m in written),
                          sum(m.bytes for m in written), below, deleted)
 
@@ -111,7 +110,7 @@ def _capturable_hold(txn, dbs: dict, entry, now_ms: int) -> bool:
     return hold.state == rec.HoldState.LIVE and hold.expires_at_ms > now_ms
 
 
-def _list_segment(env, dbs: dict, index: list, manifest: segments.Manifest, entries: list) -> None:
+def _list_segment(env, dbs: dict, below: int, manifest: segments.Manifest, entries: list) -> None:
     """Step 3: list the segment, carry its sums into the checkpoints, move the boundary; one commit."""
     carried = state.Carried()
     for entry in entries:
@@ -124,8 +123,7 @@ def _list_segment(env, dbs: dict, index: list, manifest: segments.Manifest, entr
     def commit():
         with env.begin(write=True) as txn:
             get = _getter(txn, dbs)
-            now = state.read_index(get)
-            if state.archived_below(now) != state.archived_below(index):
+            if state.read_below(get) != below:
                 raise ArchiveConflict("another archive run moved the boundary meanwhile; run it again")
             for account_id in carried.accounts():
                 key = state.checkpoint_key(account_id)
@@ -133,7 +131,8 @@ def _list_segment(env, dbs: dict, index: list, manifest: segments.Manifest, entr
                 before = state.decode_checkpoint(stored) if stored else None
                 txn.put(key, state.encode_checkpoint(carried.onto(account_id, before)), db=meta)
             txn.put(state.COUNTERS_KEY, state.encode_counters(carried.counters_onto(state.read_counters(get))), db=meta)
-            txn.put(state.INDEX_KEY, state.encode_index([*now, ref]), db=meta)
+            txn.put(state.segment_key(ref.first_txn_id), state.encode_segment(ref), db=meta)
+            txn.put(state.BELOW_KEY, state.encode_below(ref.last_txn_id + 1), db=meta)
 
     _with_growth(env, commit)
     env.sync(True)
@@ -145,7 +144,7 @@ def _delete_archived(env, dbs: dict, step) -> int:
     while True:
         def delete_some() -> int:
             with env.begin(write=True) as txn:
-                below = state.archived_below(state.read_index(_getter(txn, dbs)))
+                below = state.read_below(_getter(txn, dbs))
                 cursor = txn.cursor(db=dbs["journal"])
                 count = 0
                 while count < DELETE_ENTRIES_PER_TXN and cursor.first() and int.from_bytes(cursor.key(), "big") < below:

@@ -34,8 +34,7 @@ class Found(msgspec.Struct):
 
 
 def check_archive(archive_dir: Path, txn, dbs: dict, wanted: Wanted, violations: list[str]) -> Found:
-    get = lambda name, key: txn.get(key, db=dbs[name])  # noqa: E731
-    index = state.read_index(get)
+    index = state.read_index(txn, dbs)
     carried = state.Carried()
     found = Found({}, {}, True)
     chain: dict[str, int] = {}  # account -> its newest archived statement entry so far
@@ -57,6 +56,10 @@ def check_archive(archive_dir: Path, txn, dbs: dict, wanted: Wanted, violations:
     if not found.complete:
         violations.append("archive: a segment is unreadable; its checkpoints and the entries it holds were not checked")
         return found
+    below = state.read_below(lambda name, key: txn.get(key, db=dbs[name]))
+    if below != state.archived_below(index):
+        violations.append(f"archive: the boundary is at transaction {below}, the listed segments end before "
+                          f"{state.archived_below(index)}")
     _check_checkpoints(txn, dbs, carried, violations)
     for txn_id, request_id in sorted(wanted.request_ids.items()):
         violations.append(f"request '{request_id}': transaction {txn_id} is missing from the journal and the archive")

@@ -1,8 +1,8 @@
 """Reading journal entries across the archive boundary: a statement pages on into archived periods.
 
-`journal_entry(get, reader, txn_id)` is the ledger's one read of a journal entry by id: the journal
-first, then, below the boundary, the archive (the segment from the index, the block from its
-manifest, one block decompressed, kept in a bounded cache). `statement_page` is `Ledger.statement`'s
+`journal_entry(txn, dbs, reader, txn_id)` is the ledger's one read of a journal entry by id: the
+journal first, then the archive (the segment from its key in `meta`, one cursor step; the block from
+its manifest; one block decompressed, kept in a bounded cache). `statement_page` is `Ledger.statement`'s
 walk along an account's chain of `prev_id` links, on top of it: every entry once, newest first.
 """
 
@@ -31,16 +31,13 @@ class ArchiveReader:
         self.directory = Path(archive_dir)
         self.blocks_cached_max = blocks_cached_max
         self._lock = threading.Lock()
-        self._index_bytes = b""
-        self._index: list[state.SegmentRef] = []
-        self._first_ids: list[int] = []
         self._manifests: OrderedDict[str, segments.Manifest] = OrderedDict()
         self._blocks: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
         self.blocks_read = 0  # decompressions made: what the tests count
 
-    def entry(self, get, txn_id: int) -> rec.TxnRec | None:
-        """The archived entry `txn_id` (None: not below the boundary of the index `get` reads)."""
-        ref = self._segment_of(get("meta", state.INDEX_KEY) or b"", txn_id)
+    def entry(self, txn, dbs: dict, txn_id: int) -> rec.TxnRec | None:
+        """The archived entry `txn_id` (None: not in a segment `txn` lists)."""
+        ref = state.segment_of(txn, dbs, txn_id)
         if ref is None:
             return None
         manifest = self._manifest(ref.name)
@@ -53,25 +50,9 @@ class ArchiveReader:
 
     def archived(self, get, txn_id: int) -> bool:
         """Whether `txn_id` is below the archive boundary: a Rollback or retry naming it is refused
-        (FAILED_PRECONDITION: archived, past the return window) instead of reading the journal."""
-        with self._lock:
-            self._follow_index(get("meta", state.INDEX_KEY) or b"")
-            return bool(self._index) and 0 < txn_id <= self._index[-1].last_txn_id
-
-    def _follow_index(self, index_bytes: bytes) -> None:
-        """Parse the index once per change (it only grows); under the lock."""
-        if index_bytes != self._index_bytes:
-            self._index = state.read_index(lambda name, key: index_bytes)
-            self._first_ids = [ref.first_txn_id for ref in self._index]
-            self._index_bytes = index_bytes
-
-    def _segment_of(self, index_bytes: bytes, txn_id: int) -> state.SegmentRef | None:
-        with self._lock:
-            self._follow_index(index_bytes)
-            at = bisect.bisect_right(self._first_ids, txn_id) - 1
-            if at < 0 or txn_id > self._index[at].last_txn_id:
-                return None
-            return self._index[at]
+        (FAILED_PRECONDITION: archived, past the return window) instead of reading the journal.
+        `get(db_name, key)` reads in any transaction."""
+        return 0 < txn_id < state.read_below(get)
 
     def _manifest(self, name: str) -> segments.Manifest:
         with self._lock:
@@ -119,12 +100,12 @@ def _txn_id_of(line: bytes) -> int:
     return int(line[start:end])
 
 
-def journal_entry(get, reader: ArchiveReader | None, txn_id: int) -> rec.TxnRec | None:
+def journal_entry(txn, dbs: dict, reader: ArchiveReader | None, txn_id: int) -> rec.TxnRec | None:
     """The journal entry `txn_id`, from the journal or else the archive; None: neither has it."""
-    stored = get("journal", txn_id.to_bytes(8, "big"))
+    stored = txn.get(txn_id.to_bytes(8, "big"), db=dbs["journal"])
     if stored is not None:
         return rec.decode_txn(stored)
-    return reader.entry(get, txn_id) if reader is not None else None
+    return reader.entry(txn, dbs, txn_id) if reader is not None else None
 
 
 def previous_of(entry: rec.TxnRec, account_id: str) -> int:
@@ -132,20 +113,20 @@ def previous_of(entry: rec.TxnRec, account_id: str) -> int:
     return entry.prev_id if entry.account_id == account_id else entry.member_prev_id
 
 
-def statement_page(get, reader: ArchiveReader | None, account_id: str, last_txn_id: int, page_size: int,
+def statement_page(txn, dbs: dict, reader: ArchiveReader | None, account_id: str, last_txn_id: int, page_size: int,
                    before_id: int = 0) -> tuple[list[rec.TxnRec], int] | None:
     """Up to `page_size` entries of the statement of `account_id` (whose newest entry is
     `last_txn_id`) older than `before_id` (0: from the newest), newest first, and the `before_id` of
     the next page (0: none). None: `before_id` is not an entry of this account."""
     next_id = last_txn_id
     if before_id:
-        entry = journal_entry(get, reader, before_id)
+        entry = journal_entry(txn, dbs, reader, before_id)
         if entry is None or account_id not in (entry.account_id, entry.member_id):
             return None
         next_id = previous_of(entry, account_id)
     entries = []
     while next_id and len(entries) <= page_size:
-        entry = journal_entry(get, reader, next_id)
+        entry = journal_entry(txn, dbs, reader, next_id)
         if entry is None:
             raise ArchiveUnreadable(f"account {account_id}: statement links to transaction {next_id}, "
                                     "which is in neither the journal nor the archive")

@@ -1,8 +1,10 @@
 """What the ledger keeps about its archive, in its own `meta` database.
 
-- `archive/index`: the segments that are this ledger's, oldest first (`SegmentRef`: name, ids,
-  times, entries, size, sha256). Every journal entry with a txn id below the last segment's
-  `last_txn_id + 1` (`archived_below`) is in a listed segment: the archive is a prefix of the journal.
+- `archive/segment/<first txn id, 8 bytes big-endian>`: one key per segment that is this ledger's
+  (`SegmentRef`: name, ids, times, entries, size, sha256), so that finding the segment of a txn id
+  is one cursor step however many segments there are.
+- `archive/below`: the boundary (8 bytes big-endian): every journal entry with a smaller txn id
+  is in a listed segment, every one from it on in the journal: the archive is a prefix of the journal.
 - `archive/checkpoint/<account id>`: what the account's archived entries carried forward
   (`Checkpoint`): the points its statement shows, its debt, the postings to each lot (non-zero
   sums only), and the newest archived entry on its statement (the link across the boundary).
@@ -21,7 +23,8 @@ import msgspec
 
 from kassa.core_ext import records as rec
 
-INDEX_KEY = b"archive/index"
+SEGMENT_KEY_PREFIX = b"archive/segment/"
+BELOW_KEY = b"archive/below"
 CHECKPOINT_PREFIX = b"archive/checkpoint/"
 COUNTERS_KEY = b"archive/counters"
 
@@ -46,23 +49,55 @@ class Checkpoint(msgspec.Struct, array_like=True, omit_defaults=True):
 
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_index = msgspec.msgpack.Decoder(list[SegmentRef]).decode
+_decode_segment = msgspec.msgpack.Decoder(SegmentRef).decode
 decode_checkpoint = msgspec.msgpack.Decoder(Checkpoint).decode
 _decode_counters = msgspec.msgpack.Decoder(list[tuple[bytes, int]]).decode
 
 
-def read_index(get) -> list[SegmentRef]:
-    """The listed segments; `get(db_name, key)` reads in any transaction."""
-    stored = get("meta", INDEX_KEY)
-    return _decode_index(stored) if stored else []
+def segment_key(first_txn_id: int) -> bytes:
+    return SEGMENT_KEY_PREFIX + first_txn_id.to_bytes(8, "big")
 
 
-def encode_index(index: list[SegmentRef]) -> bytes:
-    return _encode(index)
+def encode_segment(ref: SegmentRef) -> bytes:
+    return _encode(ref)
+
+
+def read_index(txn, dbs: dict) -> list[SegmentRef]:
+    """Every listed segment, oldest first."""
+    cursor = txn.cursor(db=dbs["meta"])
+    found = []
+    if not cursor.set_range(SEGMENT_KEY_PREFIX):
+        return found
+    for key, value in cursor:
+        if not key.startswith(SEGMENT_KEY_PREFIX):
+            break
+        found.append(_decode_segment(value))
+    return found
+
+
+def segment_of(txn, dbs: dict, txn_id: int) -> SegmentRef | None:
+    """The listed segment holding `txn_id`: the one with the greatest first txn id not above it."""
+    cursor = txn.cursor(db=dbs["meta"])
+    # To the first key after every segment that starts at or before txn_id, then one back.
+    found = cursor.prev() if cursor.set_range(segment_key(txn_id + 1)) else cursor.last()
+    if not found or not cursor.key().startswith(SEGMENT_KEY_PREFIX):
+        return None
+    ref = _decode_segment(cursor.value())
+    return ref if ref.first_txn_id <= txn_id <= ref.last_txn_id else None
+
+
+def read_below(get) -> int:
+    """Every txn id below this is archived (0: nothing is); `get(db_name, key)` reads in any transaction."""
+    stored = get("meta", BELOW_KEY)
+    return int.from_bytes(stored, "big") if stored else 0
+
+
+def encode_below(below_txn_id: int) -> bytes:
+    return below_txn_id.to_bytes(8, "big")
 
 
 def archived_below(index: list[SegmentRef]) -> int:
-    """Every txn id below this is archived (0: nothing is)."""
+    """The boundary a list of segments makes (0: none)."""
     return index[-1].last_txn_id + 1 if index else 0
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from kassa.core_ext import records as rec
 from kassa.core_ext.journal_archive import (
-    ArchiveReader, archive_dir_of, archive_journal, archived_below, read_index, statement_page,
+    ArchiveReader, archive_dir_of, archive_journal, read_below, read_index, statement_page,
 )
 from kassa.core_ext.journal_archive import segments, state
 from kassa.core_ext.journal_archive.runner import archive_closed_period
@@ -53,7 +53,7 @@ def whole_statement(ledger, account_id: str, reader) -> list[tuple[int, int]]:
         get = lambda name, key: txn.get(key, db=dbs[name])  # noqa: E731
         last_txn_id = rec.decode_account(get("accounts", account_id.encode())).last_txn_id
         while True:
-            entries, before_id = statement_page(get, reader, account_id, last_txn_id, PAGE_SIZE, before_id)
+            entries, before_id = statement_page(txn, dbs, reader, account_id, last_txn_id, PAGE_SIZE, before_id)
             shown += [(entry.txn_id, rec.statement_change(entry, account_id)) for entry in entries]
             if not before_id:
                 return shown
@@ -116,7 +116,7 @@ class TestArchivedIds:
             get = lambda name, key: txn.get(key, db=dbs[name])  # noqa: E731
             below = result.archived_below_txn_id
             answers = [reader.archived(get, txn_id) for txn_id in (1, below - 1, below, below + 1)]
-            entry = reader.entry(get, below - 1)
+            entry = reader.entry(txn, dbs, below - 1)
 
         assert answers == [True, True, False, False]
         assert entry.txn_id == below - 1
@@ -174,9 +174,9 @@ class TestVerifyAcrossTheBoundary:
         manifest = segments.write_segment(directory, entries)  # a forger who also lists the new sha256
         dbs = dbs_of(ledger)
         with ledger.env.begin(write=True) as txn:
-            (ref,) = read_index(lambda name, key: txn.get(key, db=dbs[name]))
-            txn.put(state.INDEX_KEY, state.encode_index([msgspec.structs.replace(
-                ref, sha256=manifest.sha256, bytes=manifest.bytes)]), db=dbs["meta"])
+            (ref,) = read_index(txn, dbs)
+            txn.put(state.segment_key(ref.first_txn_id), state.encode_segment(msgspec.structs.replace(
+                ref, sha256=manifest.sha256, bytes=manifest.bytes)), db=dbs["meta"])
 
         found = violations(ledger)
 
@@ -207,9 +207,10 @@ class TestCheckpoints:
         second = archived(ledger, T0_MS + 5 * MS_PER_DAY)
 
         with ledger.env.begin() as txn:
-            index = read_index(lambda name, key: txn.get(key, db=dbs_of(ledger)[name]))
+            index = read_index(txn, dbs_of(ledger))
+            below = read_below(lambda name, key: txn.get(key, db=dbs_of(ledger)[name]))
         assert [ref.name for ref in index] == first.segments + second.segments
-        assert archived_below(index) == second.archived_below_txn_id
+        assert below == second.archived_below_txn_id == index[-1].last_txn_id + 1
         assert violations(ledger) == []
 
 

@@ -80,7 +80,7 @@ def kept_ids(path: Path) -> set[int]:
     try:
         with env.begin() as txn:
             ids = {int.from_bytes(key, "big") for key, _ in txn.cursor(db=dbs["journal"])}
-            index = read_index(lambda name, key: txn.get(key, db=dbs[name]))
+            index = read_index(txn, dbs)
     finally:
         env.close()
     directory = archive_dir_of(path)
@@ -134,7 +134,7 @@ def _left_behind(path: Path) -> tuple[int, int]:
     env, dbs = open_raw(path)
     try:
         with env.begin() as txn:
-            index = read_index(lambda name, key: txn.get(key, db=dbs[name]))
+            index = read_index(txn, dbs)
             below = index[-1].last_txn_id + 1 if index else 0
             left = sum(1 for key, _ in txn.cursor(db=dbs["journal"]) if int.from_bytes(key, "big") < below)
     finally:
@@ -154,7 +154,7 @@ def _archived_statements(path: Path) -> dict[str, list[int]]:
             get = lambda name, key: txn.get(key, db=dbs[name])  # noqa: E731
             for account_id in ACCOUNTS:
                 last_txn_id = rec.decode_account(get("accounts", account_id.encode())).last_txn_id
-                entries, _ = statement_page(get, reader, account_id, last_txn_id, 500)
+                entries, _ = statement_page(txn, dbs, reader, account_id, last_txn_id, 500)
                 found[account_id] = [entry.txn_id for entry in entries]
     finally:
         env.close()

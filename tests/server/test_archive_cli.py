@@ -51,7 +51,7 @@ def statement_ids(path: Path, account_id: str) -> list[int]:
         with env.begin() as txn:
             get = lambda name, key: txn.get(key, db=dbs[name])  # noqa: E731
             last_txn_id = rec.decode_account(get("accounts", account_id.encode())).last_txn_id
-            entries, _ = statement_page(get, ArchiveReader(archive_dir_of(path)), account_id, last_txn_id, 500)
+            entries, _ = statement_page(txn, dbs, ArchiveReader(archive_dir_of(path)), account_id, last_txn_id, 500)
     finally:
         env.close()
     return [entry.txn_id for entry in entries]

@@ -8,7 +8,7 @@ import asyncio
 
 import msgspec
 
-from kassa.core_ext.journal_archive import archive_dir_of, archived_below, read_index
+from kassa.core_ext.journal_archive import archive_dir_of, read_below
 from kassa.core_ext.limits import MS_PER_DAY
 from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
@@ -50,7 +50,7 @@ def test_the_chore_archives_entries_older_than_archive_after_days(tmp_path):
     config = msgspec.structs.replace(LedgerSection(), path=ledger.path, archive_interval_s=INTERVAL_S,
                                      archive_after_days=3)
     try:
-        listed = lambda: archived_below(read_index(ledger_reader(ledger))) > 0  # noqa: E731
+        listed = lambda: read_below(ledger_reader(ledger)) > 0  # noqa: E731
         run_chore(config, make_clock(str(tmp_path / "clock")), listed, WAIT_S_MAX)
         segments = sorted(archive_dir_of(ledger.path).glob("*.jsonl.gz"))
         assert len(segments) == 1
