@@ -16,7 +16,7 @@ from pathlib import Path
 from kassa.core_ext import records as rec
 from kassa.core_ext.journal_archive import segments, state
 
-BLOCKS_CACHED_MAX = 64  # decompressed blocks a reader keeps (each up to BLOCK_ENTRIES_MAX lines, ~0.3 MB)
+BLOCKS_CACHED_MAX = 64  # decompressed blocks a reader keeps (each BLOCK_ENTRIES_MAX lines, ~0.3 MB): ~18 MB
 MANIFESTS_CACHED_MAX = 256  # parsed manifests a reader keeps
 
 
@@ -32,7 +32,7 @@ class ArchiveReader:
         self.blocks_cached_max = blocks_cached_max
         self._lock = threading.Lock()
         self._manifests: OrderedDict[str, segments.Manifest] = OrderedDict()
-        self._blocks: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
+        self._blocks: OrderedDict[tuple[str, int], list[bytes]] = OrderedDict()
         self.blocks_read = 0  # decompressions made: what the tests count
 
     def entry(self, txn, dbs: dict, txn_id: int) -> rec.TxnRec | None:
@@ -43,10 +43,11 @@ class ArchiveReader:
         manifest = self._manifest(ref.name)
         starts = [block.first_txn_id for block in manifest.blocks]
         block = manifest.blocks[bisect.bisect_right(starts, txn_id) - 1]
-        line = self._block(ref.name, block).get(txn_id)
-        if line is None:
+        lines = self._block(ref.name, block)
+        at = bisect.bisect_left(lines, txn_id, key=_txn_id_of)  # lines are in txn id order
+        if at == len(lines) or _txn_id_of(lines[at]) != txn_id:
             return None  # an id the journal never used (ids of aborted groups are not reused)
-        return segments.entry_of_line(line)
+        return segments.entry_of_line(lines[at])
 
     def archived(self, get, txn_id: int) -> bool:
         """Whether `txn_id` is below the archive boundary: a Rollback or retry naming it is refused
@@ -70,7 +71,7 @@ class ArchiveReader:
                 self._manifests.popitem(last=False)
         return manifest
 
-    def _block(self, name: str, block: segments.BlockRef) -> dict[int, bytes]:
+    def _block(self, name: str, block: segments.BlockRef) -> list[bytes]:
         key = (name, block.first_txn_id)
         with self._lock:
             lines = self._blocks.get(key)
@@ -82,10 +83,9 @@ class ArchiveReader:
         except (OSError, EOFError, ValueError) as error:
             raise ArchiveUnreadable(f"archive segment {name}: cannot read the block at byte "
                                     f"{block.offset_bytes} ({error})") from error
-        lines = {_txn_id_of(line): line for line in raw}
         with self._lock:
             self.blocks_read += 1
-            self._blocks[key] = lines
+            self._blocks[key] = lines = raw
             while len(self._blocks) > self.blocks_cached_max:
                 self._blocks.popitem(last=False)
         return lines

@@ -30,7 +30,9 @@ from kassa.core_ext.model import TxnKind
 
 FORMAT_NAME = "kassa-journal-archive"
 SCHEMA_VERSION = 1  # of the entries' JSON (the `schema` field) and of the manifest
-BLOCK_ENTRIES_MAX = 1000  # entries per gzip member: what one random read decompresses
+# Entries per gzip member: what one random read decompresses (~0.3 MB of JSON). Bench purchases:
+# 121.4 compressed bytes an entry at 250, 119.4 at 1,000 (4x the work per random read), 118.9 at 4,000.
+BLOCK_ENTRIES_MAX = 250
 GZIP_LEVEL = 6  # zlib's default: within a few % of level 9's size at a third of its time
 SEGMENT_PREFIX = "journal-"
 SEGMENT_SUFFIX = ".jsonl.gz"
