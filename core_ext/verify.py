@@ -13,6 +13,13 @@
    (active + pending - debt): each entry shows what it changed (`records.statement_change`), and
    that is what its postings and debt change moved. A change no entry shows, such as clawback
    dropped without a write-off entry, fails here.
+
+Across the archive boundary (core_ext/journal_archive): the journal's checks start from the
+checkpoints the archived entries carried forward (each lot's postings, each account's debt and
+statement points, each counter), and the statement walk ends at the checkpoint's last entry. Given
+the archive's directory, every listed segment is checked (present, sha256, manifest) and read once:
+its entries summed must equal the checkpoints, and they answer what reversals, idempotency records
+and holds ask of archived entries.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from kassa.core_ext import records as rec
+from kassa.core_ext.journal_archive import checking as archive_checking
+from kassa.core_ext.journal_archive import state as archive_state
 from kassa.core_ext.model import TxnKind
 
 _decode_account = rec.decode_account
@@ -35,19 +44,60 @@ def _records(txn, db, decode):
         yield key, decode(value)
 
 
-def check_ledger(txn, dbs, now_ms: int) -> list[str]:
+def check_ledger(txn, dbs, now_ms: int, archive_dir=None) -> list[str]:
+    """`archive_dir`: the journal archive's directory (`<ledger path>/archive`); without it the
+    segments are not read, and what only they can answer is not checked."""
     violations: list[str] = []
     accounts = {account.account_id: account for _, account in _records(txn, dbs["accounts"], _decode_account)}
     lots = {lot.lot_id: lot for _, lot in _records(txn, dbs["lots"], _decode_lot)}
     holds = [hold for _, hold in _records(txn, dbs["holds"], _decode_hold)]
-    journal = {entry.txn_id: entry for _, entry in _records(txn, dbs["journal"], _decode_txn)}
+    carried = _Carried(txn, dbs)
+    journal = _journal_from(txn, dbs, carried.below)
+    if carried.below and archive_dir is not None:
+        wanted = _wanted_from_archive(txn, dbs, holds, carried.below)
+        carried.found = archive_checking.check_archive(archive_dir, txn, dbs, wanted, violations)
 
     _check_totals(accounts, lots, holds, violations)
-    _check_replay(txn, dbs, accounts, lots, holds, journal, violations)
-    _check_request_ids(txn, dbs, journal, violations)
-    _check_reversals(txn, dbs, journal, violations)
-    _check_statements(accounts, journal, violations)
+    _check_replay(txn, dbs, accounts, lots, holds, journal, violations, carried)
+    _check_request_ids(txn, dbs, journal, violations, carried.below)
+    _check_reversals(txn, dbs, {**carried.entries(), **journal}, violations, carried.below)
+    _check_statements(accounts, journal, violations, carried)
     return violations
+
+
+class _Carried:
+    """What the archived part of the journal carried forward: the checks start from it."""
+
+    def __init__(self, txn, dbs):
+        get = lambda name, key: txn.get(key, db=dbs[name])  # noqa: E731
+        self.below = archive_state.read_below(get)
+        self.checkpoints = archive_state.read_checkpoints(txn, dbs["meta"]) if self.below else {}
+        self.lot_postings = archive_checking.lot_postings_carried(self.checkpoints)
+        self.counters = archive_state.read_counters(get)
+        self.found = None  # what reading the segments found (None: not read)
+
+    def entries(self) -> dict:
+        return self.found.entries if self.found is not None else {}
+
+
+def _journal_from(txn, dbs, below: int) -> dict:
+    """The journal's entries from the archive boundary on (an interrupted archive run may have
+    left archived ones below it: they are the archive's)."""
+    cursor = txn.cursor(db=dbs["journal"])
+    if not cursor.set_range(below.to_bytes(8, "big")):
+        return {}
+    return {entry.txn_id: entry for entry in map(_decode_txn, cursor.iternext(keys=False))}
+
+
+def _wanted_from_archive(txn, dbs, holds: list, below: int) -> archive_checking.Wanted:
+    """The archived entries the journal's checks need: reversals' originals and rollbacks,
+    idempotency records' transactions, and the HOLD entries of holds still kept."""
+    entries: set[int] = set()
+    for key, reversal in _records(txn, dbs["reversals"], _decode_reversal):
+        entries.update(txn_id for txn_id in (int.from_bytes(key, "big"), *reversal.rollback_ids) if txn_id < below)
+    request_ids = {record.txn_id: key.decode() for key, record in _records(txn, dbs["idempotency"], _decode_idempotency)
+                   if 0 < record.txn_id < below}
+    return archive_checking.Wanted(entries, request_ids, {hold.hold_id for hold in holds if hold.hold_id < below})
 
 
 def _check_totals(accounts: dict, lots: dict, holds: list, violations: list[str]) -> None:
@@ -81,10 +131,12 @@ def _check_totals(accounts: dict, lots: dict, holds: list, violations: list[str]
                                   f"{account.open_lot_ids}")
 
 
-def _check_replay(txn, dbs, accounts: dict, lots: dict, holds: list, journal: dict, violations: list[str]) -> None:
-    """The journal replayed: lots, settles due, holds, counters and debts it rebuilds."""
-    replayed: dict[int, int] = defaultdict(int)
-    debt: dict[str, int] = defaultdict(int)
+def _check_replay(txn, dbs, accounts: dict, lots: dict, holds: list, journal: dict, violations: list[str],
+                  carried: _Carried) -> None:
+    """The journal replayed from the checkpoints: lots, settles due, holds, counters and debts it rebuilds."""
+    replayed: dict[int, int] = defaultdict(int, carried.lot_postings)
+    debt: dict[str, int] = defaultdict(int, {account_id: checkpoint.debt
+                                             for account_id, checkpoint in carried.checkpoints.items()})
     for entry in journal.values():
         for posting in entry.postings:
             replayed[posting.lot_id] += posting.delta
@@ -112,14 +164,16 @@ def _check_replay(txn, dbs, accounts: dict, lots: dict, holds: list, journal: di
         if account is not None and not 0 < account.next_change_at_ms <= at:
             violations.append(f"account {account_id}: next settle expected by {at}, found {account.next_change_at_ms}")
 
-    fates = _replay_holds(journal)
+    fates = _replay_holds(journal, archive_checking.hold_fates_start(carried.found))
     for hold in holds:
+        if hold.hold_id < carried.below and carried.found is None:
+            continue  # its HOLD entry is archived and the segments were not read
         expected = fates.get(hold.hold_id)
         found = {rec.HoldState.CAPTURED: "captured", rec.HoldState.VOIDED: "voided"}.get(hold.state, "held")
         if expected != found:
             violations.append(f"account {hold.account_id}: hold {hold.hold_id} expected {expected} "
                               f"(journal replay), found {found}")
-    counted: dict[bytes, int] = defaultdict(int)
+    counted: dict[bytes, int] = defaultdict(int, carried.counters)
     for entry in journal.values():
         for key, delta in entry.counters:
             counted[key] += delta
@@ -135,8 +189,9 @@ def _check_replay(txn, dbs, accounts: dict, lots: dict, holds: list, journal: di
             violations.append(f"account {account_id}: debt expected {debt[account_id]} (journal replay), found {account.debt}")
 
 
-def _check_request_ids(txn, dbs, journal: dict, violations: list[str]) -> None:
-    """One request id, one transaction, and the transaction names its request id."""
+def _check_request_ids(txn, dbs, journal: dict, violations: list[str], below: int) -> None:
+    """One request id, one transaction, and the transaction names its request id (below the
+    archive boundary `below`, the archive's check looks for the transaction)."""
     owners: dict[int, str] = {}
     for key, record in _records(txn, dbs["idempotency"], _decode_idempotency):
         request_id = key.decode()
@@ -145,6 +200,8 @@ def _check_request_ids(txn, dbs, journal: dict, violations: list[str]) -> None:
         if record.txn_id in owners:
             violations.append(f"transaction {record.txn_id}: claimed by request ids '{owners[record.txn_id]}' and '{request_id}'")
         owners[record.txn_id] = request_id
+        if record.txn_id < below:
+            continue
         entry = journal.get(record.txn_id)
         if entry is None:
             violations.append(f"request '{request_id}': transaction {record.txn_id} is missing from the journal")
@@ -152,11 +209,14 @@ def _check_request_ids(txn, dbs, journal: dict, violations: list[str]) -> None:
             violations.append(f"request '{request_id}': transaction {record.txn_id} carries request id '{entry.request_id}'")
 
 
-def _check_reversals(txn, dbs, journal: dict, violations: list[str]) -> None:
-    """Rollbacks within what was bought and earned."""
+def _check_reversals(txn, dbs, journal: dict, violations: list[str], below: int) -> None:
+    """Rollbacks within what was bought and earned. `journal` holds the archived entries that
+    reversals name when the segments were read."""
     for key, reversal in _records(txn, dbs["reversals"], _decode_reversal):
         txn_id = int.from_bytes(key, "big")
         original = journal.get(txn_id)
+        if original is None and txn_id < below:
+            continue  # archived, and the segments were not read (or their check says why)
         if original is None:
             violations.append(f"transaction {txn_id}: reversal state without a transaction")
             continue
@@ -172,11 +232,12 @@ def _check_reversals(txn, dbs, journal: dict, violations: list[str]) -> None:
                               f"of {credited} credited")
 
 
-def _check_statements(accounts: dict, journal: dict, violations: list[str]) -> None:
+def _check_statements(accounts: dict, journal: dict, violations: list[str], carried: _Carried) -> None:
     """Every statement adds up to its balance, and names every entry about its account."""
     on_statement: dict[str, set[int]] = {}
     for account in accounts.values():
-        on_statement[account.account_id] = _check_statement(account, journal, violations)
+        checkpoint = carried.checkpoints.get(account.account_id, archive_state.Checkpoint())
+        on_statement[account.account_id] = _check_statement(account, journal, violations, carried.below, checkpoint)
     for entry in journal.values():
         for account_id in (entry.account_id, entry.member_id):
             if account_id in on_statement and entry.txn_id not in on_statement[account_id]:
@@ -184,14 +245,15 @@ def _check_statements(accounts: dict, journal: dict, violations: list[str]) -> N
                                   "not on its statement")
 
 
-def _check_statement(account, journal: dict, violations: list[str]) -> set[int]:
+def _check_statement(account, journal: dict, violations: list[str], below: int, checkpoint) -> set[int]:
     """Walk the account's statement, newest first: its entries' amounts against the account's
-    points, each entry's against what it moved. Returns the ids on the statement."""
+    points, each entry's against what it moved; below the archive boundary `below` the
+    checkpoint carries on. Returns the ids on the statement."""
     me = account.account_id
     seen: set[int] = set()
-    shown_total = 0
+    shown_total = checkpoint.points
     txn_id = account.last_txn_id
-    while txn_id:
+    while txn_id >= below and txn_id:
         entry = journal.get(txn_id)
         if entry is None:
             violations.append(f"account {me}: statement links to transaction {txn_id}, which is missing")
@@ -210,6 +272,9 @@ def _check_statement(account, journal: dict, violations: list[str]) -> set[int]:
             violations.append(f"account {me}: statement links transaction {txn_id} to a later one, {previous}")
             break
         txn_id = previous
+    if txn_id < max(below, 1) and txn_id != checkpoint.last_txn_id:  # it ended: in the archive, or nowhere
+        violations.append(f"account {me}: statement crosses the archive boundary at transaction {txn_id}, "
+                          f"its checkpoint at {checkpoint.last_txn_id}")
     points = account.active + account.pending - account.debt
     if shown_total != points:
         violations.append(f"account {me}: statement adds up to {shown_total} points, expected {points} "
@@ -217,8 +282,8 @@ def _check_statement(account, journal: dict, violations: list[str]) -> set[int]:
     return seen
 
 
-def _replay_holds(journal: dict) -> dict[int, str]:
-    fates: dict[int, str] = {}
+def _replay_holds(journal: dict, fates: dict[int, str]) -> dict[int, str]:
+    """`fates` (what the archive decided) with the journal's entries replayed over them."""
     for txn_id in sorted(journal):
         entry = journal[txn_id]
         if entry.kind == TxnKind.HOLD:

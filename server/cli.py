@@ -1,4 +1,4 @@
-"""The `kassa` command: serve, verify, rules check, init."""
+"""The `kassa` command: serve, verify, backup, archive, rules check, init."""
 
 from __future__ import annotations
 
@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     backup.add_argument("directory", type=Path, help="an empty or new directory")
     backup.add_argument("--config", default=DEFAULT_CONFIG)
 
+    archive = commands.add_parser("archive", help="move closed periods of the journal into archive segments")
+    archive.add_argument("--config", default=DEFAULT_CONFIG)
+    period = archive.add_mutually_exclusive_group()
+    period.add_argument("--before", help="archive entries created before this UTC date or time (ISO 8601)")
+    period.add_argument("--older-than-days", type=int, help="archive entries older than this many days "
+                        "(default: ledger.archive_after_days)")
+
     rules = commands.add_parser("rules", help="work with loyalty program files")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_commands.add_parser("check", help="validate rule files without a server")
@@ -58,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args)
     if args.command == "backup":
         return _backup(args)
+    if args.command == "archive":
+        return _archive(args)
     if args.command == "stats":
         return _stats(args)
     if args.command == "init":
@@ -194,6 +203,8 @@ def _backup(args) -> int:
     A backup that fails leaves nothing behind: not the copy, not the directories it created."""
     import lmdb
 
+    from kassa.core_ext.journal_archive import archive_dir_of, read_index
+
     config = _load(args.config)
     target = args.directory
     if target.exists() and not target.is_dir():
@@ -202,7 +213,7 @@ def _backup(args) -> int:
     if target.exists() and any(target.iterdir()):
         print(f"kassa backup: {target} is not empty", file=sys.stderr)
         return 2
-    env, _ = _open_existing("backup", config.ledger.path, config.ledger.map_size_bytes)
+    env, dbs = _open_existing("backup", config.ledger.path, config.ledger.map_size_bytes)
     created = _first_missing(target)  # the outermost directory this backup creates; None: target exists
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -213,14 +224,42 @@ def _backup(args) -> int:
         return 2
     try:
         env.copy(str(target), compact=True)
+        # Read after the copy: the index then lists every segment the copy's does (segments are only
+        # ever added, and a listed segment never changes).
+        with env.begin() as txn:
+            index = read_index(txn, dbs)
+        copied = _copy_segments(archive_dir_of(config.ledger.path), archive_dir_of(target), index)
     except lmdb.Error as error:  # py-lmdb raises its own errors for a failed write (lmdb.DiskError: ENOSPC)
         _remove_backup(target, created)
         print(f"kassa backup: cannot write {target}: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        _remove_backup(target, created)
+        print(f"kassa backup: cannot copy the journal archive into {target}: {error.strerror or error}", file=sys.stderr)
+        return 2
     finally:
         env.close()
-    print(json.dumps({"ok": True, "backup": str(target), "bytes": Path(target, "data.mdb").stat().st_size}))
+    print(json.dumps({"ok": True, "backup": str(target), "bytes": Path(target, "data.mdb").stat().st_size,
+                      "archive_segments": [ref.name for ref in index], "archive_bytes": copied}))
     return 0
+
+
+def _copy_segments(source: Path, target: Path, index) -> int:
+    """Copy the listed segments and their manifests (fsynced); returns the bytes copied."""
+    from kassa.core_ext.journal_archive.segments import fsync_directory, manifest_name
+
+    copied = 0
+    if index:
+        target.mkdir()
+    for ref in index:
+        for name in (ref.name, manifest_name(ref.name)):
+            shutil.copyfile(source / name, target / name)
+            with open(target / name, "rb") as file:
+                os.fsync(file.fileno())
+            copied += (target / name).stat().st_size
+    if index:
+        fsync_directory(target)
+    return copied
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -241,23 +280,78 @@ def _remove_backup(target: Path, created: Path | None) -> None:
         shutil.rmtree(created, ignore_errors=True)
         return
     for child in target.iterdir() if target.is_dir() else ():
-        child.unlink(missing_ok=True)
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _verify(args) -> int:
+    from kassa.core_ext.journal_archive import archive_dir_of, read_below, read_index
     from kassa.core_ext.verify import check_ledger, ledger_summary
     from kassa.server.clock import make_clock
 
     config = _load(args.config)
     env, dbs = _open_existing("verify", config.ledger.path, config.ledger.map_size_bytes)
     with env.begin() as txn:
-        violations = check_ledger(txn, dbs, make_clock(config.clock.file).now_ms())
+        violations = check_ledger(txn, dbs, make_clock(config.clock.file).now_ms(), archive_dir_of(config.ledger.path))
         summary = ledger_summary(txn, dbs)
+        summary.update(archive_segments=len(read_index(txn, dbs)),
+                       archived_below_txn_id=read_below(lambda name, key: txn.get(key, db=dbs[name])))
     env.close()
     for violation in violations:
         print(f"VIOLATION {violation}")
     print(json.dumps({"ok": not violations, "violations": len(violations), **summary}))
     return 1 if violations else 0
+
+
+def _archive(args) -> int:
+    """Archive the journal's closed period: entries older than the period the flags (or
+    ledger.archive_after_days) name, never inside the return window."""
+    from kassa.core_ext.journal_archive import ArchiveConflict, ArchiveUnreadable, archive_dir_of, archive_journal
+    from kassa.core_ext.limits import MS_PER_DAY
+    from kassa.server.clock import make_clock
+
+    config = _load(args.config)
+    now_ms = make_clock(config.clock.file).now_ms()
+    before_ms = _archive_before_ms(args, config, now_ms)
+    env, dbs = _open_existing("archive", config.ledger.path, config.ledger.map_size_bytes)
+    try:
+        # The return window (the retention work's ledger.return_window_days) is never archived:
+        # a return or rollback reads its original's entry.
+        keep_after_ms = now_ms - getattr(config.ledger, "return_window_days", 0) * MS_PER_DAY
+        result = archive_journal(env, dbs, archive_dir_of(config.ledger.path), before_ms, keep_after_ms, now_ms)
+    except (ArchiveConflict, ArchiveUnreadable, OSError) as error:
+        print(f"kassa archive: {error}", file=sys.stderr)
+        return 1
+    finally:
+        env.close()
+    print(json.dumps({"ok": True, "before_ms": before_ms, "segments": result.segments, "entries": result.entries,
+                      "bytes": result.bytes, "archived_below_txn_id": result.archived_below_txn_id,
+                      "deleted": result.deleted}))
+    return 0
+
+
+def _archive_before_ms(args, config, now_ms: int) -> int:
+    """The period boundary the flags name, in ms since the epoch (SystemExit(2) when unreadable)."""
+    import datetime as dt
+
+    from kassa.core_ext.limits import MS_PER_DAY
+
+    if args.before is None:
+        days = config.ledger.archive_after_days if args.older_than_days is None else args.older_than_days
+        if days < 0:
+            print(f"kassa archive: --older-than-days must be >= 0, got {days}", file=sys.stderr)
+            raise SystemExit(2)
+        return now_ms - days * MS_PER_DAY
+    try:
+        moment = dt.datetime.fromisoformat(args.before)
+    except ValueError:
+        print(f"kassa archive: --before: not an ISO 8601 date or time: {args.before!r}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(milliseconds=1)
 
 
 STATS_SHOWN = (  # (sample name, label in the table, decimals)

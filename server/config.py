@@ -36,6 +36,8 @@ class LedgerSection(_Section):
     sync: bool = True
     readers_max: int = 512
     reader_check_interval_s: float = 10  # reclaim reader slots of dead processes this often
+    archive_interval_s: float = 0  # archive the journal's closed period this often in the server; 0: off
+    archive_after_days: int = 90  # the closed period: journal entries older than this many days
 
 
 class RulesSection(_Section):
@@ -119,6 +121,8 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("ledger", "disk_reserve_bytes"): (0, 1024**5),
     ("ledger", "readers_max"): (8, 100_000),
     ("ledger", "reader_check_interval_s"): (0.1, 3600),
+    ("ledger", "archive_interval_s"): (0, 86_400),
+    ("ledger", "archive_after_days"): (1, 36_500),
     ("processing", "hold_ttl_s"): (1, 30 * 86_400),
     ("processing", "batch_operations_max"): (1, 1_000_000),
     ("processing", "stream_events_in_flight_max"): (1, 10_000_000),

@@ -1,0 +1,171 @@
+"""Moving closed periods of the journal out of LMDB into archive segments.
+
+What moves: the longest prefix of the journal (by txn id, which grows with time) whose entries were
+created before the cutoff, `min(before_ms, keep_after_ms)`, and are not a hold still capturable at
+`now_ms`. The caller's `keep_after_ms` keeps what later operations still read from the journal: a
+return or rollback of an original, a replay rebuilt from its entry (server: the return window). A
+prefix keeps one boundary txn id: below it the archive, from it the journal.
+
+The order makes a crash at any point safe (an entry is always in the journal, or in a listed and
+checksummed segment, or both), and a rerun finish the job:
+1. read the entries (a read transaction; journal entries are never rewritten, so they cannot
+   change under it);
+2. write the segment and its manifest, fsynced (an unlisted segment is nobody's: a rerun rewrites it);
+3. one write transaction lists the segment, adds its sums to the checkpoints and moves the boundary;
+4. delete the archived entries from the journal, DELETE_ENTRIES_PER_TXN a write transaction, so
+   that the server's commits wait at most that long for the writer lock. Until then an entry below
+   the boundary that is still in the journal is ignored by the checks and read from either place.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lmdb
+import msgspec
+
+from kassa.core_ext import records as rec
+from kassa.core_ext.journal_archive import segments, state
+from kassa.core_ext.model import TxnKind
+
+ARCHIVE_DIR_NAME = "archive"  # under the ledger's path
+SEGMENT_ENTRIES_MAX = 100_000  # journal entries per segment: bounds the write transaction of step 3
+DELETE_ENTRIES_PER_TXN = 2_000  # journal entries deleted per write transaction (step 4)
+
+
+class ArchiveConflict(Exception):
+    """Another archiver moved the boundary meanwhile: this run stops, nothing half-done."""
+
+
+class ArchiveResult(msgspec.Struct):
+    segments: list[str]
+    entries: int
+    bytes: int
+    archived_below_txn_id: int
+    deleted: int  # journal entries deleted (this run's and an interrupted run's)
+
+
+def archive_dir_of(ledger_path: str | Path) -> Path:
+    return Path(ledger_path) / ARCHIVE_DIR_NAME
+
+
+def archive_journal(env, dbs: dict, archive_dir: Path, before_ms: int, keep_after_ms: int | None = None,
+                    now_ms: int | None = None, segment_entries_max: int = SEGMENT_ENTRIES_MAX,
+                    on_step=None) -> ArchiveResult:
+    """Archive the journal's entries created before `before_ms` (and before `keep_after_ms`, when
+    given), in segments of at most `segment_entries_max` entries. `on_step(name)`, if given, is
+    called after each step ("written", "listed", "deleting"): the crash tests stop there."""
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    cutoff_ms = before_ms if keep_after_ms is None else min(before_ms, keep_after_ms)
+    step = on_step or (lambda name: None)
+    deleted = _delete_archived(env, dbs, step)  # what an interrupted run left
+    written: list[segments.Manifest] = []
+    while True:
+        with env.begin() as txn:
+            below = state.read_below(_getter(txn, dbs))
+            entries = _closed_entries(txn, dbs, below, cutoff_ms, now_ms, segment_entries_max)
+        if not entries:
+            break
+        manifest = segments.write_segment(archive_dir, entries)
+        step("written")
+        _list_segment(env, dbs, below, manifest, entries)
+        step("listed")
+        written.append(manifest)
+        deleted += _delete_archived(env, dbs, step)
+    with env.begin() as txn:
+        below = state.read_below(_getter(txn, dbs))
+    return ArchiveResult([manifest.segment for manifest in written], sum(m.entries for m in written),
+                         sum(m.bytes for m in written), below, deleted)
+
+
+def _getter(txn, dbs: dict):
+    return lambda name, key: txn.get(key, db=dbs[name])
+
+
+def _closed_entries(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int, entries_max: int) -> list:
+    """The journal's entries from `from_txn_id` on, up to the first that must stay."""
+    entries = []
+    cursor = txn.cursor(db=dbs["journal"])
+    if not cursor.set_range(from_txn_id.to_bytes(8, "big")):
+        return entries
+    for _, value in cursor:
+        entry = rec.decode_txn(value)
+        if entry.created_at_ms >= cutoff_ms or _capturable_hold(txn, dbs, entry, now_ms):
+            break
+        entries.append(entry)
+        if len(entries) >= entries_max:
+            break
+    return entries
+
+
+def _capturable_hold(txn, dbs: dict, entry, now_ms: int) -> bool:
+    """A hold a later Accrue may still capture: its entry is read then (the store check)."""
+    if entry.kind != TxnKind.HOLD:
+        return False
+    stored = txn.get(entry.txn_id.to_bytes(8, "big"), db=dbs["holds"])
+    if stored is None:
+        return False
+    hold = rec.decode_hold(stored)
+    return hold.state == rec.HoldState.LIVE and hold.expires_at_ms > now_ms
+
+
+def _list_segment(env, dbs: dict, below: int, manifest: segments.Manifest, entries: list) -> None:
+    """Step 3: list the segment, carry its sums into the checkpoints, move the boundary; one commit."""
+    carried = state.Carried()
+    for entry in entries:
+        carried.add(entry)
+    ref = state.SegmentRef(manifest.segment, manifest.first_txn_id, manifest.last_txn_id,
+                           manifest.first_created_at_ms, manifest.last_created_at_ms, manifest.entries,
+                           manifest.bytes, manifest.sha256)
+    meta = dbs["meta"]
+
+    def commit():
+        with env.begin(write=True) as txn:
+            get = _getter(txn, dbs)
+            if state.read_below(get) != below:
+                raise ArchiveConflict("another archive run moved the boundary meanwhile; run it again")
+            for account_id in carried.accounts():
+                key = state.checkpoint_key(account_id)
+                stored = txn.get(key, db=meta)
+                before = state.decode_checkpoint(stored) if stored else None
+                txn.put(key, state.encode_checkpoint(carried.onto(account_id, before)), db=meta)
+            txn.put(state.COUNTERS_KEY, state.encode_counters(carried.counters_onto(state.read_counters(get))), db=meta)
+            txn.put(state.segment_key(ref.first_txn_id), state.encode_segment(ref), db=meta)
+            txn.put(state.BELOW_KEY, state.encode_below(ref.last_txn_id + 1), db=meta)
+
+    _with_growth(env, commit)
+    env.sync(True)
+
+
+def _delete_archived(env, dbs: dict, step) -> int:
+    """Step 4: delete the journal's entries below the boundary, a bounded batch per write transaction."""
+    deleted = 0
+    while True:
+        def delete_some() -> int:
+            with env.begin(write=True) as txn:
+                below = state.read_below(_getter(txn, dbs))
+                cursor = txn.cursor(db=dbs["journal"])
+                count = 0
+                while count < DELETE_ENTRIES_PER_TXN and cursor.first() and int.from_bytes(cursor.key(), "big") < below:
+                    cursor.delete()
+                    count += 1
+                return count
+
+        count = _with_growth(env, delete_some)
+        if not count:
+            return deleted
+        env.sync(True)
+        deleted += count
+        step("deleting")
+
+
+def _with_growth(env, write):
+    """Run `write` (one write transaction); when the map is full, grow it once and run it again."""
+    try:
+        return write()
+    except lmdb.MapFullError:
+        grow = getattr(env, "grow", None)
+        if grow is None or grow() is not None:
+            raise
+        return write()
