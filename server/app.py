@@ -27,6 +27,7 @@ from kassa.v1 import (
     bench_pb2_grpc,
     processing_pb2,
 )
+from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
 from kassa.server.commit import GroupCommitter
 from kassa.server.interceptors.access_log import AccessLogInterceptor
@@ -301,7 +302,7 @@ async def start(parts: Parts, worker_index: int) -> None:
           cpus=usable_cpus(), ruleset_version=parts.ledger.program.version)
 
 
-async def wait_for_signal(parts: Parts) -> set[asyncio.Task]:
+async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Task]:
     """Serve, with the periodic chores and SIGHUP reloads, until SIGTERM or SIGINT. Returns the
     reloads still running, which the drain lets finish."""
     config, ledger, committer = parts.config, parts.ledger, parts.committer
@@ -325,6 +326,8 @@ async def wait_for_signal(parts: Parts) -> set[asyncio.Task]:
         loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
         loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
     ]
+    if worker_index == 0:  # one archiver a ledger: another worker's run would only stop with ArchiveConflict
+        chores.append(loop.create_task(archive_periodically(config.ledger, parts.clock)))
     await stop.wait()
     for chore in chores:
         chore.cancel()
@@ -342,7 +345,7 @@ def close(parts: Parts) -> None:
 async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     parts = build(config)
     await start(parts, worker_index)
-    reloads = await wait_for_signal(parts)
+    reloads = await wait_for_signal(parts, worker_index)
     event(log, "draining", grace_s=config.server.grace_s)
     await drain(parts.server, parts.health, parts.processing, parts.committer, reloads, config.server.grace_s)
     close(parts)

@@ -1,12 +1,7 @@
 """The server's journal archive chore: every `ledger.archive_interval_s` (0: never), archive the
 journal's closed period (entries older than `ledger.archive_after_days`, never inside the return
 window) in a child process, so that neither the event loop nor the serving interpreter does the
-work; the group commits go on between its bounded write transactions.
-
-Hook (server/app.py, `wait_for_signal`'s chores, in worker 0 only: another worker's run would
-only stop with ArchiveConflict):
-    loop.create_task(archive_periodically(config.ledger, parts.clock))
-"""
+work; the group commits go on between its bounded write transactions."""
 
 from __future__ import annotations
 

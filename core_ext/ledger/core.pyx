@@ -31,6 +31,7 @@ import msgspec
 from msgspec.structs import replace as _replace
 
 from kassa.core_ext import records as rec
+from kassa.core_ext.journal_archive import ArchiveReader, archive_dir_of, journal_entry
 from kassa.core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from kassa.core_ext.map_size import GrowingEnvironment
 from kassa.core_ext.model import (
@@ -149,6 +150,7 @@ cdef class Ledger:
         # only unanswered work and never the database's integrity (LMDB keeps the pages of the last
         # two commits until a later commit has synced).
         self._sync = sync
+        self.archive = ArchiveReader(archive_dir_of(self.path))
         self.env = GrowingEnvironment(
             lmdb.open(self.path, map_size=map_size_bytes, max_dbs=MAX_DBS, sync=sync, metasync=False,
                       readahead=False, max_readers=readers_max), map_size_bytes_max, disk_reserve_bytes)
@@ -330,14 +332,13 @@ cdef class Ledger:
             me = account.account_id
             next_id = account.last_txn_id
             if before_id:
-                stored = get("journal", id_key(before_id))
-                entry = _decode_txn(stored) if stored is not None else None
+                entry = journal_entry(txn, self.dbs, self.archive, before_id)
                 if entry is None or me not in (entry.account_id, entry.member_id):
                     return rejected(Code.INVALID_ARGUMENT, f"page_token: not a page of account '{me}'")
                 next_id = _previous_of(entry, me)
             views = []
             while next_id and len(views) <= page_size:
-                entry = _decode_txn(get("journal", id_key(next_id)))
+                entry = journal_entry(txn, self.dbs, self.archive, next_id)
                 views.append(_view(entry, me))
                 next_id = _previous_of(entry, me)
         next_before_id = views[page_size - 1].transaction_id if len(views) > page_size else 0
@@ -348,7 +349,7 @@ cdef class Ledger:
         violations, each a string naming the account or record, what was expected, what was found."""
         from kassa.core_ext.verify import check_ledger
         with self.env.begin() as txn:
-            return check_ledger(txn, self.dbs, now_ms)
+            return check_ledger(txn, self.dbs, now_ms, archive_dir_of(self.path))
 
     def raw_transaction(self):
         """A read transaction and the named databases, for tools (verify, backup, tests)."""

@@ -95,7 +95,7 @@ def _replay(Ledger self, _Batch batch, op, record):
         return rejected(Code.ALREADY_EXISTS,
                         f"request_id '{op.request_id}' was used before with a different payload")
     if type(record) is AccrueOutcomeRec:
-        return _rebuilt_accrue(record, _decode_txn(batch.get("journal", id_key(record.txn_id))))
+        return _rebuilt_accrue(record, journal_entry(batch.txn, batch.dbs, self.archive, record.txn_id))
     return _decode_outcome(record.outcome)
 
 

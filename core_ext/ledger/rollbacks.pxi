@@ -1,6 +1,8 @@
 def _rollback(Ledger self, _Batch batch, op):
     if op.transaction_id:
         stored = batch.get("journal", id_key(op.transaction_id))
+        if stored is None and self.archive.archived(batch.get, op.transaction_id):
+            return _archived_refusal("transaction_id", op.transaction_id), 0
         if stored is None:
             return rejected(Code.NOT_FOUND, f"transaction_id: no transaction {op.transaction_id}"), 0
         target = _decode_txn(stored)
@@ -16,7 +18,10 @@ def _rollback(Ledger self, _Batch batch, op):
             return rejected(Code.FAILED_PRECONDITION,
                             f"original_request_id: '{op.original_request_id}' made no transaction",
                             Reason.NOT_REVERSIBLE), 0
-        target = _decode_txn(batch.get("journal", id_key(original.txn_id)))
+        stored = batch.get("journal", id_key(original.txn_id))
+        if stored is None:  # archived: the journal keeps what the return window needs
+            return _archived_refusal("original_request_id", original.txn_id), 0
+        target = _decode_txn(stored)
     if op.stores and target.store_id not in op.stores:
         return _foreign_store(target, "transaction_id" if op.transaction_id else "original_request_id"), 0
     account = _decode_account(batch.get("accounts", target.account_id.encode()))
@@ -28,6 +33,12 @@ def _rollback(Ledger self, _Batch batch, op):
     return rejected(Code.FAILED_PRECONDITION,
                     f"transaction {target.txn_id} ({TxnKind(target.kind).name.lower()}) cannot be rolled back",
                     Reason.NOT_REVERSIBLE), 0
+
+
+
+def _archived_refusal(str field, long long txn_id):
+    return rejected(Code.FAILED_PRECONDITION, f"{field}: transaction {txn_id} is archived (older than the "
+                    "return window) and can no longer be rolled back", Reason.NOT_REVERSIBLE)
 
 
 def _void_hold(Ledger self, _Batch batch, op, account, target):

@@ -2,10 +2,6 @@
 the archive boundary and returns every entry once, as before; a retry of an archived purchase
 is answered byte for byte as the first time; a Rollback of an archived transaction is refused
 FAILED_PRECONDITION, never applied and never an internal error.
-
-These need the ledger to read archived entries (the hook in core_ext/journal_archive/reading.py:
-`Ledger.archive`, `journal_entry` in `_statement` and `_replay`, `ArchiveReader.archived` in
-`_rollback`); they are skipped until the ledger has it.
 """
 
 from __future__ import annotations
@@ -15,11 +11,8 @@ import json
 import grpc
 import pytest
 
-from kassa.core_ext import Ledger
 from kassa.v1 import accounts_pb2, processing_pb2
 from tests.server.helpers import by_account, earn, line, open_account, receipt, redeem, rollback
-
-pytestmark = pytest.mark.skipif(not hasattr(Ledger, "archive"), reason="the ledger's archive read hook is not in yet")
 
 ACCOUNT = "ARCH-1"
 OLD_PURCHASES = 8
