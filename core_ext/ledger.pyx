@@ -15,6 +15,8 @@ import msgspec
 from msgspec.structs import replace as _replace
 
 from kassa.core_ext import records as rec
+from kassa.core_ext.compaction import compact
+from kassa.core_ext.retention import Retention, aging_key, answer_not_kept
 from kassa.core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from kassa.core_ext.map_size import GrowingEnvironment
 from kassa.core_ext.model import (
@@ -22,14 +24,14 @@ from kassa.core_ext.model import (
     CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
     LeaveGroupOp, LineResult, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
     RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, SetRulesOp, Shopper, Statement, SweepOp,
-    SweepResult, TransactionView, TxnKind, rejected, store_of,
+    SweepResult, CompactOp, TransactionView, TxnKind, rejected, store_of,
 )
 from kassa.core_ext.program import parse_program
 from kassa.core_ext.promo import PatternError, allowed_count, check_code, generate, parse_pattern
 from kassa.core_ext.rules import Program, prorate_points
 
 DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
-            b"reversals", b"meta", b"counters", b"codes")
+            b"reversals", b"meta", b"counters", b"codes", b"aging")
 NEXT_TXN_KEY = b"next_txn_id"
 RULESET_KEY = b"ruleset"  # the serving ruleset: (version, sources), shared by every worker
 RULE_FILES_KEY = b"rule_files"  # the version of the rule files last adopted at a start
@@ -51,6 +53,7 @@ _decode_ruleset = msgspec.msgpack.Decoder(tuple[str, dict[str, str]]).decode
 _decode_ruleset_version = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw]).decode
 _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
 AccrueOutcomeRec = rec.AccrueOutcomeRec
+RetainedRec = rec.RetainedRec
 AccrueOutcomeRare = rec.AccrueOutcomeRare
 NO_RARE = AccrueOutcomeRare()
 IDEMPOTENCY_ACCRUE_V1_BYTE = bytes([rec.IDEMPOTENCY_ACCRUE_V1])
@@ -193,6 +196,7 @@ cdef class Ledger:
     cdef dict _counted  # campaign id -> (amount limits [(period, cap)], uses cap), of `program`
     cdef long long _now_ms  # of the group being applied
     cdef bint _sync  # commits are durable before `apply` returns
+    cdef public object retention  # the replay and return windows (core_ext/retention.py)
 
     def __init__(self, path, program, long long map_size_bytes, long long hold_ttl_s, bint sync=True,
                  int readers_max=READERS_MAX, long long map_size_bytes_max=0, long long disk_reserve_bytes=0):
@@ -209,6 +213,7 @@ cdef class Ledger:
         # only unanswered work and never the database's integrity (LMDB keeps the pages of the last
         # two commits until a later commit has synced).
         self._sync = sync
+        self.retention = Retention()
         self.env = GrowingEnvironment(
             lmdb.open(self.path, map_size=map_size_bytes, max_dbs=MAX_DBS, sync=sync, metasync=False,
                       readahead=False, max_readers=readers_max), map_size_bytes_max, disk_reserve_bytes)
@@ -303,6 +308,12 @@ cdef class Ledger:
             return self._sweep(batch, op)
         if kind is SetRulesOp:
             return self._set_rules(batch, op)
+        if kind is CompactOp:
+            return compact(batch.txn, batch.dbs, batch.now_ms, op)
+        if getattr(op, "occurred_at_ms", 0):  # a request that says when it was made may be too old to check
+            refusal = self.retention.age_refusal(op, batch.now_ms)
+            if refusal is not None:
+                return refusal
         stored = batch.get("idempotency", op.request_id.encode())
         if stored is not None:
             record = _decode_idempotency(stored)
@@ -316,6 +327,8 @@ cdef class Ledger:
         if outcome.code == CODE_OK or outcome.code == Code.FAILED_PRECONDITION:
             # Business outcomes are final: a retry replays them, never flips them.
             batch.put("idempotency", op.request_id.encode(), _idempotency_record(op.digest, txn_id, outcome))
+            if txn_id == 0:  # no journal entry dates it: the aging index does, for compaction
+                batch.put("aging", aging_key(batch.now_ms, op.request_id.encode()), b"")
         return outcome
 
     def _replay(self, _Batch batch, op, record):
@@ -328,6 +341,8 @@ cdef class Ledger:
                             f"request_id '{op.request_id}' was used before with a different payload")
         if type(record) is AccrueOutcomeRec:
             return _rebuilt_accrue(record, _decode_txn(batch.get("journal", id_key(record.txn_id))))
+        if type(record) is RetainedRec:  # past the replay window: refused, never applied again
+            return answer_not_kept(op, record)
         return _decode_outcome(record.outcome)
 
     # -- customers ------------------------------------------------------------------------------
@@ -1264,6 +1279,7 @@ cdef class Ledger:
         outcome = Outcome(CODE_OK, body=RollbackResult(0, "", RollbackKind.PENDING_ORIGINAL, 0, 0, 0, 0, Balance()))
         record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"", list(op.stores) if stores is None else stores)
         batch.put("idempotency", op.original_request_id.encode(), _encode(record))
+        batch.put("aging", aging_key(batch.now_ms, op.original_request_id.encode()), b"")
         return outcome, 0
 
     def _void_hold(self, _Batch batch, op, account, target):
@@ -1406,7 +1422,11 @@ cdef class Ledger:
                 continue
             points -= give
             reversal.restored_per_posting[index] += give
-            lot = _decode_lot(batch.get("lots", id_key(posting.lot_id)))
+            stored = batch.get("lots", id_key(posting.lot_id))
+            if stored is None:  # compaction removed it: it had expired
+                expired += give
+                continue
+            lot = _decode_lot(stored)
             burnt = lot.lot_id < account.burnt_below_lot_id
             if burnt or lot.state == LOT_EXPIRED or (lot.expires_at_ms and lot.expires_at_ms <= batch.now_ms):
                 expired += give
@@ -1430,8 +1450,9 @@ cdef class Ledger:
         for made in own:
             if points == 0:
                 break
-            lot = _decode_lot(batch.get("lots", id_key(made.lot_id)))
-            if lot.state != LOT_EXPIRED and lot.remaining:
+            stored = batch.get("lots", id_key(made.lot_id))
+            lot = _decode_lot(stored) if stored is not None else None  # None: compaction removed it, ended
+            if lot is not None and lot.state != LOT_EXPIRED and lot.remaining:
                 take = min(points, lot.remaining)
                 lot.remaining -= take
                 points -= take

@@ -83,7 +83,8 @@ def accrue_op(request: processing_pb2.AccrueRequest) -> m.AccrueOp:
     checks.accrue(request.request_id, buyer, bought, request.redeem_points, holds)
     # Hashed from the checked values, as server/wire.pyx does for the requests it decodes.
     payload_digest = wire.accrue_digest(buyer, bought, request.redeem_points, holds)
-    return m.AccrueOp(request.request_id, payload_digest, buyer, bought, request.redeem_points, holds)
+    return m.AccrueOp(request.request_id, payload_digest, buyer, bought, request.redeem_points, holds,
+                      occurred_at_ms=_time_ms(request, "occurred_at"))
 
 
 _REDEEM_MODES = (processing_pb2.REDEEM_MODE_IMMEDIATE, processing_pb2.REDEEM_MODE_HOLD)
@@ -109,6 +110,7 @@ def redeem_op(request: processing_pb2.RedeemRequest) -> m.RedeemOp:
         request.mode == processing_pb2.REDEEM_MODE_HOLD,
         _text(request.store_id, "store_id", limits.IDENTIFIER_BYTES_MAX, required=False),
         _text(request.terminal_id, "terminal_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+        occurred_at_ms=_time_ms(request, "occurred_at"),
     )
 
 
@@ -134,6 +136,7 @@ def rollback_op(request: processing_pb2.RollbackRequest) -> m.RollbackOp:
         tuple(returns),
         _text(request.store_id, "store_id", limits.IDENTIFIER_BYTES_MAX, required=False),
         _text(request.terminal_id, "terminal_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+        occurred_at_ms=_time_ms(request, "occurred_at"),
     )
 
 
