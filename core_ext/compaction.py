@@ -199,8 +199,9 @@ def _walk_records(step: _Step, name: str, position_key: bytes, removable) -> int
 
 def _remove_lots(step: _Step, now_ms: int) -> None:
     """Lots nothing will change again: expired, or spent with their expiry past (a rollback
-    leaves points whose lot has expired expired). Never an account's open lots, nor the lot the
-    day's purchases add to; spent lots that never expire stay (a rollback can refill them)."""
+    leaves points whose lot has expired expired; a purchase adds only to a lot of the same
+    expiry). Never an account's open lots; spent lots that never expire stay (a rollback can
+    refill them)."""
     accounts = step.dbs["accounts"]
 
     def removable(value: bytes) -> bool:
@@ -213,7 +214,7 @@ def _remove_lots(step: _Step, now_ms: int) -> None:
         if stored is None:
             return False
         account = rec.decode_account(stored)
-        return lot.lot_id not in account.open_lot_ids and lot.lot_id != account.last_lot_id
+        return lot.lot_id not in account.open_lot_ids
 
     step.lots += _walk_records(step, "lots", LOTS_KEY, removable)
 

@@ -170,7 +170,7 @@ class Hot:
         return self.name
 
 
-ACCRUE = Hot("Accrue", wire.accrue_op, processing_pb2.AccrueRequest, convert.accrue_op, 2, 3, 4, 1, 6)
+ACCRUE = Hot("Accrue", wire.accrue_op, processing_pb2.AccrueRequest, convert.accrue_op, 2, 3, 4, 1, 7)  # 6: occurred_at
 CALCULATE = Hot("Calculate", wire.calculate_query, processing_pb2.CalculateRequest, convert.calculate_query, 1, 2, 3, None, 5)
 HOT = (ACCRUE, CALCULATE)
 
