@@ -18,7 +18,7 @@ from kassa.server import checks, wire
 
 DIGEST_BYTES = wire.DIGEST_BYTES  # of the payload digest kept with each idempotency record
 EVENT_ATTRIBUTES_MAX = 32  # entries in a customer event's attributes
-TIMESTAMP_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the end of google.protobuf.Timestamp's range
+TIMESTAMP_MS_MAX = limits.TIMESTAMP_MS_MAX
 
 
 # The checks of plain values are server/checks.pyx's, shared with the C reader (server/wire.pyx).
