@@ -2,9 +2,10 @@
 
 1. Every account's active, pending and held totals equal the sums over its lots and live holds,
    and its open lots are in expiry order once it keeps them so.
-2. Replaying the journal from empty reproduces every lot's `remaining` (from its postings), every
-   account's debt (from its debt entries), every hold's fate (held, captured or voided) and every
-   counter (campaign caps, budgets, uses, promo-code uses).
+2. Replaying the journal from empty reproduces every lot's `remaining` (from its postings; a lot
+   that compaction removed must replay to nothing), every account's debt (from its debt entries),
+   every hold's fate (held, captured or voided) and every counter (campaign caps, budgets, uses,
+   promo-code uses).
 3. A request id maps to at most one transaction, and that transaction carries the request id.
 4. No rollback returned more than was bought or clawed back more than was earned.
 5. No lot and no account total is below zero (only clawback debt may make a balance negative).
