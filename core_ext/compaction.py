@@ -16,8 +16,9 @@ Where each walk stopped is kept in the `meta` database, so a step resumes where 
 ended. The journal is in time order (ids grow with time), and a walk stops at the first entry
 too young: a clock that stepped back makes it keep records longer, never shorter.
 
-Not done here (yet): promo codes past validity and counters of closed periods; see the report of
-issue 20.
+Not done here (yet): promo codes past validity (a removed code could be generated or imported
+again and inherit its old use counter) and counters of closed periods (a rollback of a
+transaction from that period writes its counters back, and `kassa verify` replays them).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ DROPPED_AGING_KEY = b"compact_dropped_aging_key"  # aging entries below it hold 
 LOTS_KEY = b"compact_lots_key"  # the lots walk goes on from here (b"": from the start)
 HOLDS_KEY = b"compact_holds_key"
 
-COMPACT_RECORDS_PER_TXN_MAX = 1_000  # records one compaction step examines (one write transaction: a median 2.5-7 ms on the 2-core machine)
+# Records one compaction step examines: one write transaction, a median 2.5-7 ms on the 2-core machine.
+COMPACT_RECORDS_PER_TXN_MAX = 1_000  # records
 
 
 class _TxnHead(msgspec.Struct, array_like=True, gc=False):
