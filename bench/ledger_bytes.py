@@ -1,11 +1,15 @@
 """What a purchase leaves in the ledger: logical bytes (key + value) per database, per purchase.
 
-    python -m bench.ledger_bytes [--accounts 10000] [--purchases 5000]
+    python -m bench.ledger_bytes [--accounts 10000] [--purchases 5000] [--past-replay-window]
 
 Seeds `--accounts` accounts, applies `--purchases` of the end-to-end driver's purchases (its
 receipts and skewed customers) in groups of GROUP_OPS, and prints, per database, how many bytes of
 keys and values were added or grown per purchase (a rewritten record counts its growth only; the
 last line: the LMDB gets and puts per purchase, from `Ledger.last_group_calls`).
+
+`--past-replay-window` then runs compaction (core_ext/compaction.py) a replay window (the
+default, core_ext/retention.py) later, as the server does, and prints what each purchase keeps
+while inside the return window: its answer dropped, its transaction id, digest and time kept.
 """
 
 from __future__ import annotations
@@ -39,8 +43,25 @@ def _sizes(ledger) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def measure(accounts: int, purchases: int) -> dict:
+def _compact(ledger, now_ms: int) -> None:
+    """Compaction to the end at `now_ms`, with the default windows."""
+    from kassa.core_ext.compaction import COMPACT_RECORDS_PER_TXN_MAX
+    from kassa.core_ext.model import CompactOp
+    from kassa.core_ext.retention import Retention
+
+    windows = Retention()
+    op = CompactOp(windows.replay_window_ms, windows.return_window_ms, COMPACT_RECORDS_PER_TXN_MAX)
+    while True:
+        (outcome,) = ledger.apply([op], now_ms)
+        if outcome.code != 0:
+            raise RuntimeError(f"compaction was refused: {outcome}")
+        if not outcome.body.more:
+            return
+
+
+def measure(accounts: int, purchases: int, past_replay_window: bool = False) -> dict:
     from kassa.core_ext import Ledger, Program, load_program
+    from kassa.core_ext.retention import Retention
     from kassa.server.wire import accrue_op
 
     workdir = Path(tempfile.mkdtemp(prefix="kassa-ledger-bytes-"))
@@ -50,8 +71,11 @@ def measure(accounts: int, purchases: int) -> dict:
         traffic = Traffic(1, accounts)
         ops = [accrue_op(traffic.accrue_request("ledger-bytes")) for _ in range(purchases)]
         ledger = Ledger(str(workdir / "ledger"), program, MAP_SIZE_BYTES, HOLD_TTL_S, sync=False)
-        before = _sizes(ledger)
         now_ms = time.time_ns() // 1_000_000
+        compact_at_ms = now_ms + Retention().replay_window_ms + 1
+        if past_replay_window:  # the seed's records too, so that only the purchases' count
+            _compact(ledger, compact_at_ms)
+        before = _sizes(ledger)
         reads = writes = 0
         for first in range(0, purchases, GROUP_OPS):
             for outcome in ledger.apply(ops[first:first + GROUP_OPS], now_ms):
@@ -59,6 +83,8 @@ def measure(accounts: int, purchases: int) -> dict:
                     raise RuntimeError(f"a purchase was refused: {outcome}")
             reads += ledger.last_group_calls[0]
             writes += ledger.last_group_calls[1]
+        if past_replay_window:
+            _compact(ledger, compact_at_ms)
         after = _sizes(ledger)
         ledger.close()
     finally:
@@ -74,14 +100,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--purchases", type=int, default=5_000)
+    parser.add_argument("--past-replay-window", action="store_true",
+                        help="measure after compaction a replay window later (answers dropped)")
     args = parser.parse_args(argv)
     if min(args.accounts, args.purchases) < 1:
         parser.error("--accounts and --purchases must be at least 1")
-    result = measure(args.accounts, args.purchases)
+    result = measure(args.accounts, args.purchases, args.past_replay_window)
     print(f"{'database':<12} {'records/purchase':>17} {'bytes/record':>13} {'bytes added/purchase':>21}")
     for name, row in result["databases"].items():
         print(f"{name:<12} {row['records_per_purchase']:>17.2f} {row['bytes_per_record']:>13.1f} "
               f"{row['bytes_added_per_purchase']:>21.1f}")
+    total = sum(row["bytes_added_per_purchase"] for row in result["databases"].values())
+    print(f"{'all':<12} {'':>17} {'':>13} {total:>21.1f}")
     print(f"LMDB calls per purchase: {result['gets_per_purchase']:.2f} gets, {result['puts_per_purchase']:.2f} puts")
     return 0
 

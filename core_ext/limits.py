@@ -24,3 +24,4 @@ SWEEP_ACCOUNTS_MAX = 5_000  # accounts settled by one expiry-sweep transaction
 STATEMENT_PAGE_SIZE_DEFAULT = 50  # transactions
 STATEMENT_PAGE_SIZE_MAX = 500  # transactions
 MS_PER_DAY = 86_400_000  # milliseconds
+TIMESTAMP_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the end of google.protobuf.Timestamp's range

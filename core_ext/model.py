@@ -47,6 +47,8 @@ class Reason(enum.IntEnum):
     ALREADY_IN_GROUP = 14
     NOT_IN_GROUP = 15
     UNKNOWN_CAMPAIGN = 16
+    ANSWER_NOT_KEPT = 17  # a retry past the replay window: its answer was dropped (core_ext/retention.py)
+    REQUEST_TOO_OLD = 18  # occurred_at is older than the return window: the ledger may have forgotten it
 
 
 class TxnKind(enum.IntEnum):
@@ -151,6 +153,7 @@ class AccrueOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=1):
     capture_hold_ids: tuple[int, ...] = ()
     actor: str = ""  # who asks: the API key's terminal or operator, for the journal
     stores: tuple[str, ...] = ()  # the caller's stores: what it may roll back or capture; (): any
+    occurred_at_ms: int = 0  # when the POS made it (0: not sent); see core_ext/retention.py
 
 
 class RedeemOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=2):
@@ -163,6 +166,7 @@ class RedeemOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=2):
     store_id: str = ""
     terminal_id: str = ""
     actor: str = ""  # who asks: the API key's terminal or operator, for the journal
+    occurred_at_ms: int = 0  # when the POS made it (0: not sent); see core_ext/retention.py
 
 
 class ReturnLine(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -180,6 +184,7 @@ class RollbackOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=3):
     terminal_id: str = ""
     actor: str = ""  # who asks: the API key's terminal or operator, for the journal
     stores: tuple[str, ...] = ()  # the caller's stores: what it may roll back or capture; (): any
+    occurred_at_ms: int = 0  # when the POS made it (0: not sent); see core_ext/retention.py
 
 
 def store_of(op) -> str | None:
@@ -300,9 +305,20 @@ class SweepOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):
     request_id: str = ""
 
 
+class CompactOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=15):
+    """One bounded step of compaction (core_ext/compaction.py): drop stored answers past the
+    replay window, forget requests past the return window, remove ended lots and holds. Not
+    idempotent by request id: like a sweep, it only removes what time has already decided."""
+
+    replay_window_ms: int
+    return_window_ms: int
+    records_max: int  # records examined by this step (one write transaction)
+    request_id: str = ""
+
+
 Operation = (
     AccrueOp | RedeemOp | RollbackOp | CreateAccountOp | IssueCardOp | BlockCardOp | SetAttributesOp | AdjustOp
-    | JoinGroupOp | LeaveGroupOp | SweepOp | EventOp | PromoCodesOp | SetRulesOp
+    | JoinGroupOp | LeaveGroupOp | SweepOp | EventOp | PromoCodesOp | SetRulesOp | CompactOp
 )
 
 
@@ -520,9 +536,17 @@ class SweepResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=18
     more: bool  # accounts were left for the next sweep
 
 
+class CompactResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=21):
+    answers_dropped: int  # stored answers past the replay window, now retained records
+    requests_forgotten: int  # idempotency records (and tombstones) past the return window, removed
+    lots_removed: int
+    holds_removed: int
+    more: bool  # the step stopped at `records_max`: run another
+
+
 Body = (
     AccountView | CalculateResult | AccrueResult | RedeemResult | RollbackResult | Statement | AdjustResult
-    | CardResult | SweepResult | EventResult | PromoCodesResult
+    | CardResult | SweepResult | EventResult | PromoCodesResult | CompactResult
 )
 
 

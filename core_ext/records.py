@@ -218,6 +218,7 @@ class IdempotencyRec(msgspec.Struct, array_like=True, gc=False):
 # An idempotency record begins with its format: a msgpack array header (0x90-0x9f, 0xdc) for an
 # `IdempotencyRec` (every record written before formats existed), or one of these bytes.
 IDEMPOTENCY_ACCRUE_V1 = 0x01  # an accepted purchase: `AccrueOutcomeRec`, the rest read from its journal entry
+IDEMPOTENCY_RETAINED_V1 = 0x02  # past the replay window: `RetainedRec`, the answer dropped (core_ext/retention.py)
 
 
 class AccrueOutcomeRare(msgspec.Struct, array_like=True, gc=False):
@@ -251,10 +252,23 @@ class AccrueOutcomeRec(msgspec.Struct, array_like=True, gc=False):
     rare: AccrueOutcomeRare | None = None
 
 
-def decode_idempotency(stored: bytes) -> IdempotencyRec | AccrueOutcomeRec:
-    """Either format of an idempotency record; both have `digest` and `txn_id`."""
+class RetainedRec(msgspec.Struct, array_like=True, gc=False):
+    """What is kept of a request past the replay window, for the return window: enough to refuse
+    its retry (never apply it twice) and to roll it back by `original_request_id`; the answer is
+    dropped. Stored after the byte IDEMPOTENCY_RETAINED_V1. Tombstones are never retained this
+    way: they keep their `IdempotencyRec` (and its stores) until the return window ends."""
+
+    digest: bytes  # of the request payload (never b"": a tombstone is not retained)
+    txn_id: int  # 0 for a rejection
+    at_ms: int  # when the request was applied: the record leaves the ledger a return window later
+
+
+def decode_idempotency(stored: bytes) -> IdempotencyRec | AccrueOutcomeRec | RetainedRec:
+    """Any format of an idempotency record; each has `digest` and `txn_id`."""
     if stored[0] == IDEMPOTENCY_ACCRUE_V1:
         return decode_accrue_outcome(memoryview(stored)[1:])
+    if stored[0] == IDEMPOTENCY_RETAINED_V1:
+        return decode_retained(memoryview(stored)[1:])
     return _decode_idempotency_rec(stored)
 
 
@@ -268,3 +282,4 @@ decode_reversal = msgspec.msgpack.Decoder(ReversalRec).decode
 _decode_idempotency_rec = msgspec.msgpack.Decoder(IdempotencyRec).decode
 decode_accrue_outcome = msgspec.msgpack.Decoder(AccrueOutcomeRec).decode
 decode_promo_code = msgspec.msgpack.Decoder(PromoCodeRec).decode
+decode_retained = msgspec.msgpack.Decoder(RetainedRec).decode

@@ -2,9 +2,10 @@
 
 1. Every account's active, pending and held totals equal the sums over its lots and live holds,
    and its open lots are in expiry order once it keeps them so.
-2. Replaying the journal from empty reproduces every lot's `remaining` (from its postings), every
-   account's debt (from its debt entries), every hold's fate (held, captured or voided) and every
-   counter (campaign caps, budgets, uses, promo-code uses).
+2. Replaying the journal from empty reproduces every lot's `remaining` (from its postings; a lot
+   that compaction removed must replay to nothing), every account's debt (from its debt entries),
+   every hold's fate (held, captured or voided) and every counter (campaign caps, budgets, uses,
+   promo-code uses).
 3. A request id maps to at most one transaction, and that transaction carries the request id.
 4. No rollback returned more than was bought or clawed back more than was earned.
 5. No lot and no account total is below zero (only clawback debt may make a balance negative).
@@ -137,13 +138,20 @@ def _check_replay(txn, dbs, accounts: dict, lots: dict, holds: list, journal: di
     replayed: dict[int, int] = defaultdict(int, carried.lot_postings)
     debt: dict[str, int] = defaultdict(int, {account_id: checkpoint.debt
                                              for account_id, checkpoint in carried.checkpoints.items()})
+    created: dict[int, int] = {}  # lot id -> the transaction that created it
     for entry in journal.values():
         for posting in entry.postings:
             replayed[posting.lot_id] += posting.delta
         debt[entry.account_id] += entry.debt_delta
         for made in ([entry.new_lot] if entry.new_lot is not None else []) + entry.extra_lots:
-            if made.lot_id not in lots:
-                violations.append(f"transaction {entry.txn_id}: created lot {made.lot_id}, which is missing")
+            created[made.lot_id] = entry.txn_id
+    # Compaction removes lots that ended (core_ext/compaction.py): a missing lot is one whose
+    # postings took it to nothing; one that the journal leaves with points is missing points.
+    for lot_id in sorted(set(created) | set(replayed)):
+        if lot_id not in lots and replayed[lot_id] != 0:
+            made_by = f"transaction {created[lot_id]}: created" if lot_id in created else "the journal posts to"
+            violations.append(f"{made_by} lot {lot_id}, which is missing with {replayed[lot_id]} points left "
+                              "(journal replay)")
     for lot in lots.values():
         if replayed[lot.lot_id] != lot.remaining:
             violations.append(f"account {lot.account_id}: lot {lot.lot_id} remaining expected "

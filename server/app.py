@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kassa.core_ext import Ledger, Program, RulesError, load_program
 from kassa.core_ext.model import Code
+from kassa.core_ext.retention import Retention
 from kassa.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -39,7 +40,7 @@ from kassa.server.config import ServerConfig
 from kassa.server.cpus import usable_cpus
 from kassa.server.logs import event
 from kassa.server.servicers.accounts import AccountsServicer
-from kassa.server.servicers.admin import AdminServicer, compile_rules, sweep_expired, switch_rules
+from kassa.server.servicers.admin import AdminServicer, compact_ledger, compile_rules, sweep_expired, switch_rules
 from kassa.server.servicers.bench import BenchServicer
 from kassa.server.servicers.processing import ProcessingServicer
 from kassa.server.servicers.processing import add_to_server as add_processing
@@ -69,7 +70,7 @@ def open_ledger(config: ServerConfig) -> Ledger:
     program = Program(load_program([Path(path) for path in config.rules.paths]))
     path = config.ledger.path
     try:
-        return Ledger(
+        ledger = Ledger(
             path,
             program,
             config.ledger.map_size_bytes,
@@ -79,6 +80,8 @@ def open_ledger(config: ServerConfig) -> Ledger:
             map_size_bytes_max=config.ledger.map_size_bytes_max,
             disk_reserve_bytes=config.ledger.disk_reserve_bytes,
         )
+        ledger.retention = Retention.of_seconds(config.ledger.replay_window_s, config.ledger.return_window_s)
+        return ledger
     except lmdb.ReadersFullError as error:
         raise LedgerUnavailable(
             f"cannot open the ledger at {path}: every reader slot is taken ({error}): by processes reading it, "
@@ -101,6 +104,21 @@ async def sweep_periodically(committer, interval_s: float) -> None:
             log.exception("expiry sweep failed; the next one retries")
             continue
         event(log, "expiry sweep", accounts_settled=settled, expired_points=expired)
+
+
+async def compact_periodically(committer, retention: Retention, interval_s: float) -> None:
+    """Compaction (core_ext/compaction.py) in steps through the committer, between purchases."""
+    if interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            done = await compact_ledger(committer, retention)
+        except RuntimeError:
+            log.exception("compaction failed; the next one retries")
+            continue
+        event(log, "compaction", answers_dropped=done.answers_dropped, requests_forgotten=done.requests_forgotten,
+              lots_removed=done.lots_removed, holds_removed=done.holds_removed)
 
 
 def refresh_rules(ledger) -> None:
@@ -322,6 +340,7 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     chores = [
         loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s)),
+        loop.create_task(compact_periodically(committer, ledger.retention, config.ledger.compaction_interval_s)),
         loop.create_task(check_readers_periodically(ledger, config.ledger.reader_check_interval_s)),
         loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
         loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),

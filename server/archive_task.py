@@ -1,6 +1,6 @@
 """The server's journal archive chore: every `ledger.archive_interval_s` (0: never), archive the
-journal's closed period (entries older than `ledger.archive_after_days`, never inside the return
-window) in a child process, so that neither the event loop nor the serving interpreter does the
+journal's closed period (entries older than `ledger.archive_after_s`, never what the ledger still
+remembers: core_ext/journal_archive/runner.py) in a child process, so that neither the event loop nor the serving interpreter does the
 work; the group commits go on between its bounded write transactions."""
 
 from __future__ import annotations
@@ -21,24 +21,21 @@ async def archive_periodically(ledger_config, clock) -> None:
     interval_s = ledger_config.archive_interval_s
     if interval_s <= 0:
         return
-    # The return window (the retention work's key) is never archived, whatever archive_after_days says.
-    return_window_days = getattr(ledger_config, "return_window_days", 0)
     # "spawn": a forked child would inherit this process's open LMDB environment, which LMDB forbids.
     pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     try:
         while True:
             await asyncio.sleep(interval_s)
-            await _archive_once(pool, ledger_config, clock.now_ms(), return_window_days)
+            await _archive_once(pool, ledger_config, clock.now_ms())
     finally:
         # Not waiting: a drain must not wait for a run (one killed at any point is safe; the next finishes it).
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _archive_once(pool, ledger_config, now_ms: int, return_window_days: int) -> None:
+async def _archive_once(pool, ledger_config, now_ms: int) -> None:
     loop = asyncio.get_running_loop()
     try:
-        result = await loop.run_in_executor(pool, archive_ledger_at, ledger_config.path, now_ms,
-                                            ledger_config.archive_after_days, return_window_days)
+        result = await loop.run_in_executor(pool, archive_ledger_at, ledger_config.path, now_ms, ledger_config)
     except ArchiveConflict as error:  # `kassa archive` ran meanwhile: the next round goes on
         event(log, "journal archive skipped", reason=str(error))
         return

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     period = archive.add_mutually_exclusive_group()
     period.add_argument("--before", help="archive entries created before this UTC date or time (ISO 8601)")
     period.add_argument("--older-than-days", type=int, help="archive entries older than this many days "
-                        "(default: ledger.archive_after_days)")
+                        "(default: ledger.archive_after_s)")
 
     rules = commands.add_parser("rules", help="work with loyalty program files")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
@@ -307,9 +307,9 @@ def _verify(args) -> int:
 
 def _archive(args) -> int:
     """Archive the journal's closed period: entries older than the period the flags (or
-    ledger.archive_after_days) name, never inside the return window."""
+    ledger.archive_after_s) name, never what the ledger still remembers (journal_archive/runner.py)."""
     from kassa.core_ext.journal_archive import ArchiveConflict, ArchiveUnreadable, archive_dir_of, archive_journal
-    from kassa.core_ext.limits import MS_PER_DAY
+    from kassa.core_ext.journal_archive.runner import after_compaction, keep_after_ms
     from kassa.server.clock import make_clock
 
     config = _load(args.config)
@@ -317,10 +317,9 @@ def _archive(args) -> int:
     before_ms = _archive_before_ms(args, config, now_ms)
     env, dbs = _open_existing("archive", config.ledger.path, config.ledger.map_size_bytes)
     try:
-        # The return window (the retention work's ledger.return_window_days) is never archived:
-        # a return or rollback reads its original's entry.
-        keep_after_ms = now_ms - getattr(config.ledger, "return_window_days", 0) * MS_PER_DAY
-        result = archive_journal(env, dbs, archive_dir_of(config.ledger.path), before_ms, keep_after_ms, now_ms)
+        result = archive_journal(env, dbs, archive_dir_of(config.ledger.path), before_ms,
+                                 keep_after_ms(now_ms, config.ledger), now_ms,
+                                 after_compaction=after_compaction(config.ledger))
     except (ArchiveConflict, ArchiveUnreadable, OSError) as error:
         print(f"kassa archive: {error}", file=sys.stderr)
         return 1
@@ -339,11 +338,12 @@ def _archive_before_ms(args, config, now_ms: int) -> int:
     from kassa.core_ext.limits import MS_PER_DAY
 
     if args.before is None:
-        days = config.ledger.archive_after_days if args.older_than_days is None else args.older_than_days
-        if days < 0:
-            print(f"kassa archive: --older-than-days must be >= 0, got {days}", file=sys.stderr)
+        if args.older_than_days is None:
+            return now_ms - config.ledger.archive_after_s * 1000
+        if args.older_than_days < 0:
+            print(f"kassa archive: --older-than-days must be >= 0, got {args.older_than_days}", file=sys.stderr)
             raise SystemExit(2)
-        return now_ms - days * MS_PER_DAY
+        return now_ms - args.older_than_days * MS_PER_DAY
     try:
         moment = dt.datetime.fromisoformat(args.before)
     except ValueError:

@@ -37,7 +37,11 @@ class LedgerSection(_Section):
     readers_max: int = 512
     reader_check_interval_s: float = 10  # reclaim reader slots of dead processes this often
     archive_interval_s: float = 0  # archive the journal's closed period this often in the server; 0: off
-    archive_after_days: int = 90  # the closed period: journal entries older than this many days
+    archive_after_s: int = 90 * 86_400  # the closed period: journal entries older than this (never inside return_window_s)
+    # Seconds, not days: a test or a soak shortens them to minutes without fractions (core_ext/retention.py).
+    replay_window_s: int = 7 * 86_400  # a retry is answered byte for byte this long; then refused, never reapplied
+    return_window_s: int = 90 * 86_400  # a return by original_request_id works this long; then the request is forgotten
+    compaction_interval_s: float = 600  # drop answers, forget requests, remove ended lots and holds this often; 0: never
 
 
 class RulesSection(_Section):
@@ -122,7 +126,10 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("ledger", "readers_max"): (8, 100_000),
     ("ledger", "reader_check_interval_s"): (0.1, 3600),
     ("ledger", "archive_interval_s"): (0, 86_400),
-    ("ledger", "archive_after_days"): (1, 36_500),
+    ("ledger", "archive_after_s"): (1, 100 * 366 * 86_400),
+    ("ledger", "replay_window_s"): (1, 10 * 366 * 86_400),
+    ("ledger", "return_window_s"): (1, 10 * 366 * 86_400),
+    ("ledger", "compaction_interval_s"): (0, 86_400),
     ("processing", "hold_ttl_s"): (1, 30 * 86_400),
     ("processing", "batch_operations_max"): (1, 1_000_000),
     ("processing", "stream_events_in_flight_max"): (1, 10_000_000),
@@ -181,6 +188,12 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
             raise ConfigError(
                 f"{path or 'config'}: {section}.{key} = {value}{source(f'{section}.{key}')} is outside {least}..{most}"
             )
+    if config.ledger.return_window_s < config.ledger.replay_window_s:
+        raise ConfigError(
+            f"{path or 'config'}: ledger.return_window_s = {config.ledger.return_window_s}"
+            f"{source('ledger.return_window_s')} is below ledger.replay_window_s = {config.ledger.replay_window_s}"
+            f"{source('ledger.replay_window_s')}: a request is remembered at least as long as its answer"
+        )
     if config.ledger.map_size_bytes_max < config.ledger.map_size_bytes:
         raise ConfigError(
             f"{path or 'config'}: ledger.map_size_bytes_max = {config.ledger.map_size_bytes_max}"

@@ -18,7 +18,7 @@ from kassa.server import checks, wire
 
 DIGEST_BYTES = wire.DIGEST_BYTES  # of the payload digest kept with each idempotency record
 EVENT_ATTRIBUTES_MAX = 32  # entries in a customer event's attributes
-TIMESTAMP_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the end of google.protobuf.Timestamp's range
+TIMESTAMP_MS_MAX = limits.TIMESTAMP_MS_MAX
 
 
 # The checks of plain values are server/checks.pyx's, shared with the C reader (server/wire.pyx).
@@ -83,7 +83,8 @@ def accrue_op(request: processing_pb2.AccrueRequest) -> m.AccrueOp:
     checks.accrue(request.request_id, buyer, bought, request.redeem_points, holds)
     # Hashed from the checked values, as server/wire.pyx does for the requests it decodes.
     payload_digest = wire.accrue_digest(buyer, bought, request.redeem_points, holds)
-    return m.AccrueOp(request.request_id, payload_digest, buyer, bought, request.redeem_points, holds)
+    return m.AccrueOp(request.request_id, payload_digest, buyer, bought, request.redeem_points, holds,
+                      occurred_at_ms=_time_ms(request, "occurred_at"))
 
 
 _REDEEM_MODES = (processing_pb2.REDEEM_MODE_IMMEDIATE, processing_pb2.REDEEM_MODE_HOLD)
@@ -109,6 +110,7 @@ def redeem_op(request: processing_pb2.RedeemRequest) -> m.RedeemOp:
         request.mode == processing_pb2.REDEEM_MODE_HOLD,
         _text(request.store_id, "store_id", limits.IDENTIFIER_BYTES_MAX, required=False),
         _text(request.terminal_id, "terminal_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+        occurred_at_ms=_time_ms(request, "occurred_at"),
     )
 
 
@@ -134,6 +136,7 @@ def rollback_op(request: processing_pb2.RollbackRequest) -> m.RollbackOp:
         tuple(returns),
         _text(request.store_id, "store_id", limits.IDENTIFIER_BYTES_MAX, required=False),
         _text(request.terminal_id, "terminal_id", limits.IDENTIFIER_BYTES_MAX, required=False),
+        occurred_at_ms=_time_ms(request, "occurred_at"),
     )
 
 

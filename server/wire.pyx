@@ -43,8 +43,12 @@ cdef enum:
     WIRE_LEN = 2
     WIRE_I32 = 5
     FIELD_NUMBER_MAX = 536870911  # 2**29 - 1
+    ACCRUE_OCCURRED_AT_FIELD = 6  # AccrueRequest.occurred_at
+    NANOS_PER_SECOND = 1_000_000_000
+    NANOS_PER_MS = 1_000_000
 
 cdef Py_ssize_t REQUEST_ID_BYTES_MAX = limits.REQUEST_ID_BYTES_MAX
+cdef int64_t TIMESTAMP_MS_MAX = limits.TIMESTAMP_MS_MAX
 cdef Py_ssize_t MESSAGE_BYTES_MAX = RESULT_MESSAGE_BYTES_MAX
 cdef tuple CUSTOMER_KINDS = (None, IdKind.ACCOUNT, IdKind.CARD, IdKind.PHONE)  # by field number
 
@@ -268,6 +272,33 @@ cdef object _customer_receipt(const uint8_t* customer_data, Py_ssize_t customer_
     return customer, receipt
 
 
+cdef int64_t _timestamp_ms(const uint8_t* p, const uint8_t* end) noexcept:
+    """A google.protobuf.Timestamp's bytes in ms since the epoch, as convert.py's `_time_ms` takes
+    them; -1 for any it would refuse or that is not plain (protobuf and convert.py say why)."""
+    cdef Field field
+    cdef int got
+    cdef int64_t seconds = 0, nanos = 0
+    cdef bint seen_seconds = False, seen_nanos = False
+    while True:
+        got = _next(&p, end, &field)
+        if got == 0:
+            break
+        if got < 0 or field.wire != WIRE_VARINT or field.number > 2:
+            return -1
+        if field.number == 1:
+            if seen_seconds:
+                return -1
+            seconds, seen_seconds = <int64_t>field.value, True
+        else:
+            if seen_nanos:
+                return -1
+            nanos, seen_nanos = <int64_t>field.value, True
+    if nanos < 0 or nanos >= NANOS_PER_SECOND or seconds < 0 or seconds > TIMESTAMP_MS_MAX // 1000:
+        return -1
+    cdef int64_t ms = seconds * 1000 + nanos // NANOS_PER_MS
+    return ms if 0 < ms <= TIMESTAMP_MS_MAX else -1
+
+
 cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
     """An AccrueRequest's bytes as an AccrueOp, or None; an empty request_id is `default_request_id`
     (a stream's purchase takes its event_id), checked by the caller against the request id limit."""
@@ -278,6 +309,7 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
     cdef const uint8_t* customer_data = NULL
     cdef const uint8_t* receipt_data = NULL
     cdef Py_ssize_t customer_size = 0, receipt_size = 0
+    cdef int64_t occurred_at_ms = 0
     request_id = ""
     while True:
         got = _next(&p, end, &field)
@@ -285,6 +317,13 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
             break
         if got < 0:
             return None
+        if field.number == ACCRUE_OCCURRED_AT_FIELD:
+            if field.wire != WIRE_LEN or occurred_at_ms:
+                return None  # protobuf merges a repeated message field
+            occurred_at_ms = _timestamp_ms(field.data, field.data + field.size)
+            if occurred_at_ms < 0:
+                return None
+            continue
         if field.number > 5:
             continue
         if field.number == 4:
@@ -317,7 +356,8 @@ cdef object _accrue(const uint8_t* p, const uint8_t* end, default_request_id):
         checks.accrue(rid, customer, receipt, redeem, ())
     except checks.InvalidArgument:
         return None  # protobuf and convert.py check it again, to say why
-    return AccrueOp(rid, accrue_digest(customer, receipt, redeem, ()), customer, receipt, redeem)
+    return AccrueOp(rid, accrue_digest(customer, receipt, redeem, ()), customer, receipt, redeem,
+                    occurred_at_ms=occurred_at_ms)
 
 
 def accrue_op(bytes data):

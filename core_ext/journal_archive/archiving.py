@@ -4,7 +4,10 @@ What moves: the longest prefix of the journal (by txn id, which grows with time)
 created before the cutoff, `min(before_ms, keep_after_ms)`, and are not a hold still capturable at
 `now_ms`. The caller's `keep_after_ms` keeps what later operations still read from the journal: a
 return or rollback of an original, a replay rebuilt from its entry (server: the return window). A
-prefix keeps one boundary txn id: below it the archive, from it the journal.
+prefix keeps one boundary txn id: below it the archive, from it the journal. With
+`after_compaction`, the prefix also stops at compaction's walk (core_ext/compaction.py): an entry
+moves only once compaction has forgotten the request that made it, or its idempotency record would
+stay behind with no journal entry left to lead compaction to it.
 
 The order makes a crash at any point safe (an entry is always in the journal, or in a listed and
 checksummed segment, or both), and a rerun finish the job:
@@ -26,6 +29,7 @@ import lmdb
 import msgspec
 
 from kassa.core_ext import records as rec
+from kassa.core_ext.compaction import FORGOTTEN_TXN_KEY
 from kassa.core_ext.journal_archive import segments, state
 from kassa.core_ext.model import TxnKind
 
@@ -52,7 +56,7 @@ def archive_dir_of(ledger_path: str | Path) -> Path:
 
 def archive_journal(env, dbs: dict, archive_dir: Path, before_ms: int, keep_after_ms: int | None = None,
                     now_ms: int | None = None, segment_entries_max: int = SEGMENT_ENTRIES_MAX,
-                    on_step=None) -> ArchiveResult:
+                    on_step=None, after_compaction: bool = False) -> ArchiveResult:
     """Archive the journal's entries created before `before_ms` (and before `keep_after_ms`, when
     given), in segments of at most `segment_entries_max` entries. `on_step(name)`, if given, is
     called after each step ("written", "listed", "deleting"): the crash tests stop there."""
@@ -64,7 +68,8 @@ def archive_journal(env, dbs: dict, archive_dir: Path, before_ms: int, keep_afte
     while True:
         with env.begin() as txn:
             below = state.read_below(_getter(txn, dbs))
-            entries = _closed_entries(txn, dbs, below, cutoff_ms, now_ms, segment_entries_max)
+            upto_txn_id = _forgotten_txn_id(txn, dbs) if after_compaction else None
+            entries = _closed_entries(txn, dbs, below, cutoff_ms, now_ms, segment_entries_max, upto_txn_id)
         if not entries:
             break
         manifest = segments.write_segment(archive_dir, entries)
@@ -83,8 +88,15 @@ def _getter(txn, dbs: dict):
     return lambda name, key: txn.get(key, db=dbs[name])
 
 
-def _closed_entries(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int, entries_max: int) -> list:
-    """The journal's entries from `from_txn_id` on, up to the first that must stay."""
+def _forgotten_txn_id(txn, dbs: dict) -> int:
+    """Compaction's walk: journal entries below it own no idempotency record (0: it never ran)."""
+    stored = txn.get(FORGOTTEN_TXN_KEY, db=dbs["meta"])
+    return int.from_bytes(stored, "big") if stored else 0
+
+
+def _closed_entries(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int, entries_max: int,
+                    upto_txn_id: int | None = None) -> list:
+    """The journal's entries from `from_txn_id` on (below `upto_txn_id`, if given), up to the first that must stay."""
     entries = []
     cursor = txn.cursor(db=dbs["journal"])
     if not cursor.set_range(from_txn_id.to_bytes(8, "big")):
@@ -92,6 +104,8 @@ def _closed_entries(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: in
     for _, value in cursor:
         entry = rec.decode_txn(value)
         if entry.created_at_ms >= cutoff_ms or _capturable_hold(txn, dbs, entry, now_ms):
+            break
+        if upto_txn_id is not None and entry.txn_id >= upto_txn_id:
             break
         entries.append(entry)
         if len(entries) >= entries_max:

@@ -12,22 +12,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from kassa.core_ext.journal_archive.archiving import ArchiveResult, archive_dir_of, archive_journal
-from kassa.core_ext.limits import MS_PER_DAY
+from kassa.core_ext.retention import Retention
+
+SECOND_MS = 1000  # milliseconds
 
 
-def closed_before_ms(now_ms: int, archive_after_days: int, return_window_days: int = 0) -> int:
-    """The period rule: entries older than `archive_after_days`, and never inside the return window."""
-    return now_ms - max(archive_after_days, return_window_days) * MS_PER_DAY
+def closed_before_ms(now_ms: int, ledger_config) -> int:
+    """The period rule: entries older than `ledger.archive_after_s`; never what the ledger still
+    remembers (the return window, and the margin past it before compaction forgets a request)."""
+    return min(now_ms - ledger_config.archive_after_s * SECOND_MS, keep_after_ms(now_ms, ledger_config))
 
 
-def archive_closed_period(ledger, now_ms: int, archive_after_days: int, return_window_days: int = 0) -> ArchiveResult:
+def keep_after_ms(now_ms: int, ledger_config) -> int:
+    """Entries made after this stay in the journal whatever the period: a return, a rollback or a
+    retry of their request reads them."""
+    retention = Retention.of_seconds(ledger_config.replay_window_s, ledger_config.return_window_s)
+    return retention.forget_before_ms(now_ms)
+
+
+def after_compaction(ledger_config) -> bool:
+    """Whether the archive must wait for compaction's walk: when compaction runs, it forgets the
+    requests of the entries it walks, and an entry archived before it would leave its record behind."""
+    return ledger_config.compaction_interval_s > 0
+
+
+def archive_closed_period(ledger, now_ms: int, ledger_config) -> ArchiveResult:
     """Archive `ledger`'s journal entries older than the period rule says, into `<ledger.path>/archive`."""
     _, dbs = ledger.raw_transaction()  # the databases only: the transaction is never begun
-    before_ms = closed_before_ms(now_ms, archive_after_days, return_window_days)
-    return archive_journal(ledger.env, dbs, archive_dir_of(ledger.path), before_ms, before_ms, now_ms)
+    before_ms = closed_before_ms(now_ms, ledger_config)
+    return archive_journal(ledger.env, dbs, archive_dir_of(ledger.path), before_ms, before_ms, now_ms,
+                           after_compaction=after_compaction(ledger_config))
 
 
-def archive_ledger_at(path: str, now_ms: int, archive_after_days: int, return_window_days: int = 0) -> ArchiveResult:
+def archive_ledger_at(path: str, now_ms: int, ledger_config) -> ArchiveResult:
     """The same for the ledger at `path`, opened here (in the server's archive process)."""
     import lmdb
 
@@ -38,7 +55,8 @@ def archive_ledger_at(path: str, now_ms: int, archive_after_days: int, return_wi
     env = GrowingEnvironment(lmdb.open(str(path), max_dbs=MAX_DBS, map_size=1024**2, readahead=False))
     try:
         dbs = {name.decode(): env.open_db(name) for name in DB_NAMES}
-        before_ms = closed_before_ms(now_ms, archive_after_days, return_window_days)
-        return archive_journal(env, dbs, archive_dir_of(Path(path)), before_ms, before_ms, now_ms)
+        before_ms = closed_before_ms(now_ms, ledger_config)
+        return archive_journal(env, dbs, archive_dir_of(Path(path)), before_ms, before_ms, now_ms,
+                               after_compaction=after_compaction(ledger_config))
     finally:
         env.close()

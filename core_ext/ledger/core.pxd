@@ -40,3 +40,4 @@ cdef class Ledger:
     cdef long long _now_ms  # of the group being applied
     cdef bint _sync  # commits are durable before `apply` returns
     cdef readonly object archive  # the journal archive's segments: entries below its boundary
+    cdef public object retention  # the replay and return windows (core_ext/retention.py)

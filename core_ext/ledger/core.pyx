@@ -31,22 +31,24 @@ import msgspec
 from msgspec.structs import replace as _replace
 
 from kassa.core_ext import records as rec
+from kassa.core_ext.compaction import compact
 from kassa.core_ext.journal_archive import ArchiveReader, archive_dir_of, journal_entry
 from kassa.core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from kassa.core_ext.map_size import GrowingEnvironment
+from kassa.core_ext.retention import Retention, aging_key, answer_not_kept
 from kassa.core_ext.model import (
     AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, Calculation, CalculateResult,
     CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
     LeaveGroupOp, LineResult, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
     RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, SetRulesOp, Shopper, Statement, SweepOp,
-    SweepResult, TransactionView, TxnKind, rejected, store_of,
+    SweepResult, CompactOp, TransactionView, TxnKind, rejected, store_of,
 )
 from kassa.core_ext.program import parse_program
 from kassa.core_ext.promo import PatternError, allowed_count, check_code, generate, parse_pattern
 from kassa.core_ext.rules import Program, prorate_points
 
 DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
-            b"reversals", b"meta", b"counters", b"codes")
+            b"reversals", b"meta", b"counters", b"codes", b"aging")
 NEXT_TXN_KEY = b"next_txn_id"
 RULESET_KEY = b"ruleset"  # the serving ruleset: (version, sources), shared by every worker
 RULE_FILES_KEY = b"rule_files"  # the version of the rule files last adopted at a start
@@ -68,6 +70,7 @@ _decode_ruleset = msgspec.msgpack.Decoder(tuple[str, dict[str, str]]).decode
 _decode_ruleset_version = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw]).decode
 _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
 AccrueOutcomeRec = rec.AccrueOutcomeRec
+RetainedRec = rec.RetainedRec
 AccrueOutcomeRare = rec.AccrueOutcomeRare
 NO_RARE = AccrueOutcomeRare()
 IDEMPOTENCY_ACCRUE_V1_BYTE = bytes([rec.IDEMPOTENCY_ACCRUE_V1])
@@ -151,6 +154,7 @@ cdef class Ledger:
         # two commits until a later commit has synced).
         self._sync = sync
         self.archive = ArchiveReader(archive_dir_of(self.path))
+        self.retention = Retention()
         self.env = GrowingEnvironment(
             lmdb.open(self.path, map_size=map_size_bytes, max_dbs=MAX_DBS, sync=sync, metasync=False,
                       readahead=False, max_readers=readers_max), map_size_bytes_max, disk_reserve_bytes)
@@ -242,6 +246,12 @@ cdef class Ledger:
             return _sweep(self, batch, op)
         if kind is SetRulesOp:
             return _set_rules(self, batch, op)
+        if kind is CompactOp:
+            return compact(batch.txn, batch.dbs, batch.now_ms, op)
+        if getattr(op, "occurred_at_ms", 0):  # a request that says when it was made may be too old to check
+            refusal = self.retention.age_refusal(op, batch.now_ms)
+            if refusal is not None:
+                return refusal
         stored = batch.get("idempotency", op.request_id.encode())
         if stored is not None:
             record = _decode_idempotency(stored)
@@ -255,6 +265,8 @@ cdef class Ledger:
         if outcome.code == CODE_OK or outcome.code == Code.FAILED_PRECONDITION:
             # Business outcomes are final: a retry replays them, never flips them.
             batch.put("idempotency", op.request_id.encode(), _idempotency_record(op.digest, txn_id, outcome))
+            if txn_id == 0:  # no journal entry dates it: the aging index does, for compaction
+                batch.put("aging", aging_key(batch.now_ms, op.request_id.encode()), b"")
         return outcome
 
     def adopt_rule_files(self, long long now_ms):

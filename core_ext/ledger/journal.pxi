@@ -96,6 +96,8 @@ def _replay(Ledger self, _Batch batch, op, record):
                         f"request_id '{op.request_id}' was used before with a different payload")
     if type(record) is AccrueOutcomeRec:
         return _rebuilt_accrue(record, journal_entry(batch.txn, batch.dbs, self.archive, record.txn_id))
+    if type(record) is RetainedRec:  # past the replay window: refused, never applied again
+        return answer_not_kept(op, record)
     return _decode_outcome(record.outcome)
 
 
@@ -106,6 +108,7 @@ def _tombstone(Ledger self, _Batch batch, op, stores=None):
     outcome = Outcome(CODE_OK, body=RollbackResult(0, "", RollbackKind.PENDING_ORIGINAL, 0, 0, 0, 0, Balance()))
     record = rec.IdempotencyRec(TOMBSTONE_DIGEST, 0, b"", list(op.stores) if stores is None else stores)
     batch.put("idempotency", op.original_request_id.encode(), _encode(record))
+    batch.put("aging", aging_key(batch.now_ms, op.original_request_id.encode()), b"")
     return outcome, 0
 
 

@@ -206,8 +206,9 @@ def _earn(Ledger self, _Batch batch, account, long long txn_id, long long points
     """Put earned points in a lot: the account's newest lot when it activates and expires at
     the same moments (the same day's purchases), else a new lot with id `txn_id`."""
     state = LOT_PENDING if activates_at_ms > batch.now_ms else LOT_ACTIVE
-    if account.last_lot_id:
-        lot = _decode_lot(batch.get("lots", id_key(account.last_lot_id)))
+    stored = batch.get("lots", id_key(account.last_lot_id)) if account.last_lot_id else None
+    if stored is not None:  # (None: none yet, or compaction removed it once it ended)
+        lot = _decode_lot(stored)
         # An active lot's activation is past: only its expiry tells lots apart.
         same_activation = state == LOT_ACTIVE or lot.activates_at_ms == activates_at_ms
         if lot.state == state and same_activation and lot.expires_at_ms == expires_at_ms:

@@ -191,7 +191,11 @@ def _restore(Ledger self, _Batch batch, account, target, reversal, long long poi
             continue
         points -= give
         reversal.restored_per_posting[index] += give
-        lot = _decode_lot(batch.get("lots", id_key(posting.lot_id)))
+        stored = batch.get("lots", id_key(posting.lot_id))
+        if stored is None:  # compaction removed it: it had expired
+            expired += give
+            continue
+        lot = _decode_lot(stored)
         burnt = lot.lot_id < account.burnt_below_lot_id
         if burnt or lot.state == LOT_EXPIRED or (lot.expires_at_ms and lot.expires_at_ms <= batch.now_ms):
             expired += give
@@ -216,8 +220,9 @@ def _claw(Ledger self, _Batch batch, account, target, long long points, list pos
     for made in own:
         if points == 0:
             break
-        lot = _decode_lot(batch.get("lots", id_key(made.lot_id)))
-        if lot.state != LOT_EXPIRED and lot.remaining:
+        stored = batch.get("lots", id_key(made.lot_id))
+        lot = _decode_lot(stored) if stored is not None else None  # None: compaction removed it, ended
+        if lot is not None and lot.state != LOT_EXPIRED and lot.remaining:
             take = min(points, lot.remaining)
             lot.remaining -= take
             points -= take

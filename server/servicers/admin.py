@@ -6,7 +6,8 @@ import grpc
 
 from kassa.core_ext import Program, RulesError, load_program, parse_program
 from kassa.core_ext.limits import SWEEP_ACCOUNTS_MAX
-from kassa.core_ext.model import Code, Outcome, SetRulesOp, SweepOp
+from kassa.core_ext.compaction import COMPACT_RECORDS_PER_TXN_MAX
+from kassa.core_ext.model import Code, CompactOp, CompactResult, Outcome, SetRulesOp, SweepOp
 from kassa.v1 import admin_pb2, admin_pb2_grpc
 from kassa.server import convert, errors
 from kassa.server.servicers.respond import answer, commit_one
@@ -51,6 +52,31 @@ async def sweep_expired(committer) -> tuple[int, int]:
         expired += outcome.body.expired_points
         if not outcome.body.more:
             return settled, expired
+
+
+class CompactionFailed(RuntimeError):
+    """A compaction step was refused: `outcome` says why (a full map, a drain, ...)."""
+
+    def __init__(self, outcome):
+        super().__init__(f"compaction failed: {outcome.message}")
+        self.outcome = outcome
+
+
+async def compact_ledger(committer, retention) -> CompactResult:
+    """Run compaction to the end, one step of `COMPACT_RECORDS_PER_TXN_MAX` records per write
+    transaction, each queued behind the purchases already waiting. Returns the steps' sums."""
+    op = CompactOp(retention.replay_window_ms, retention.return_window_ms, COMPACT_RECORDS_PER_TXN_MAX)
+    totals = [0, 0, 0, 0]
+    while True:
+        (outcome,) = await committer.submit([op])
+        if outcome.code != Code.OK:
+            raise CompactionFailed(outcome)
+        step = outcome.body
+        for index, done in enumerate((step.answers_dropped, step.requests_forgotten, step.lots_removed,
+                                      step.holds_removed)):
+            totals[index] += done
+        if not step.more:
+            return CompactResult(*totals, more=False)
 
 
 CODE_FRAMING_BYTES = 3  # a code in GeneratePromoCodesResponse: its tag and length, besides its text

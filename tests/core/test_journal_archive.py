@@ -15,12 +15,18 @@ from kassa.core_ext.journal_archive import (
     ArchiveReader, archive_dir_of, archive_journal, read_below, read_index, statement_page,
 )
 from kassa.core_ext.journal_archive import segments, state
+from kassa.core_ext.compaction import FORGOTTEN_TXN_KEY
 from kassa.core_ext.journal_archive.runner import archive_closed_period
 from kassa.core_ext.limits import MS_PER_DAY
 from kassa.core_ext.verify import check_ledger
+from kassa.server.config import LedgerSection
 from tests.core.archive_ledger import ACCOUNTS, BOUNDARY_MS, T0_MS, fill, open_ledger
 
 NOW_MS = T0_MS + 6 * MS_PER_DAY
+DAY_S = 86_400  # seconds
+# The server's period rule over days: windows of one day, entries older than four days archived.
+FOUR_DAYS_NO_COMPACTION = LedgerSection(archive_after_s=4 * DAY_S, replay_window_s=DAY_S, return_window_s=DAY_S,
+                                        compaction_interval_s=0)
 PAGE_SIZE = 7  # small, so that pages start on both sides of the boundary and across it
 
 
@@ -245,7 +251,7 @@ class TestFormat:
 
 class TestRunner:
     def test_the_server_runner_archives_what_is_older_than_the_period(self, ledger):
-        result = archive_closed_period(ledger, NOW_MS, archive_after_days=4)
+        result = archive_closed_period(ledger, NOW_MS, FOUR_DAYS_NO_COMPACTION)
 
         with ledger.env.begin() as txn:
             cursor = txn.cursor(db=dbs_of(ledger)["journal"])
@@ -256,6 +262,22 @@ class TestRunner:
         assert oldest.created_at_ms >= NOW_MS - 4 * MS_PER_DAY
         assert Path(archive_dir_of(ledger.path), result.segments[0]).exists()
 
+
+    def test_nothing_moves_before_the_return_window_has_passed(self, ledger):
+        result = archive_closed_period(ledger, NOW_MS, LedgerSection(archive_after_s=DAY_S, compaction_interval_s=0))
+
+        assert result.entries == 0
+
+    def test_with_compaction_on_only_what_its_walk_has_passed_moves(self, ledger):
+        with_compaction = LedgerSection(archive_after_s=4 * DAY_S, replay_window_s=DAY_S, return_window_s=DAY_S,
+                                        compaction_interval_s=600)
+        before_the_walk = archive_closed_period(ledger, NOW_MS, with_compaction)
+        with ledger.env.begin(write=True) as txn:  # compaction's walk stopped before transaction 5
+            txn.put(FORGOTTEN_TXN_KEY, (5).to_bytes(8, "big"), db=dbs_of(ledger)["meta"])
+        after_the_walk = archive_closed_period(ledger, NOW_MS, with_compaction)
+
+        assert before_the_walk.entries == 0
+        assert after_the_walk.archived_below_txn_id == 5
 
 class TestWhatStays:
     def test_a_hold_still_capturable_stays_with_everything_after_it(self, tmp_path):

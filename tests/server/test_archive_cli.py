@@ -25,7 +25,9 @@ BEFORE = "2026-06-04"  # midnight UTC, inside the fixture's day 2 (its days star
 
 
 def kassa(ledger_path: Path, *args: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "KASSA_LEDGER_PATH": str(ledger_path)}
+    # Compaction off: the archive then takes every entry older than the period and the return window
+    # (with it on, only those whose requests it has forgotten: tests/core/test_journal_archive.py).
+    environ = {**os.environ, "KASSA_LEDGER_PATH": str(ledger_path), "KASSA_LEDGER_COMPACTION_INTERVAL_S": "0"}
     return subprocess.run([sys.executable, "-m", "kassa.server.cli", *args, "--config", str(REPO / "config" / "kassa.toml")],
                           cwd=REPO, env=environ, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
 

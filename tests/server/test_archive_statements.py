@@ -1,17 +1,21 @@
-"""Through a real server: `kassa archive` runs while it serves; ListTransactions then pages across
-the archive boundary and returns every entry once, as before; a retry of an archived purchase
-is answered byte for byte as the first time; a Rollback of an archived transaction is refused
+"""Through a real server: compaction forgets the requests past the return window, `kassa archive`
+then moves their entries while it serves; ListTransactions pages across the archive boundary and
+returns every entry once, as before; a very late retry of an archived purchase is refused
+REQUEST_TOO_OLD, never applied again; a Rollback of an archived transaction is refused
 FAILED_PRECONDITION, never applied and never an internal error.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 
 from kassa.v1 import accounts_pb2, processing_pb2
+from tests.kassa_harness import T0_MS
 from tests.server.helpers import by_account, earn, line, open_account, receipt, redeem, rollback
 
 ACCOUNT = "ARCH-1"
@@ -19,6 +23,13 @@ OLD_PURCHASES = 8
 NEW_PURCHASES = 5
 PAGE_SIZE = 3  # pages that start on both sides of the boundary and one that crosses it
 DAYS_BETWEEN = 10
+DAY_S = 86_400  # seconds
+# Windows of days, so that the old purchases are forgotten DAYS_BETWEEN days later.
+WINDOWS = {"KASSA_LEDGER_REPLAY_WINDOW_S": str(DAY_S), "KASSA_LEDGER_RETURN_WINDOW_S": str(2 * DAY_S),
+           "KASSA_LEDGER_COMPACTION_INTERVAL_S": "0.2"}
+OLD_REQUESTS = 1 + OLD_PURCHASES + 1  # the account's creation, the purchases, the redeem
+COMPACTION_WAIT_S_MAX = 30.0
+POLL_S = 0.1
 
 
 def pages(kassa, account_id: str) -> list[bytes]:
@@ -33,7 +44,14 @@ def pages(kassa, account_id: str) -> list[bytes]:
             return found
 
 
-def test_statements_retries_and_rollbacks_across_the_archive_boundary(kassa):
+def forgotten(kassa) -> int:
+    """Requests compaction forgot so far, from the server's log."""
+    lines = [json.loads(line) for line in kassa.log_lines if '"msg":"compaction"' in line]
+    return sum(line.get("requests_forgotten", 0) for line in lines)
+
+
+def test_statements_retries_and_rollbacks_across_the_archive_boundary(start_kassa):
+    kassa = start_kassa(env=WINDOWS)
     open_account(kassa, ACCOUNT)
     old = [earn(kassa, ACCOUNT, 10 + n, f"old/{n}") for n in range(OLD_PURCHASES)]
     redeem(kassa, ACCOUNT, 5, "old/redeem")
@@ -41,20 +59,27 @@ def test_statements_retries_and_rollbacks_across_the_archive_boundary(kassa):
     for n in range(NEW_PURCHASES):
         earn(kassa, ACCOUNT, 20 + n, f"new/{n}")
     before = pages(kassa, ACCOUNT)
+    deadline = time.monotonic() + COMPACTION_WAIT_S_MAX
+    while forgotten(kassa) < OLD_REQUESTS and time.monotonic() < deadline:
+        time.sleep(POLL_S)
 
     archived = kassa.run_cli("archive", "--older-than-days", str(DAYS_BETWEEN // 2), "--config", str(kassa.config_path()))
     after = pages(kassa, ACCOUNT)
-    retried = kassa.processing.Accrue(processing_pb2.AccrueRequest(
-        request_id="old/3", customer=by_account(ACCOUNT), receipt=receipt(line(1, 13 * 20), receipt_no="old/3")))
+    with pytest.raises(grpc.RpcError) as too_old:
+        kassa.processing.Accrue(processing_pb2.AccrueRequest(
+            request_id="old/3", customer=by_account(ACCOUNT), receipt=receipt(line(1, 13 * 20), receipt_no="old/3"),
+            occurred_at=timestamp_pb2.Timestamp(seconds=T0_MS // 1000)))
     with pytest.raises(grpc.RpcError) as refusal:
         rollback(kassa, "undo/old/2", transaction_id=old[2].transaction_id)
     verified = kassa.run_cli("verify", "--config", str(kassa.config_path()))
 
+    assert forgotten(kassa) >= OLD_REQUESTS
     assert archived.returncode == 0, archived.stderr
-    assert json.loads(archived.stdout.strip().splitlines()[-1])["entries"] == 1 + OLD_PURCHASES + 1
+    assert json.loads(archived.stdout.strip().splitlines()[-1])["entries"] == OLD_REQUESTS
     assert after == before
-    assert len(after) == len(set(after)) == 1 + OLD_PURCHASES + 1 + NEW_PURCHASES
-    assert retried.SerializeToString(deterministic=True) == old[3].SerializeToString(deterministic=True)
+    assert len(after) == len(set(after)) == OLD_REQUESTS + NEW_PURCHASES
+    assert too_old.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "older than the return window" in too_old.value.details()
     assert refusal.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "archived" in refusal.value.details()
     assert verified.returncode == 0, verified.stdout

@@ -16,6 +16,7 @@ from kassa.server.config import LedgerSection
 from tests.core.archive_ledger import T0_MS, fill, open_ledger
 
 INTERVAL_S = 0.05
+DAY_S = 86_400  # seconds
 WAIT_S_MAX = 30.0  # the child process starts (imports kassa) in about a second on the shared machine
 POLL_S = 0.05
 OFF_WAIT_S = 0.5  # ten intervals
@@ -43,12 +44,13 @@ def ledger_reader(ledger):
     return get
 
 
-def test_the_chore_archives_entries_older_than_archive_after_days(tmp_path):
+def test_the_chore_archives_entries_older_than_archive_after_s(tmp_path):
     ledger = open_ledger(tmp_path / "ledger")
     fill(ledger, range(0, 6))
     (tmp_path / "clock").write_text(str(T0_MS + 6 * MS_PER_DAY))
     config = msgspec.structs.replace(LedgerSection(), path=ledger.path, archive_interval_s=INTERVAL_S,
-                                     archive_after_days=3)
+                                     archive_after_s=3 * DAY_S, replay_window_s=DAY_S, return_window_s=DAY_S,
+                                     compaction_interval_s=0)
     try:
         listed = lambda: read_below(ledger_reader(ledger)) > 0  # noqa: E731
         run_chore(config, make_clock(str(tmp_path / "clock")), listed, WAIT_S_MAX)

@@ -170,7 +170,7 @@ class Hot:
         return self.name
 
 
-ACCRUE = Hot("Accrue", wire.accrue_op, processing_pb2.AccrueRequest, convert.accrue_op, 2, 3, 4, 1, 6)
+ACCRUE = Hot("Accrue", wire.accrue_op, processing_pb2.AccrueRequest, convert.accrue_op, 2, 3, 4, 1, 7)  # 6: occurred_at
 CALCULATE = Hot("Calculate", wire.calculate_query, processing_pb2.CalculateRequest, convert.calculate_query, 1, 2, 3, None, 5)
 HOT = (ACCRUE, CALCULATE)
 
@@ -733,6 +733,19 @@ IRREGULAR = [
                   head=(), tail=()))), EITHER),
     Irregular("a receipt of no bytes", lambda hot: request_bytes(hot, receipt=b""), EITHER),
     Irregular("a customer of no bytes", lambda hot: request_bytes(hot, customer=b""), EITHER),
+    # occurred_at (AccrueRequest field 6, a Timestamp): read by both paths, or left to protobuf.
+    Irregular("occurred_at", after(lambda hot: len_field(6, int_field(1, 1_780_300_800) + int_field(2, 5_000_000))),
+              TAKEN, accrue_only=True),
+    Irregular("occurred_at of no bytes (1970)", after(lambda hot: len_field(6, b"")), EITHER, accrue_only=True),
+    Irregular("occurred_at nanos negative",
+              after(lambda hot: len_field(6, int_field(1, 1_780_300_800) + int_field(2, -1))), EITHER, accrue_only=True),
+    Irregular("occurred_at past year 9999", after(lambda hot: len_field(6, int_field(1, 253_402_300_800))), EITHER,
+              accrue_only=True),
+    Irregular("occurred_at seconds negative", after(lambda hot: len_field(6, int_field(1, -5))), EITHER,
+              accrue_only=True),
+    Irregular("occurred_at twice", after(lambda hot: len_field(6, int_field(1, 5)) + len_field(6, int_field(2, 7))),
+              EITHER, accrue_only=True),
+    Irregular("occurred_at as a varint", after(lambda hot: int_field(6, 5)), EITHER, accrue_only=True),
     # Varints.
     Irregular("a varint of 11 bytes", a_redeem_varint(b"\xff" * 10 + b"\x00"), PROTOBUF_REFUSES),
     Irregular("a tag of 11 bytes", before(lambda hot: b"\x88" + b"\x80" * 9 + b"\x00" + b"\x01"), PROTOBUF_REFUSES),

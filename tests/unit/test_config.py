@@ -66,6 +66,11 @@ class TestRefused:
         ("[ledger]\nmap_size_bytes = 2097152\nmap_size_bytes_max = 1048576\n",
          "ledger.map_size_bytes_max = 1048576 is below ledger.map_size_bytes = 2097152, the size the map starts at"),
         ("[ledger]\ndisk_reserve_bytes = -1\n", "ledger.disk_reserve_bytes = -1 is outside 0..1125899906842624"),
+        ("[ledger]\nreplay_window_s = 1.5\n", "ledger.replay_window_s: expected an integer, got 1.5"),
+        ("[ledger]\nreplay_window_s = 0\n", "ledger.replay_window_s = 0 is outside 1..316224000"),
+        ("[ledger]\nreplay_window_s = 600\nreturn_window_s = 300\n",
+         "ledger.return_window_s = 300 is below ledger.replay_window_s = 600: a request is remembered at least as "
+         "long as its answer"),
     ])
     def test_a_wrong_file_is_refused_naming_the_key(self, tmp_path, text, said):
         assert said in refusal(tmp_path, text)

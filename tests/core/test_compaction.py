@@ -1,0 +1,100 @@
+"""Compaction steps against a real LMDB ledger in a temp directory: bounded, resumable, complete.
+
+The server-level behaviour (refusals, returns, file size) is tests/server/test_retention.py's.
+"""
+
+from __future__ import annotations
+
+from kassa.core_ext import Ledger, Program
+from kassa.core_ext import records
+from kassa.core_ext.model import (
+    AccrueOp, Code, CompactOp, CreateAccountOp, Customer, IdKind, Line, Receipt, RedeemOp, RollbackOp,
+)
+from kassa.core_ext.retention import OCCURRED_AT_AHEAD_MAX_S, Retention
+from tests.core.programs import program
+
+T0_MS = 1_780_300_800_000  # 2026-06-01T08:00:00Z
+DAY_MS = 86_400_000
+MAP_SIZE_BYTES = 64 * 1024**2
+HOLD_TTL_S = 900
+PURCHASES = 60
+RECORDS_PER_STEP = 7  # small, so that one run takes many steps
+WINDOWS = Retention()
+CAMPAIGNS = """
+[[campaigns]]
+id = "base"
+when = {}
+effect = { kind = "earn_percent", percent_bps = 500 }
+"""
+
+
+def purchase(index: int) -> AccrueOp:
+    basket = Receipt("s1", "t1", f"R{index}", (Line(1, "sku", "cat", 1000, 10_000, 10_000),))
+    return AccrueOp(f"buy-{index}", index.to_bytes(16, "big"), Customer(IdKind.ACCOUNT, "A1"), basket)
+
+
+def stored_kinds(ledger) -> dict[str, int]:
+    """Idempotency records by kind, and the aging index's entries."""
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        kinds = {"full": 0, "retained": 0, "tombstone": 0}
+        for _, value in txn.cursor(db=dbs["idempotency"]):
+            record = records.decode_idempotency(value)
+            kind = "retained" if type(record) is records.RetainedRec else "tombstone" if not record.digest else "full"
+            kinds[kind] += 1
+        kinds["aging"] = txn.stat(dbs["aging"])["entries"]
+    return kinds
+
+
+def run_steps(ledger, now_ms: int) -> list:
+    """Compaction to the end at `now_ms`, one RECORDS_PER_STEP step at a time."""
+    op = CompactOp(WINDOWS.replay_window_ms, WINDOWS.return_window_ms, RECORDS_PER_STEP)
+    steps = []
+    while True:
+        (outcome,) = ledger.apply([op], now_ms)
+        assert outcome.code == Code.OK, outcome
+        steps.append(outcome.body)
+        if not outcome.body.more:
+            return steps
+
+
+def a_ledger(tmp_path) -> Ledger:
+    ledger = Ledger(str(tmp_path / "ledger"), Program(program(CAMPAIGNS)), MAP_SIZE_BYTES, HOLD_TTL_S, sync=False)
+    ledger.apply([CreateAccountOp("create-A1", b"a" * 16, "A1")], T0_MS)
+    ledger.apply([purchase(index) for index in range(PURCHASES)], T0_MS)
+    ledger.apply([RedeemOp("spend-too-much", b"r" * 16, Customer(IdKind.ACCOUNT, "A1"), 10**9, 10**12)], T0_MS)
+    ledger.apply([RollbackOp("cancel-early", b"c" * 16, original_request_id="not-yet")], T0_MS)
+    return ledger
+
+
+class TestSteps:
+    def test_a_run_is_cut_into_bounded_steps_that_together_drop_every_answer(self, tmp_path):
+        ledger = a_ledger(tmp_path)
+        assert stored_kinds(ledger) == {"full": PURCHASES + 3, "retained": 0, "tombstone": 1, "aging": 3}
+
+        steps = run_steps(ledger, T0_MS + WINDOWS.replay_window_ms + 1)
+
+        assert len(steps) > (PURCHASES + 3) // RECORDS_PER_STEP
+        assert sum(step.answers_dropped for step in steps) == PURCHASES + 3
+        # The tombstone keeps its stores until the return window ends; the rest keep no answer.
+        assert stored_kinds(ledger) == {"full": 0, "retained": PURCHASES + 3, "tombstone": 1, "aging": 3}
+        assert ledger.verify(T0_MS + WINDOWS.replay_window_ms + 1) == []
+
+    def test_inside_the_replay_window_a_run_changes_nothing(self, tmp_path):
+        ledger = a_ledger(tmp_path)
+        before = stored_kinds(ledger)
+
+        steps = run_steps(ledger, T0_MS + WINDOWS.replay_window_ms - 1)  # a window old is past it
+
+        assert sum(step.answers_dropped + step.requests_forgotten for step in steps) == 0
+        assert stored_kinds(ledger) == before
+
+    def test_past_the_return_window_every_record_and_aging_entry_leaves(self, tmp_path):
+        ledger = a_ledger(tmp_path)
+        run_steps(ledger, T0_MS + WINDOWS.replay_window_ms + 1)
+
+        steps = run_steps(ledger, T0_MS + WINDOWS.return_window_ms + OCCURRED_AT_AHEAD_MAX_S * 1000 + 1)
+
+        assert sum(step.requests_forgotten for step in steps) == PURCHASES + 4
+        assert stored_kinds(ledger) == {"full": 0, "retained": 0, "tombstone": 0, "aging": 0}
+        assert ledger.verify(T0_MS + 400 * DAY_MS) == []

@@ -1,0 +1,223 @@
+"""Retention windows and compaction (DESIGN §4 Lifecycle, issue 20) through a real server.
+
+The windows keep their defaults (replay 7 days, return 90 days); the tests move the server's
+clock past them and let the server's own compaction chore (every COMPACTION_INTERVAL_S) run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import grpc
+import lmdb
+import pytest
+
+from kassa.core_ext.retention import OCCURRED_AT_AHEAD_MAX_S
+from kassa.v1 import processing_pb2
+from tests.kassa_harness import DAY_MS, T0_MS
+from tests.server.helpers import (
+    accrue, balance, by_account, earn, line, open_account, receipt, redeem, refused, rollback, snapshot,
+)
+from tests.server.test_verify_cli import assert_verifies
+
+COMPACTION_INTERVAL_S = 0.2  # seconds between the server's compaction runs in these tests
+COMPACTION_WAIT_S = 20  # seconds a test waits for the runs it needs
+REPLAY_WINDOW_DAYS = 7  # the default ledger.replay_window_s
+RETURN_WINDOW_DAYS = 90  # the default ledger.return_window_s
+PURCHASE = receipt(line(1, 12_000, qty_milli=2_000), line(2, 30_000), receipt_no="R-9")
+
+
+@pytest.fixture
+def shop(start_kassa):
+    """A server that compacts (and sweeps expiry) every COMPACTION_INTERVAL_S."""
+    return start_kassa(env={"KASSA_LEDGER_COMPACTION_INTERVAL_S": str(COMPACTION_INTERVAL_S),
+                            "KASSA_PROCESSING_EXPIRY_SWEEP_INTERVAL_S": str(COMPACTION_INTERVAL_S)})
+
+
+def compactions(server) -> list[dict]:
+    return [json.loads(text) for text in list(server.log_lines) if '"msg":"compaction"' in text]
+
+
+def compact_now(server, runs: int = 2) -> None:
+    """Wait for `runs` compaction runs that began after this call: the last saw the clock as it is."""
+    seen = len(compactions(server))
+    deadline = time.monotonic() + COMPACTION_WAIT_S
+    while len(compactions(server)) < seen + runs:
+        assert time.monotonic() < deadline, "no compaction ran:\n" + "".join(server.log_lines[-20:])
+        time.sleep(COMPACTION_INTERVAL_S / 2)
+
+
+def wire(message) -> bytes:
+    return message.SerializeToString(deterministic=True)
+
+
+def made_at(ms: int) -> dict:
+    stamp = processing_pb2.AccrueRequest().occurred_at
+    stamp.FromMilliseconds(ms)
+    return {"occurred_at": stamp}
+
+
+class TestReplayWindow:
+    def test_a_retry_inside_the_replay_window_replays_byte_for_byte(self, shop):
+        open_account(shop, "A-1")
+        first = accrue(shop, "A-1", PURCHASE, request_id="store-1/term-1/R-9")
+        shop.clock.advance(days=REPLAY_WINDOW_DAYS - 1)
+        compact_now(shop)
+
+        again = accrue(shop, "A-1", PURCHASE, request_id="store-1/term-1/R-9")
+
+        assert wire(again) == wire(first)
+
+    def test_past_the_replay_window_the_answer_is_dropped_and_a_retry_refused_not_reapplied(self, shop):
+        open_account(shop, "A-1")
+        first = accrue(shop, "A-1", PURCHASE, request_id="store-1/term-1/R-9")
+        shop.clock.advance(days=REPLAY_WINDOW_DAYS + 1)
+        compact_now(shop)
+        before = snapshot(shop, "A-1")
+
+        with refused(grpc.StatusCode.FAILED_PRECONDITION, "ANSWER_NOT_KEPT") as refusal:
+            accrue(shop, "A-1", PURCHASE, request_id="store-1/term-1/R-9")
+
+        assert "store-1/term-1/R-9" in refusal.details
+        assert f"transaction {first.transaction_id}" in refusal.details
+        assert snapshot(shop, "A-1") == before
+        assert sum(run["answers_dropped"] for run in compactions(shop)) >= 2  # the account's and the purchase's
+
+    def test_a_refusal_past_the_replay_window_is_not_flipped_by_its_retry(self, shop):
+        open_account(shop, "A-1")
+        with refused(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_POINTS"):
+            redeem(shop, "A-1", 500, request_id="spend-1")
+        earn(shop, "A-1", 1_000, request_id="buy-1")  # now 500 would be covered
+        shop.clock.advance(days=REPLAY_WINDOW_DAYS + 1)
+        compact_now(shop)
+
+        with refused(grpc.StatusCode.FAILED_PRECONDITION, "ANSWER_NOT_KEPT"):
+            redeem(shop, "A-1", 500, request_id="spend-1")
+
+        assert balance(shop, "A-1").available_points == 1_000
+
+    def test_a_return_by_original_request_id_works_after_the_answer_was_dropped(self, shop):
+        open_account(shop, "A-1")
+        first = accrue(shop, "A-1", PURCHASE, request_id="store-1/term-1/R-9")
+        earned = first.calculation.earned_points
+        shop.clock.advance(days=REPLAY_WINDOW_DAYS + 1)
+        compact_now(shop)
+        with refused(grpc.StatusCode.FAILED_PRECONDITION, "ANSWER_NOT_KEPT"):
+            accrue(shop, "A-1", PURCHASE, request_id="store-1/term-1/R-9")
+
+        returned = rollback(shop, "return-1", original_request_id="store-1/term-1/R-9", returns=[(2, 1_000)])
+
+        assert returned.reversed_transaction_id == first.transaction_id
+        assert 0 < returned.clawed_back_points < earned
+        assert balance(shop, "A-1").active_points == earned - returned.clawed_back_points
+
+
+class TestVeryLateRequests:
+    def test_a_request_older_than_the_return_window_is_not_applied_twice(self, shop):
+        open_account(shop, "A-1")
+        first = accrue(shop, "A-1", PURCHASE, request_id="store-1/term-1/R-9", **made_at(T0_MS))
+        shop.clock.advance(days=RETURN_WINDOW_DAYS, seconds=OCCURRED_AT_AHEAD_MAX_S + 60)
+        compact_now(shop)
+        assert sum(run["requests_forgotten"] for run in compactions(shop)) >= 2  # forgotten: only its time tells
+        before = snapshot(shop, "A-1")
+
+        with refused(grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_TOO_OLD") as refusal:
+            accrue(shop, "A-1", PURCHASE, request_id="store-1/term-1/R-9", **made_at(T0_MS))
+
+        assert "store-1/term-1/R-9" in refusal.details
+        assert snapshot(shop, "A-1") == before
+        assert balance(shop, "A-1").active_points == first.calculation.earned_points
+
+    def test_a_request_made_inside_the_window_is_applied_with_its_occurred_at(self, kassa):
+        open_account(kassa, "A-1")
+        kassa.clock.advance(days=3)
+
+        made = accrue(kassa, "A-1", PURCHASE, request_id="offline-1", **made_at(T0_MS))
+
+        assert made.calculation.earned_points > 0
+        assert wire(accrue(kassa, "A-1", PURCHASE, request_id="offline-1", **made_at(T0_MS))) == wire(made)
+
+    def test_an_occurred_at_far_ahead_of_the_server_is_invalid(self, kassa):
+        open_account(kassa, "A-1")
+        ahead_ms = T0_MS + (OCCURRED_AT_AHEAD_MAX_S + 60) * 1000
+        with refused(grpc.StatusCode.INVALID_ARGUMENT) as refusal:
+            accrue(kassa, "A-1", PURCHASE, request_id="ahead-1", **made_at(ahead_ms))
+        assert refusal.details.startswith("occurred_at:")
+
+
+def _pages(env, name: bytes) -> int:
+    with env.begin() as txn:
+        stat = txn.stat(env.open_db(name, txn=txn, create=False))
+    return stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+
+
+class TestCompaction:
+    def test_compaction_removes_what_ended_and_verify_passes(self, shop):
+        open_account(shop, "A-1")
+        open_account(shop, "A-2")
+        bought = earn(shop, "A-1", 1_000, request_id="buy-1")
+        spent = redeem(shop, "A-1", 400, request_id="spend-1")  # spends part of the lot
+        redeem(shop, "A-1", 100, request_id="hold-1", hold=True)  # a hold that will expire
+        rollback(shop, "rb-early", original_request_id="never-arrived")  # a tombstone
+        earn(shop, "A-2", 50, request_id="buy-2")
+        before = assert_verifies(shop)
+        assert before["lots"] == 2
+        assert before["holds"] == 1
+
+        shop.clock.advance(days=400)  # the lots' 365 days passed: they expire; every window passed
+        compact_now(shop, runs=3)
+
+        after = assert_verifies(shop)
+        assert after["lots"] == 0
+        assert after["holds"] == 0
+        assert after["idempotency"] == 0
+        assert after["journal"] > before["journal"]  # the journal stays (the archive's, not compaction's)
+        # Rollbacks by transaction id still work on the lots compaction removed: their points expired.
+        restored = rollback(shop, "cancel-spend", transaction_id=spent.transaction_id)
+        assert restored.restored_points == 0
+        cancelled = rollback(shop, "cancel-buy", transaction_id=bought.transaction_id)
+        assert cancelled.taken_points == 0
+        assert_verifies(shop)
+
+    def test_after_compaction_the_file_grows_by_the_journal_only(self, shop):
+        """Write, compact, write as much again: outside the journal (which the archive takes out),
+        the second round reuses the pages the first left free."""
+        for index in range(ACCOUNTS):
+            open_account(shop, f"A-{index}")
+        data_file = shop.ledger_path / "data.mdb"
+        env = lmdb.open(str(shop.ledger_path), readonly=True, lock=True, max_dbs=16, subdir=True)
+        try:
+            grown = []
+            for day in range(ROUNDS):
+                size, journal = os.path.getsize(data_file), _pages(env, b"journal")
+                _buy(shop, day)
+                grown.append((os.path.getsize(data_file) - size) // PAGE_BYTES - (_pages(env, b"journal") - journal))
+                shop.clock.advance(days=RETURN_WINDOW_DAYS + 1)
+                compact_now(shop)
+        finally:
+            env.close()
+        first, *later = grown
+        assert first > 50, grown  # pages outside the journal the first round took
+        assert max(later) <= first // 4, grown
+
+
+ACCOUNTS = 20
+ROUNDS = 3
+PURCHASES_PER_ROUND = 2_000
+BATCH_OPERATIONS = 500
+PAGE_BYTES = 4096
+
+
+def _buy(server, day: int) -> None:
+    for first in range(0, PURCHASES_PER_ROUND, BATCH_OPERATIONS):
+        operations = [
+            processing_pb2.Operation(accrue=processing_pb2.AccrueRequest(
+                request_id=f"store-1/term-1/day-{day}/receipt-{index:06d}",
+                customer=by_account(f"A-{index % ACCOUNTS}"),
+                receipt=receipt(line(1, 1_000 + index), receipt_no=f"R-{index}")))
+            for index in range(first, first + BATCH_OPERATIONS)
+        ]
+        results = server.processing.ProcessBatch(processing_pb2.ProcessBatchRequest(operations=operations)).results
+        assert all(result.WhichOneof("result") == "accrue" for result in results)
