@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import shutil
 import signal
 import subprocess
@@ -33,12 +32,20 @@ import lmdb
 from bench.throughput import (
     REPO, SERVER_STOP_TIMEOUT_S, Traffic, _free_port, event_batch, seed_ledger, server_environment, start_server,
 )
+from kassa.core_ext.retention import OCCURRED_AT_AHEAD_MAX_S  # requests are forgotten this long past the return window
 
 # The windows a production ledger keeps in days, shortened so that a soak of half an hour passes
-# through several of them (config values, as environment variables). Filled in by the lifecycle work.
+# through several of them (config values, as environment variables; the server's own clock).
 REPLAY_WINDOW_S = 120
 RETURN_WINDOW_S = 300
-SOAK_SETTINGS: dict[str, str] = {}
+SOAK_SETTINGS = {
+    "KASSA_LEDGER_REPLAY_WINDOW_S": str(REPLAY_WINDOW_S),
+    "KASSA_LEDGER_RETURN_WINDOW_S": str(RETURN_WINDOW_S),
+    "KASSA_LEDGER_COMPACTION_INTERVAL_S": "20",
+    "KASSA_LEDGER_ARCHIVE_INTERVAL_S": "30",
+    "KASSA_LEDGER_ARCHIVE_AFTER_S": str(RETURN_WINDOW_S),
+    "KASSA_PROCESSING_EXPIRY_SWEEP_INTERVAL_S": "30",
+}
 MAP_START_BYTES = 256 * 1024**2  # the map starts small and grows by itself
 MAX_DBS = 32  # named databases the sampler may open read-only (at least the ledger's own)
 DRIVER_GRACE_S = 120  # seconds the drivers may take to finish after the run's end
@@ -171,10 +178,10 @@ def _soak(args, workdir: Path) -> dict:
 
 def _sample(ledger_path: Path, started: float, purchases: int, before: list[dict]) -> dict:
     """One line of the soak: sizes now, and the live bytes a purchase made inside the return window
-    (the longest any purchase's records stay), counting purchases from the last sample before it."""
+    and its margin (the longest any purchase's records stay), counting purchases from the last sample before it."""
     at_s = time.time() - started
     sizes = ledger_sizes(ledger_path)
-    older = [sample["purchases"] for sample in before if sample["at_s"] <= at_s - RETURN_WINDOW_S]
+    older = [sample["purchases"] for sample in before if sample["at_s"] <= at_s - RETURN_WINDOW_S - OCCURRED_AT_AHEAD_MAX_S]
     in_window = purchases - (older[-1] if older else 0)
     per_purchase = round(sizes["live_bytes"] / in_window, 1) if in_window else None
     return {"minute": round(at_s / 60, 2), "at_s": round(at_s, 1), "purchases": purchases, **sizes,
