@@ -193,6 +193,10 @@ cdef class Ledger:
     cdef dict _counted  # campaign id -> (amount limits [(period, cap)], uses cap), of `program`
     cdef long long _now_ms  # of the group being applied
     cdef bint _sync  # commits are durable before `apply` returns
+    # Partitions (core_ext/partitions.py): the first transaction id of a fresh ledger (the partition
+    # in its top bits), and the bank of shared counters (None: every counter is this ledger's own).
+    cdef public long long first_txn_id
+    cdef public object escrow
 
     def __init__(self, path, program, long long map_size_bytes, long long hold_ttl_s, bint sync=True,
                  int readers_max=READERS_MAX, long long map_size_bytes_max=0, long long disk_reserve_bytes=0):
@@ -202,6 +206,7 @@ cdef class Ledger:
         self.path = str(path)
         self.program = program
         self.hold_ttl_ms = hold_ttl_s * 1000
+        self.first_txn_id = 1
         # A commit syncs its data pages before it writes the meta page that points at them, but not
         # the meta page itself (MDB_NOMETASYNC): that sync is `apply`'s, after LMDB's writer lock is
         # released, so another process's group commits while this one waits for the disk. The
@@ -278,7 +283,7 @@ cdef class Ledger:
                 meta = self.dbs["meta"]
                 self._follow_ruleset(txn.get(RULESET_KEY, db=meta))
                 stored = txn.get(NEXT_TXN_KEY, db=meta)
-                batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else 1)
+                batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else self.first_txn_id)
                 outcomes = [self._apply_one(batch, op) for op in ops]
                 txn.put(NEXT_TXN_KEY, id_key(batch.next_id), db=meta)
                 self.last_group_calls = (batch.reads, batch.writes)
@@ -809,10 +814,16 @@ cdef class Ledger:
                 return 0
             left = None
             for key, cap in self._amount_keys(campaign_id, caps, account_id, now_ms):
-                remaining = cap - self._counter(get, key)
+                remaining = self._left(get, key, cap)
                 left = remaining if left is None else min(left, remaining)
             return left
         return allowance
+
+    def _left(self, get, bytes key, long long cap):
+        """What a counter has left under its cap; a shared one's (a budget, a code's total uses)
+        is this partition's slice and the bank's rest."""
+        spent = self._counter(get, key)
+        return cap - spent if self.escrow is None else self.escrow.left(key, cap, spent)
 
     def _promo_statuses(self, get, tuple codes, str account_id, long long now_ms):
         """[(code, record, refusal or "")] for the presented codes, and the campaigns they unlock."""
@@ -826,7 +837,7 @@ cdef class Ledger:
                 refusal = "not_yet_valid"
             elif record.valid_to_ms and now_ms >= record.valid_to_ms:
                 refusal = "expired"
-            elif record.uses_total and self._counter(get, b"C:" + code.encode()) >= record.uses_total:
+            elif record.uses_total and self._left(get, b"C:" + code.encode(), record.uses_total) <= 0:
                 refusal = "exhausted"
             elif record.uses_per_account and \
                     self._counter(get, b"c:" + code.encode() + b"\0" + account_id.encode()) >= record.uses_per_account:
@@ -889,6 +900,8 @@ cdef class Ledger:
         if delta == 0:
             return
         value = self._counter(batch.get, key) + delta
+        if self.escrow is not None:
+            self.escrow.spend(key, value, delta)  # a shared counter's slice covers it, or raises
         batch.put("counters", key, value.to_bytes(8, "big", signed=True))
         entry.counters.append((key, delta))
 

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kassa.core_ext import Ledger, Program, RulesError, load_program
 from kassa.core_ext.model import Code
+from kassa.core_ext.partitions import PartitionedLedger, PartitionsMismatch, stored_partitions
 from kassa.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -29,6 +31,7 @@ from kassa.v1 import (
 )
 from kassa.server.clock import make_clock
 from kassa.server.commit import GroupCommitter
+from kassa.server.partition_commit import PartitionedCommitter
 from kassa.server.interceptors.access_log import AccessLogInterceptor
 from kassa.server.interceptors.auth import AuthInterceptor
 from kassa.server.interceptors.decode import DecodeInterceptor
@@ -67,8 +70,13 @@ class LedgerUnavailable(Exception):
 def open_ledger(config: ServerConfig) -> Ledger:
     program = Program(load_program([Path(path) for path in config.rules.paths]))
     path = config.ledger.path
+    partitions = config.ledger.partitions
+    stored = stored_partitions(path)
+    if stored is not None and stored != partitions:
+        raise LedgerUnavailable(f"cannot open the ledger at {path}: it has {stored} partition(s), and "
+                                f"ledger.partitions is {partitions}; set it back to {stored}")
     try:
-        return Ledger(
+        return (Ledger if partitions == 1 else partial(PartitionedLedger, partitions=partitions))(
             path,
             program,
             config.ledger.map_size_bytes,
@@ -84,7 +92,7 @@ def open_ledger(config: ServerConfig) -> Ledger:
             "or left by processes that died inside a read while another kept the ledger open; stop the other "
             "processes that have it open (backups, scripts), then start kassa again"
         ) from error
-    except (OSError, lmdb.Error) as error:
+    except (OSError, lmdb.Error, PartitionsMismatch) as error:
         raise LedgerUnavailable(f"cannot open the ledger at {path}: {error}") from error
 
 
@@ -276,7 +284,8 @@ def build(config: ServerConfig) -> Parts:
     metrics_endpoint = serve_metrics(metrics, config.metrics.listen)
     clock = make_clock(config.clock.file)
     ledger = open_ledger_serving(config, clock)
-    committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
+    committer = (PartitionedCommitter if isinstance(ledger, PartitionedLedger) else GroupCommitter)(
+        ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
     committer.start()
     server = grpc_server(config, metrics)
     rule_paths = [Path(path) for path in config.rules.paths]

@@ -36,6 +36,7 @@ class LedgerSection(_Section):
     sync: bool = True
     readers_max: int = 512
     reader_check_interval_s: float = 10  # reclaim reader slots of dead processes this often
+    partitions: int = 1  # LMDB environments (one writer each) under path; 1: the one environment at path
 
 
 class RulesSection(_Section):
@@ -118,6 +119,7 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("ledger", "map_size_bytes_max"): (1024**2, 1024**5),
     ("ledger", "disk_reserve_bytes"): (0, 1024**5),
     ("ledger", "readers_max"): (8, 100_000),
+    ("ledger", "partitions"): (1, 256),
     ("ledger", "reader_check_interval_s"): (0.1, 3600),
     ("processing", "hold_ttl_s"): (1, 30 * 86_400),
     ("processing", "batch_operations_max"): (1, 1_000_000),
