@@ -202,6 +202,9 @@ def _backup(args) -> int:
     if target.exists() and any(target.iterdir()):
         print(f"kassa backup: {target} is not empty", file=sys.stderr)
         return 2
+    partitions = _partitions("backup", config.ledger.path)
+    if partitions > 1:
+        return _backup_partitioned(config.ledger.path, partitions, target)
     env, _ = _open_existing("backup", config.ledger.path, config.ledger.map_size_bytes)
     created = _first_missing(target)  # the outermost directory this backup creates; None: target exists
     try:
@@ -221,6 +224,42 @@ def _backup(args) -> int:
         env.close()
     print(json.dumps({"ok": True, "backup": str(target), "bytes": Path(target, "data.mdb").stat().st_size}))
     return 0
+
+
+def _partitions(command: str, path: str) -> int:
+    """How many partitions the ledger at `path` has (1: a plain ledger); exits 2 when there is none."""
+    from kassa.core_ext.partitions import stored_partitions
+
+    partitions = stored_partitions(path)
+    if partitions is None:
+        print(f"kassa {command}: no ledger at {path}", file=sys.stderr)
+        raise SystemExit(2)
+    return partitions
+
+
+def _backup_partitioned(path: str, partitions: int, target: Path) -> int:
+    import lmdb
+
+    from kassa.core_ext.partitions import backup_partitioned
+
+    created = _first_missing(target)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        written = backup_partitioned(path, partitions, str(target))
+    except (OSError, lmdb.Error) as error:
+        _remove_backup_tree(target, created)
+        print(f"kassa backup: cannot write {target}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"ok": True, "backup": str(target), "partitions": partitions, "bytes": written}))
+    return 0
+
+
+def _remove_backup_tree(target: Path, created: Path | None) -> None:
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for child in target.iterdir() if target.is_dir() else ():
+        shutil.rmtree(child, ignore_errors=True)
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -249,11 +288,17 @@ def _verify(args) -> int:
     from kassa.server.clock import make_clock
 
     config = _load(args.config)
-    env, dbs = _open_existing("verify", config.ledger.path, config.ledger.map_size_bytes)
-    with env.begin() as txn:
-        violations = check_ledger(txn, dbs, make_clock(config.clock.file).now_ms())
-        summary = ledger_summary(txn, dbs)
-    env.close()
+    partitions = _partitions("verify", config.ledger.path)
+    if partitions > 1:
+        from kassa.core_ext.partitions import verify_partitioned
+
+        violations, summary = verify_partitioned(config.ledger.path, partitions, make_clock(config.clock.file).now_ms())
+    else:
+        env, dbs = _open_existing("verify", config.ledger.path, config.ledger.map_size_bytes)
+        with env.begin() as txn:
+            violations = check_ledger(txn, dbs, make_clock(config.clock.file).now_ms())
+            summary = ledger_summary(txn, dbs)
+        env.close()
     for violation in violations:
         print(f"VIOLATION {violation}")
     print(json.dumps({"ok": not violations, "violations": len(violations), **summary}))

@@ -1,0 +1,199 @@
+"""Partitions (DESIGN §6) against a real server: P ledgers under ledger.path, shared counters in escrow.
+
+- Races across partitions: 24 clients, their accounts spread over every partition, exhaust a campaign
+  budget of 1,000 points (purchases that ask 7 each) and a promo code good for 100 uses at once. At
+  P = 1, 2 and 8 nothing is ever overspent, and once purchases go on in every partition until none
+  gets anything, exactly 1,000 points and exactly 100 uses were granted (the last purchase of the
+  budget gets the 6 that are left). `kassa verify` checks every partition and that each counter's
+  bank and slices sum to its cap.
+- Transaction ids carry their partition; a Rollback by transaction id and by request id reaches the
+  purchase in whichever partition it is; a Rollback of a purchase that has not arrived leaves a
+  tombstone that refuses it in its partition.
+- `kassa backup` of a partitioned ledger is one directory that serves again and verifies.
+No timings are asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import grpc
+import pytest
+
+from kassa.core_ext.partitions import PARTITION_SHIFT_BITS, home_partition
+from kassa.v1 import admin_pb2, common_pb2, processing_pb2, processing_pb2_grpc
+from tests.reliability import CALL_TIMEOUT_S, assert_verifies
+from tests.server.helpers import balance, by_account, line, open_account
+
+PROGRAM = """
+[program]
+name = "partitions"
+timezone = "UTC"
+points_lifetime_days = 365
+"""
+
+CAMPAIGNS = """
+[[campaigns]]
+id = "budget-7"
+when = { category_prefixes = ["budget/"] }
+effect = { kind = "earn_fixed", points = 7 }
+limits = { budget_points = 1000 }
+
+[[campaigns]]
+id = "promo-5"
+promo_code = true
+when = { category_prefixes = ["promo/"] }
+effect = { kind = "earn_fixed", points = 5 }
+"""
+
+BUDGET_POINTS = 1_000
+CODE = "SHARED-100"
+CODE_USES = 100
+CLIENTS = 24
+PURCHASES_PER_CLIENT = 7  # 168 purchases ask 1,176 points and 168 uses: more than there is
+_serial = itertools.count(1)
+
+
+def start_partitioned(start_kassa, tmp_path, partitions: int):
+    rules = tmp_path / f"rules-{partitions}"
+    rules.mkdir()
+    (rules / "program.toml").write_text(PROGRAM)
+    (rules / "campaigns.toml").write_text(CAMPAIGNS)
+    return start_kassa(rules=rules, env={"KASSA_LEDGER_PARTITIONS": str(partitions)})
+
+
+def spread_accounts(prefix: str, partitions: int, count: int) -> list[str]:
+    """`count` account ids placed evenly over the partitions (by the placement's hash)."""
+    chosen: list[str] = []
+    per_partition = {index: 0 for index in range(partitions)}
+    for number in itertools.count():
+        account_id = f"{prefix}-{number}"
+        home = home_partition(account_id, partitions)
+        if per_partition[home] < count // partitions:
+            per_partition[home] += 1
+            chosen.append(account_id)
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError("unreachable")
+
+
+def purchase(account_id: str) -> processing_pb2.AccrueRequest:
+    request_id = f"buy-{next(_serial)}"
+    return processing_pb2.AccrueRequest(
+        request_id=request_id, customer=by_account(account_id),
+        receipt=common_pb2.Receipt(store_id="store-1", terminal_id="term-1", receipt_no=request_id,
+                                   lines=[line(1, 1_000, category="budget/x"), line(2, 1_000, category="promo/x")],
+                                   promo_codes=[CODE]))
+
+
+def granted(reply, campaign_id: str) -> int:
+    return sum(c.points for c in reply.calculation.campaigns if c.campaign_id == campaign_id)
+
+
+def wave(server, plans: list[list]) -> list:
+    """Each plan's purchases one after another on a channel of its own, all plans at once."""
+
+    async def run():
+        channels = [grpc.aio.insecure_channel(server.address) for _ in plans]
+        try:
+            async def client(channel, plan):
+                stub = processing_pb2_grpc.ProcessingStub(channel)
+                return [await stub.Accrue(request, timeout=CALL_TIMEOUT_S) for request in plan]
+
+            return await asyncio.gather(*(client(c, p) for c, p in zip(channels, plans)))
+        finally:
+            await asyncio.gather(*(c.close() for c in channels))
+
+    return [reply for replies in asyncio.run(run()) for reply in replies]
+
+
+def drain(server, accounts: list[str]) -> list:
+    """One purchase in every account, round after round, until a whole round gets nothing."""
+    replies = []
+    while True:
+        round_replies = [server.processing.Accrue(purchase(a), timeout=CALL_TIMEOUT_S) for a in accounts]
+        replies += round_replies
+        if not any(granted(r, "budget-7") or granted(r, "promo-5") for r in round_replies):
+            return replies
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 8])
+def test_shared_budget_and_code_uses_are_granted_exactly_across_partitions(start_kassa, tmp_path, partitions):
+    server = start_partitioned(start_kassa, tmp_path, partitions)
+    accounts = spread_accounts(f"S{partitions}", partitions, CLIENTS)
+    for account_id in accounts:
+        open_account(server, account_id)
+    server.admin.ImportPromoCodes(admin_pb2.ImportPromoCodesRequest(
+        request_id="codes-1", campaign_id="promo-5", codes=[CODE], uses_total=CODE_USES))
+
+    racing = wave(server, [[purchase(a) for _ in range(PURCHASES_PER_CLIENT)] for a in accounts])
+    assert {r.transaction_id >> PARTITION_SHIFT_BITS for r in racing} == set(range(partitions))
+    assert sum(granted(r, "budget-7") for r in racing) <= BUDGET_POINTS
+    assert sum(granted(r, "promo-5") for r in racing) // 5 <= CODE_USES
+
+    replies = racing + drain(server, accounts)
+    grants = [granted(r, "budget-7") for r in replies]
+    assert sum(grants) == BUDGET_POINTS
+    assert max(grants) == 7
+    assert sum(granted(r, "promo-5") for r in replies) == CODE_USES * 5
+    accepted = [p.accepted for r in replies for p in r.calculation.promo_codes]
+    assert accepted.count(True) == CODE_USES
+    if partitions == 1:  # one writer counts everything: the race alone spends it all, the last gets 6
+        assert sum(grants[:len(racing)]) == BUDGET_POINTS
+        assert sorted(set(grants)) == [0, 6, 7]
+    held = sum(balance(server, a).active_points for a in accounts)
+    assert held == BUDGET_POINTS + CODE_USES * 5
+    summary = assert_verifies(server)
+    assert summary.get("partitions", 1) == partitions
+
+
+def rollback(server, **fields):
+    return server.processing.Rollback(processing_pb2.RollbackRequest(request_id=f"undo-{next(_serial)}", **fields),
+                                      timeout=CALL_TIMEOUT_S)
+
+
+def test_rollbacks_find_purchases_in_any_partition(start_kassa, tmp_path):
+    server = start_partitioned(start_kassa, tmp_path, 4)
+    accounts = spread_accounts("R", 4, 4)
+    for account_id in accounts:
+        open_account(server, account_id)
+    requests = {a: purchase(a) for a in accounts}
+    bought = {a: server.processing.Accrue(requests[a], timeout=CALL_TIMEOUT_S) for a in accounts}
+    assert sorted(r.transaction_id >> PARTITION_SHIFT_BITS for r in bought.values()) == [0, 1, 2, 3]
+
+    first, second, third, fourth = accounts
+    undone = rollback(server, transaction_id=bought[first].transaction_id)
+    assert undone.reversed_transaction_id == bought[first].transaction_id
+    assert balance(server, first).active_points == 0
+    undone = rollback(server, original_request_id=requests[second].request_id)
+    assert undone.reversed_transaction_id == bought[second].transaction_id
+    assert balance(server, second).active_points == 0
+    assert balance(server, third).active_points == bought[third].calculation.earned_points
+
+    # Rolled back before it arrives: the late purchase is refused in whichever partition it lands.
+    late = purchase(fourth)
+    pending = rollback(server, original_request_id=late.request_id)
+    assert pending.kind == processing_pb2.ROLLBACK_KIND_PENDING_ORIGINAL
+    with pytest.raises(grpc.RpcError) as refused:
+        server.processing.Accrue(late, timeout=CALL_TIMEOUT_S)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert balance(server, fourth).active_points == bought[fourth].calculation.earned_points
+    assert_verifies(server)
+
+
+def test_backup_of_a_partitioned_ledger_serves_and_verifies(start_kassa, tmp_path):
+    server = start_partitioned(start_kassa, tmp_path, 2)
+    accounts = spread_accounts("B", 2, 4)
+    for account_id in accounts:
+        open_account(server, account_id)
+    wave(server, [[purchase(a) for _ in range(3)] for a in accounts])
+    before = {a: balance(server, a).active_points for a in accounts}
+    target = tmp_path / "backup"
+    result = server.run_cli("backup", str(target), "--config", str(server.config_path()))
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in target.iterdir()) == ["directory", "p0", "p1"]
+
+    restored = start_kassa(rules=server.rules, env={"KASSA_LEDGER_PARTITIONS": "2", "KASSA_LEDGER_PATH": str(target)})
+    assert {a: balance(restored, a).active_points for a in accounts} == before
+    assert_verifies(restored)
