@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import grpc
 import pytest
 
 from kassa.core_ext.partitions import PARTITION_SHIFT_BITS, home_partition
 from kassa.v1 import admin_pb2, common_pb2, processing_pb2, processing_pb2_grpc
+from tests.kassa_harness import START_TIMEOUT_S
 from tests.reliability import CALL_TIMEOUT_S, assert_verifies
 from tests.server.helpers import balance, by_account, line, open_account
+from tests.server.test_limits_concurrency import free_port
 
 PROGRAM = """
 [program]
@@ -55,12 +58,21 @@ PURCHASES_PER_CLIENT = 7  # 168 purchases ask 1,176 points and 168 uses: more th
 _serial = itertools.count(1)
 
 
-def start_partitioned(start_kassa, tmp_path, partitions: int):
+def start_partitioned(start_kassa, tmp_path, partitions: int, workers: int = 1):
+    """A server on the test program; with 2 workers, two processes serve every partition."""
     rules = tmp_path / f"rules-{partitions}"
     rules.mkdir()
     (rules / "program.toml").write_text(PROGRAM)
     (rules / "campaigns.toml").write_text(CAMPAIGNS)
-    return start_kassa(rules=rules, env={"KASSA_LEDGER_PARTITIONS": str(partitions)})
+    env = {"KASSA_LEDGER_PARTITIONS": str(partitions)}
+    if workers > 1:  # the workers share a fixed port (SO_REUSEPORT)
+        env |= {"KASSA_SERVER_WORKERS": str(workers), "KASSA_SERVER_LISTEN": f"127.0.0.1:{free_port()}"}
+    server = start_kassa(rules=rules, env=env)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while sum('"msg":"serving"' in entry for entry in list(server.log_lines)) < workers:
+        assert time.monotonic() < deadline, "".join(server.log_lines)
+        time.sleep(0.05)
+    return server
 
 
 def spread_accounts(prefix: str, partitions: int, count: int) -> list[str]:
@@ -118,9 +130,10 @@ def drain(server, accounts: list[str]) -> list:
             return replies
 
 
-@pytest.mark.parametrize("partitions", [1, 2, 8])
-def test_shared_budget_and_code_uses_are_granted_exactly_across_partitions(start_kassa, tmp_path, partitions):
-    server = start_partitioned(start_kassa, tmp_path, partitions)
+@pytest.mark.parametrize("partitions, workers", [(1, 1), (2, 1), (8, 1), (4, 2)],
+                         ids=["P1", "P2", "P8", "P4-2-workers"])
+def test_shared_budget_and_code_uses_are_granted_exactly_across_partitions(start_kassa, tmp_path, partitions, workers):
+    server = start_partitioned(start_kassa, tmp_path, partitions, workers)
     accounts = spread_accounts(f"S{partitions}", partitions, CLIENTS)
     for account_id in accounts:
         open_account(server, account_id)
