@@ -10,8 +10,9 @@ partition never spends past its slice, so the partitions together never spend pa
 A partition asks the bank only when a spend passes its slice, inside its own write transaction:
 it takes what it needs and a chunk beyond it, the chunk a share of what the bank holds, so chunks
 shrink near the end and the last units are granted one by one. When the bank is empty a partition
-gives its unspent slack back at its next spend, so the slack of one partition is not stranded
-while another refuses: a budget of 1,000 is granted to exactly 1,000.
+gives its unspent slack back at its next spend, and a partition with no spends gives it back within
+a second (`release_idle`, run by every worker for every partition), so the slack of one partition is
+not stranded while another refuses: a budget of 1,000 is granted to exactly 1,000.
 
 A refill committed in the directory whose partition transaction then aborts (a crash, a retry)
 leaves slack in that partition's slice, never an overspend. When another partition emptied the bank
@@ -118,6 +119,27 @@ class Escrow:
         txn.put(_CAP + key, _bytes(cap), db=self._db)
         txn.put(_BANK + key, _bytes(bank), db=self._db)
         txn.put(slice_key(key, self.partition), _bytes(granted), db=self._db)
+
+
+def release_idle(env, db, partition: int, spent_of) -> int:
+    """Give back to the emptied banks this partition's slack (`spent_of(key)`: its counter, read
+    while the caller holds its writer lock): the slack of a partition that sees no spend would
+    otherwise stay out of reach of the others. Returns how many units went back."""
+    released = 0
+    suffix = b"\0" + partition.to_bytes(2, "big")
+    with env.begin(write=True) as txn:
+        with txn.cursor(db=db) as cursor:
+            slices = [(stored_key, _int(value)) for stored_key, value in cursor
+                      if stored_key.startswith(_SLICE) and stored_key.endswith(suffix)]
+        for stored_key, granted in slices:
+            key = stored_key[len(_SLICE):-len(suffix)]
+            spent = spent_of(key)
+            bank = _int(txn.get(_BANK + key, db=db))
+            if bank == 0 and granted > spent:
+                txn.put(_BANK + key, _bytes(granted - spent), db=db)
+                txn.put(stored_key, _bytes(spent), db=db)
+                released += granted - spent
+    return released
 
 
 def check_banks(txn, db, spent_of) -> list[str]:

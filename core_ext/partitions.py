@@ -19,7 +19,7 @@ import zlib
 
 import lmdb
 
-from kassa.core_ext.escrow import ESCROW_DB, Escrow, EscrowShort, check_banks
+from kassa.core_ext.escrow import ESCROW_DB, Escrow, EscrowShort, check_banks, release_idle
 from kassa.core_ext.ledger import Ledger, LedgerError, ident_key
 from kassa.core_ext.model import Code, CreateAccountOp, IdKind, IssueCardOp
 
@@ -144,6 +144,19 @@ class PartitionWriter:
             except EscrowShort:
                 continue
         raise LedgerError(Code.ABORTED, "shared counters kept changing under this group; send it again")
+
+    def release_slack(self) -> int:
+        """Give this partition's slack of emptied banks back (escrow.release_idle), holding its
+        writer lock so that no spend of it runs meanwhile; returns the units given back."""
+        _, dbs = self.ledger.raw_transaction()
+        counters = dbs["counters"]
+        with self.ledger.env.begin(write=True) as txn:
+
+            def spent_of(key: bytes) -> int:
+                stored = txn.get(key, db=counters)
+                return 0 if stored is None else int.from_bytes(stored, "big", signed=True)
+
+            return release_idle(self._directory.env, self._directory.escrow, self._index, spent_of)
 
     def _record_places(self, ops: list, outcomes: list) -> None:
         places = []

@@ -50,6 +50,7 @@ from kassa.server.startup import StartupRefused, read_tls_files
 log = logging.getLogger("kassa.server")
 
 RULES_REFRESH_INTERVAL_S = 1  # how often a worker looks for a ruleset another worker stored
+ESCROW_RELEASE_INTERVAL_S = 1  # how often idle partitions' slack goes back to emptied banks
 # On SIGTERM the process exits at most this long after server.grace_s: the group commit running at
 # the deadline ends (a drain commits groups of at most DRAIN_GROUP_OPERATIONS_MAX operations) and the
 # ledger closes. Whatever still runs then ends with the process (exit status EXIT_DRAIN_OVERRAN).
@@ -169,6 +170,19 @@ async def check_readers_periodically(ledger, interval_s: float) -> None:
         freed = ledger.reader_check()
         if freed:
             event(log, "stale ledger readers freed", readers=freed)
+
+
+async def release_escrow_periodically(ledger, interval_s: float) -> None:
+    """Partitions: the slack of partitions that see no spends goes back to emptied banks, so the
+    last units of a budget or a code's uses are granted wherever the next purchase is."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_s)
+        for writer in ledger.writers:
+            try:
+                await loop.run_in_executor(None, writer.release_slack)
+            except lmdb.Error:
+                log.exception("escrow release failed; the next one retries")
 
 
 def exit_when_overrun(after_s: float) -> None:
@@ -334,6 +348,8 @@ async def wait_for_signal(parts: Parts) -> set[asyncio.Task]:
         loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
         loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
     ]
+    if isinstance(ledger, PartitionedLedger):
+        chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
     await stop.wait()
     for chore in chores:
         chore.cancel()

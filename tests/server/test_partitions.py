@@ -9,6 +9,8 @@
 - Transaction ids carry their partition; a Rollback by transaction id and by request id reaches the
   purchase in whichever partition it is; a Rollback of a purchase that has not arrived leaves a
   tombstone that refuses it in its partition.
+- The slack of a partition that sees no purchases goes back to the emptied bank within a second,
+  and a purchase in another partition gets it.
 - `kassa backup` of a partitioned ledger is one directory that serves again and verifies.
 No timings are asserted.
 """
@@ -23,6 +25,7 @@ import grpc
 import pytest
 
 from kassa.core_ext.partitions import PARTITION_SHIFT_BITS, home_partition
+from kassa.server.app import ESCROW_RELEASE_INTERVAL_S
 from kassa.v1 import admin_pb2, common_pb2, processing_pb2, processing_pb2_grpc
 from tests.kassa_harness import START_TIMEOUT_S
 from tests.reliability import CALL_TIMEOUT_S, assert_verifies
@@ -210,3 +213,29 @@ def test_backup_of_a_partitioned_ledger_serves_and_verifies(start_kassa, tmp_pat
     restored = start_kassa(rules=server.rules, env={"KASSA_LEDGER_PARTITIONS": "2", "KASSA_LEDGER_PATH": str(target)})
     assert {a: balance(restored, a).active_points for a in accounts} == before
     assert_verifies(restored)
+
+
+def test_the_slack_of_an_idle_partition_goes_to_the_partition_that_spends(start_kassa, tmp_path):
+    """Partition 1 takes a slice with one purchase, then sees none: once partition 0 has emptied the
+    bank, partition 1's slack comes back to it within a release interval, so the budget is spent to
+    the last point by partition 0's customer alone."""
+    server = start_partitioned(start_kassa, tmp_path, 2)
+    idle, busy = sorted(spread_accounts("I", 2, 2), key=lambda a: -home_partition(a, 2))
+    for account_id in (idle, busy):
+        open_account(server, account_id)
+    first = server.processing.Accrue(purchase(idle), timeout=CALL_TIMEOUT_S)
+    assert granted(first, "budget-7") == 7
+
+    def buy_until_refused() -> int:
+        """Waves of 8 purchases at once, until a whole wave gets nothing."""
+        got = 0
+        while points := sum(granted(r, "budget-7") for r in wave(server, [[purchase(busy)] for _ in range(8)])):
+            got += points
+        return got
+
+    before_release = buy_until_refused()
+    assert before_release < BUDGET_POINTS - 7  # partition 1 holds a slice beyond its one purchase
+    time.sleep(2 * ESCROW_RELEASE_INTERVAL_S + 0.5)
+    after_release = buy_until_refused()
+    assert before_release + after_release == BUDGET_POINTS - 7
+    assert_verifies(server)
