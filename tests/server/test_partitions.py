@@ -162,6 +162,8 @@ def test_shared_budget_and_code_uses_are_granted_exactly_across_partitions(start
     assert held == BUDGET_POINTS + CODE_USES * 5
     summary = assert_verifies(server)
     assert summary.get("partitions", 1) == partitions
+    layout = sorted(path.name for path in server.ledger_path.iterdir() if path.is_dir() or path.suffix == ".mdb")
+    assert layout == (["data.mdb", "lock.mdb"] if partitions == 1 else ["directory", *(f"p{i}" for i in range(partitions))])
 
 
 def rollback(server, **fields):
@@ -239,3 +241,12 @@ def test_the_slack_of_an_idle_partition_goes_to_the_partition_that_spends(start_
     after_release = buy_until_refused()
     assert before_release + after_release == BUDGET_POINTS - 7
     assert_verifies(server)
+
+
+def test_a_server_configured_for_another_number_of_partitions_refuses_to_start(start_kassa, tmp_path):
+    server = start_partitioned(start_kassa, tmp_path, 2)
+    server.stop()
+    server.extra_env["KASSA_LEDGER_PARTITIONS"] = "1"
+    with pytest.raises(RuntimeError) as refused:
+        server.start()
+    assert "it has 2 partition(s), and ledger.partitions is 1" in str(refused.value)
