@@ -70,6 +70,13 @@ class Escrow:
         self.partition = partition
         self._partitions = partitions
         self._caps: dict[bytes, int] = {}  # the cap each shared counter had when last evaluated
+        # The highest value each shared counter had in the group being applied, the committed one
+        # included: a give-back never goes below it, as the group may yet abort.
+        self._highest: dict[bytes, int] = {}
+
+    def begin_group(self) -> None:
+        """Before each application of a group (by the partition's writer)."""
+        self._highest.clear()
 
     def left(self, key: bytes, cap: int, spent: int) -> int:
         """What this partition may still spend of `key`: its slice's slack and the whole bank."""
@@ -88,7 +95,11 @@ class Escrow:
     def spend(self, key: bytes, spent: int, delta: int) -> None:
         """This partition's counter `key` becomes `spent` (by `delta`): refill the slice when it
         no longer covers it (or raise `EscrowShort`); give back the slack when the bank is empty."""
-        if delta <= 0 or not key.startswith(SHARED_PREFIXES):
+        if not key.startswith(SHARED_PREFIXES):
+            return
+        highest = self._highest.get(key, spent - delta)  # first touched: it was `spent - delta` before
+        self._highest[key] = max(highest, spent)
+        if delta <= 0:
             return  # a give-back stays in the slice, spent again here or released at the next spend
         cap = self._caps.get(key)
         with self._env.begin() as txn:
@@ -96,15 +107,17 @@ class Escrow:
                 cap = _int(txn.get(_CAP + key, db=self._db) or _bytes(spent))
             bank, stored_cap = read_bank(txn, self._db, key, cap)
             granted = self._granted(txn, key)
-        if spent <= granted and (bank > 0 or spent == granted) and stored_cap == cap:
+        if spent <= granted and (bank > 0 or granted <= self._highest[key]) and stored_cap == cap:
             return  # covered, and nothing to give back: no directory write
         try:
             with self._env.begin(write=True) as txn:
-                self._settle(txn, key, cap, spent)
+                self._settle(txn, key, cap, spent, self._highest[key])
         except lmdb.Error as error:
             raise LedgerError(Code.UNAVAILABLE, f"the directory's escrow bank cannot be written: {error}") from error
 
-    def _settle(self, txn, key: bytes, cap: int, spent: int) -> None:
+    def _settle(self, txn, key: bytes, cap: int, spent: int, kept: int) -> None:
+        """Refill the slice to cover `spent`; at the end give back what it holds beyond `kept`
+        (at least `spent`: the highest the counter was in this group, which may yet abort)."""
         bank, _ = read_bank(txn, self._db, key, cap)
         granted = self._granted(txn, key)
         if spent > granted:
@@ -114,8 +127,8 @@ class Escrow:
             take = need + (bank - need) // (REFILL_SHARE_DIVISOR * self._partitions)
             granted += take
             bank -= take
-        if bank == 0 and granted > spent:  # the end: others may need what this slice holds
-            bank, granted = granted - spent, spent
+        if bank == 0 and granted > kept:  # the end: others may need what this slice holds
+            bank, granted = granted - kept, kept
         txn.put(_CAP + key, _bytes(cap), db=self._db)
         txn.put(_BANK + key, _bytes(bank), db=self._db)
         txn.put(slice_key(key, self.partition), _bytes(granted), db=self._db)

@@ -130,6 +130,7 @@ class PartitionWriter:
             return taken, at_ms
 
         try:
+            self.ledger.escrow.begin_group()
             outcomes = self.ledger.apply(ops, now_ms, None if take is None else take_timed)
         except EscrowShort:
             outcomes = self._apply_again(ops, applied_at[0])
@@ -140,6 +141,7 @@ class PartitionWriter:
         """`take` already joined its operations to `ops`; the time stays the group's."""
         for _ in range(ESCROW_RETRIES_MAX - 1):
             try:
+                self.ledger.escrow.begin_group()
                 return self.ledger.apply(ops, now_ms)
             except EscrowShort:
                 continue
