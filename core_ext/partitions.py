@@ -26,7 +26,7 @@ from kassa.core_ext.model import Code, CreateAccountOp, IdKind, IssueCardOp
 PARTITION_SHIFT_BITS = 48  # a transaction id's partition: its bits from here up
 PARTITIONS_MAX = 256  # partitions of one ledger
 DIRECTORY_NAME = "directory"
-DIRECTORY_MAP_SIZE_BYTES = 1024**3  # the directory's map: accounts, cards, phones and banks, small records
+DIRECTORY_MAP_SIZE_BYTES = 16 * 1024**3  # the directory's map (sparse): some 50 bytes an account, card or phone
 DIRECTORY_DBS_MAX = 4
 PLACES_DB, META_DB = b"places", b"meta"
 PARTITIONS_KEY = b"partitions"
@@ -87,12 +87,16 @@ class Directory:
         self.meta = self.env.open_db(META_DB)
         with self.env.begin() as txn:
             stored = txn.get(PARTITIONS_KEY, db=self.meta)
-        if stored is None:
-            with self.env.begin(write=True) as txn:
-                txn.put(PARTITIONS_KEY, str(partitions).encode(), db=self.meta)
-        elif int(stored) != partitions:
+        # A new ledger (or one whose making was cut short): its partitions are made now, and the
+        # number of them is written once they all exist (`made`).
+        self.created = stored is None
+        if stored is not None and int(stored) != partitions:
             raise PartitionsMismatch(f"the ledger at {root} has {int(stored)} partitions, not ledger.partitions = "
                                      f"{partitions}; changing it is offline")
+
+    def made(self) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(PARTITIONS_KEY, str(self.partitions).encode(), db=self.meta)
 
     def lookup(self, kind: int, value: str) -> int | None:
         with self.env.begin() as txn:
@@ -184,10 +188,17 @@ class PartitionedLedger:
         self.directory = Directory(self.path, partitions, sync)
         self.parts = []
         for index in range(partitions):
+            if not self.directory.created and not os.path.exists(os.path.join(partition_path(self.path, index),
+                                                                            "data.mdb")):
+                self.directory.close()
+                raise PartitionsMismatch(f"partition p{index} of the ledger at {self.path} is missing; restore it "
+                                         "from a backup (kassa backup copies every partition)")
             ledger = Ledger(partition_path(self.path, index), program, map_size_bytes, hold_ttl_s, sync, **options)
             ledger.first_txn_id = first_txn_id(index)
             ledger.escrow = Escrow(self.directory.env, self.directory.escrow, index, partitions)
             self.parts.append(ledger)
+        if self.directory.created:
+            self.directory.made()
         self.writers = [PartitionWriter(ledger, self.directory, index) for index, ledger in enumerate(self.parts)]
 
     @property

@@ -250,3 +250,14 @@ def test_a_server_configured_for_another_number_of_partitions_refuses_to_start(s
     with pytest.raises(RuntimeError) as refused:
         server.start()
     assert "it has 2 partition(s), and ledger.partitions is 1" in str(refused.value)
+
+
+def test_a_ledger_missing_a_partition_refuses_to_start(start_kassa, tmp_path):
+    """A lost partition is not silently made again empty (its accounts would vanish)."""
+    server = start_partitioned(start_kassa, tmp_path, 2)
+    server.stop()
+    (server.ledger_path / "p1" / "data.mdb").unlink()
+    with pytest.raises(RuntimeError) as refused:
+        server.start()
+    assert "partition p1 of the ledger at" in str(refused.value)
+    assert not (server.ledger_path / "p1" / "data.mdb").exists()
