@@ -98,8 +98,13 @@ class Directory:
         with self.env.begin(write=True) as txn:
             txn.put(PARTITIONS_KEY, str(self.partitions).encode(), db=self.meta)
 
-    def lookup(self, kind: int, value: str) -> int | None:
-        with self.env.begin() as txn:
+    def lookup(self, kind: int, value: str, txn=None) -> int | None:
+        """The partition of an account, card or phone, or None; in `txn` (a read transaction of
+        the directory, for many look-ups: 0.3 against 3 us each) or in one of its own."""
+        if txn is None:
+            with self.env.begin() as txn:
+                stored = txn.get(place_key(kind, value), db=self.places)
+        else:
             stored = txn.get(place_key(kind, value), db=self.places)
         return None if stored is None else int.from_bytes(stored, "big")
 
@@ -205,11 +210,11 @@ class PartitionedLedger:
     def program(self):
         return self.parts[0].program
 
-    def partition_of(self, customer) -> int:
+    def partition_of(self, customer, txn=None) -> int:
         """The partition of a customer: its directory entry, else (an account never created here
         that a creation would place by its id) its home; an unknown card or phone goes to 0, which
         answers NOT_FOUND."""
-        found = self.directory.lookup(customer.kind, customer.value)
+        found = self.directory.lookup(customer.kind, customer.value, txn)
         if found is not None:
             return found
         return self.directory.home(customer.value) if customer.kind == IdKind.ACCOUNT else 0

@@ -70,8 +70,9 @@ class PartitionedCommitter:
         outcomes: list = [None] * len(ops)
         routed: dict[int, list[int]] = {}
         everywhere = []
-        for position, op in enumerate(ops):
-            route = self._route(op)
+        with self._ledger.directory.env.begin() as txn:  # one read transaction for every look-up
+            routes = [self._route(op, txn) for op in ops]
+        for position, route in enumerate(routes):
             if isinstance(route, Outcome):
                 outcomes[position] = route
             elif route == EVERY_PARTITION:
@@ -90,56 +91,59 @@ class PartitionedCommitter:
 
     # -- Routes ------------------------------------------------------------------------------
 
-    def _route(self, op):
+    def _route(self, op, txn):
         """The partition of `op`, EVERY_PARTITION, or the refusal of what partitions cannot do yet."""
         ledger = self._ledger
         kind = type(op)
         if kind in BY_CUSTOMER:
-            return ledger.partition_of(op.customer)
+            return ledger.partition_of(op.customer, txn)
         if kind is EventOp:
-            return self._event_route(op)
+            return self._event_route(op, txn)
         if kind is CreateAccountOp:
-            return self._create_route(op)
+            return self._create_route(op, txn)
         if kind is IssueCardOp:
-            return self._card_route(op)
+            return self._card_route(op, txn)
         if kind is BlockCardOp:
-            return ledger.partition_of(_customer(IdKind.CARD, op.card))
+            return ledger.partition_of(_customer(IdKind.CARD, op.card), txn)
         if kind is LeaveGroupOp:
-            return ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id))
+            return ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn)
         if kind is JoinGroupOp:
-            return self._join_route(op)
+            return self._join_route(op, txn)
         if kind is RollbackOp:
             return self._rollback_route(op)
         return EVERY_PARTITION  # SetRulesOp, SweepOp, PromoCodesOp
 
-    def _event_route(self, op):
-        partition = self._ledger.partition_of(op.customer)
-        if op.related is not None and self._ledger.partition_of(op.related) != partition:
+    def _event_route(self, op, txn):
+        partition = self._ledger.partition_of(op.customer, txn)
+        if op.related is not None and self._ledger.partition_of(op.related, txn) != partition:
             return rejected(Code.FAILED_PRECONDITION, "related: the related customer is in another partition; "
                             "events across partitions are not supported yet")
         return partition
 
-    def _create_route(self, op):
+    def _create_route(self, op, txn):
+        """By the account id, else by the request id (a retry names the same one: the same partition).
+        A phone of another partition's account is refused here; within the partition, the ledger
+        checks it (after replaying a retry) as with one ledger."""
         directory = self._ledger.directory
-        if op.phone and directory.lookup(IdKind.PHONE, op.phone) is not None:
-            placed = directory.lookup(IdKind.PHONE, op.phone)
-            home = directory.lookup(IdKind.ACCOUNT, op.account_id) if op.account_id else None
-            if home != placed:  # a retry of this creation goes where it went; another account's phone is refused
-                return rejected(Code.ALREADY_EXISTS, f"phone: phone '{op.phone}' belongs to another account")
         if op.account_id:
-            return self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id))
-        return directory.home(op.request_id)  # a retry names the same request id: the same partition
+            partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn)
+        else:
+            partition = directory.home(op.request_id)
+        placed = directory.lookup(IdKind.PHONE, op.phone, txn) if op.phone else None
+        if placed is not None and placed != partition:
+            return rejected(Code.ALREADY_EXISTS, f"phone: phone '{op.phone}' belongs to another account")
+        return partition
 
-    def _card_route(self, op):
-        partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id))
-        placed = self._ledger.directory.lookup(IdKind.CARD, op.card)
+    def _card_route(self, op, txn):
+        partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn)
+        placed = self._ledger.directory.lookup(IdKind.CARD, op.card, txn)
         if placed is not None and placed != partition:
             return rejected(Code.ALREADY_EXISTS, f"card: card '{op.card}' is already issued")
         return partition
 
-    def _join_route(self, op):
-        partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.parent_account_id))
-        if self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id)) != partition:
+    def _join_route(self, op, txn):
+        partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.parent_account_id), txn)
+        if self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn) != partition:
             return rejected(Code.FAILED_PRECONDITION, f"account_id: '{op.account_id}' is in another partition than "
                             f"'{op.parent_account_id}'; moving it into the group's is not supported yet",
                             Reason.ALREADY_IN_GROUP)

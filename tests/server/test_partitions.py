@@ -26,7 +26,7 @@ import pytest
 
 from kassa.core_ext.partitions import PARTITION_SHIFT_BITS, home_partition
 from kassa.server.app import ESCROW_RELEASE_INTERVAL_S
-from kassa.v1 import admin_pb2, common_pb2, processing_pb2, processing_pb2_grpc
+from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2, processing_pb2_grpc
 from tests.kassa_harness import START_TIMEOUT_S
 from tests.reliability import CALL_TIMEOUT_S, assert_verifies
 from tests.server.helpers import balance, by_account, line, open_account
@@ -261,3 +261,22 @@ def test_a_ledger_missing_a_partition_refuses_to_start(start_kassa, tmp_path):
         server.start()
     assert "partition p1 of the ledger at" in str(refused.value)
     assert not (server.ledger_path / "p1" / "data.mdb").exists()
+
+
+def test_a_phone_is_one_account_s_across_partitions_and_a_retried_creation_replays(start_kassa, tmp_path):
+    server = start_partitioned(start_kassa, tmp_path, 4)
+    create = accounts_pb2.CreateAccountRequest(request_id="create-phone", phone="+81 90 0000 0001")
+    first = server.accounts.CreateAccount(create, timeout=CALL_TIMEOUT_S)
+    assert server.accounts.CreateAccount(create, timeout=CALL_TIMEOUT_S).account.account_id == first.account.account_id
+    homes = {home_partition(a, 4) for a in spread_accounts("PH", 4, 4)}
+    assert homes == {0, 1, 2, 3}
+    for account_id in spread_accounts("PH", 4, 4):  # one of them in every partition
+        with pytest.raises(grpc.RpcError) as refused:
+            server.accounts.CreateAccount(accounts_pb2.CreateAccountRequest(
+                request_id=f"create-{account_id}", account_id=account_id, phone="+81 90 0000 0001"),
+                timeout=CALL_TIMEOUT_S)
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    found = server.accounts.GetAccount(accounts_pb2.GetAccountRequest(
+        customer=common_pb2.Customer(phone="+81 90 0000 0001")), timeout=CALL_TIMEOUT_S)
+    assert found.account_id == first.account.account_id
+    assert_verifies(server)
