@@ -134,21 +134,32 @@ class Escrow:
         txn.put(slice_key(key, self.partition), _bytes(granted), db=self._db)
 
 
+def _emptied_slices(txn, db, partition: int) -> list[tuple[bytes, int]]:
+    """(slice key, granted) of this partition's slices whose bank is empty."""
+    suffix = b"\0" + partition.to_bytes(2, "big")
+    with txn.cursor(db=db) as cursor:
+        slices = [(stored_key, _int(value)) for stored_key, value in cursor
+                  if stored_key.startswith(_SLICE) and stored_key.endswith(suffix)]
+    return [(stored_key, granted) for stored_key, granted in slices
+            if _int(txn.get(_BANK + stored_key[len(_SLICE):-len(suffix)], db=db)) == 0]
+
+
+def may_release(env, db, partition: int) -> bool:
+    """Whether `release_idle` may give anything back: a read, so that the writer lock is taken only then."""
+    with env.begin() as txn:
+        return any(granted > 0 for _, granted in _emptied_slices(txn, db, partition))
+
+
 def release_idle(env, db, partition: int, spent_of) -> int:
     """Give back to the emptied banks this partition's slack (`spent_of(key)`: its counter, read
     while the caller holds its writer lock): the slack of a partition that sees no spend would
     otherwise stay out of reach of the others. Returns how many units went back."""
     released = 0
-    suffix = b"\0" + partition.to_bytes(2, "big")
     with env.begin(write=True) as txn:
-        with txn.cursor(db=db) as cursor:
-            slices = [(stored_key, _int(value)) for stored_key, value in cursor
-                      if stored_key.startswith(_SLICE) and stored_key.endswith(suffix)]
-        for stored_key, granted in slices:
-            key = stored_key[len(_SLICE):-len(suffix)]
+        for stored_key, granted in _emptied_slices(txn, db, partition):
+            key = stored_key[len(_SLICE):-3]
             spent = spent_of(key)
-            bank = _int(txn.get(_BANK + key, db=db))
-            if bank == 0 and granted > spent:
+            if granted > spent:
                 txn.put(_BANK + key, _bytes(granted - spent), db=db)
                 txn.put(stored_key, _bytes(spent), db=db)
                 released += granted - spent

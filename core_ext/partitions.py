@@ -19,7 +19,7 @@ import zlib
 
 import lmdb
 
-from kassa.core_ext.escrow import ESCROW_DB, Escrow, EscrowShort, check_banks, release_idle
+from kassa.core_ext.escrow import ESCROW_DB, Escrow, EscrowShort, check_banks, may_release, release_idle
 from kassa.core_ext.ledger import Ledger, LedgerError, ident_key
 from kassa.core_ext.model import Code, CreateAccountOp, IdKind, IssueCardOp
 
@@ -159,6 +159,8 @@ class PartitionWriter:
     def release_slack(self) -> int:
         """Give this partition's slack of emptied banks back (escrow.release_idle), holding its
         writer lock so that no spend of it runs meanwhile; returns the units given back."""
+        if not may_release(self._directory.env, self._directory.escrow, self._index):
+            return 0  # nothing to give back: the writer lock is not taken
         _, dbs = self.ledger.raw_transaction()
         counters = dbs["counters"]
         with self.ledger.env.begin(write=True) as txn:
