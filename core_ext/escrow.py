@@ -104,7 +104,10 @@ class Escrow:
         cap = self._caps.get(key)
         with self._env.begin() as txn:
             if cap is None:  # not evaluated in this process: the cap the bank holds
-                cap = _int(txn.get(_CAP + key, db=self._db) or _bytes(spent))
+                stored = txn.get(_CAP + key, db=self._db)
+                if stored is None:  # the ledger spends only what an evaluation allowed: a bug
+                    raise LedgerError(Code.INTERNAL, f"shared counter {key!r} spent before any evaluation")
+                cap = _int(stored)
             bank, stored_cap = read_bank(txn, self._db, key, cap)
             granted = self._granted(txn, key)
         if spent <= granted and (bank > 0 or granted <= self._highest[key]) and stored_cap == cap:
