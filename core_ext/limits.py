@@ -24,3 +24,5 @@ SWEEP_ACCOUNTS_MAX = 5_000  # accounts settled by one expiry-sweep transaction
 STATEMENT_PAGE_SIZE_DEFAULT = 50  # transactions
 STATEMENT_PAGE_SIZE_MAX = 500  # transactions
 MS_PER_DAY = 86_400_000  # milliseconds
+PARTITIONS_MAX = 256  # LMDB environments of one ledger (ledger.partitions); ids of 2 bytes in the directory
+PARTITION_SHIFT_BITS = 48  # a transaction id's partition is its bits from here up (2**48 ids a partition)

@@ -21,10 +21,9 @@ import lmdb
 
 from kassa.core_ext.escrow import ESCROW_DB, Escrow, EscrowShort, check_banks, may_release, release_idle
 from kassa.core_ext.ledger import Ledger, LedgerError, ident_key
+from kassa.core_ext.limits import PARTITION_SHIFT_BITS
 from kassa.core_ext.model import Code, CreateAccountOp, IdKind, IssueCardOp
 
-PARTITION_SHIFT_BITS = 48  # a transaction id's partition: its bits from here up
-PARTITIONS_MAX = 256  # partitions of one ledger
 DIRECTORY_NAME = "directory"
 DIRECTORY_MAP_SIZE_BYTES = 16 * 1024**3  # the directory's map (sparse): some 50 bytes an account, card or phone
 DIRECTORY_DBS_MAX = 4

@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 
+from kassa.core_ext.limits import PARTITIONS_MAX
+
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
@@ -119,7 +121,7 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("ledger", "map_size_bytes_max"): (1024**2, 1024**5),
     ("ledger", "disk_reserve_bytes"): (0, 1024**5),
     ("ledger", "readers_max"): (8, 100_000),
-    ("ledger", "partitions"): (1, 256),
+    ("ledger", "partitions"): (1, PARTITIONS_MAX),
     ("ledger", "reader_check_interval_s"): (0.1, 3600),
     ("processing", "hold_ttl_s"): (1, 30 * 86_400),
     ("processing", "batch_operations_max"): (1, 1_000_000),
