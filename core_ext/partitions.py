@@ -64,10 +64,12 @@ def stored_partitions(root: str) -> int | None:
     directory = os.path.join(root, DIRECTORY_NAME)
     if not os.path.exists(os.path.join(directory, "data.mdb")):
         return None
-    env = lmdb.open(directory, max_dbs=DIRECTORY_DBS_MAX, readonly=True, lock=False)
+    env = lmdb.open(directory, max_dbs=DIRECTORY_DBS_MAX, readonly=True)
     try:
         with env.begin() as txn:
-            stored = txn.get(PARTITIONS_KEY, db=env.open_db(META_DB, txn=txn))
+            stored = txn.get(PARTITIONS_KEY, db=env.open_db(META_DB, txn=txn, create=False))
+    except lmdb.NotFoundError:  # another worker is making the ledger right now
+        return None
     finally:
         env.close()
     return None if stored is None else int(stored)
