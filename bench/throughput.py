@@ -266,22 +266,33 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def seed_ledger(path: Path, accounts: int) -> None:
+def seed_ledger(path: Path, accounts: int, partitions: int = 1) -> None:
     from kassa.core_ext import Ledger, Program, load_program
     from kassa.core_ext.model import CreateAccountOp
+    from kassa.core_ext.partitions import PartitionedLedger, home_partition
 
-    ledger = Ledger(str(path), Program(load_program([REPO / "config" / "rules"])), 8 * 1024**3, 900)
+    program = Program(load_program([REPO / "config" / "rules"]))
+    if partitions == 1:
+        ledger, writers = Ledger(str(path), program, 8 * 1024**3, 900), None
+    else:  # each account into its partition, through its writer (which records it in the directory)
+        ledger = PartitionedLedger(str(path), program, 8 * 1024**3, 900, partitions=partitions)
+        writers = ledger.writers
     now_ms = time.time_ns() // 1_000_000
     for first in range(0, accounts, SEED_CHUNK_OPS):
         ops = [CreateAccountOp(f"seed-{i}", b"seed", account_id(i)) for i in range(first, min(accounts, first + SEED_CHUNK_OPS))]
-        for outcome in ledger.apply(ops, now_ms):
-            assert outcome.code == 0, outcome
+        groups = {0: ops} if writers is None else {}
+        for op in ops if writers is not None else ():
+            groups.setdefault(home_partition(op.account_id, partitions), []).append(op)
+        for index, group in groups.items():
+            for outcome in (ledger if writers is None else writers[index]).apply(group, now_ms):
+                assert outcome.code == 0, outcome
     ledger.close()
 
 
-def server_environment(ledger_path: Path, port: int, workers: int, sync: bool) -> dict[str, str]:
+def server_environment(ledger_path: Path, port: int, workers: int, sync: bool, partitions: int = 1) -> dict[str, str]:
     return {
         **os.environ,
+        "KASSA_LEDGER_PARTITIONS": str(partitions),
         "KASSA_SERVER_LISTEN": f"127.0.0.1:{port}",
         "KASSA_SERVER_WORKERS": str(workers),
         "KASSA_SERVER_BENCH_NOOP": "true",
@@ -391,9 +402,9 @@ def run(args) -> dict:
 def _measure(args, workdir: Path) -> dict:
     server_cpus, driver_cpus = split_cpus(args.server_cpus, args.driver_cpus)
     ledger_path = workdir / "ledger"
-    seed_ledger(ledger_path, args.accounts)
+    seed_ledger(ledger_path, args.accounts, args.partitions)
     port = _free_port()
-    environ = server_environment(ledger_path, port, args.workers, not args.no_sync)
+    environ = server_environment(ledger_path, port, args.workers, not args.no_sync, args.partitions)
     server, worker_cpus = start_server(environ, args.workers, server_cpus)
     try:
         processes = args.driver_processes or min(args.concurrency, len(driver_cpus) or os.cpu_count() or 1)
@@ -425,6 +436,7 @@ def _measure(args, workdir: Path) -> dict:
     result = {
         "mode": args.mode,
         "workers": args.workers,
+        "partitions": args.partitions,
         "concurrency": args.concurrency,
         "duration_s": args.duration,
         "purchases": purchases,
@@ -453,12 +465,12 @@ def _measure(args, workdir: Path) -> dict:
 
 
 def print_table(results: list[dict]) -> None:
-    header = f"{'mode':<12} {'workers':>7} {'conc':>5} {'batch':>6} {'purchases/min':>14} {'calls/s':>9} " \
+    header = f"{'mode':<12} {'workers':>7} {'P':>3} {'conc':>5} {'batch':>6} {'purchases/min':>14} {'calls/s':>9} " \
              f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'ops/commit':>10} {'durable':>7} {'verify':>6}"
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['mode']:<12} {r['workers']:>7} {r['concurrency']:>5} {r['batch_size']:>6} "
+        print(f"{r['mode']:<12} {r['workers']:>7} {r.get('partitions', 1):>3} {r['concurrency']:>5} {r['batch_size']:>6} "
               f"{r['purchases_per_min']:>14,} {r['calls_per_s']:>9,.0f} {r['latency_ms']['p50']:>8.2f} "
               f"{r['latency_ms']['p99']:>8.2f} {r['latency_ms']['max']:>8.2f} "
               f"{r['commits']['operations_per_group'] if r.get('commits', {}).get('groups') else '-':>10} "
@@ -473,6 +485,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--concurrency", type=int, default=64, help="calls (unary, batch) or streams in flight")
     parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--partitions", type=int, default=1, help="ledger.partitions: LMDB environments, a writer each")
     parser.add_argument("--batch-size", type=int, default=500, help="purchases per ProcessBatch call or stream message")
     parser.add_argument("--window", type=int, default=4, help="stream messages in flight per stream")
     parser.add_argument("--accounts", type=int, default=100_000)

@@ -25,3 +25,5 @@ STATEMENT_PAGE_SIZE_DEFAULT = 50  # transactions
 STATEMENT_PAGE_SIZE_MAX = 500  # transactions
 MS_PER_DAY = 86_400_000  # milliseconds
 TIMESTAMP_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the end of google.protobuf.Timestamp's range
+PARTITIONS_MAX = 256  # LMDB environments of one ledger (ledger.partitions); ids of 2 bytes in the directory
+PARTITION_SHIFT_BITS = 48  # a transaction id's partition is its bits from here up (2**48 ids a partition)

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kassa.core_ext import Ledger, Program, RulesError, load_program
 from kassa.core_ext.model import Code
+from kassa.core_ext.partitions import PartitionedLedger, PartitionsMismatch, stored_partitions
 from kassa.core_ext.retention import Retention
 from kassa.v1 import (
     accounts_pb2,
@@ -31,6 +33,7 @@ from kassa.v1 import (
 from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
 from kassa.server.commit import GroupCommitter
+from kassa.server.partition_commit import PartitionedCommitter
 from kassa.server.interceptors.access_log import AccessLogInterceptor
 from kassa.server.interceptors.auth import AuthInterceptor
 from kassa.server.interceptors.decode import DecodeInterceptor
@@ -49,6 +52,7 @@ from kassa.server.startup import StartupRefused, read_tls_files
 log = logging.getLogger("kassa.server")
 
 RULES_REFRESH_INTERVAL_S = 1  # how often a worker looks for a ruleset another worker stored
+ESCROW_RELEASE_INTERVAL_S = 1  # how often idle partitions' slack goes back to emptied banks
 # On SIGTERM the process exits at most this long after server.grace_s: the group commit running at
 # the deadline ends (a drain commits groups of at most DRAIN_GROUP_OPERATIONS_MAX operations) and the
 # ledger closes. Whatever still runs then ends with the process (exit status EXIT_DRAIN_OVERRAN).
@@ -69,8 +73,13 @@ class LedgerUnavailable(Exception):
 def open_ledger(config: ServerConfig) -> Ledger:
     program = Program(load_program([Path(path) for path in config.rules.paths]))
     path = config.ledger.path
+    partitions = config.ledger.partitions
+    stored = stored_partitions(path)
+    if stored is not None and stored != partitions:
+        raise LedgerUnavailable(f"cannot open the ledger at {path}: it has {stored} partition(s), and "
+                                f"ledger.partitions is {partitions}; set it back to {stored}")
     try:
-        ledger = Ledger(
+        ledger = (Ledger if partitions == 1 else partial(PartitionedLedger, partitions=partitions))(
             path,
             program,
             config.ledger.map_size_bytes,
@@ -88,7 +97,7 @@ def open_ledger(config: ServerConfig) -> Ledger:
             "or left by processes that died inside a read while another kept the ledger open; stop the other "
             "processes that have it open (backups, scripts), then start kassa again"
         ) from error
-    except (OSError, lmdb.Error) as error:
+    except (OSError, lmdb.Error, PartitionsMismatch) as error:
         raise LedgerUnavailable(f"cannot open the ledger at {path}: {error}") from error
 
 
@@ -180,6 +189,19 @@ async def check_readers_periodically(ledger, interval_s: float) -> None:
         freed = ledger.reader_check()
         if freed:
             event(log, "stale ledger readers freed", readers=freed)
+
+
+async def release_escrow_periodically(ledger, interval_s: float) -> None:
+    """Partitions: the slack of partitions that see no spends goes back to emptied banks, so the
+    last units of a budget or a code's uses are granted wherever the next purchase is."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_s)
+        for writer in ledger.writers:
+            try:
+                await loop.run_in_executor(None, writer.release_slack)
+            except lmdb.Error:
+                log.exception("escrow release failed; the next one retries")
 
 
 def exit_when_overrun(after_s: float) -> None:
@@ -295,7 +317,8 @@ def build(config: ServerConfig) -> Parts:
     metrics_endpoint = serve_metrics(metrics, config.metrics.listen)
     clock = make_clock(config.clock.file)
     ledger = open_ledger_serving(config, clock)
-    committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
+    committer = (PartitionedCommitter if isinstance(ledger, PartitionedLedger) else GroupCommitter)(
+        ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
     committer.start()
     server = grpc_server(config, metrics)
     rule_paths = [Path(path) for path in config.rules.paths]
@@ -347,6 +370,8 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
     ]
     if worker_index == 0:  # one archiver a ledger: another worker's run would only stop with ArchiveConflict
         chores.append(loop.create_task(archive_periodically(config.ledger, parts.clock)))
+    if isinstance(ledger, PartitionedLedger):
+        chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
     await stop.wait()
     for chore in chores:
         chore.cancel()

@@ -11,7 +11,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 from kassa.core_ext.journal_archive import ArchiveConflict
-from kassa.core_ext.journal_archive.runner import archive_ledger_at
+from kassa.core_ext.journal_archive.runner import archive_ledger_at, ledger_paths
 from kassa.server.logs import event
 
 log = logging.getLogger("kassa.archive")
@@ -26,16 +26,17 @@ async def archive_periodically(ledger_config, clock) -> None:
     try:
         while True:
             await asyncio.sleep(interval_s)
-            await _archive_once(pool, ledger_config, clock.now_ms())
+            for path in ledger_paths(ledger_config):  # the ledger, or each partition
+                await _archive_once(pool, path, ledger_config, clock.now_ms())
     finally:
         # Not waiting: a drain must not wait for a run (one killed at any point is safe; the next finishes it).
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _archive_once(pool, ledger_config, now_ms: int) -> None:
+async def _archive_once(pool, path: str, ledger_config, now_ms: int) -> None:
     loop = asyncio.get_running_loop()
     try:
-        result = await loop.run_in_executor(pool, archive_ledger_at, ledger_config.path, now_ms, ledger_config)
+        result = await loop.run_in_executor(pool, archive_ledger_at, path, now_ms, ledger_config)
     except ArchiveConflict as error:  # `kassa archive` ran meanwhile: the next round goes on
         event(log, "journal archive skipped", reason=str(error))
         return
@@ -43,5 +44,5 @@ async def _archive_once(pool, ledger_config, now_ms: int) -> None:
         log.exception("journal archive failed; the next round retries")
         return
     if result.entries or result.deleted:
-        event(log, "journal archived", segments=result.segments, entries=result.entries,
+        event(log, "journal archived", path=path, segments=result.segments, entries=result.entries,
               archive_bytes=result.bytes, archived_below_txn_id=result.archived_below_txn_id)

@@ -213,6 +213,9 @@ def _backup(args) -> int:
     if target.exists() and any(target.iterdir()):
         print(f"kassa backup: {target} is not empty", file=sys.stderr)
         return 2
+    partitions = _partitions("backup", config.ledger.path)
+    if partitions > 1:
+        return _backup_partitioned(config.ledger.path, partitions, target)
     env, dbs = _open_existing("backup", config.ledger.path, config.ledger.map_size_bytes)
     created = _first_missing(target)  # the outermost directory this backup creates; None: target exists
     try:
@@ -262,6 +265,68 @@ def _copy_segments(source: Path, target: Path, index) -> int:
     return copied
 
 
+def _partitions(command: str, path: str) -> int:
+    """How many partitions the ledger at `path` has (1: a plain ledger); exits 2 when there is none."""
+    from kassa.core_ext.partitions import stored_partitions
+
+    partitions = stored_partitions(path)
+    if partitions is None:
+        print(f"kassa {command}: no ledger at {path}", file=sys.stderr)
+        raise SystemExit(2)
+    return partitions
+
+
+def _backup_partitioned(path: str, partitions: int, target: Path) -> int:
+    import lmdb
+
+    from kassa.core_ext.partitions import backup_partitioned
+
+    created = _first_missing(target)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        written = backup_partitioned(path, partitions, str(target))
+        segments, copied = _copy_partition_segments(path, partitions, target)
+    except (OSError, lmdb.Error) as error:
+        _remove_backup_tree(target, created)
+        print(f"kassa backup: cannot write {target}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"ok": True, "backup": str(target), "partitions": partitions, "bytes": written,
+                      "archive_segments": segments, "archive_bytes": copied}))
+    return 0
+
+
+def _copy_partition_segments(path: str, partitions: int, target: Path) -> tuple[list[str], int]:
+    """Each partition's archive segments that its copy lists (read from the copy itself: exactly
+    those the snapshot needs), into the copy's partition folders."""
+    import lmdb
+
+    from kassa.core_ext.journal_archive import archive_dir_of, read_index
+    from kassa.core_ext.ledger import DB_NAMES, MAX_DBS
+    from kassa.core_ext.partitions import partition_path
+
+    names, copied = [], 0
+    for index in range(partitions):
+        copy = partition_path(str(target), index)
+        env = lmdb.open(copy, max_dbs=MAX_DBS, readonly=True, lock=False)
+        try:
+            dbs = {name.decode(): env.open_db(name, create=False) for name in DB_NAMES}
+            with env.begin() as txn:
+                listed = read_index(txn, dbs)
+        finally:
+            env.close()
+        copied += _copy_segments(archive_dir_of(partition_path(path, index)), archive_dir_of(copy), listed)
+        names += [f"p{index}/{ref.name}" for ref in listed]
+    return names, copied
+
+
+def _remove_backup_tree(target: Path, created: Path | None) -> None:
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for child in target.iterdir() if target.is_dir() else ():
+        shutil.rmtree(child, ignore_errors=True)
+
+
 def _first_missing(path: Path) -> Path | None:
     """The outermost of `path` and its parents that does not exist yet."""
     missing = None
@@ -292,13 +357,19 @@ def _verify(args) -> int:
     from kassa.server.clock import make_clock
 
     config = _load(args.config)
-    env, dbs = _open_existing("verify", config.ledger.path, config.ledger.map_size_bytes)
-    with env.begin() as txn:
-        violations = check_ledger(txn, dbs, make_clock(config.clock.file).now_ms(), archive_dir_of(config.ledger.path))
-        summary = ledger_summary(txn, dbs)
-        summary.update(archive_segments=len(read_index(txn, dbs)),
-                       archived_below_txn_id=read_below(lambda name, key: txn.get(key, db=dbs[name])))
-    env.close()
+    partitions = _partitions("verify", config.ledger.path)
+    if partitions > 1:
+        from kassa.core_ext.partitions import verify_partitioned
+
+        violations, summary = verify_partitioned(config.ledger.path, partitions, make_clock(config.clock.file).now_ms())
+    else:
+        env, dbs = _open_existing("verify", config.ledger.path, config.ledger.map_size_bytes)
+        with env.begin() as txn:
+            violations = check_ledger(txn, dbs, make_clock(config.clock.file).now_ms(), archive_dir_of(config.ledger.path))
+            summary = ledger_summary(txn, dbs)
+            summary.update(archive_segments=len(read_index(txn, dbs)),
+                           archived_below_txn_id=read_below(lambda name, key: txn.get(key, db=dbs[name])))
+        env.close()
     for violation in violations:
         print(f"VIOLATION {violation}")
     print(json.dumps({"ok": not violations, "violations": len(violations), **summary}))
@@ -307,28 +378,41 @@ def _verify(args) -> int:
 
 def _archive(args) -> int:
     """Archive the journal's closed period: entries older than the period the flags (or
-    ledger.archive_after_s) name, never what the ledger still remembers (journal_archive/runner.py)."""
-    from kassa.core_ext.journal_archive import ArchiveConflict, ArchiveUnreadable, archive_dir_of, archive_journal
-    from kassa.core_ext.journal_archive.runner import after_compaction, keep_after_ms
+    ledger.archive_after_s) name, never what the ledger still remembers (journal_archive/runner.py).
+    A partitioned ledger archives each partition's journal; its line lists them in `partitions`."""
+    from kassa.core_ext.journal_archive import ArchiveConflict, ArchiveUnreadable
+    from kassa.core_ext.journal_archive.runner import ledger_paths
     from kassa.server.clock import make_clock
 
     config = _load(args.config)
     now_ms = make_clock(config.clock.file).now_ms()
     before_ms = _archive_before_ms(args, config, now_ms)
-    env, dbs = _open_existing("archive", config.ledger.path, config.ledger.map_size_bytes)
+    results = []
+    for path in ledger_paths(config.ledger):
+        try:
+            results.append(_archive_at(path, config, before_ms, now_ms))
+        except (ArchiveConflict, ArchiveUnreadable, OSError) as error:
+            print(f"kassa archive: {error}", file=sys.stderr)
+            return 1
+    line = {"ok": True, "before_ms": before_ms, **results[0]} if len(results) == 1 else \
+        {"ok": True, "before_ms": before_ms, "entries": sum(result["entries"] for result in results),
+         "partitions": results}
+    print(json.dumps(line))
+    return 0
+
+
+def _archive_at(path: str, config, before_ms: int, now_ms: int) -> dict:
+    from kassa.core_ext.journal_archive import archive_dir_of, archive_journal
+    from kassa.core_ext.journal_archive.runner import after_compaction, keep_after_ms
+
+    env, dbs = _open_existing("archive", path, config.ledger.map_size_bytes)
     try:
-        result = archive_journal(env, dbs, archive_dir_of(config.ledger.path), before_ms,
-                                 keep_after_ms(now_ms, config.ledger), now_ms,
+        result = archive_journal(env, dbs, archive_dir_of(path), before_ms, keep_after_ms(now_ms, config.ledger), now_ms,
                                  after_compaction=after_compaction(config.ledger))
-    except (ArchiveConflict, ArchiveUnreadable, OSError) as error:
-        print(f"kassa archive: {error}", file=sys.stderr)
-        return 1
     finally:
         env.close()
-    print(json.dumps({"ok": True, "before_ms": before_ms, "segments": result.segments, "entries": result.entries,
-                      "bytes": result.bytes, "archived_below_txn_id": result.archived_below_txn_id,
-                      "deleted": result.deleted}))
-    return 0
+    return {"segments": result.segments, "entries": result.entries, "bytes": result.bytes,
+            "archived_below_txn_id": result.archived_below_txn_id, "deleted": result.deleted}
 
 
 def _archive_before_ms(args, config, now_ms: int) -> int:

@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 
+from kassa.core_ext.limits import PARTITIONS_MAX
+
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
@@ -42,6 +44,7 @@ class LedgerSection(_Section):
     replay_window_s: int = 7 * 86_400  # a retry is answered byte for byte this long; then refused, never reapplied
     return_window_s: int = 90 * 86_400  # a return by original_request_id works this long; then the request is forgotten
     compaction_interval_s: float = 600  # drop answers, forget requests, remove ended lots and holds this often; 0: never
+    partitions: int = 1  # LMDB environments (one writer each) under path; 1: the one environment at path
 
 
 class RulesSection(_Section):
@@ -124,6 +127,7 @@ LIMITS = {  # (section, key): (least, most), checked after decoding
     ("ledger", "map_size_bytes_max"): (1024**2, 1024**5),
     ("ledger", "disk_reserve_bytes"): (0, 1024**5),
     ("ledger", "readers_max"): (8, 100_000),
+    ("ledger", "partitions"): (1, PARTITIONS_MAX),
     ("ledger", "reader_check_interval_s"): (0.1, 3600),
     ("ledger", "archive_interval_s"): (0, 86_400),
     ("ledger", "archive_after_s"): (1, 100 * 366 * 86_400),

@@ -36,6 +36,15 @@ def after_compaction(ledger_config) -> bool:
     return ledger_config.compaction_interval_s > 0
 
 
+def ledger_paths(ledger_config) -> list[str]:
+    """The LMDB environments that keep a journal: the ledger, or each of its partitions."""
+    from kassa.core_ext.partitions import partition_path
+
+    if ledger_config.partitions == 1:
+        return [str(ledger_config.path)]
+    return [partition_path(str(ledger_config.path), index) for index in range(ledger_config.partitions)]
+
+
 def archive_closed_period(ledger, now_ms: int, ledger_config) -> ArchiveResult:
     """Archive `ledger`'s journal entries older than the period rule says, into `<ledger.path>/archive`."""
     _, dbs = ledger.raw_transaction()  # the databases only: the transaction is never begun

@@ -41,3 +41,7 @@ cdef class Ledger:
     cdef bint _sync  # commits are durable before `apply` returns
     cdef readonly object archive  # the journal archive's segments: entries below its boundary
     cdef public object retention  # the replay and return windows (core_ext/retention.py)
+    # Partitions (core_ext/partitions.py): the first transaction id of a fresh ledger (the partition
+    # in its top bits), and the bank of shared counters (None: every counter is this ledger's own).
+    cdef public long long first_txn_id
+    cdef public object escrow

@@ -146,6 +146,7 @@ cdef class Ledger:
         self.path = str(path)
         self.program = program
         self.hold_ttl_ms = hold_ttl_s * 1000
+        self.first_txn_id = 1
         # A commit syncs its data pages before it writes the meta page that points at them, but not
         # the meta page itself (MDB_NOMETASYNC): that sync is `apply`'s, after LMDB's writer lock is
         # released, so another process's group commits while this one waits for the disk. The
@@ -221,7 +222,7 @@ cdef class Ledger:
                 meta = self.dbs["meta"]
                 _follow_ruleset(self, txn.get(RULESET_KEY, db=meta))
                 stored = txn.get(NEXT_TXN_KEY, db=meta)
-                batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else 1)
+                batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else self.first_txn_id)
                 outcomes = [self._apply_one(batch, op) for op in ops]
                 txn.put(NEXT_TXN_KEY, id_key(batch.next_id), db=meta)
                 self.last_group_calls = (batch.reads, batch.writes)

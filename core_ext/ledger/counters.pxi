@@ -58,10 +58,17 @@ def _allowance(Ledger self, get, str account_id, long long now_ms):
             return 0
         left = None
         for key, cap in _amount_keys(self, campaign_id, caps, account_id, now_ms):
-            remaining = cap - _counter(get, key)
+            remaining = _left(self, get, key, cap)
             left = remaining if left is None else min(left, remaining)
         return left
     return allowance
+
+
+def _left(Ledger self, get, bytes key, long long cap):
+    """What a counter has left under its cap; a shared one's (a budget, a code's total uses)
+    is this partition's slice and the bank's rest."""
+    spent = _counter(get, key)
+    return cap - spent if self.escrow is None else self.escrow.left(key, cap, spent)
 
 
 def _count(Ledger self, _Batch batch, entry, limited, accepted, str account_id):
@@ -91,6 +98,8 @@ def _add_counter(Ledger self, _Batch batch, entry, bytes key, long long delta):
     if delta == 0:
         return
     value = _counter(batch.get, key) + delta
+    if self.escrow is not None:
+        self.escrow.spend(key, value, delta)  # a shared counter's slice covers it, or raises
     batch.put("counters", key, value.to_bytes(8, "big", signed=True))
     entry.counters.append((key, delta))
 

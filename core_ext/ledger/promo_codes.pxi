@@ -10,7 +10,7 @@ def _promo_statuses(Ledger self, get, tuple codes, str account_id, long long now
             refusal = "not_yet_valid"
         elif record.valid_to_ms and now_ms >= record.valid_to_ms:
             refusal = "expired"
-        elif record.uses_total and _counter(get, b"C:" + code.encode()) >= record.uses_total:
+        elif record.uses_total and _left(self, get, b"C:" + code.encode(), record.uses_total) <= 0:
             refusal = "exhausted"
         elif record.uses_per_account and \
                 _counter(get, b"c:" + code.encode() + b"\0" + account_id.encode()) >= record.uses_per_account:

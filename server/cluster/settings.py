@@ -8,9 +8,9 @@ import re
 
 import msgspec
 
+from kassa.core_ext.limits import PARTITIONS_MAX  # a cluster's partitions are its ledgers' (a lease and a log each)
 from kassa.server.cluster.lease import LEASE_MARGIN_MS, LEASE_RENEW_INTERVAL_MS, LEASE_TTL_MS, LeaseTiming
 
-PARTITIONS_MAX = 1024  # partitions of one cluster (a subject, a lease and a replica each)
 REPLICAS_ALLOWED = (1, 3, 5)  # JetStream's replica counts that keep a majority (R1: tests and one machine)
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -1,0 +1,224 @@
+"""Group commit over partitions: one `GroupCommitter` (queue, thread, writer, sync) per partition.
+
+`submit` sends each operation to the committer of its partition (core_ext/partitions.py says which)
+and gives the outcomes back in the caller's order; the partitions' groups commit at the same time.
+What every partition must see is sent to each: a ruleset (SetRulesOp), the expiry sweep, compaction,
+new promo codes (generated in partition 0, then imported as the same codes by the others), and a Rollback by
+request id whose original is in no partition (a tombstone in each, DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from msgspec.structs import replace
+
+from kassa.core_ext.model import (
+    AccrueOp, AdjustOp, BlockCardOp, Code, CompactOp, CompactResult, CreateAccountOp, Customer, EventOp, IdKind,
+    IssueCardOp, JoinGroupOp, LeaveGroupOp, Outcome, PromoCodesOp, Reason, RedeemOp, RollbackKind, RollbackOp,
+    SetAttributesOp, SweepOp, SweepResult, rejected,
+)
+from kassa.core_ext.partitions import partition_of_txn
+from kassa.core_ext.records import decode_idempotency
+from kassa.server.commit import GroupCommitter
+
+EVERY_PARTITION = -1  # a route: the operation goes to every partition
+BY_CUSTOMER = (AccrueOp, RedeemOp, SetAttributesOp, AdjustOp)
+
+
+class _AllIdle:
+    """`idle.wait()` of every partition's committer: no commit of this worker runs."""
+
+    def __init__(self, committers):
+        self._committers = committers
+
+    async def wait(self) -> None:
+        for committer in self._committers:
+            await committer.idle.wait()
+
+
+class PartitionedCommitter:
+    def __init__(self, ledger, clock, batch_max: int, wait_us_max: int, metrics=None):
+        self._ledger = ledger
+        self.committers = [GroupCommitter(writer, clock, batch_max, wait_us_max, metrics) for writer in ledger.writers]
+        self.idle = _AllIdle(self.committers)
+
+    @property
+    def refusing(self) -> bool:
+        return any(committer.refusing for committer in self.committers)
+
+    @property
+    def groups_committed(self) -> int:
+        return sum(committer.groups_committed for committer in self.committers)
+
+    @property
+    def ops_committed(self) -> int:
+        return sum(committer.ops_committed for committer in self.committers)
+
+    def start(self) -> None:
+        for committer in self.committers:
+            committer.start()
+
+    def drain(self, deadline_s: float) -> None:
+        for committer in self.committers:
+            committer.drain(deadline_s)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(committer.stop() for committer in self.committers))
+
+    async def submit(self, ops: list, abort_in_flight: bool = True) -> list[Outcome]:
+        outcomes: list = [None] * len(ops)
+        routed: dict[int, list[int]] = {}
+        everywhere = []
+        with self._ledger.directory.env.begin() as txn:  # one read transaction for every look-up
+            routes = [self._route(op, txn) for op in ops]
+        for position, route in enumerate(routes):
+            if isinstance(route, Outcome):
+                outcomes[position] = route
+            elif route == EVERY_PARTITION:
+                everywhere.append(position)
+            else:
+                routed.setdefault(route, []).append(position)
+        answers = await asyncio.gather(*(
+            self.committers[partition].submit([ops[position] for position in positions], abort_in_flight)
+            for partition, positions in routed.items()))
+        for positions, results in zip(routed.values(), answers):
+            for position, outcome in zip(positions, results):
+                outcomes[position] = outcome
+        for position in everywhere:
+            outcomes[position] = await self._everywhere(ops[position], abort_in_flight)
+        return outcomes
+
+    # -- Routes ------------------------------------------------------------------------------
+
+    def _route(self, op, txn):
+        """The partition of `op`, EVERY_PARTITION, or the refusal of what partitions cannot do yet."""
+        ledger = self._ledger
+        kind = type(op)
+        if kind in BY_CUSTOMER:
+            return ledger.partition_of(op.customer, txn)
+        if kind is EventOp:
+            return self._event_route(op, txn)
+        if kind is CreateAccountOp:
+            return self._create_route(op, txn)
+        if kind is IssueCardOp:
+            return self._card_route(op, txn)
+        if kind is BlockCardOp:
+            return ledger.partition_of(_customer(IdKind.CARD, op.card), txn)
+        if kind is LeaveGroupOp:
+            return ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn)
+        if kind is JoinGroupOp:
+            return self._join_route(op, txn)
+        if kind is RollbackOp:
+            return self._rollback_route(op)
+        return EVERY_PARTITION  # SetRulesOp, SweepOp, CompactOp, PromoCodesOp
+
+    def _event_route(self, op, txn):
+        partition = self._ledger.partition_of(op.customer, txn)
+        if op.related is not None and self._ledger.partition_of(op.related, txn) != partition:
+            return rejected(Code.FAILED_PRECONDITION, "related: the related customer is in another partition; "
+                            "events across partitions are not supported yet")
+        return partition
+
+    def _create_route(self, op, txn):
+        """By the account id, else by the request id (a retry names the same one: the same partition).
+        A phone of another partition's account is refused here; within the partition, the ledger
+        checks it (after replaying a retry) as with one ledger."""
+        directory = self._ledger.directory
+        if op.account_id:
+            partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn)
+        else:
+            partition = directory.home(op.request_id)
+        placed = directory.lookup(IdKind.PHONE, op.phone, txn) if op.phone else None
+        if placed is not None and placed != partition:
+            return rejected(Code.ALREADY_EXISTS, f"phone: phone '{op.phone}' belongs to another account")
+        return partition
+
+    def _card_route(self, op, txn):
+        partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn)
+        placed = self._ledger.directory.lookup(IdKind.CARD, op.card, txn)
+        if placed is not None and placed != partition:
+            return rejected(Code.ALREADY_EXISTS, f"card: card '{op.card}' is already issued")
+        return partition
+
+    def _join_route(self, op, txn):
+        partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.parent_account_id), txn)
+        if self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn) != partition:
+            return rejected(Code.FAILED_PRECONDITION, f"account_id: '{op.account_id}' is in another partition than "
+                            f"'{op.parent_account_id}'; moving it into the group's is not supported yet",
+                            Reason.ALREADY_IN_GROUP)
+        return partition
+
+    def _rollback_route(self, op):
+        """By transaction id: its partition. By request id: the partition that holds the original's
+        record (a tombstone is no original); none does: every partition (a tombstone in each)."""
+        partitions = len(self.committers)
+        if op.transaction_id:
+            partition = partition_of_txn(op.transaction_id)
+            return partition if partition < partitions else 0  # 0 answers NOT_FOUND
+        key = op.original_request_id.encode()
+        for partition, ledger in enumerate(self._ledger.parts):
+            transaction, dbs = ledger.raw_transaction()
+            with transaction as txn:
+                stored = txn.get(key, db=dbs["idempotency"])
+            if stored is not None and decode_idempotency(stored).digest != b"":
+                return partition
+        return EVERY_PARTITION
+
+    # -- Every partition ------------------------------------------------------------------------
+
+    async def _everywhere(self, op, abort_in_flight: bool) -> Outcome:
+        if type(op) is PromoCodesOp:
+            return await self._promo_codes(op, abort_in_flight)
+        outcomes = await asyncio.gather(*(committer.submit([op], abort_in_flight) for committer in self.committers))
+        outcomes = [outcome for (outcome,) in outcomes]
+        if type(op) is SweepOp:
+            return _swept(outcomes)
+        if type(op) is CompactOp:
+            return _compacted(outcomes)
+        if type(op) is RollbackOp:  # the partition where the original was (it arrived meanwhile), else a tombstone
+            return next((outcome for outcome in outcomes if not _tombstone(outcome)), outcomes[0])
+        return next((outcome for outcome in outcomes if outcome.code != Code.OK), outcomes[0])
+
+    async def _promo_codes(self, op, abort_in_flight: bool) -> Outcome:
+        """Partition 0 makes the codes; the others import the same ones, under the same request id."""
+        first, *others = self.committers
+        (outcome,) = await first.submit([op], abort_in_flight)
+        if outcome.code != Code.OK or not others:
+            return outcome
+        imported = replace(op, pattern="", charset="", count=0, codes=outcome.body.codes)
+        for committer in others:
+            (other,) = await committer.submit([imported], abort_in_flight)
+            if other.code != Code.OK:
+                return other
+        return outcome
+
+
+def _customer(kind: int, value: str) -> Customer:
+    return Customer(kind, value)
+
+
+def _tombstone(outcome: Outcome) -> bool:
+    return outcome.code == Code.OK and outcome.body.kind == RollbackKind.PENDING_ORIGINAL
+
+
+def _compacted(outcomes: list[Outcome]) -> Outcome:
+    """One compaction step in every partition, as one: the sums, and more while any has more."""
+    refused = next((outcome for outcome in outcomes if outcome.code != Code.OK), None)
+    if refused is not None:
+        return refused
+    bodies = [outcome.body for outcome in outcomes]
+    return Outcome(Code.OK, body=CompactResult(
+        sum(body.answers_dropped for body in bodies), sum(body.requests_forgotten for body in bodies),
+        sum(body.lots_removed for body in bodies), sum(body.holds_removed for body in bodies),
+        any(body.more for body in bodies)))
+
+
+def _swept(outcomes: list[Outcome]) -> Outcome:
+    refused = next((outcome for outcome in outcomes if outcome.code != Code.OK), None)
+    if refused is not None:
+        return refused
+    bodies = [outcome.body for outcome in outcomes]
+    return Outcome(Code.OK, body=SweepResult(sum(body.accounts_settled for body in bodies),
+                                             sum(body.expired_points for body in bodies),
+                                             any(body.more for body in bodies)))
