@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kassa.server.cluster.group_record import LoggedGroup, check_replicable, decode_group, encode_group
+from kassa.server.cluster.group_record import LoggedGroup, decode_group, encode_group
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 
 
@@ -47,13 +47,11 @@ class PartitionOwner:
     async def commit(self, ops: list, now_ms: int | None = None) -> list:
         """Log `ops` as one group (at `now_ms`, default the clock's now), apply them, and return
         their outcomes."""
-        check_replicable(ops)
         return await self._append(tuple(ops), now_ms)
 
     async def append(self, ops: list, now_ms: int) -> tuple[int, LoggedGroup]:
         """Log `ops` as one group without applying it: for a committer that applies in a thread of
         its own (`apply_appended`) before it appends the next one. (sequence, group)."""
-        check_replicable(ops)
         async with self._appending:
             return await self._append_next(tuple(ops), now_ms)
 
