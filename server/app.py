@@ -28,6 +28,8 @@ from kassa.v1 import (
     processing_pb2,
 )
 from kassa.server.clock import make_clock
+from kassa.server.cluster.forward import ForwardInterceptor
+from kassa.server.cluster.node import ClusterNode, ClusterRefused
 from kassa.server.commit import GroupCommitter
 from kassa.server.interceptors.access_log import AccessLogInterceptor
 from kassa.server.interceptors.auth import AuthInterceptor
@@ -47,6 +49,7 @@ from kassa.server.startup import StartupRefused, read_tls_files
 log = logging.getLogger("kassa.server")
 
 RULES_REFRESH_INTERVAL_S = 1  # how often a worker looks for a ruleset another worker stored
+CLUSTER_HEALTH_INTERVAL_S = 0.2  # a cluster node looks at whether it can serve this often
 # On SIGTERM the process exits at most this long after server.grace_s: the group commit running at
 # the deadline ends (a drain commits groups of at most DRAIN_GROUP_OPERATIONS_MAX operations) and the
 # ledger closes. Whatever still runs then ends with the process (exit status EXIT_DRAIN_OVERRAN).
@@ -207,6 +210,8 @@ class Parts:
     health: health.aio.HealthServicer
     rule_paths: list[Path]
     port: int
+    cluster: ClusterNode | None = None  # None: the single node of today
+    forward: ForwardInterceptor | None = None
 
 
 def open_ledger_serving(config: ServerConfig, clock) -> Ledger:
@@ -222,13 +227,14 @@ def open_ledger_serving(config: ServerConfig, clock) -> Ledger:
     return ledger
 
 
-def grpc_server(config: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
+def grpc_server(config: ServerConfig, metrics: Metrics, forward=None) -> grpc.aio.Server:
     message_bytes_max = config.server.message_bytes_max
     return grpc.aio.server(
         interceptors=[
             MetricsInterceptor(metrics),
             AccessLogInterceptor(),  # outside auth: its refusals are logged with their request id
             *([AuthInterceptor(config.auth)] if config.auth.enabled else []),
+            *([forward] if forward is not None else []),  # a cluster node: calls for another owner go there
             DecodeInterceptor(),
         ],
         options=[
@@ -269,31 +275,58 @@ def add_services(server, config: ServerConfig, ledger, committer, clock, metrics
     return processing, health_servicer
 
 
-def build(config: ServerConfig) -> Parts:
-    """Open everything a worker serves with, listening but not yet serving."""
+def build(config: ServerConfig, cluster: ClusterNode | None = None) -> Parts:
+    """Open everything a worker serves with, listening but not yet serving. A cluster node commits
+    through its partition's log and forwards the calls of partitions it does not own."""
     metrics = Metrics()
     # First: a metrics address in use stops the start before anything else is opened.
     metrics_endpoint = serve_metrics(metrics, config.metrics.listen)
-    clock = make_clock(config.clock.file)
-    ledger = open_ledger_serving(config, clock)
-    committer = GroupCommitter(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
+    clock = make_clock(config.clock.file) if cluster is None else cluster.clock
+    ledger = open_ledger_serving(config, clock) if cluster is None else cluster.ledger
+    committed = ledger if cluster is None else cluster.logged_ledger()
+    committer = GroupCommitter(committed, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
     committer.start()
-    server = grpc_server(config, metrics)
+    forward = None if cluster is None else ForwardInterceptor(cluster, config.server.message_bytes_max)
+    server = grpc_server(config, metrics, forward)
     rule_paths = [Path(path) for path in config.rules.paths]
     processing, health_servicer = add_services(server, config, ledger, committer, clock, metrics, rule_paths)
     port = add_port(server, config)
     if port == 0:
         raise StartupRefused(f"cannot listen on {config.server.listen}")
     return Parts(config, metrics, metrics_endpoint, clock, ledger, committer, server, processing,
-                 health_servicer, rule_paths, port)
+                 health_servicer, rule_paths, port, cluster, forward)
+
+
+async def join_cluster(config: ServerConfig) -> ClusterNode:
+    """A cluster node's ledger is its partition's replica: every change to it comes through the log,
+    the ruleset too (every node starts with the same rule files; ReloadRules is logged)."""
+    try:
+        return await ClusterNode.connect(config.cluster, open_ledger(config), make_clock(config.clock.file))
+    except ClusterRefused as error:
+        raise StartupRefused(str(error)) from None
+
+
+async def report_cluster_health(parts: Parts) -> None:
+    """NOT_SERVING while the node can serve nothing: no owner known for its partition, or no NATS."""
+    shown = None
+    while True:
+        serving = parts.cluster.can_serve()
+        if serving != shown:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *SERVICE_NAMES):
+                await parts.health.set(name, status)
+            shown = serving
+        await asyncio.sleep(CLUSTER_HEALTH_INTERVAL_S)
 
 
 async def start(parts: Parts, worker_index: int) -> None:
     """Take calls, and say so: health SERVING and the "serving" log line."""
     config = parts.config
     await parts.server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING if parts.cluster is None else \
+        health_pb2.HealthCheckResponse.NOT_SERVING  # until report_cluster_health finds an owner
     for name in ("", *SERVICE_NAMES):
-        await parts.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await parts.health.set(name, serving)
     if parts.metrics_endpoint is not None:
         event(log, "metrics", address=parts.metrics_endpoint.address)
     host = config.server.listen.rsplit(":", 1)[0]
@@ -325,6 +358,8 @@ async def wait_for_signal(parts: Parts) -> set[asyncio.Task]:
         loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
         loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
     ]
+    if parts.cluster is not None:
+        chores += [loop.create_task(parts.cluster.run()), loop.create_task(report_cluster_health(parts))]
     await stop.wait()
     for chore in chores:
         chore.cancel()
@@ -340,9 +375,13 @@ def close(parts: Parts) -> None:
 
 
 async def serve(config: ServerConfig, worker_index: int = 0) -> None:
-    parts = build(config)
+    cluster = await join_cluster(config) if config.cluster.enabled else None
+    parts = build(config, cluster)
     await start(parts, worker_index)
     reloads = await wait_for_signal(parts)
     event(log, "draining", grace_s=config.server.grace_s)
     await drain(parts.server, parts.health, parts.processing, parts.committer, reloads, config.server.grace_s)
+    if cluster is not None:  # after the drain: what this node committed is in the log; the lease goes
+        await parts.forward.close()
+        await cluster.close()
     close(parts)

@@ -89,6 +89,8 @@ def _serve(args) -> int:
     workers = config.server.workers if args.workers is None else args.workers
     cpus = usable_cpus()
     workers = workers or len(cpus)
+    if config.cluster.enabled:  # one process holds the partition's lease and applies its log
+        workers = 1
     try:
         if config.tls.cert_file:
             read_tls_files(config.tls)  # said once by the server that starts, not by each of its workers
