@@ -359,7 +359,8 @@ async def wait_for_signal(parts: Parts) -> set[asyncio.Task]:
         loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
     ]
     if parts.cluster is not None:
-        chores += [loop.create_task(parts.cluster.run()), loop.create_task(report_cluster_health(parts))]
+        chores += [loop.create_task(parts.cluster.run()), loop.create_task(report_cluster_health(parts)),
+                   loop.create_task(parts.cluster.report_periodically())]
     await stop.wait()
     for chore in chores:
         chore.cancel()

@@ -26,7 +26,8 @@ from kassa.server.cluster.lease import PartitionLease, lease_holder
 from kassa.server.cluster.owner import PartitionOwner
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 from kassa.server.cluster.replica import FOLLOW_IDLE_S, Replica, ReplicaDiverged
-from kassa.server.cluster.streams import LEASE_BUCKET, TRANSIENT_ERRORS, ensure_streams
+from kassa.server.cluster.status import NODE_REPORT_INTERVAL_S, NodeReport, now_ms, write_report
+from kassa.server.cluster.streams import LEASE_BUCKET, NODES_BUCKET, TRANSIENT_ERRORS, ensure_streams
 from kassa.server.logs import event
 
 log = logging.getLogger("kassa.cluster")
@@ -50,12 +51,13 @@ def partition_of(method: str, partitions: int) -> int:
 
 
 class ClusterNode:
-    def __init__(self, settings, ledger, clock, client, js, kv):
+    def __init__(self, settings, ledger, clock, client, js, kv, nodes_kv):
         self.settings = settings
         self.node_id = settings.node_id
         self._client = client
         self.js = js
         self.kv = kv
+        self._nodes_kv = nodes_kv
         timing = settings.lease_timing()
         lease = PartitionLease(kv, 0, settings.node_id, settings.advertise, timing)
         self.owner = PartitionOwner(lease, PartitionLog(js, 0), Replica(ledger, 0), clock)
@@ -77,7 +79,8 @@ class ClusterNode:
             raise ClusterRefused(f"cannot reach the NATS servers {settings.nats_urls}: {error}") from error
         js = client.jetstream(timeout=JETSTREAM_REQUEST_S_MAX)
         await ensure_streams(js, settings.replicas, settings.lease_ttl_ms)
-        return cls(settings, ledger, clock, client, js, await js.key_value(LEASE_BUCKET))
+        return cls(settings, ledger, clock, client, js, await js.key_value(LEASE_BUCKET),
+                   await js.key_value(NODES_BUCKET))
 
     def logged_ledger(self) -> LoggedLedger:
         """What the GroupCommitter commits through: the log first, then the local ledger."""
@@ -136,12 +139,14 @@ class ClusterNode:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def status(self) -> dict:
-        """This node's view of its partitions, for `kassa cluster status` and the logs."""
-        holder = await lease_holder(self.kv, self.owner.partition)
-        return {"node_id": self.node_id, "partition": self.owner.partition,
-                "owner": holder[0].node_id if holder else None,
-                "serving": self.owner.serving(), "applied_sequence": self.owner.replica.applied_sequence}
+    async def report_periodically(self) -> None:
+        """Write this node's applied position every NODE_REPORT_INTERVAL_S, for `kassa cluster status`."""
+        while not self._stop.is_set():
+            report = NodeReport(self.node_id, self.settings.advertise, self.owner.partition,
+                                self.owner.replica.applied_sequence, self.owner.serving(), self.connected(), now_ms())
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await write_report(self._nodes_kv, report)
+            await self._pause(NODE_REPORT_INTERVAL_S)
 
     async def close(self) -> None:
         """After the drain: give the lease up, so another node takes over without waiting for it to lapse."""

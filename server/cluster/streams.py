@@ -3,7 +3,8 @@
 One stream holds every partition's log, one subject per partition (`kassa.log.<partition>`), so
 the expected-last-subject-sequence check fences each partition on its own. Leases live in a
 key-value bucket whose entries expire after the lease time unless renewed: the servers' clock, not
-the nodes', decides when a lease has lapsed. Snapshots go to an object store bucket.
+the nodes', decides when a lease has lapsed. Snapshots go to an object store bucket; each node
+reports its applied log position to a second key-value bucket (`kassa cluster status` reads it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ LOG_STREAM = "KASSA_LOG"
 LOG_SUBJECT_PREFIX = "kassa.log"
 LEASE_BUCKET = "kassa_leases"
 SNAPSHOT_BUCKET = "kassa_snapshots"
+NODES_BUCKET = "kassa_nodes"  # each node's last report (server/cluster/status.py)
+NODE_REPORT_TTL_S = 60  # a node that has not reported for this long drops out of `kassa cluster status`
 # A retried publish with the same message id within this window is answered with the first one's
 # acknowledgement instead of being stored twice (JetStream's deduplication window).
 LOG_DUPLICATE_WINDOW_S = 120
@@ -65,3 +68,5 @@ async def ensure_streams(js, replicas: int, lease_ttl_ms: int) -> None:
     await js.create_key_value(bucket=LEASE_BUCKET, history=1, ttl=lease_ttl_ms / 1000, replicas=replicas,
                               storage=api.StorageType.FILE)
     await js.create_object_store(SNAPSHOT_BUCKET, replicas=replicas, storage=api.StorageType.FILE)
+    await js.create_key_value(bucket=NODES_BUCKET, history=1, ttl=NODE_REPORT_TTL_S, replicas=replicas,
+                              storage=api.StorageType.FILE)

@@ -28,6 +28,9 @@ CALL_S_MAX = 5.0  # one call's deadline
 RETRY_PAUSE_S = 0.05
 POLL_S = 0.1
 PRICE_MINOR = 10_000
+# Answers after which a call may or may not have been recorded: sent again, same request_id.
+# (CANCELLED: the harness closed its channel to a node it killed, with the call in flight.)
+RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 class KassaNodes:
@@ -91,7 +94,7 @@ def accrue_request(request_id: str, account_id: str) -> processing_pb2.AccrueReq
 
 def call_until_ok(nodes: list[KassaServer], first: int, send, deadline_s: float):
     """`send(node)` on node `first`, then the next ones, until one answers; None past the deadline.
-    An UNAVAILABLE or DEADLINE_EXCEEDED answer may or may not have been recorded: it is sent again
+    A call answered with one of RETRIED_CODES may or may not have been recorded: it is sent again
     with the same request_id, which replays it if it was."""
     index = first
     while time.monotonic() < deadline_s:
@@ -102,7 +105,7 @@ def call_until_ok(nodes: list[KassaServer], first: int, send, deadline_s: float)
         try:
             return send(node)
         except grpc.RpcError as error:
-            if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if error.code() not in RETRIED_CODES:
                 raise
         time.sleep(RETRY_PAUSE_S)
     return None
@@ -117,7 +120,7 @@ class PurchaseLoad:
         self.retry_s_max = retry_s_max
         self.acked: list[tuple[str, str]] = []  # (request_id, account_id)
         self.unacked: list[str] = []
-        self.gaps_s: list[float] = []  # per thread: the longest time between two acknowledgements
+        self.ack_times: list[tuple[float, float]] = []  # (first sent, acknowledged), time.monotonic()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -136,24 +139,20 @@ class PurchaseLoad:
     def _drive(self, index: int) -> None:
         nodes = self.cluster.nodes
         number = 0
-        last_ack_s, gap_s = time.monotonic(), 0.0
         while not self._stop.is_set():
             account = self.accounts[(index + number * len(nodes)) % len(self.accounts)]
             request_id = f"buy-{index}-{number}"
             request = accrue_request(request_id, account)
+            sent_s = time.monotonic()
             reply = call_until_ok(nodes, index, lambda node: node.processing.Accrue(request, timeout=CALL_S_MAX),
-                                  time.monotonic() + self.retry_s_max)
-            now_s = time.monotonic()
+                                  sent_s + self.retry_s_max)
             with self._lock:
                 if reply is None:
                     self.unacked.append(request_id)
                 else:
                     self.acked.append((request_id, account))
-                    gap_s = max(gap_s, now_s - last_ack_s)
-                    last_ack_s = now_s
+                    self.ack_times.append((sent_s, time.monotonic()))
             number += 1
-        with self._lock:
-            self.gaps_s.append(gap_s)
 
 
 def open_accounts(cluster: KassaNodes, accounts: list[str], retry_s_max: float) -> None:
