@@ -1,0 +1,117 @@
+"""kassa serve with [cluster]: real nodes (processes) on real nats-servers. Any node answers every
+call (a follower forwards it to the owner, whose answer comes back unchanged), `kassa cluster
+status` shows who owns and how far each node applied, health says NOT_SERVING without NATS, and an
+owner kill -9'd mid-load loses no acknowledged purchase (bench/failover.py at test scale)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from bench import failover
+from kassa.v1 import common_pb2, processing_pb2
+from tests.cluster.kassa_cluster import KassaNodes, accrue_request, cluster_status, health, open_accounts
+from tests.cluster.nats_cluster import NatsCluster
+from tests.cluster.conftest import NATS_BINARY
+from tests.server.stream_helpers import batches_of, flat_acks, plan_purchases, stream_all
+
+LEASE_TTL_MS = 1_500
+RETRY_S_MAX = 10.0
+FAILOVER_WARMUP_S = 2.0
+FAILOVER_AFTER_S = 3.0
+HEALTH_WAIT_S_MAX = 10.0
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One nats-server and three kassa nodes, shared by the tests that do not kill anything."""
+    root = tmp_path_factory.mktemp("kassa-cluster")
+    nats = NatsCluster(NATS_BINARY, root / "nats", 1)
+    nats.start()
+    nodes = KassaNodes(root, nats.urls, 3, LEASE_TTL_MS, replicas=1)
+    try:
+        nodes.start()
+        open_accounts(nodes, ["A1", "A2"], RETRY_S_MAX)
+        yield nats, nodes
+    finally:
+        nodes.stop()
+        nats.stop()
+
+
+def followers(nodes: KassaNodes) -> list:
+    owner = nodes.owner()
+    assert owner is not None
+    return [node for node in nodes.nodes if node is not owner]
+
+
+class TestForwarding:
+    def test_a_follower_answers_with_the_owners_answer(self, cluster):
+        _, nodes = cluster
+        follower = followers(nodes)[0]
+        through_follower = follower.processing.Accrue(accrue_request("fwd-1", "A1"), timeout=5)
+        replayed_by_owner = nodes.owner().processing.Accrue(accrue_request("fwd-1", "A1"), timeout=5)
+        assert through_follower.calculation.earned_points > 0
+        assert through_follower.SerializeToString() == replayed_by_owner.SerializeToString()
+
+    def test_a_refusal_keeps_its_code_message_and_details(self, cluster):
+        _, nodes = cluster
+        bad = processing_pb2.AccrueRequest(request_id="", customer=accrue_request("x", "A1").customer)
+        refusals = []
+        for node in (followers(nodes)[0], nodes.owner()):
+            with pytest.raises(grpc.RpcError) as caught:
+                node.processing.Accrue(bad, timeout=5)
+            details = dict(caught.value.trailing_metadata() or ()).get(STATUS_DETAILS_KEY)
+            refusals.append((caught.value.code(), caught.value.details(), details))
+        assert refusals[0][0] == grpc.StatusCode.INVALID_ARGUMENT
+        assert refusals[0][2] is not None
+        assert refusals[0] == refusals[1]
+
+    def test_a_stream_through_a_follower_is_acknowledged(self, cluster):
+        _, nodes = cluster
+        plan = plan_purchases("fwd-stream", ["A2"], 20)
+        acks = flat_acks(stream_all(followers(nodes)[1], batches_of(plan, 5)))
+        assert [ack.event_id for ack in acks] == [item.event_id for item in plan]
+        assert {ack.code for ack in acks} == {common_pb2.CODE_OK}
+
+
+class TestStatus:
+    def test_status_names_the_owner_and_every_nodes_applied_sequence(self, cluster):
+        _, nodes = cluster
+        owner = nodes.owner()
+        owner.processing.Accrue(accrue_request("status-1", "A1"), timeout=5)
+        time.sleep(1.5)  # one report interval and more: every node has reported since
+        status = cluster_status(nodes.nodes[0])
+        (partition,) = status["partitions"]
+        assert partition["owner_address"] == owner.address
+        assert partition["lease_age_ms"] < LEASE_TTL_MS
+        assert sorted(node["node_id"] for node in status["nodes"]) == ["node-0", "node-1", "node-2"]
+        assert {node["lag"] for node in status["nodes"]} == {0}
+
+
+class TestHealth:
+    def test_without_nats_every_node_is_not_serving(self, cluster):
+        nats, nodes = cluster
+        nats.stop()  # the last test of the module: the shared cluster loses its NATS
+        deadline_s = time.monotonic() + HEALTH_WAIT_S_MAX
+        for node in nodes.nodes:
+            while health(node) != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline_s, f"{node.address} still serving without NATS"
+                time.sleep(0.1)
+
+
+class TestFailover:
+    def test_an_owner_killed_mid_load_loses_no_acknowledged_purchase(self, tmp_path):
+        result = failover.run(tmp_path, FAILOVER_WARMUP_S, FAILOVER_AFTER_S, LEASE_TTL_MS)
+        print(result)
+        assert result["acked"] > 0
+        assert result["unacked"] == 0
+        assert result["lost"] == 0
+        assert result["duplicated"] == 0
+        assert result["failover_s"] is not None
+        assert result["failover_s"] <= failover.FAILOVER_S_REQUIRED
+        assert result["verify_ok"]
+        assert result["replicas_identical"]
