@@ -91,12 +91,15 @@ def open_ledger(config: ServerConfig) -> Ledger:
         raise LedgerUnavailable(f"cannot open the ledger at {path}: {error}") from error
 
 
-async def sweep_periodically(committer, interval_s: float) -> None:
-    """Write the expiry journal entries of lots and holds that came due (reads never count them)."""
+async def sweep_periodically(committer, interval_s: float, owns=None) -> None:
+    """Write the expiry journal entries of lots and holds that came due (reads never count them).
+    In a cluster only the partition's owner sweeps (`owns()`); the followers apply its sweeps."""
     if interval_s <= 0:
         return
     while True:
         await asyncio.sleep(interval_s)
+        if owns is not None and not owns():
+            continue
         try:
             settled, expired = await sweep_expired(committer)
         except RuntimeError:
@@ -353,14 +356,15 @@ async def wait_for_signal(parts: Parts) -> set[asyncio.Task]:
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     chores = [
-        loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s)),
+        loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s,
+                                            None if parts.cluster is None else parts.cluster.serves_here)),
         loop.create_task(check_readers_periodically(ledger, config.ledger.reader_check_interval_s)),
         loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
         loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
     ]
     if parts.cluster is not None:
-        chores += [loop.create_task(parts.cluster.run()), loop.create_task(report_cluster_health(parts)),
-                   loop.create_task(parts.cluster.report_periodically())]
+        parts.cluster.start()  # runs until the cluster closes, after the drain
+        chores.append(loop.create_task(report_cluster_health(parts)))
     await stop.wait()
     for chore in chores:
         chore.cancel()

@@ -23,7 +23,7 @@ import nats
 
 from kassa.server.cluster.committing import LoggedLedger
 from kassa.server.cluster.lease import PartitionLease, lease_holder
-from kassa.server.cluster.owner import PartitionOwner
+from kassa.server.cluster.owner import NotOwner, PartitionOwner
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 from kassa.server.cluster.replica import FOLLOW_IDLE_S, Replica, ReplicaDiverged
 from kassa.server.cluster.status import NODE_REPORT_INTERVAL_S, NodeReport, now_ms, write_report
@@ -65,6 +65,7 @@ class ClusterNode:
         self.clock = clock
         self.owner_address: str | None = None  # another node's, while it holds the lease
         self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
 
     @classmethod
     async def connect(cls, settings, ledger, clock) -> ClusterNode:
@@ -96,6 +97,12 @@ class ClusterNode:
         """Health: connected, and the partition has an owner (this node or one it forwards to)."""
         return self.connected() and (self.serves_here() or self.owner_address is not None)
 
+    def start(self) -> None:
+        """Run the partition's loop and the reports until `close`: through the drain too, so the
+        lease is renewed while the calls in flight are committed."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.run()), loop.create_task(self.report_periodically())]
+
     async def run(self) -> None:
         """Own, renew, follow or take over the partition until `close`."""
         while not self._stop.is_set():
@@ -104,13 +111,16 @@ class ClusterNode:
                     await self._renew()
                 else:
                     await self._follow_or_take()
-            except (LogUnavailable, StaleWriter, *TRANSIENT_ERRORS) as error:
+            except (LogUnavailable, StaleWriter, NotOwner, *TRANSIENT_ERRORS) as error:
                 event(log, "cluster step failed; retrying", error=f"{type(error).__name__}: {error}")
                 await self._pause(LEASE_LOOK_INTERVAL_S)
             except ReplicaDiverged:
                 log.exception("this replica cannot apply the partition's log; it serves nothing")
                 self.owner_address = None
                 await self._stop.wait()
+            except Exception:  # a bug: say it, and keep the partition's loop going
+                log.exception("cluster step failed")
+                await self._pause(LEASE_LOOK_INTERVAL_S)
 
     async def _renew(self) -> None:
         self.owner_address = None
@@ -151,6 +161,7 @@ class ClusterNode:
     async def close(self) -> None:
         """After the drain: give the lease up, so another node takes over without waiting for it to lapse."""
         self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(*TRANSIENT_ERRORS):
             await self.owner.lease.release()
         with contextlib.suppress(*TRANSIENT_ERRORS):

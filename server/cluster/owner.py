@@ -37,8 +37,12 @@ class PartitionOwner:
         if not await self.lease.take():
             return False
         try:
-            await self.replica.catch_up(self.log)
-            await self._append(())
+            # Under the append lock: a call that finds this node serving now waits for the catch-up
+            # and the marker, rather than appending after a position the log has moved past.
+            async with self._appending:
+                await self.replica.catch_up(self.log)
+                sequence, group = await self._append_next((), None)
+                self.apply_appended(sequence, group)
         except (StaleWriter, LogUnavailable):  # another writer appended while we caught up, or the log
             await self.lease.release()         # cannot be read now: leave the lease to whoever can serve
             return False
