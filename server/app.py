@@ -363,7 +363,7 @@ async def wait_for_signal(parts: Parts) -> set[asyncio.Task]:
         loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
     ]
     if parts.cluster is not None:
-        parts.cluster.start()  # runs until the cluster closes, after the drain
+        parts.cluster.start(parts.processing.process_events)  # runs until the cluster closes, after the drain
         chores.append(loop.create_task(report_cluster_health(parts)))
     await stop.wait()
     for chore in chores:
@@ -385,6 +385,8 @@ async def serve(config: ServerConfig, worker_index: int = 0) -> None:
     await start(parts, worker_index)
     reloads = await wait_for_signal(parts)
     event(log, "draining", grace_s=config.server.grace_s)
+    if cluster is not None:
+        cluster.stop_reading_events()
     await drain(parts.server, parts.health, parts.processing, parts.committer, reloads, config.server.grace_s)
     if cluster is not None:  # after the drain: what this node committed is in the log; the lease goes
         await parts.forward.close()

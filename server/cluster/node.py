@@ -22,6 +22,7 @@ import time
 import nats
 
 from kassa.server.cluster.committing import LoggedLedger
+from kassa.server.cluster.events import consume_events
 from kassa.server.cluster.lease import PartitionLease, lease_holder
 from kassa.server.cluster.owner import NotOwner, PartitionOwner
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
@@ -65,6 +66,7 @@ class ClusterNode:
         self.clock = clock
         self.owner_address: str | None = None  # another node's, while it holds the lease
         self._stop = asyncio.Event()
+        self._events_stopped = False  # the drain: no more events are read from JetStream
         self._tasks: list[asyncio.Task] = []
 
     @classmethod
@@ -97,11 +99,23 @@ class ClusterNode:
         """Health: connected, and the partition has an owner (this node or one it forwards to)."""
         return self.connected() and (self.serves_here() or self.owner_address is not None)
 
-    def start(self) -> None:
-        """Run the partition's loop and the reports until `close`: through the drain too, so the
-        lease is renewed while the calls in flight are committed."""
+    def start(self, process_events) -> None:
+        """Run the partition's loop, the reports and the JetStream events consumer (committing
+        through `process_events`) until `close`: through the drain too, so the lease is renewed
+        while the calls in flight are committed."""
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.run()), loop.create_task(self.report_periodically())]
+        self._tasks = [loop.create_task(self.run()), loop.create_task(self.report_periodically()),
+                       loop.create_task(consume_events(self, process_events))]
+
+    def closing(self) -> bool:
+        return self._stop.is_set()
+
+    def stop_reading_events(self) -> None:
+        """The drain: read no more JetStream events; those read are committed and acked."""
+        self._events_stopped = True
+
+    def reading_events(self) -> bool:
+        return not self._events_stopped and not self._stop.is_set()
 
     async def run(self) -> None:
         """Own, renew, follow or take over the partition until `close`."""
@@ -144,6 +158,10 @@ class ClusterNode:
             self.owner_address = holder[0].address
         await self.owner.replica.catch_up(self.owner.log)
         await self._pause(LEASE_LOOK_INTERVAL_S if holder is None else FOLLOW_IDLE_S)
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less when the node closes meanwhile."""
+        await self._pause(seconds)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
