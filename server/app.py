@@ -303,6 +303,9 @@ def build(config: ServerConfig, cluster: ClusterNode | None = None) -> Parts:
 async def join_cluster(config: ServerConfig) -> ClusterNode:
     """A cluster node's ledger is its partition's replica: every change to it comes through the log,
     the ruleset too (every node starts with the same rule files; ReloadRules is logged)."""
+    if config.tls.cert_file:
+        raise StartupRefused("tls.cert_file with [cluster]: nodes forward calls to each other in plaintext "
+                             "today; serve the cluster behind a TLS-terminating proxy, or leave tls out")
     try:
         return await ClusterNode.connect(config.cluster, open_ledger(config), make_clock(config.clock.file))
     except ClusterRefused as error:
