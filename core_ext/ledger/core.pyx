@@ -237,7 +237,8 @@ cdef class Ledger:
             if isinstance(error, lmdb.MapFullError):  # the group was aborted whole: none of it is written
                 error = self.env.grow()  # None: the map grew; else why it cannot (its maximum, the disk)
                 if error is None:
-                    return self._apply_group(ops, self._now_ms, None, meta_pairs)  # all of it, `take`n ones included, once more
+                    # all of it, `take`n ones included, once more
+                    return self._apply_group(ops, self._now_ms, None, meta_pairs)
             mapped = ledger_error(error)
             if mapped is None:
                 raise

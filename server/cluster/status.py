@@ -60,7 +60,8 @@ async def read_reports(nodes_kv) -> list[NodeReport]:
 async def lease_age_ms(js, partition: int) -> int | None:
     """Milliseconds since the lease was last written (taken or renewed), by the NATS servers' clock."""
     try:
-        message = await js.get_last_msg(f"{KV_STREAM_PREFIX}{LEASE_BUCKET}", f"$KV.{LEASE_BUCKET}.{lease_key(partition)}")
+        message = await js.get_last_msg(f"{KV_STREAM_PREFIX}{LEASE_BUCKET}",
+                                        f"$KV.{LEASE_BUCKET}.{lease_key(partition)}")
     except nats.js.errors.NotFoundError:
         return None
     written = message.time

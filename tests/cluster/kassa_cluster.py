@@ -158,7 +158,8 @@ class PurchaseLoad:
 def open_accounts(cluster: KassaNodes, accounts: list[str], retry_s_max: float) -> None:
     for number, account in enumerate(accounts):
         request = accounts_pb2.CreateAccountRequest(request_id=f"create-{account}", account_id=account)
-        reply = call_until_ok(cluster.nodes, number, lambda node: node.accounts.CreateAccount(request, timeout=CALL_S_MAX),
+        reply = call_until_ok(cluster.nodes, number,
+                              lambda node: node.accounts.CreateAccount(request, timeout=CALL_S_MAX),
                               time.monotonic() + retry_s_max)
         assert reply is not None, f"account {account} not created"
 
