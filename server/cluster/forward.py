@@ -18,7 +18,6 @@ from kassa.server.cluster.node import partition_of
 FORWARDED_BY_KEY = "kassa-forwarded-by"
 FORWARDED_SERVICES = "/kassa.v1."  # health and reflection answer for the node itself
 FORWARD_DEADLINE_S_MAX = 30.0  # a forwarded call without a deadline of its own waits at most this
-NO_OWNER_REASON = "NO_PARTITION_OWNER"
 NO_OWNER_RETRY_DELAY_MS = 1_000  # about the time a follower takes over a lapsed lease
 # Metadata grpc sets itself on every call: not copied onto the forwarded one.
 OWN_METADATA_PREFIXES = (":", "grpc-")
@@ -119,7 +118,7 @@ class _Refusal:
         self._message = message
 
     async def _refuse(self, context):
-        await errors.refuse(context, grpc.StatusCode.UNAVAILABLE, self._message, NO_OWNER_REASON,
+        await errors.refuse(context, grpc.StatusCode.UNAVAILABLE, self._message, errors.NO_PARTITION_OWNER,
                             retry_delay_ms=NO_OWNER_RETRY_DELAY_MS)
 
     async def unary_unary(self, request, context):

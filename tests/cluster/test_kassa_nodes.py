@@ -12,18 +12,19 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from bench import failover
+from kassa.server.cluster.forward import FORWARDED_BY_KEY, NO_OWNER_RETRY_DELAY_MS
 from kassa.v1 import common_pb2, processing_pb2
 from tests.cluster.kassa_cluster import KassaNodes, accrue_request, cluster_status, health, open_accounts
 from tests.cluster.nats_cluster import NatsCluster
 from tests.cluster.conftest import NATS_BINARY
 from tests.server.stream_helpers import batches_of, flat_acks, plan_purchases, stream_all
+from tests.server.test_errors import Refusal
 
 LEASE_TTL_MS = 1_500
 RETRY_S_MAX = 10.0
 FAILOVER_WARMUP_S = 2.0
 FAILOVER_AFTER_S = 3.0
 HEALTH_WAIT_S_MAX = 10.0
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +65,21 @@ class TestForwarding:
         for node in (followers(nodes)[0], nodes.owner()):
             with pytest.raises(grpc.RpcError) as caught:
                 node.processing.Accrue(bad, timeout=5)
-            details = dict(caught.value.trailing_metadata() or ()).get(STATUS_DETAILS_KEY)
-            refusals.append((caught.value.code(), caught.value.details(), details))
+            refusal = Refusal(caught.value)  # its details agree with its code and message
+            refusals.append((refusal.code, refusal.details, refusal.error_info.reason, refusal.bad_request))
         assert refusals[0][0] == grpc.StatusCode.INVALID_ARGUMENT
-        assert refusals[0][2] is not None
+        assert refusals[0][3] is not None
         assert refusals[0] == refusals[1]
+
+    def test_a_call_forwarded_once_is_not_forwarded_again(self, cluster):
+        _, nodes = cluster
+        with pytest.raises(grpc.RpcError) as caught:
+            followers(nodes)[0].processing.Accrue(accrue_request("fwd-twice", "A1"), timeout=5,
+                                                  metadata=((FORWARDED_BY_KEY, "node-x"),))
+        refusal = Refusal(caught.value)
+        assert refusal.code == grpc.StatusCode.UNAVAILABLE
+        assert refusal.error_info.reason == "NO_PARTITION_OWNER"
+        assert refusal.retry_delay_ms == NO_OWNER_RETRY_DELAY_MS
 
     def test_a_stream_through_a_follower_is_acknowledged(self, cluster):
         _, nodes = cluster
