@@ -5,16 +5,27 @@ owner kill -9'd mid-load loses no acknowledged purchase (bench/failover.py at te
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
+import nats
 import pytest
 from grpc_health.v1 import health_pb2
 
 from bench import failover
 from kassa.server.cluster.forward import FORWARDED_BY_KEY, NO_OWNER_RETRY_DELAY_MS
+from kassa.server.cluster.lease import lease_holder
+from kassa.server.cluster.streams import LEASE_BUCKET
 from kassa.v1 import common_pb2, processing_pb2
-from tests.cluster.kassa_cluster import KassaNodes, accrue_request, cluster_status, health, open_accounts
+from tests.cluster.kassa_cluster import (
+    KassaNodes,
+    accrue_request,
+    call_until_ok,
+    cluster_status,
+    health,
+    open_accounts,
+)
 from tests.cluster.nats_cluster import NatsCluster
 from tests.cluster.conftest import NATS_BINARY
 from tests.server.stream_helpers import batches_of, flat_acks, plan_purchases, stream_all
@@ -103,12 +114,37 @@ class TestStatus:
         assert {node["lag"] for node in status["nodes"]} == {0}
 
 
+async def lease_holder_now(urls: list[str]) -> str | None:
+    client = await nats.connect(servers=urls)
+    try:
+        holder = await lease_holder(await client.jetstream(timeout=5).key_value(LEASE_BUCKET), 0)
+        return None if holder is None else holder[0].node_id
+    finally:
+        await client.close()
+
+
+class TestDrain:
+    def test_a_drained_owner_gives_its_lease_up_and_another_node_serves(self, cluster):
+        servers, nodes = cluster
+        owner = nodes.owner()
+        assert owner.stop() == 0
+        # Not left to lapse: the entry is gone (or already another node's) when the process has exited.
+        assert asyncio.run(lease_holder_now(servers.urls)) != owner.extra_env["KASSA_CLUSTER_NODE_ID"]
+        remaining = [node for node in nodes.nodes if node is not owner]
+        reply = call_until_ok(remaining, 0, lambda node: node.processing.Accrue(accrue_request("drained-1", "A1"),
+                                                                                timeout=5),
+                              time.monotonic() + RETRY_S_MAX)
+        assert reply is not None
+
+
 class TestHealth:
     def test_without_nats_every_node_is_not_serving(self, cluster):
         nats, nodes = cluster
         nats.stop()  # the last test of the module: the shared cluster loses its NATS
         deadline_s = time.monotonic() + HEALTH_WAIT_S_MAX
-        for node in nodes.nodes:
+        running = [node for node in nodes.nodes if node.process.poll() is None]
+        assert running
+        for node in running:
             while health(node) != health_pb2.HealthCheckResponse.NOT_SERVING:
                 assert time.monotonic() < deadline_s, f"{node.address} still serving without NATS"
                 time.sleep(0.1)
