@@ -19,6 +19,7 @@ FORWARDED_BY_KEY = "kassa-forwarded-by"
 FORWARDED_SERVICES = "/kassa.v1."  # health and reflection answer for the node itself
 FORWARD_DEADLINE_S_MAX = 30.0  # a forwarded call without a deadline of its own waits at most this
 NO_OWNER_RETRY_DELAY_MS = 1_000  # about the time a follower takes over a lapsed lease
+STATUS_DETAILS_KEY = "grpc-status-details-bin"  # where a kassa refusal carries its details
 # Metadata grpc sets itself on every call: not copied onto the forwarded one.
 OWN_METADATA_PREFIXES = (":", "grpc-")
 OWN_METADATA_KEYS = ("user-agent", "content-type", "te")
@@ -63,8 +64,15 @@ def _timeout_s(context) -> float:
 
 
 async def _pass_status(context, error: grpc.aio.AioRpcError):
-    """The owner's refusal as it gave it: code, message and details (in the trailing metadata)."""
-    context.set_trailing_metadata(error.trailing_metadata() or ())
+    """The owner's refusal as it gave it: code, message and details (in the trailing metadata).
+    UNAVAILABLE without kassa's details is grpc's own: the owner cannot be reached (it died and its
+    lease has not lapsed yet): the caller gets the no-owner refusal, with its retry delay."""
+    trailing = error.trailing_metadata() or ()
+    if error.code() == grpc.StatusCode.UNAVAILABLE and not any(key == STATUS_DETAILS_KEY for key, _ in trailing):
+        await _Refusal(f"the partition's owner cannot be reached ({error.details()}); this may or may not "
+                       "have been recorded: send it again with the same request_id, which replays it if it "
+                       "was")._refuse(context)
+    context.set_trailing_metadata(trailing)
     await context.abort(error.code(), error.details() or "")
 
 

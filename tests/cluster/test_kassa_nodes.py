@@ -123,6 +123,24 @@ async def lease_holder_now(urls: list[str]) -> str | None:
         await client.close()
 
 
+class TestDeadOwner:
+    def test_a_call_for_a_killed_owner_is_refused_with_a_retry_delay_then_served(self, cluster):
+        _, nodes = cluster
+        owner = nodes.owner()
+        follower = followers(nodes)[0]
+        owner.kill9()
+        with pytest.raises(grpc.RpcError) as caught:  # within the lease: the owner is known, and gone
+            follower.processing.Accrue(accrue_request("dead-1", "A1"), timeout=5)
+        refusal = Refusal(caught.value)
+        assert refusal.code == grpc.StatusCode.UNAVAILABLE
+        assert refusal.error_info.reason == "NO_PARTITION_OWNER"
+        assert refusal.retry_delay_ms == NO_OWNER_RETRY_DELAY_MS
+        reply = call_until_ok([follower], 0, lambda node: node.processing.Accrue(accrue_request("dead-1", "A1"),
+                                                                                 timeout=5),
+                              time.monotonic() + RETRY_S_MAX)
+        assert reply is not None  # a follower took the partition over
+
+
 class TestDrain:
     def test_a_drained_owner_gives_its_lease_up_and_another_node_serves(self, cluster):
         servers, nodes = cluster
