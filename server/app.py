@@ -307,7 +307,8 @@ async def join_cluster(config: ServerConfig) -> ClusterNode:
         raise StartupRefused("tls.cert_file with [cluster]: nodes forward calls to each other in plaintext "
                              "today; serve the cluster behind a TLS-terminating proxy, or leave tls out")
     try:
-        return await ClusterNode.connect(config.cluster, open_ledger(config), make_clock(config.clock.file))
+        return await ClusterNode.connect(config.cluster, config.ledger.path, lambda: open_ledger(config),
+                                         make_clock(config.clock.file))
     except ClusterRefused as error:
         raise StartupRefused(str(error)) from None
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import time
 
 import nats
@@ -27,6 +29,7 @@ from kassa.server.cluster.lease import PartitionLease, lease_holder
 from kassa.server.cluster.owner import NotOwner, PartitionOwner
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 from kassa.server.cluster.replica import FOLLOW_IDLE_S, Replica, ReplicaDiverged
+from kassa.server.cluster.snapshot import LMDB_DATA_FILE, restore_snapshot, save_snapshot
 from kassa.server.cluster.status import NODE_REPORT_INTERVAL_S, NodeReport, now_ms, write_report
 from kassa.server.cluster.streams import LEASE_BUCKET, NODES_BUCKET, TRANSIENT_ERRORS, ensure_streams
 from kassa.server.logs import event
@@ -37,6 +40,7 @@ NATS_CONNECT_S_MAX = 5.0  # the first connection to the NATS servers at start
 NATS_RECONNECT_WAIT_S = 0.1  # between reconnection attempts after a NATS server was lost
 JETSTREAM_REQUEST_S_MAX = 2.0  # one JetStream API request
 LEASE_LOOK_INTERVAL_S = 0.1  # a follower asks who holds the lease this often (a takeover's delay)
+SNAPSHOT_STAGING_SUFFIX = ".restoring"  # beside the ledger's directory, while a snapshot downloads
 PARTITIONS_SERVED_MAX = 1  # partitions one node serves until ledger.partitions places more
 
 
@@ -49,6 +53,19 @@ def partition_of(method: str, partitions: int) -> int:
     (the ledger's partitions) decides it here from the call."""
     del method, partitions
     return 0
+
+
+async def restore(js, ledger_path: str) -> bool:
+    """The partition's latest snapshot as `ledger_path`'s LMDB file, whole or not at all (downloaded
+    beside it, then renamed into place); False when there is none."""
+    staging = ledger_path.rstrip("/") + SNAPSHOT_STAGING_SUFFIX
+    shutil.rmtree(staging, ignore_errors=True)  # a download cut short by an earlier start
+    if not await restore_snapshot(js, 0, staging):
+        return False
+    os.makedirs(ledger_path, exist_ok=True)
+    os.replace(os.path.join(staging, LMDB_DATA_FILE), os.path.join(ledger_path, LMDB_DATA_FILE))
+    shutil.rmtree(staging, ignore_errors=True)
+    return True
 
 
 class ClusterNode:
@@ -70,7 +87,9 @@ class ClusterNode:
         self._tasks: list[asyncio.Task] = []
 
     @classmethod
-    async def connect(cls, settings, ledger, clock) -> ClusterNode:
+    async def connect(cls, settings, ledger_path: str, open_ledger, clock) -> ClusterNode:
+        """Join the NATS servers, then open the ledger (`open_ledger()`): a new node's empty
+        `ledger_path` first gets the partition's latest snapshot, so it applies only the log after it."""
         if settings.partitions > PARTITIONS_SERVED_MAX:
             raise ClusterRefused(f"cluster.partitions = {settings.partitions}: a node serves "
                                  f"{PARTITIONS_SERVED_MAX} partition until ledger partitions are placed")
@@ -82,6 +101,9 @@ class ClusterNode:
             raise ClusterRefused(f"cannot reach the NATS servers {settings.nats_urls}: {error}") from error
         js = client.jetstream(timeout=JETSTREAM_REQUEST_S_MAX)
         await ensure_streams(js, settings.replicas, settings.lease_ttl_ms)
+        if not os.path.exists(os.path.join(ledger_path, LMDB_DATA_FILE)) and await restore(js, ledger_path):
+            event(log, "restored the partition's snapshot", partition=0, path=ledger_path)
+        ledger = open_ledger()
         return cls(settings, ledger, clock, client, js, await js.key_value(LEASE_BUCKET),
                    await js.key_value(NODES_BUCKET))
 
@@ -105,7 +127,8 @@ class ClusterNode:
         while the calls in flight are committed."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.run()), loop.create_task(self.report_periodically()),
-                       loop.create_task(consume_events(self, process_events))]
+                       loop.create_task(consume_events(self, process_events)),
+                       loop.create_task(self.snapshot_periodically())]
 
     def closing(self) -> bool:
         return self._stop.is_set()
@@ -166,6 +189,21 @@ class ClusterNode:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def snapshot_periodically(self) -> None:
+        """The owner stores a snapshot of its partition every `snapshot_interval_s` (0: never), from
+        which a new node starts."""
+        interval_s = self.settings.snapshot_interval_s
+        while interval_s > 0 and not self._stop.is_set():
+            await self._pause(interval_s)
+            if not self.owner.serving() or self._stop.is_set():
+                continue
+            try:
+                sequence = await save_snapshot(self.js, self.owner.replica)
+            except (OSError, *TRANSIENT_ERRORS) as error:
+                event(log, "snapshot failed; the next one retries", error=f"{type(error).__name__}: {error}")
+                continue
+            event(log, "snapshot stored", partition=self.owner.partition, applied_sequence=sequence)
 
     async def report_periodically(self) -> None:
         """Write this node's applied position every NODE_REPORT_INTERVAL_S, for `kassa cluster status`."""

@@ -12,6 +12,7 @@ from kassa.server.cluster.lease import LEASE_MARGIN_MS, LEASE_RENEW_INTERVAL_MS,
 
 PARTITIONS_MAX = 1024  # partitions of one cluster (a subject, a lease and a replica each)
 REPLICAS_ALLOWED = (1, 3, 5)  # JetStream's replica counts that keep a majority (R1: tests and one machine)
+SNAPSHOT_INTERVAL_S_MAX = 7 * 86_400  # a week
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -24,6 +25,7 @@ class ClusterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     lease_ttl_ms: int = LEASE_TTL_MS
     lease_renew_interval_ms: int = LEASE_RENEW_INTERVAL_MS
     lease_margin_ms: int = LEASE_MARGIN_MS
+    snapshot_interval_s: float = 300  # the owner stores a snapshot of its partition this often; 0: never
 
     @property
     def enabled(self) -> bool:
@@ -41,6 +43,9 @@ class ClusterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         if not host or not colon or not port.isdigit():
             raise ValueError(f"cluster.advertise {self.advertise!r}: expected host:port, where the other nodes "
                              "reach this node's gRPC server")
+        if not 0 <= self.snapshot_interval_s <= SNAPSHOT_INTERVAL_S_MAX:
+            raise ValueError(f"cluster.snapshot_interval_s {self.snapshot_interval_s}: must be 0 (never) to "
+                             f"{SNAPSHOT_INTERVAL_S_MAX}")
         if not 1 <= self.partitions <= PARTITIONS_MAX:
             raise ValueError(f"cluster.partitions {self.partitions}: must be 1 to {PARTITIONS_MAX}")
         if self.replicas not in REPLICAS_ALLOWED:

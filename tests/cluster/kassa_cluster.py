@@ -34,10 +34,11 @@ RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 
 
 class KassaNodes:
-    def __init__(self, root: Path, nats_urls: list[str], size: int, lease_ttl_ms: int, replicas: int):
+    def __init__(self, root: Path, nats_urls: list[str], size: int, lease_ttl_ms: int, replicas: int,
+                 env: dict[str, str] | None = None, first_index: int = 0):
         self.nodes: list[KassaServer] = []
         renew_ms = lease_ttl_ms // 4
-        for index in range(size):
+        for index in range(first_index, first_index + size):
             port = free_port()
             workdir = root / f"node-{index}"
             workdir.mkdir(parents=True)
@@ -46,7 +47,7 @@ class KassaNodes:
                    "KASSA_CLUSTER_REPLICAS": str(replicas), "KASSA_CLUSTER_LEASE_TTL_MS": str(lease_ttl_ms),
                    "KASSA_CLUSTER_LEASE_RENEW_INTERVAL_MS": str(renew_ms),
                    "KASSA_CLUSTER_LEASE_MARGIN_MS": str(renew_ms), "KASSA_LEDGER_SYNC": "false",
-                   "KASSA_LOG_LEVEL": "info"}
+                   "KASSA_LOG_LEVEL": "info", **(env or {})}
             node = KassaServer(workdir, env=env)
             node.address = f"127.0.0.1:{port}"
             self.nodes.append(node)

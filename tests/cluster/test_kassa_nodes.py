@@ -25,6 +25,7 @@ from tests.cluster.kassa_cluster import (
     cluster_status,
     health,
     open_accounts,
+    statement_request_ids,
 )
 from tests.cluster.nats_cluster import NatsCluster
 from tests.cluster.conftest import NATS_BINARY
@@ -36,6 +37,8 @@ RETRY_S_MAX = 10.0
 FAILOVER_WARMUP_S = 2.0
 FAILOVER_AFTER_S = 3.0
 HEALTH_WAIT_S_MAX = 10.0
+SNAPSHOT_INTERVAL_S = 0.5
+PURCHASES_BEFORE_SNAPSHOT = 20
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +169,46 @@ class TestHealth:
             while health(node) != health_pb2.HealthCheckResponse.NOT_SERVING:
                 assert time.monotonic() < deadline_s, f"{node.address} still serving without NATS"
                 time.sleep(0.1)
+
+
+class TestSnapshot:
+    def test_a_new_node_starts_from_the_owners_snapshot_and_catches_up(self, tmp_path):
+        servers = NatsCluster(NATS_BINARY, tmp_path / "nats", 1)
+        servers.start()
+        env = {"KASSA_CLUSTER_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S)}
+        nodes = KassaNodes(tmp_path, servers.urls, 1, LEASE_TTL_MS, replicas=1, env=env)
+        (first,) = nodes.nodes
+        try:
+            first.start()
+            nodes.wait_serving([first])
+            open_accounts(nodes, ["S1"], RETRY_S_MAX)
+            for number in range(PURCHASES_BEFORE_SNAPSHOT):
+                first.processing.Accrue(accrue_request(f"snap-{number}", "S1"), timeout=5)
+            wait_for_line(first, '"snapshot stored"')
+            first.processing.Accrue(accrue_request("after-snapshot", "S1"), timeout=5)
+            # Its port is chosen now: one chosen at the start could be another connection's by now.
+            (joining,) = KassaNodes(tmp_path, servers.urls, 1, LEASE_TTL_MS, replicas=1, env=env, first_index=1).nodes
+            nodes.nodes.append(joining)
+            joining.start()
+            assert any('"restored the partition\'s snapshot"' in line for line in joining.log_lines)
+            nodes.wait_serving([joining])
+            assert "after-snapshot" in statement_request_ids(joining, "S1")  # forwarded to the owner
+            deadline_s = time.monotonic() + HEALTH_WAIT_S_MAX
+            while {node["lag"] for node in cluster_status(first)["nodes"]} != {0}:
+                assert time.monotonic() < deadline_s, "the joining node did not catch up"
+                time.sleep(0.2)
+            failover.stop_owner_last(nodes)
+            assert failover.compare(nodes) == (True, True)  # verify passes; the digests are equal
+        finally:
+            nodes.stop()
+            servers.stop()
+
+
+def wait_for_line(node, text: str) -> None:
+    deadline_s = time.monotonic() + HEALTH_WAIT_S_MAX
+    while not any(text in line for line in node.log_lines):
+        assert time.monotonic() < deadline_s, f"no {text} line"
+        time.sleep(0.1)
 
 
 class TestFailover:
