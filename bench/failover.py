@@ -105,11 +105,12 @@ def run(root: Path, warmup_s: float, after_s: float, lease_ttl_ms: int = LEASE_T
         load.start()
         time.sleep(warmup_s)
         victim = nodes.owner()
+        killed = victim.extra_env["KASSA_CLUSTER_NODE_ID"]
         killed_s = time.monotonic()
         victim.kill9()
         time.sleep(after_s)
         load.stop()
-        victim.start()  # rejoins from its own ledger, as a follower
+        victim.start()  # rejoins from its own ledger, as a follower (on a new port)
         nodes.wait_serving(nodes.nodes)
         settings = node_config(nodes.nodes[0]).cluster
         converge(nodes, settings)
@@ -119,7 +120,7 @@ def run(root: Path, warmup_s: float, after_s: float, lease_ttl_ms: int = LEASE_T
         failover_s = failover_after(load, killed_s)
         return {"acked": len(load.acked), "unacked": len(load.unacked), "lost": counted["lost"],
                 "duplicated": counted["duplicated"], "failover_s": None if failover_s is None else round(failover_s, 2),
-                "verify_ok": verify_ok, "replicas_identical": identical, "killed": victim.address,
+                "verify_ok": verify_ok, "replicas_identical": identical, "killed": killed,
                 "lease_ttl_ms": lease_ttl_ms}
     finally:
         nodes.stop()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import lmdb
+import msgspec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -306,8 +307,12 @@ async def join_cluster(config: ServerConfig) -> ClusterNode:
     if config.tls.cert_file:
         raise StartupRefused("tls.cert_file with [cluster]: nodes forward calls to each other in plaintext "
                              "today; serve the cluster behind a TLS-terminating proxy, or leave tls out")
+    settings = config.cluster
+    host, _, port = settings.advertise.rpartition(":")
+    if port == "0":  # the port server.listen bound (itself 0 there: the one the kernel chose)
+        settings = msgspec.structs.replace(settings, advertise=f"{host}:{config.server.listen.rpartition(':')[2]}")
     try:
-        return await ClusterNode.connect(config.cluster, config.ledger.path, lambda: open_ledger(config),
+        return await ClusterNode.connect(settings, config.ledger.path, lambda: open_ledger(config),
                                          make_clock(config.clock.file))
     except ClusterRefused as error:
         raise StartupRefused(str(error)) from None

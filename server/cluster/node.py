@@ -169,7 +169,8 @@ class ClusterNode:
 
     async def _follow_or_take(self) -> None:
         holder = await lease_holder(self.kv, self.owner.partition)
-        if holder is None or holder[0].node_id == self.node_id:  # free, or our own lapsed entry
+        mine = holder is not None and (holder[0].node_id, holder[0].address) == (self.node_id, self.settings.advertise)
+        if holder is None or mine:  # free, or this node's own entry (its hold ran out while NATS was away)
             self.owner_address = None
             started_s = time.monotonic()
             if await self.owner.acquire():

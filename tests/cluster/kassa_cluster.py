@@ -19,7 +19,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kassa.v1 import accounts_pb2, processing_pb2
-from tests.cluster.nats_cluster import free_port
 from tests.kassa_harness import KassaServer
 from tests.server.helpers import by_account, line, receipt
 
@@ -35,22 +34,21 @@ RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 
 class KassaNodes:
     def __init__(self, root: Path, nats_urls: list[str], size: int, lease_ttl_ms: int, replicas: int,
-                 env: dict[str, str] | None = None, first_index: int = 0):
+                 extra_env: dict[str, str] | None = None):
         self.nodes: list[KassaServer] = []
         renew_ms = lease_ttl_ms // 4
-        for index in range(first_index, first_index + size):
-            port = free_port()
+        for index in range(size):
             workdir = root / f"node-{index}"
             workdir.mkdir(parents=True)
-            env = {"KASSA_SERVER_LISTEN": f"127.0.0.1:{port}", "KASSA_CLUSTER_NODE_ID": f"node-{index}",
-                   "KASSA_CLUSTER_ADVERTISE": f"127.0.0.1:{port}", "KASSA_CLUSTER_NATS_URLS": ",".join(nats_urls),
+            # Port 0 in both: the node advertises the port it bound (one chosen here could be taken
+            # by another connection before the node starts).
+            env = {"KASSA_SERVER_LISTEN": "127.0.0.1:0", "KASSA_CLUSTER_NODE_ID": f"node-{index}",
+                   "KASSA_CLUSTER_ADVERTISE": "127.0.0.1:0", "KASSA_CLUSTER_NATS_URLS": ",".join(nats_urls),
                    "KASSA_CLUSTER_REPLICAS": str(replicas), "KASSA_CLUSTER_LEASE_TTL_MS": str(lease_ttl_ms),
                    "KASSA_CLUSTER_LEASE_RENEW_INTERVAL_MS": str(renew_ms),
                    "KASSA_CLUSTER_LEASE_MARGIN_MS": str(renew_ms), "KASSA_LEDGER_SYNC": "false",
-                   "KASSA_LOG_LEVEL": "info", **(env or {})}
-            node = KassaServer(workdir, env=env)
-            node.address = f"127.0.0.1:{port}"
-            self.nodes.append(node)
+                   "KASSA_LOG_LEVEL": "info", **(extra_env or {})}
+            self.nodes.append(KassaServer(workdir, env=env))
 
     def start(self) -> None:
         for node in self.nodes:

@@ -176,8 +176,8 @@ class TestSnapshot:
         servers = NatsCluster(NATS_BINARY, tmp_path / "nats", 1)
         servers.start()
         env = {"KASSA_CLUSTER_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S)}
-        nodes = KassaNodes(tmp_path, servers.urls, 1, LEASE_TTL_MS, replicas=1, env=env)
-        (first,) = nodes.nodes
+        nodes = KassaNodes(tmp_path, servers.urls, 2, LEASE_TTL_MS, replicas=1, extra_env=env)
+        first, joining = nodes.nodes
         try:
             first.start()
             nodes.wait_serving([first])
@@ -186,9 +186,6 @@ class TestSnapshot:
                 first.processing.Accrue(accrue_request(f"snap-{number}", "S1"), timeout=5)
             wait_for_line(first, '"snapshot stored"')
             first.processing.Accrue(accrue_request("after-snapshot", "S1"), timeout=5)
-            # Its port is chosen now: one chosen at the start could be another connection's by now.
-            (joining,) = KassaNodes(tmp_path, servers.urls, 1, LEASE_TTL_MS, replicas=1, env=env, first_index=1).nodes
-            nodes.nodes.append(joining)
             joining.start()
             assert any('"restored the partition\'s snapshot"' in line for line in joining.log_lines)
             nodes.wait_serving([joining])
