@@ -286,6 +286,7 @@ class PromoCodesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=1
     uses_total: int = 0  # 0: unlimited
     uses_per_account: int = 0  # 0: unlimited
     actor: str = ""
+    seed: bytes = b""  # codes drawn from a pattern come from random.Random(seed): the same on every replica
 
 
 class SetRulesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=14):

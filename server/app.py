@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import lmdb
+import msgspec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -32,6 +33,8 @@ from kassa.v1 import (
 )
 from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
+from kassa.server.cluster.forward import ForwardInterceptor
+from kassa.server.cluster.node import ClusterNode, ClusterRefused
 from kassa.server.commit import GroupCommitter
 from kassa.server.partition_commit import PartitionedCommitter
 from kassa.server.interceptors.access_log import AccessLogInterceptor
@@ -53,6 +56,7 @@ log = logging.getLogger("kassa.server")
 
 RULES_REFRESH_INTERVAL_S = 1  # how often a worker looks for a ruleset another worker stored
 ESCROW_RELEASE_INTERVAL_S = 1  # how often idle partitions' slack goes back to emptied banks
+CLUSTER_HEALTH_INTERVAL_S = 0.2  # a cluster node looks at whether it can serve this often
 # On SIGTERM the process exits at most this long after server.grace_s: the group commit running at
 # the deadline ends (a drain commits groups of at most DRAIN_GROUP_OPERATIONS_MAX operations) and the
 # ledger closes. Whatever still runs then ends with the process (exit status EXIT_DRAIN_OVERRAN).
@@ -101,12 +105,15 @@ def open_ledger(config: ServerConfig) -> Ledger:
         raise LedgerUnavailable(f"cannot open the ledger at {path}: {error}") from error
 
 
-async def sweep_periodically(committer, interval_s: float) -> None:
-    """Write the expiry journal entries of lots and holds that came due (reads never count them)."""
+async def sweep_periodically(committer, interval_s: float, owns=None) -> None:
+    """Write the expiry journal entries of lots and holds that came due (reads never count them).
+    In a cluster only the partition's owner sweeps (`owns()`); the followers apply its sweeps."""
     if interval_s <= 0:
         return
     while True:
         await asyncio.sleep(interval_s)
+        if owns is not None and not owns():
+            continue
         try:
             settled, expired = await sweep_expired(committer)
         except RuntimeError:
@@ -115,12 +122,15 @@ async def sweep_periodically(committer, interval_s: float) -> None:
         event(log, "expiry sweep", accounts_settled=settled, expired_points=expired)
 
 
-async def compact_periodically(committer, retention: Retention, interval_s: float) -> None:
-    """Compaction (core_ext/compaction.py) in steps through the committer, between purchases."""
+async def compact_periodically(committer, retention: Retention, interval_s: float, owns=None) -> None:
+    """Compaction (core_ext/compaction.py) in steps through the committer, between purchases; in a
+    cluster only by the partition's owner (`owns()`), through the log."""
     if interval_s <= 0:
         return
     while True:
         await asyncio.sleep(interval_s)
+        if owns is not None and not owns():
+            continue
         try:
             done = await compact_ledger(committer, retention)
         except RuntimeError:
@@ -248,6 +258,8 @@ class Parts:
     health: health.aio.HealthServicer
     rule_paths: list[Path]
     port: int
+    cluster: ClusterNode | None = None  # None: the single node of today
+    forward: ForwardInterceptor | None = None
 
 
 def open_ledger_serving(config: ServerConfig, clock) -> Ledger:
@@ -263,13 +275,14 @@ def open_ledger_serving(config: ServerConfig, clock) -> Ledger:
     return ledger
 
 
-def grpc_server(config: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
+def grpc_server(config: ServerConfig, metrics: Metrics, forward=None) -> grpc.aio.Server:
     message_bytes_max = config.server.message_bytes_max
     return grpc.aio.server(
         interceptors=[
             MetricsInterceptor(metrics),
             AccessLogInterceptor(),  # outside auth: its refusals are logged with their request id
             *([AuthInterceptor(config.auth)] if config.auth.enabled else []),
+            *([forward] if forward is not None else []),  # a cluster node: calls for another owner go there
             DecodeInterceptor(),
         ],
         options=[
@@ -310,32 +323,74 @@ def add_services(server, config: ServerConfig, ledger, committer, clock, metrics
     return processing, health_servicer
 
 
-def build(config: ServerConfig) -> Parts:
-    """Open everything a worker serves with, listening but not yet serving."""
+def build(config: ServerConfig, cluster: ClusterNode | None = None) -> Parts:
+    """Open everything a worker serves with, listening but not yet serving. A cluster node commits
+    through its partition's log and forwards the calls of partitions it does not own."""
     metrics = Metrics()
     # First: a metrics address in use stops the start before anything else is opened.
     metrics_endpoint = serve_metrics(metrics, config.metrics.listen)
-    clock = make_clock(config.clock.file)
-    ledger = open_ledger_serving(config, clock)
-    committer = (PartitionedCommitter if isinstance(ledger, PartitionedLedger) else GroupCommitter)(
-        ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
+    if cluster is None:
+        clock = make_clock(config.clock.file)
+        ledger = open_ledger_serving(config, clock)
+        committing = (PartitionedCommitter if isinstance(ledger, PartitionedLedger) else GroupCommitter)
+        committer = committing(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
+    else:  # a cluster node commits through the partition's replicated log
+        clock, ledger = cluster.clock, cluster.ledger
+        committer = GroupCommitter(cluster.logged_ledger(), clock, config.commit.batch_max, config.commit.wait_us_max,
+                                   metrics)
     committer.start()
-    server = grpc_server(config, metrics)
+    forward = None if cluster is None else ForwardInterceptor(cluster, config.server.message_bytes_max)
+    server = grpc_server(config, metrics, forward)
     rule_paths = [Path(path) for path in config.rules.paths]
     processing, health_servicer = add_services(server, config, ledger, committer, clock, metrics, rule_paths)
     port = add_port(server, config)
     if port == 0:
         raise StartupRefused(f"cannot listen on {config.server.listen}")
     return Parts(config, metrics, metrics_endpoint, clock, ledger, committer, server, processing,
-                 health_servicer, rule_paths, port)
+                 health_servicer, rule_paths, port, cluster, forward)
+
+
+async def join_cluster(config: ServerConfig) -> ClusterNode:
+    """A cluster node's ledger is its partition's replica: every change to it comes through the log,
+    the ruleset too (every node starts with the same rule files; ReloadRules is logged)."""
+    if config.tls.cert_file:
+        raise StartupRefused("tls.cert_file with [cluster]: nodes forward calls to each other in plaintext "
+                             "today; serve the cluster behind a TLS-terminating proxy, or leave tls out")
+    if config.ledger.partitions > 1:
+        raise StartupRefused(f"ledger.partitions = {config.ledger.partitions} with [cluster]: a cluster node "
+                             "serves one partition (cluster.partitions) until partitions are placed on nodes")
+    settings = config.cluster
+    host, _, port = settings.advertise.rpartition(":")
+    if port == "0":  # the port server.listen bound (itself 0 there: the one the kernel chose)
+        settings = msgspec.structs.replace(settings, advertise=f"{host}:{config.server.listen.rpartition(':')[2]}")
+    try:
+        return await ClusterNode.connect(settings, config.ledger.path, lambda: open_ledger(config),
+                                         make_clock(config.clock.file))
+    except ClusterRefused as error:
+        raise StartupRefused(str(error)) from None
+
+
+async def report_cluster_health(parts: Parts) -> None:
+    """NOT_SERVING while the node can serve nothing: no owner known for its partition, or no NATS."""
+    shown = None
+    while True:
+        serving = parts.cluster.can_serve()
+        if serving != shown:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *SERVICE_NAMES):
+                await parts.health.set(name, status)
+            shown = serving
+        await asyncio.sleep(CLUSTER_HEALTH_INTERVAL_S)
 
 
 async def start(parts: Parts, worker_index: int) -> None:
     """Take calls, and say so: health SERVING and the "serving" log line."""
     config = parts.config
     await parts.server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING if parts.cluster is None else \
+        health_pb2.HealthCheckResponse.NOT_SERVING  # until report_cluster_health finds an owner
     for name in ("", *SERVICE_NAMES):
-        await parts.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await parts.health.set(name, serving)
     if parts.metrics_endpoint is not None:
         event(log, "metrics", address=parts.metrics_endpoint.address)
     host = config.server.listen.rsplit(":", 1)[0]
@@ -361,17 +416,23 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    owns = None if parts.cluster is None else parts.cluster.serves_here  # in a cluster, only the owner writes
     chores = [
-        loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s)),
-        loop.create_task(compact_periodically(committer, ledger.retention, config.ledger.compaction_interval_s)),
+        loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s, owns)),
+        loop.create_task(compact_periodically(committer, ledger.retention, config.ledger.compaction_interval_s, owns)),
         loop.create_task(check_readers_periodically(ledger, config.ledger.reader_check_interval_s)),
         loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
         loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),
     ]
-    if worker_index == 0:  # one archiver a ledger: another worker's run would only stop with ArchiveConflict
+    # The archive rewrites the ledger outside the group commit: in a cluster it would make the
+    # replicas differ, so there it waits until it goes through the log (docs/cluster.md).
+    if worker_index == 0 and parts.cluster is None:  # one archiver a ledger
         chores.append(loop.create_task(archive_periodically(config.ledger, parts.clock)))
     if isinstance(ledger, PartitionedLedger):
         chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
+    if parts.cluster is not None:
+        parts.cluster.start(parts.processing.process_events)  # runs until the cluster closes, after the drain
+        chores.append(loop.create_task(report_cluster_health(parts)))
     await stop.wait()
     for chore in chores:
         chore.cancel()
@@ -387,9 +448,15 @@ def close(parts: Parts) -> None:
 
 
 async def serve(config: ServerConfig, worker_index: int = 0) -> None:
-    parts = build(config)
+    cluster = await join_cluster(config) if config.cluster.enabled else None
+    parts = build(config, cluster)
     await start(parts, worker_index)
     reloads = await wait_for_signal(parts, worker_index)
     event(log, "draining", grace_s=config.server.grace_s)
+    if cluster is not None:
+        cluster.stop_reading_events()
     await drain(parts.server, parts.health, parts.processing, parts.committer, reloads, config.server.grace_s)
+    if cluster is not None:  # after the drain: what this node committed is in the log; the lease goes
+        await parts.forward.close()
+        await cluster.close()
     close(parts)

@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     check = rules_commands.add_parser("check", help="validate rule files without a server")
     check.add_argument("files", nargs="+", type=Path)
 
+    cluster = commands.add_parser("cluster", help="look at a cluster of kassa nodes")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    cluster_status = cluster_commands.add_parser(
+        "status", help="partitions, owners, lease ages, each node's applied log sequence and lag (JSON)")
+    cluster_status.add_argument("--config", default=DEFAULT_CONFIG)
+
     init = commands.add_parser("init", help="write the sample config and loyalty program into a directory")
     init.add_argument("directory", type=Path, nargs="?", default=Path("."), help="where (default: here)")
 
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return _stats(args)
     if args.command == "init":
         return _init(args)
+    if args.command == "cluster":
+        return _cluster_status(args)
     return _rules_check(args)
 
 
@@ -98,6 +106,8 @@ def _serve(args) -> int:
     workers = config.server.workers if args.workers is None else args.workers
     cpus = usable_cpus()
     workers = workers or len(cpus)
+    if config.cluster.enabled:  # one process holds the partition's lease and applies its log
+        workers = 1
     try:
         if config.tls.cert_file:
             read_tls_files(config.tls)  # said once by the server that starts, not by each of its workers
@@ -514,6 +524,27 @@ def _stats(args) -> int:
         print(f"{label:<32} {totals.get(name, 0):>16,.{decimals}f}")
     for key in sorted(lines):
         print(f"{key:<56} {lines[key]:>12,.0f}")
+    return 0
+
+
+def _cluster_status(args) -> int:
+    """Ask the NATS servers of the config's [cluster] (not the nodes): it answers while nodes are down."""
+    import asyncio
+
+    config = _load(args.config)
+    if not config.cluster.enabled:
+        print(f"kassa: {args.config} has no [cluster] section (cluster.nats_urls is empty): a single node",
+              file=sys.stderr)
+        return 2
+    from kassa.server.cluster.status import read_cluster_status
+
+    try:
+        status = asyncio.run(read_cluster_status(config.cluster))
+    except Exception as error:  # the NATS servers unreachable, a bucket missing: say which, in one line
+        print(f"kassa: cannot read the cluster's status from {config.cluster.nats_urls}: "
+              f"{type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2))
     return 0
 
 

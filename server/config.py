@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 import msgspec
 
 from kassa.core_ext.limits import PARTITIONS_MAX
+from kassa.server.cluster.settings import ClusterSection
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -112,6 +113,7 @@ class ServerConfig(_Section):
     tls: TlsSection = TlsSection()
     metrics: MetricsSection = MetricsSection()
     log: LogSection = LogSection()
+    cluster: ClusterSection = ClusterSection()  # no nats_urls: the single node of today
 
 
 class ConfigError(Exception):

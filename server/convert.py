@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import secrets
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -26,6 +27,9 @@ InvalidArgument = checks.InvalidArgument
 _check, _text, _request_id, _amount = checks.check, checks.text, checks.request_id, checks.amount
 _promo_codes = checks.promo_codes
 PROMO_CODES_PER_RECEIPT_MAX = checks.PROMO_CODES_PER_RECEIPT_MAX
+# The seed of a GeneratePromoCodes draw: unguessable, and carried by the operation so that every
+# replica of a cluster draws the same codes.
+PROMO_SEED_BYTES = 16
 
 
 def digest(request) -> bytes:
@@ -292,6 +296,7 @@ def generate_promo_codes_op(request: admin_pb2.GeneratePromoCodesRequest) -> m.P
         valid_to_ms=valid_to,
         uses_total=request.uses_total,
         uses_per_account=request.uses_per_account,
+        seed=secrets.token_bytes(PROMO_SEED_BYTES),
     )
 
 

@@ -40,6 +40,7 @@ REQUEST_IN_FLIGHT = "REQUEST_IN_FLIGHT"  # the same request_id is being committe
 REQUEST_ID_REUSED = "REQUEST_ID_REUSED"  # the request_id was used before with a different payload
 EXPIRY_SWEEP_FAILED = "EXPIRY_SWEEP_FAILED"  # Admin.ExpirePoints could not finish
 SHUTTING_DOWN = "SHUTTING_DOWN"  # the worker drains after SIGTERM: nothing of the call was recorded
+NO_PARTITION_OWNER = "NO_PARTITION_OWNER"  # a cluster node knows no owner it can forward the call to
 
 # The reason of a ledger outcome that names no business reason, by its code.
 REASON_OF_CODE = {

@@ -25,6 +25,7 @@ This file is the one compiled module; the files beside it are included into it, 
 """
 
 import os
+import random
 
 import lmdb
 import msgspec
@@ -184,8 +185,11 @@ cdef class Ledger:
         """Free the reader slots of processes that died inside a read; returns how many."""
         return self.env.reader_check()
 
-    def apply(self, list ops, long long now_ms, take=None):
+    def apply(self, list ops, long long now_ms, take=None, meta=()):
         """Apply `ops` in order in one write transaction; one `Outcome` per operation.
+
+        `meta`, (key, value) pairs, are written into the `meta` database in the same transaction,
+        so that what they say (a replica's applied log position) commits with the group.
 
         `take`, if given, is called once LMDB's writer lock is held and returns (operations,
         now_ms): they join the end of `ops` (in place, so the caller sees what was taken) and the
@@ -195,13 +199,16 @@ cdef class Ledger:
         An unexpected failure of one operation aborts the group; the operations are then applied
         one per transaction, so that the failure stays with the operation that caused it."""
         try:
-            return self._apply_group(ops, now_ms, take)
+            return self._apply_group(ops, now_ms, take, meta)
         except LedgerError:
             raise
         except Exception:
             if len(ops) <= 1:  # nothing to share out: before `take` ran, or one operation
                 raise
-        return [self._apply_alone(op, self._now_ms) for op in ops]
+        outcomes = [self._apply_alone(op, self._now_ms) for op in ops]
+        if meta:  # after the last operation's own transaction: the pairs still follow the group
+            self._apply_group([], self._now_ms, None, meta)
+        return outcomes
 
     def _apply_alone(self, op, long long now_ms):
         try:
@@ -211,7 +218,7 @@ cdef class Ledger:
         except Exception as error:
             return rejected(Code.INTERNAL, f"internal error: {type(error).__name__}: {error}")
 
-    def _apply_group(self, list ops, long long now_ms, take=None):
+    def _apply_group(self, list ops, long long now_ms, take=None, meta_pairs=()):
         self._now_ms = now_ms
         try:
             with self.env.begin(write=True) as txn:
@@ -225,6 +232,8 @@ cdef class Ledger:
                 batch = _Batch(txn, self.dbs, now_ms, int.from_bytes(stored, "big") if stored else self.first_txn_id)
                 outcomes = [self._apply_one(batch, op) for op in ops]
                 txn.put(NEXT_TXN_KEY, id_key(batch.next_id), db=meta)
+                for key, value in meta_pairs:
+                    txn.put(key, value, db=meta)
                 self.last_group_calls = (batch.reads, batch.writes)
             if self._sync:
                 self.env.sync(True)  # the meta page, outside the writer lock (see __init__)
@@ -235,7 +244,8 @@ cdef class Ledger:
             if isinstance(error, lmdb.MapFullError):  # the group was aborted whole: none of it is written
                 error = self.env.grow()  # None: the map grew; else why it cannot (its maximum, the disk)
                 if error is None:
-                    return self._apply_group(ops, self._now_ms)  # all of it, `take`n ones included, once more
+                    # all of it, `take`n ones included, once more
+                    return self._apply_group(ops, self._now_ms, None, meta_pairs)
             mapped = ledger_error(error)
             if mapped is None:
                 raise

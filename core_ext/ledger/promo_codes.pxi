@@ -36,7 +36,9 @@ def _promo_codes(Ledger self, _Batch batch, op):
     try:
         if op.pattern:
             pattern = parse_pattern(op.pattern, op.charset)
-            codes = generate(pattern, op.count, taken, taken_count=_codes_of(batch, pattern, op.count))
+            # A seed carried by the op draws the same codes on every replica that applies it.
+            rng = random.Random(op.seed) if op.seed else None
+            codes = generate(pattern, op.count, taken, rng, taken_count=_codes_of(batch, pattern, op.count))
         else:
             seen = set()
             for index, code in enumerate(op.codes):

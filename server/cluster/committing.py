@@ -14,7 +14,6 @@ import asyncio
 
 from kassa.core_ext.ledger import LedgerError
 from kassa.core_ext.model import Code
-from kassa.server.cluster.group_record import NotReplicable
 from kassa.server.cluster.owner import NotOwner
 from kassa.server.cluster.partition_log import APPEND_S_MAX, LogUnavailable, StaleWriter
 
@@ -40,8 +39,6 @@ class LoggedLedger:
                                                 f"within {APPEND_WAIT_S_MAX} s; send it again") from error
         except (NotOwner, StaleWriter, LogUnavailable) as error:
             raise LedgerError(Code.UNAVAILABLE, f"{error}; send it again") from error
-        except NotReplicable as error:
-            raise LedgerError(Code.FAILED_PRECONDITION, str(error)) from error
         return self._owner.apply_appended(sequence, group)
 
     def __getattr__(self, name):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from kassa.core_ext.model import Operation, PromoCodesOp
+from kassa.core_ext.model import Operation
 
 
 class LoggedGroup(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -21,10 +21,6 @@ class LoggedGroup(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_f
     now_ms: int
     ruleset_version: str
     ops: tuple[Operation, ...]  # empty: the marker a new owner writes when it takes the lease
-
-
-class NotReplicable(ValueError):
-    """An operation whose outcome the ledger does not decide from the group alone."""
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -37,15 +33,3 @@ def encode_group(group: LoggedGroup) -> bytes:
 
 def decode_group(data: bytes) -> LoggedGroup:
     return _decoder.decode(data)
-
-
-def check_replicable(ops) -> None:
-    """Refuse what replicas could not reproduce. Promo codes drawn from a pattern come from the
-    system's random source inside the ledger, so each replica would draw other codes; imported
-    codes (`codes`) are fine. The ledger lifts this once it seeds its draws from the operation."""
-    for op in ops:
-        if isinstance(op, PromoCodesOp) and op.count:
-            raise NotReplicable(
-                f"PromoCodesOp '{op.request_id}': codes drawn from a pattern cannot be replicated yet; "
-                "import the codes instead (codes=...)"
-            )

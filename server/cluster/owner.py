@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kassa.server.cluster.group_record import LoggedGroup, check_replicable, decode_group, encode_group
+from kassa.server.cluster.group_record import LoggedGroup, decode_group, encode_group
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 
 
@@ -37,8 +37,12 @@ class PartitionOwner:
         if not await self.lease.take():
             return False
         try:
-            await self.replica.catch_up(self.log)
-            await self._append(())
+            # Under the append lock: a call that finds this node serving now waits for the catch-up
+            # and the marker, rather than appending after a position the log has moved past.
+            async with self._appending:
+                await self.replica.catch_up(self.log)
+                sequence, group = await self._append_next((), None)
+                self.apply_appended(sequence, group)
         except (StaleWriter, LogUnavailable):  # another writer appended while we caught up, or the log
             await self.lease.release()         # cannot be read now: leave the lease to whoever can serve
             return False
@@ -47,13 +51,11 @@ class PartitionOwner:
     async def commit(self, ops: list, now_ms: int | None = None) -> list:
         """Log `ops` as one group (at `now_ms`, default the clock's now), apply them, and return
         their outcomes."""
-        check_replicable(ops)
         return await self._append(tuple(ops), now_ms)
 
     async def append(self, ops: list, now_ms: int) -> tuple[int, LoggedGroup]:
         """Log `ops` as one group without applying it: for a committer that applies in a thread of
         its own (`apply_appended`) before it appends the next one. (sequence, group)."""
-        check_replicable(ops)
         async with self._appending:
             return await self._append_next(tuple(ops), now_ms)
 

@@ -2,24 +2,22 @@
 
 Every node applies a partition's groups in log order through `apply`, the owner included (after
 its publish was acknowledged): the same groups at the same `now_ms` under the same ruleset give the
-same ledger on every node. The applied sequence is kept in the ledger's own LMDB environment (a
-database of its own, `cluster`), so a copy of the environment carries it (snapshot).
-
-Until the ledger takes the sequence into the group's own write transaction (the hook named in the
-report: `Ledger.apply(..., meta=((key, value),))`), it is written in a transaction right after the
-group's. A crash between the two re-applies that one group at the next start: its operations are
-idempotent by request id, so this replays their records and writes nothing new.
+same ledger on every node. The applied sequence is written into the ledger's `meta` database in the
+group's own write transaction (`Ledger.apply(..., meta=...)`), so it commits with the group: a crash
+never leaves a group applied and its position unrecorded, and a copy of the environment carries it
+(snapshot).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 
 from kassa.server.cluster.group_record import LoggedGroup, decode_group
 
-APPLIED_DB = b"cluster"
-APPLIED_SEQUENCE_KEY = b"applied_sequence"
+META_DB = b"meta"  # the ledger's database of its own bookkeeping
+APPLIED_SEQUENCE_KEY = b"cluster.applied_sequence"  # in META_DB
 # A warm follower that found nothing new asks again after this long (one request to the stream's
 # leader per partition per follower at rest; an ordered push consumer can replace the polling).
 FOLLOW_IDLE_S = 0.05
@@ -29,15 +27,24 @@ class ReplicaDiverged(Exception):
     """This replica cannot apply the group as its owner did; it must not serve the partition."""
 
 
+def stored_sequence(ledger, txn=None) -> int:
+    """The log sequence the ledger's copy has applied up to (0: none), read in `txn` or a new one."""
+    if txn is None:
+        with ledger.env.begin() as txn:  # through the ledger's resize gate
+            return stored_sequence(ledger, txn)
+    meta = ledger.env.env.open_db(META_DB, txn=txn, create=False)  # the ledger's database, opened in this read
+    stored = txn.get(APPLIED_SEQUENCE_KEY, db=meta)
+    return int.from_bytes(stored, "big") if stored else 0
+
+
 class Replica:
     def __init__(self, ledger, partition: int):
         self.ledger = ledger
         self.partition = partition
-        self._env = ledger.env  # the ledger's environment (its own transactions count in its resize gate)
-        self._db = ledger.env.env.open_db(APPLIED_DB)
-        with self._env.begin() as txn:
-            stored = txn.get(APPLIED_SEQUENCE_KEY, db=self._db)
-        self.applied_sequence = int.from_bytes(stored, "big") if stored else 0
+        self.applied_sequence = stored_sequence(ledger)
+        # The owner applies in its commit thread, a follower on the event loop: one at a time, so a
+        # group is never applied twice by a node changing roles.
+        self._applying = threading.Lock()
 
     def ruleset_version(self) -> str:
         """The version the ledger applies the next group under (the stored ruleset, if any)."""
@@ -46,8 +53,12 @@ class Replica:
 
     def apply(self, sequence: int, group: LoggedGroup) -> list | None:
         """Apply the group at log `sequence`; its outcomes, or None when it was applied before."""
-        if sequence <= self.applied_sequence:
-            return None
+        with self._applying:
+            if sequence <= self.applied_sequence:
+                return None
+            return self._apply_next(sequence, group)
+
+    def _apply_next(self, sequence: int, group: LoggedGroup) -> list:
         if group.partition != self.partition:
             raise ReplicaDiverged(f"group at {sequence} is for partition {group.partition}, not {self.partition}")
         serving = self.ruleset_version()
@@ -55,9 +66,8 @@ class Replica:
             raise ReplicaDiverged(
                 f"partition {self.partition}: group at {sequence} was applied under ruleset "
                 f"'{group.ruleset_version}', this replica serves '{serving}' (different rule files?)")
-        outcomes = self.ledger.apply(list(group.ops), group.now_ms) if group.ops else []
-        with self._env.begin(write=True) as txn:
-            txn.put(APPLIED_SEQUENCE_KEY, sequence.to_bytes(8, "big"), db=self._db)
+        outcomes = self.ledger.apply(list(group.ops), group.now_ms,
+                                     meta=((APPLIED_SEQUENCE_KEY, sequence.to_bytes(8, "big")),))
         self.applied_sequence = sequence
         return outcomes
 

@@ -2,7 +2,7 @@
 partition, the latest replacing the one before).
 
 A snapshot is a compacted copy of the partition's LMDB environment taken in one read transaction,
-so the applied log sequence stored in it (replica.APPLIED_DB) is exactly the log position the copy
+so the applied log sequence stored in it (replica.APPLIED_SEQUENCE_KEY in `meta`) is exactly the log position the copy
 reflects. A new replica restores the copy, opens it as its ledger and applies the log after that
 sequence. The sequence is also an object header, for whoever trims the log behind snapshots
 without downloading one.
@@ -17,7 +17,7 @@ import tempfile
 import nats.js.errors
 from nats.js.api import ObjectMeta
 
-from kassa.server.cluster.replica import APPLIED_DB, APPLIED_SEQUENCE_KEY
+from kassa.server.cluster.replica import stored_sequence
 from kassa.server.cluster.streams import SNAPSHOT_BUCKET, snapshot_name
 
 LMDB_DATA_FILE = "data.mdb"
@@ -27,12 +27,10 @@ SEQUENCE_HEADER = "Kassa-Log-Sequence"
 def _copy_environment(ledger, directory: str) -> int:
     """In a worker thread: a compacted copy of the ledger's environment into `directory`; returns the
     applied log sequence the copy holds."""
-    env = ledger.env.env
-    applied = env.open_db(APPLIED_DB)
     with ledger.env.begin() as txn:  # through the ledger's resize gate
-        stored = txn.get(APPLIED_SEQUENCE_KEY, db=applied)
-        env.copy(directory, compact=True, txn=txn)
-    return int.from_bytes(stored, "big") if stored else 0
+        sequence = stored_sequence(ledger, txn)
+        ledger.env.env.copy(directory, compact=True, txn=txn)
+    return sequence
 
 
 async def save_snapshot(js, replica) -> int:

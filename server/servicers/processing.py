@@ -331,6 +331,10 @@ class ProcessingServicer:
         reason = "the server is draining" if self._draining else "the client went away"
         log_event(log, f"stream closed: {reason}", events_not_acked=hold.events)
 
+    async def process_events(self, events: list) -> bytes:
+        """Events from elsewhere than a stream (a cluster's JetStream consumer): as StreamEvents."""
+        return await self._events(events)
+
     async def _events(self, events: list) -> bytes:
         """One ack per event, in order. `events` holds (event_id, AccrueOp) for each purchase
         server/wire.pyx decoded and the protobuf Event for any other."""

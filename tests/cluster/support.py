@@ -21,6 +21,12 @@ CAMPAIGNS = """
 id = "base"
 when = {}
 effect = { kind = "earn_percent", percent_bps = 500 }
+
+[[campaigns]]
+id = "spring"
+promo_code = true
+when = {}
+effect = { kind = "earn_percent", percent_bps = 100 }
 """
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from kassa.server.cluster.digest import ledger_digest
-from kassa.server.cluster.group_record import LoggedGroup, NotReplicable, decode_group, encode_group
+from kassa.server.cluster.group_record import LoggedGroup, decode_group, encode_group
 from kassa.server.cluster.lease import LeaseTiming, PartitionLease
 from kassa.server.cluster.owner import NotOwner, PartitionOwner
 from kassa.server.cluster.partition_log import PartitionLog, StaleWriter
@@ -117,15 +117,18 @@ class TestReplicas:
 
         asyncio.run(scenario())
 
-    def test_drawn_promo_codes_are_refused_before_the_log(self, shared_nats_three, tmp_path, partition):
+    def test_drawn_promo_codes_are_the_same_on_every_replica(self, shared_nats_three, tmp_path, partition):
         async def scenario():
             async with jetstream(shared_nats_three, REPLICAS, TIMING.ttl_ms) as (_, js, kv):
                 owner = node(tmp_path, js, kv, "node-a", partition)
                 assert await owner.acquire()
-                end = owner.replica.applied_sequence
-                with pytest.raises(NotReplicable, match="import the codes"):
-                    await owner.commit([PromoCodesOp("codes", b"d", "base", pattern="SPRING-####", count=5)])
-                assert await PartitionLog(js, partition).end() == end
+                op = PromoCodesOp("codes", b"d", "spring", pattern="SPRING-########", count=20, seed=b"s" * 16)
+                (outcome,) = await owner.commit([op])
+                assert outcome.code == Code.OK, outcome.message
+                follower = Replica(open_ledger(tmp_path / "node-b"), partition)
+                await follower.catch_up(PartitionLog(js, partition))
+                assert follower.applied_sequence == owner.replica.applied_sequence
+                assert ledger_digest(follower.ledger) == ledger_digest(owner.replica.ledger)
 
         asyncio.run(scenario())
 

@@ -38,3 +38,6 @@ class TestClusterSection:
     def test_the_node_id_and_addresses_are_required(self):
         with pytest.raises(msgspec.ValidationError, match="advertise"):
             msgspec.convert({"node_id": "a", "nats_urls": ["nats://x:4222"]}, ClusterSection)
+
+    def test_without_nats_urls_the_section_is_off(self):
+        assert not msgspec.convert({}, ClusterSection).enabled
