@@ -307,7 +307,7 @@ def _verify(args) -> int:
 
 def _archive(args) -> int:
     """Archive the journal's closed period: entries older than the period the flags (or
-    ledger.archive_after_s) name, never what the ledger still remembers (journal_archive/runner.py)."""
+    ledger.archive_after_s) name, never one a retry still rebuilds its answer from (journal_archive/runner.py)."""
     from kassa.core_ext.journal_archive import ArchiveConflict, ArchiveUnreadable, archive_dir_of, archive_journal
     from kassa.core_ext.journal_archive.runner import after_compaction, keep_after_ms
     from kassa.server.clock import make_clock
