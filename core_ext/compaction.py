@@ -112,8 +112,8 @@ def compact(txn, dbs, now_ms: int, op) -> Outcome:
     forget_ms, drop_ms = windows.forget_before_ms(now_ms), now_ms - windows.replay_window_ms
     _walk_journal(step, FORGOTTEN_TXN_KEY, forget_ms, _forget, _aging_from_txn_id(step))
     _forget_aging(step, forget_ms)
+    _drop_aging(step, drop_ms)  # first: it then skips the aging entries the journal walk adds
     _walk_journal(step, DROPPED_TXN_KEY, drop_ms, _drop_answer)
-    _drop_aging(step, drop_ms)
     _remove_lots(step, now_ms)
     _remove_holds(step, forget_ms)
     return Outcome(Code.OK, body=CompactResult(step.dropped, step.forgotten, step.lots, step.holds, step.more))
@@ -226,6 +226,11 @@ def journal_done_below_txn_id(get) -> int:
 
 
 def _drop_aging(step: _Step, before_ms: int) -> None:
+    """Drop the answers of the records no journal entry dates (refusals), made at or before
+    `before_ms`. A walk that got there goes on from `before_ms` next time: the aging entries
+    made at or before it later are the answers walk's (retained already), and a refusal is
+    always indexed at its batch's time, after `before_ms` (a clock that stepped back a replay
+    window keeps its answer until it is forgotten)."""
     stored = step.position(DROPPED_AGING_KEY)
     idempotency = step.dbs["idempotency"]
     cursor = step.txn.cursor(db=step.dbs["aging"])
@@ -241,6 +246,8 @@ def _drop_aging(step: _Step, before_ms: int) -> None:
             step.txn.put(key[8:], retained(record, aging_time_ms(key)), db=idempotency)
             step.dropped += 1
         next_key = key + b"\x00"  # the next key after this one
+    if not step.more:
+        next_key = max(next_key, aging_key(before_ms + 1, b""))
     if next_key != stored:
         step.set_position(DROPPED_AGING_KEY, next_key)
 

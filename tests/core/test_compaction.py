@@ -198,3 +198,20 @@ class TestWithoutTheJournal:
             kept = records.decode_idempotency(txn.get(b"buy-0", db=dbs["idempotency"]))
         assert kept.txn_id == bought.body.transaction_id
         assert type(kept) is records.RetainedRec
+
+    def test_a_refusal_made_after_a_finished_run_has_its_answer_dropped_by_a_later_one(self, tmp_path):
+        """The aging walk goes on from where a finished run's window ended, not from its last entry."""
+        ledger = a_ledger(tmp_path)
+        run_steps(ledger, T0_MS + WINDOWS.replay_window_ms + 1)
+        later_ms = T0_MS + DAY_MS
+        (refusal,) = ledger.apply([RedeemOp("spend-too-much-later", b"s" * 16, Customer(IdKind.ACCOUNT, "A1"),
+                                            10**9, 10**12)], later_ms)
+
+        steps = run_steps(ledger, later_ms + WINDOWS.replay_window_ms + 1)
+
+        txn, dbs = ledger.raw_transaction()
+        with txn:
+            kept = records.decode_idempotency(txn.get(b"spend-too-much-later", db=dbs["idempotency"]))
+        assert refusal.code != Code.OK
+        assert sum(step.answers_dropped for step in steps) == 1
+        assert type(kept) is records.RetainedRec
