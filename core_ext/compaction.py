@@ -10,8 +10,9 @@ between the purchases, never inside one. Each step, in order:
    `compact_aging_from_txn_id` mark) are found by walking the journal, as before, until that
    walk passes the mark.
 2. Drop answers past the replay window: walking the journal oldest first, the record each entry
-   owns is replaced by a `RetainedRec` and indexed in `aging` (its time and request key: about
-   44 bytes a purchase); walking `aging`, so are the records no journal entry dates.
+   owns is replaced by a `RetainedRec` and indexed in `aging` (8 bytes of time and the request
+   key: 25 bytes a purchase in bench.ledger_bytes); walking `aging`, so are the records no
+   journal entry dates.
    Tombstones keep their stores until they are forgotten. Once an entry's answer is dropped,
    compaction never reads it again: the archive may take it (`journal_done_below_txn_id`).
 3. Remove lots that can never change again (expired, or spent with their expiry past: a rollback
