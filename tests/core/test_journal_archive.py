@@ -18,7 +18,7 @@ from kassa.core_ext.journal_archive import segments, state
 from kassa.core_ext.compaction import (
     AGING_FROM_TXN_KEY, COMPACT_RECORDS_PER_TXN_MAX, DROPPED_TXN_KEY, FORGOTTEN_TXN_KEY,
 )
-from kassa.core_ext.model import CompactOp
+from kassa.core_ext.model import CompactOp, TxnKind
 from kassa.core_ext.retention import Retention
 from kassa.core_ext.journal_archive.runner import archive_closed_period
 from kassa.core_ext.limits import MS_PER_DAY
@@ -351,3 +351,43 @@ class TestWhatStays:
             first = rec.decode_txn(txn.get(result.archived_below_txn_id.to_bytes(8, "big"), db=dbs_of(ledger)["journal"]))
         assert first.created_at_ms >= BOUNDARY_MS
         assert result.entries > 0
+
+
+class TestRollbackOfArchived:
+    def test_a_rollback_of_an_archived_purchase_reads_it_from_the_archive_and_verify_passes(self, ledger):
+        from kassa.core_ext.model import Code, RollbackOp
+
+        result = archived(ledger)
+        target = next(entry for entry in map(segments.entry_of_line, archived_entries(ledger, result))
+                      if entry.kind == TxnKind.ACCRUE and entry.earned and not entry.captured_hold_ids)
+
+        (outcome,) = ledger.apply([RollbackOp("undo/archived", b"u", transaction_id=target.txn_id)], NOW_MS)
+
+        assert outcome.code == Code.OK, outcome
+        assert outcome.body.reversed_transaction_id == target.txn_id
+        assert violations(ledger) == []
+
+    def test_a_rollback_is_refused_when_the_segment_holding_its_target_cannot_be_read(self, tmp_path):
+        from kassa.core_ext.model import Code, Reason, RollbackOp
+
+        ledger = open_ledger(tmp_path / "ledger")  # a fresh reader: nothing of the segment cached
+        fill(ledger, range(0, 6))
+        result = archived(ledger)
+        ledger.close()
+        for path in archive_dir_of(tmp_path / "ledger").iterdir():
+            path.unlink()
+        ledger = open_ledger(tmp_path / "ledger")
+        try:
+            (outcome,) = ledger.apply([RollbackOp("undo/lost", b"u", transaction_id=result.archived_below_txn_id - 1)],
+                                      NOW_MS)
+        finally:
+            ledger.close()
+
+        assert outcome.code == Code.FAILED_PRECONDITION
+        assert outcome.reason == Reason.NOT_REVERSIBLE
+        assert "segment cannot be read" in outcome.message
+
+
+def archived_entries(ledger, result) -> list[bytes]:
+    """The JSON lines of the archive's first segment."""
+    return list(segments.segment_lines(archive_dir_of(ledger.path) / result.segments[0]))
