@@ -1,15 +1,19 @@
 """What a purchase leaves in the ledger: logical bytes (key + value) per database, per purchase.
 
-    python -m bench.ledger_bytes [--accounts 10000] [--purchases 5000] [--past-replay-window]
+    python -m bench.ledger_bytes [--accounts 10000] [--purchases 5000] [--past-replay-window [--no-archive]]
 
 Seeds `--accounts` accounts, applies `--purchases` of the end-to-end driver's purchases (its
 receipts and skewed customers) in groups of GROUP_OPS, and prints, per database, how many bytes of
-keys and values were added or grown per purchase (a rewritten record counts its growth only; the
-last line: the LMDB gets and puts per purchase, from `Ledger.last_group_calls`).
+keys and values were added or grown per purchase (a rewritten record counts its growth only), and
+the LMDB pages (of PAGE_BYTES) the database holds more per purchase, branch and leaf pages
+included; the last line: the LMDB gets and puts per purchase, from `Ledger.last_group_calls`.
 
 `--past-replay-window` then runs compaction (core_ext/compaction.py) a replay window (the
-default, core_ext/retention.py) later, as the server does, and prints what each purchase keeps
-while inside the return window: its answer dropped, its transaction id, digest and time kept.
+default, core_ext/retention.py) later, as the server does, and the journal archive with the
+server's default period (core_ext/journal_archive/runner.py), and prints what each purchase keeps
+in LMDB while inside the return window: its answer dropped (its transaction id, digest and time
+kept, indexed in `aging`), its journal entry in the archive (whose compressed bytes a purchase the
+last line gives). `--no-archive` leaves the journal as it is.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from bench.throughput import REPO, Traffic, seed_ledger
 MAP_SIZE_BYTES = 2 * 1024**3
 HOLD_TTL_S = 900
 GROUP_OPS = 1000  # purchases per commit
-DB_NAMES = ("accounts", "idents", "lots", "holds", "journal", "idempotency", "counters")
+DB_NAMES = ("accounts", "idents", "lots", "holds", "journal", "idempotency", "aging", "counters")
+PAGE_BYTES = 4096  # LMDB's page on this platform
 
 
-def _sizes(ledger) -> dict[str, tuple[int, int]]:
-    """Per database: (records, key + value bytes)."""
+def _sizes(ledger) -> dict[str, tuple[int, int, int]]:
+    """Per database: (records, key + value bytes, pages in use)."""
     sizes = {}
     with ledger.env.begin() as txn:
         for name in DB_NAMES:
@@ -39,8 +44,17 @@ def _sizes(ledger) -> dict[str, tuple[int, int]]:
             for key, value in txn.cursor(db=db):
                 records += 1
                 total += len(key) + len(value)
-            sizes[name] = (records, total)
+            stat = txn.stat(db)
+            sizes[name] = (records, total, stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
     return sizes
+
+
+def _archive(ledger, now_ms: int) -> int:
+    """The server's archive run at `now_ms` with the default config; the compressed bytes it wrote."""
+    from kassa.core_ext.journal_archive.runner import archive_closed_period
+    from kassa.server.config import LedgerSection
+
+    return archive_closed_period(ledger, now_ms, LedgerSection()).bytes
 
 
 def _compact(ledger, now_ms: int) -> None:
@@ -59,7 +73,7 @@ def _compact(ledger, now_ms: int) -> None:
             return
 
 
-def measure(accounts: int, purchases: int, past_replay_window: bool = False) -> dict:
+def measure(accounts: int, purchases: int, past_replay_window: bool = False, archive: bool = True) -> dict:
     from kassa.core_ext import Ledger, Program, load_program
     from kassa.core_ext.retention import Retention
     from kassa.server.wire import accrue_op
@@ -73,8 +87,11 @@ def measure(accounts: int, purchases: int, past_replay_window: bool = False) -> 
         ledger = Ledger(str(workdir / "ledger"), program, MAP_SIZE_BYTES, HOLD_TTL_S, sync=False)
         now_ms = time.time_ns() // 1_000_000
         compact_at_ms = now_ms + Retention().replay_window_ms + 1
+        archived_bytes = 0
         if past_replay_window:  # the seed's records too, so that only the purchases' count
             _compact(ledger, compact_at_ms)
+            if archive:
+                _archive(ledger, compact_at_ms)
         before = _sizes(ledger)
         reads = writes = 0
         for first in range(0, purchases, GROUP_OPS):
@@ -85,15 +102,19 @@ def measure(accounts: int, purchases: int, past_replay_window: bool = False) -> 
             writes += ledger.last_group_calls[1]
         if past_replay_window:
             _compact(ledger, compact_at_ms)
+            if archive:
+                archived_bytes = _archive(ledger, compact_at_ms)
         after = _sizes(ledger)
         ledger.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     sizes = {name: {"records_per_purchase": (after[name][0] - before[name][0]) / purchases,
                    "bytes_per_record": after[name][1] / after[name][0] if after[name][0] else 0.0,
-                   "bytes_added_per_purchase": (after[name][1] - before[name][1]) / purchases}
+                   "bytes_added_per_purchase": (after[name][1] - before[name][1]) / purchases,
+                   "page_bytes_added_per_purchase": (after[name][2] - before[name][2]) * PAGE_BYTES / purchases}
             for name in DB_NAMES}
-    return {"databases": sizes, "gets_per_purchase": reads / purchases, "puts_per_purchase": writes / purchases}
+    return {"databases": sizes, "gets_per_purchase": reads / purchases, "puts_per_purchase": writes / purchases,
+            "archive_bytes_per_purchase": archived_bytes / purchases}
 
 
 def main(argv=None) -> int:
@@ -101,18 +122,24 @@ def main(argv=None) -> int:
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--purchases", type=int, default=5_000)
     parser.add_argument("--past-replay-window", action="store_true",
-                        help="measure after compaction a replay window later (answers dropped)")
+                        help="measure after compaction and the archive a replay window later (answers dropped, "
+                             "entries archived)")
+    parser.add_argument("--no-archive", action="store_true", help="with --past-replay-window: no archive run")
     args = parser.parse_args(argv)
     if min(args.accounts, args.purchases) < 1:
         parser.error("--accounts and --purchases must be at least 1")
-    result = measure(args.accounts, args.purchases, args.past_replay_window)
-    print(f"{'database':<12} {'records/purchase':>17} {'bytes/record':>13} {'bytes added/purchase':>21}")
+    result = measure(args.accounts, args.purchases, args.past_replay_window, not args.no_archive)
+    print(f"{'database':<12} {'records/purchase':>17} {'bytes/record':>13} {'bytes added/purchase':>21} "
+          f"{'page bytes/purchase':>20}")
     for name, row in result["databases"].items():
         print(f"{name:<12} {row['records_per_purchase']:>17.2f} {row['bytes_per_record']:>13.1f} "
-              f"{row['bytes_added_per_purchase']:>21.1f}")
+              f"{row['bytes_added_per_purchase']:>21.1f} {row['page_bytes_added_per_purchase']:>20.1f}")
     total = sum(row["bytes_added_per_purchase"] for row in result["databases"].values())
-    print(f"{'all':<12} {'':>17} {'':>13} {total:>21.1f}")
+    pages = sum(row["page_bytes_added_per_purchase"] for row in result["databases"].values())
+    print(f"{'all':<12} {'':>17} {'':>13} {total:>21.1f} {pages:>20.1f}")
     print(f"LMDB calls per purchase: {result['gets_per_purchase']:.2f} gets, {result['puts_per_purchase']:.2f} puts")
+    if args.past_replay_window and not args.no_archive:
+        print(f"archive: {result['archive_bytes_per_purchase']:.1f} compressed bytes per purchase")
     return 0
 
 

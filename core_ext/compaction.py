@@ -4,11 +4,17 @@ One `CompactOp` is one step in one write transaction, examining at most `records
 the server runs steps until one says there is no more (server/app.py, `ledger.compaction_interval_s`),
 between the purchases, never inside one. Each step, in order:
 
-1. Forget requests past the return window (core_ext/retention.py): walking the journal oldest
-   first, the idempotency record each entry owns is removed; walking the `aging` index, the
-   records no journal entry dates (refusals, tombstones) are removed.
-2. Drop answers past the replay window: the same walks, further on, replace each stored answer
-   by a `RetainedRec`. Tombstones keep their stores until they are forgotten.
+1. Forget requests past the return window (core_ext/retention.py): walking the `aging` index
+   oldest first, each record it dates is removed (refusals, tombstones, and every record whose
+   answer step 2 dropped). Records a ledger retained before they were indexed (below the
+   `compact_aging_from_txn_id` mark) are found by walking the journal, as before, until that
+   walk passes the mark.
+2. Drop answers past the replay window: walking the journal oldest first, the record each entry
+   owns is replaced by a `RetainedRec` and indexed in `aging` (8 bytes of time and the request
+   key: 25 bytes a purchase in bench.ledger_bytes); walking `aging`, so are the records no
+   journal entry dates.
+   Tombstones keep their stores until they are forgotten. Once an entry's answer is dropped,
+   compaction never reads it again: the archive may take it (`journal_done_below_txn_id`).
 3. Remove lots that can never change again (expired, or spent with their expiry past: a rollback
    would leave their points expired) and holds that ended a return window ago.
 
@@ -27,12 +33,15 @@ import msgspec
 
 from kassa.core_ext import records as rec
 from kassa.core_ext.model import Code, CompactResult, Outcome
-from kassa.core_ext.retention import Retention, aging_time_ms, retained
+from kassa.core_ext.retention import Retention, aging_key, aging_time_ms, retained
 
 # Where each walk stopped, in the `meta` database.
 FORGOTTEN_TXN_KEY = b"compact_forgotten_txn_id"  # journal entries below it own no idempotency record
 DROPPED_TXN_KEY = b"compact_dropped_txn_id"  # journal entries below it own no stored answer
 DROPPED_AGING_KEY = b"compact_dropped_aging_key"  # aging entries below it hold no stored answer
+# Journal entries from it on had their record indexed in `aging` when their answer was dropped;
+# below it (a ledger compacted before the index), the forget walk of the journal finds them.
+AGING_FROM_TXN_KEY = b"compact_aging_from_txn_id"
 LOTS_KEY = b"compact_lots_key"  # the lots walk goes on from here (b"": from the start)
 HOLDS_KEY = b"compact_holds_key"
 
@@ -102,10 +111,10 @@ def compact(txn, dbs, now_ms: int, op) -> Outcome:
     windows = Retention(op.replay_window_ms, op.return_window_ms)
     step = _Step(txn, dbs, op.records_max)
     forget_ms, drop_ms = windows.forget_before_ms(now_ms), now_ms - windows.replay_window_ms
-    _walk_journal(step, FORGOTTEN_TXN_KEY, forget_ms, _forget)
+    _walk_journal(step, FORGOTTEN_TXN_KEY, forget_ms, _forget, _aging_from_txn_id(step))
     _forget_aging(step, forget_ms)
+    _drop_aging(step, drop_ms)  # first: it then skips the aging entries the journal walk adds
     _walk_journal(step, DROPPED_TXN_KEY, drop_ms, _drop_answer)
-    _drop_aging(step, drop_ms)
     _remove_lots(step, now_ms)
     _remove_holds(step, forget_ms)
     return Outcome(Code.OK, body=CompactResult(step.dropped, step.forgotten, step.lots, step.holds, step.more))
@@ -114,12 +123,14 @@ def compact(txn, dbs, now_ms: int, op) -> Outcome:
 # -- idempotency records ---------------------------------------------------------------------
 
 
-def _walk_journal(step: _Step, position_key: bytes, before_ms: int, act) -> None:
-    """For journal entries from the stored position on, oldest first, while they were made at or
-    before `before_ms`: `act(step, request key, format byte, record head, entry)` on the
-    idempotency record the entry owns, if it still has one; store where the walk stopped.
-    (One loop, few calls: it runs once per purchase and window, inside the writer lock.)"""
+def _walk_journal(step: _Step, position_key: bytes, before_ms: int, act, upto_txn_id: int | None = None) -> None:
+    """For journal entries from the stored position on (below `upto_txn_id`, if given), oldest
+    first, while they were made at or before `before_ms`: `act(step, request key, format byte,
+    record head, entry)` on the idempotency record the entry owns, if it still has one; store
+    where the walk stopped. (One loop, few calls: it runs once per purchase, inside the writer lock.)"""
     stored = step.position(position_key)
+    if upto_txn_id is not None and int.from_bytes(stored or bytes(8), "big") >= upto_txn_id:
+        return
     cursor = step.txn.cursor(db=step.dbs["journal"])
     if not cursor.set_range(stored or bytes(8)):
         return
@@ -127,6 +138,9 @@ def _walk_journal(step: _Step, position_key: bytes, before_ms: int, act) -> None
     next_id = 0
     for value in cursor.iternext(keys=False):
         head = _decode_head(value)
+        if upto_txn_id is not None and head.txn_id >= upto_txn_id:
+            next_id = upto_txn_id  # the walk is done for good (ids may skip the mark itself)
+            break
         if head.created_at_ms > before_ms:
             break
         if step.budget <= 0:
@@ -153,28 +167,71 @@ def _forget(step: _Step, request_key: bytes, form: int, record: _RecordHead, hea
 
 
 def _drop_answer(step: _Step, request_key: bytes, form: int, record: _RecordHead, head: _TxnHead) -> None:
+    """Keep only the `RetainedRec`, and index it in `aging`: the forget step finds it there, so
+    that the journal entry may leave for the archive."""
     if form != rec.IDEMPOTENCY_RETAINED_V1:
         step.txn.put(request_key, retained(record, head.created_at_ms), db=step.dbs["idempotency"])
+        step.txn.put(aging_key(head.created_at_ms, request_key), b"", db=step.dbs["aging"])
         step.dropped += 1
 
 
 def _forget_aging(step: _Step, before_ms: int) -> None:
-    """Remove the records no journal entry dates (refusals, tombstones) made at or before
-    `before_ms`, with their aging entries: the oldest are always first."""
+    """Remove the records the `aging` index dates at or before `before_ms`, with their aging
+    entries: the oldest are always first."""
     idempotency = step.dbs["idempotency"]
     cursor = step.txn.cursor(db=step.dbs["aging"])
     while cursor.first() and aging_time_ms(cursor.key()) <= before_ms and step.spend():
         request_key = cursor.key()[8:]
         stored = step.txn.get(request_key, db=idempotency)
-        # A record that has a transaction now (an original that a tombstone did not cancel) is
-        # the journal walk's.
-        if stored is not None and _record_head(stored)[1].txn_id == 0:
+        if stored is not None and _forgettable(stored, before_ms):
             step.txn.delete(request_key, db=idempotency)
             step.forgotten += 1
         cursor.delete()
 
 
+def _forgettable(stored: bytes, before_ms: int) -> bool:
+    """Whether a record an aging entry names may go: one without a transaction (a refusal, a
+    tombstone), or a retained one made at or before `before_ms`. A record with a transaction
+    that is younger (an original that a tombstone's aging entry names, because the tombstone did
+    not cancel it) waits for its own aging entry, written when its answer is dropped."""
+    form, record = _record_head(stored)
+    if record.txn_id == 0:
+        return True
+    return form == rec.IDEMPOTENCY_RETAINED_V1 and rec.decode_retained(memoryview(stored)[1:]).at_ms <= before_ms
+
+
+def _aging_from_txn_id(step: _Step) -> int:
+    """The `AGING_FROM_TXN_KEY` mark, set on the first step that runs with the aging index: where
+    the answers walk stood then (0 on a ledger that never dropped an answer)."""
+    stored = step.position(AGING_FROM_TXN_KEY)
+    if not stored:
+        stored = step.position(DROPPED_TXN_KEY) or bytes(8)
+        step.set_position(AGING_FROM_TXN_KEY, stored)
+    return int.from_bytes(stored, "big")
+
+
+def journal_done_below_txn_id(get) -> int:
+    """Journal entries below this id are never read by compaction again (their answers dropped,
+    their records indexed in `aging`): the journal archive may take them. `get(db_name, key)`
+    reads in any transaction; 0 when compaction never ran."""
+    def mark(key: bytes) -> int:
+        stored = get("meta", key)
+        return int.from_bytes(stored, "big") if stored else 0
+
+    forgotten = mark(FORGOTTEN_TXN_KEY)
+    # Before the first step with the index, or while the forget walk of the journal still has
+    # entries below the mark to read: the entries its walk has passed (the old rule).
+    if get("meta", AGING_FROM_TXN_KEY) is None or forgotten < mark(AGING_FROM_TXN_KEY):
+        return forgotten
+    return mark(DROPPED_TXN_KEY)
+
+
 def _drop_aging(step: _Step, before_ms: int) -> None:
+    """Drop the answers of the records no journal entry dates (refusals), made at or before
+    `before_ms`. A walk that got there goes on from `before_ms` next time: the aging entries
+    made at or before it later are the answers walk's (retained already), and a refusal is
+    always indexed at its batch's time, after `before_ms` (a clock that stepped back a replay
+    window keeps its answer until it is forgotten)."""
     stored = step.position(DROPPED_AGING_KEY)
     idempotency = step.dbs["idempotency"]
     cursor = step.txn.cursor(db=step.dbs["aging"])
@@ -190,6 +247,8 @@ def _drop_aging(step: _Step, before_ms: int) -> None:
             step.txn.put(key[8:], retained(record, aging_time_ms(key)), db=idempotency)
             step.dropped += 1
         next_key = key + b"\x00"  # the next key after this one
+    if not step.more:
+        next_key = max(next_key, aging_key(before_ms + 1, b""))
     if next_key != stored:
         step.set_position(DROPPED_AGING_KEY, next_key)
 

@@ -96,7 +96,8 @@ def retained(record, at_ms: int) -> bytes:
 
 def aging_key(at_ms: int, request_key: bytes) -> bytes:
     """The key in the `aging` database of a record no journal entry dates (a refusal, a
-    tombstone): the time first, so that compaction reads them oldest first."""
+    tombstone), or of one whose answer compaction dropped: the time first, so that compaction
+    reads them oldest first."""
     return at_ms.to_bytes(8, "big") + request_key
 
 

@@ -1,6 +1,6 @@
 """The server's journal archive chore: every `ledger.archive_interval_s` (0: never), archive the
-journal's closed period (entries older than `ledger.archive_after_s`, never what the ledger still
-remembers: core_ext/journal_archive/runner.py) in a child process, so that neither the event loop nor the serving interpreter does the
+journal's closed period (entries older than `ledger.archive_after_s`, never one a retry still rebuilds
+its answer from: core_ext/journal_archive/runner.py) in a child process, so that neither the event loop nor the serving interpreter does the
 work; the group commits go on between its bounded write transactions."""
 
 from __future__ import annotations

@@ -388,7 +388,7 @@ def _verify(args) -> int:
 
 def _archive(args) -> int:
     """Archive the journal's closed period: entries older than the period the flags (or
-    ledger.archive_after_s) name, never what the ledger still remembers (journal_archive/runner.py).
+    ledger.archive_after_s) name, never one a retry still rebuilds its answer from (journal_archive/runner.py).
     A partitioned ledger archives each partition's journal; its line lists them in `partitions`."""
     from kassa.core_ext.journal_archive import ArchiveConflict, ArchiveUnreadable
     from kassa.core_ext.journal_archive.runner import ledger_paths

@@ -40,7 +40,7 @@ class LedgerSection(_Section):
     readers_max: int = 512
     reader_check_interval_s: float = 10  # reclaim reader slots of dead processes this often
     archive_interval_s: float = 0  # archive the journal's closed period this often in the server; 0: off
-    archive_after_s: int = 90 * 86_400  # the closed period: journal entries older than this (never inside return_window_s)
+    archive_after_s: int = 7 * 86_400  # the closed period: journal entries older than this (never inside replay_window_s)
     # Seconds, not days: a test or a soak shortens them to minutes without fractions (core_ext/retention.py).
     replay_window_s: int = 7 * 86_400  # a retry is answered byte for byte this long; then refused, never reapplied
     return_window_s: int = 90 * 86_400  # a return by original_request_id works this long; then the request is forgotten

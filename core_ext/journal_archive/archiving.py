@@ -2,12 +2,13 @@
 
 What moves: the longest prefix of the journal (by txn id, which grows with time) whose entries were
 created before the cutoff, `min(before_ms, keep_after_ms)`, and are not a hold still capturable at
-`now_ms`. The caller's `keep_after_ms` keeps what later operations still read from the journal: a
-return or rollback of an original, a replay rebuilt from its entry (server: the return window). A
-prefix keeps one boundary txn id: below it the archive, from it the journal. With
-`after_compaction`, the prefix also stops at compaction's walk (core_ext/compaction.py): an entry
-moves only once compaction has forgotten the request that made it, or its idempotency record would
-stay behind with no journal entry left to lead compaction to it.
+`now_ms`. The caller's `keep_after_ms` keeps what later operations read often: a replay rebuilt
+from its entry (server: the replay window); a return or rollback of an archived original reads it
+from the archive. A prefix keeps one boundary txn id: below it the archive, from it the journal.
+With `after_compaction`, the prefix also stops where compaction no longer reads the journal
+(core_ext/compaction.py, `journal_done_below_txn_id`): an entry moves only once compaction has
+dropped its answer and indexed its idempotency record in `aging`, or the record would stay behind
+with nothing to lead compaction to it.
 
 The order makes a crash at any point safe (an entry is always in the journal, or in a listed and
 checksummed segment, or both), and a rerun finish the job:
@@ -29,7 +30,7 @@ import lmdb
 import msgspec
 
 from kassa.core_ext import records as rec
-from kassa.core_ext.compaction import FORGOTTEN_TXN_KEY
+from kassa.core_ext.compaction import journal_done_below_txn_id
 from kassa.core_ext.journal_archive import segments, state
 from kassa.core_ext.model import TxnKind
 
@@ -68,7 +69,7 @@ def archive_journal(env, dbs: dict, archive_dir: Path, before_ms: int, keep_afte
     while True:
         with env.begin() as txn:
             below = state.read_below(_getter(txn, dbs))
-            upto_txn_id = _forgotten_txn_id(txn, dbs) if after_compaction else None
+            upto_txn_id = journal_done_below_txn_id(_getter(txn, dbs)) if after_compaction else None
             entries = _closed_entries(txn, dbs, below, cutoff_ms, now_ms, segment_entries_max, upto_txn_id)
         if not entries:
             break
@@ -86,12 +87,6 @@ def archive_journal(env, dbs: dict, archive_dir: Path, before_ms: int, keep_afte
 
 def _getter(txn, dbs: dict):
     return lambda name, key: txn.get(key, db=dbs[name])
-
-
-def _forgotten_txn_id(txn, dbs: dict) -> int:
-    """Compaction's walk: journal entries below it own no idempotency record (0: it never ran)."""
-    stored = txn.get(FORGOTTEN_TXN_KEY, db=dbs["meta"])
-    return int.from_bytes(stored, "big") if stored else 0
 
 
 def _closed_entries(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int, entries_max: int,

@@ -50,8 +50,7 @@ class ArchiveReader:
         return segments.entry_of_line(lines[at])
 
     def archived(self, get, txn_id: int) -> bool:
-        """Whether `txn_id` is below the archive boundary: a Rollback or retry naming it is refused
-        (FAILED_PRECONDITION: archived, past the return window) instead of reading the journal.
+        """Whether `txn_id` is below the archive boundary (its entry, if any, is the archive's).
         `get(db_name, key)` reads in any transaction."""
         return 0 < txn_id < state.read_below(get)
 

@@ -18,21 +18,27 @@ SECOND_MS = 1000  # milliseconds
 
 
 def closed_before_ms(now_ms: int, ledger_config) -> int:
-    """The period rule: entries older than `ledger.archive_after_s`; never what the ledger still
-    remembers (the return window, and the margin past it before compaction forgets a request)."""
+    """The period rule: entries older than `ledger.archive_after_s`; never one whose answer a
+    retry may still rebuild from it (`keep_after_ms`)."""
     return min(now_ms - ledger_config.archive_after_s * SECOND_MS, keep_after_ms(now_ms, ledger_config))
 
 
 def keep_after_ms(now_ms: int, ledger_config) -> int:
-    """Entries made after this stay in the journal whatever the period: a return, a rollback or a
-    retry of their request reads them."""
+    """Entries made after this stay in the journal whatever the period. With compaction on: the
+    replay window, inside which a retry of a purchase rebuilds its answer from its entry (past
+    it compaction drops the answer; the archive waits for that too, `after_compaction`). A
+    return or rollback of an older entry reads it from the archive. With compaction off, answers
+    are never dropped: the return window, as the ledger remembers requests that long."""
     retention = Retention.of_seconds(ledger_config.replay_window_s, ledger_config.return_window_s)
+    if after_compaction(ledger_config):
+        return now_ms - retention.replay_window_ms
     return retention.forget_before_ms(now_ms)
 
 
 def after_compaction(ledger_config) -> bool:
-    """Whether the archive must wait for compaction's walk: when compaction runs, it forgets the
-    requests of the entries it walks, and an entry archived before it would leave its record behind."""
+    """Whether the archive must wait for compaction's walk: when compaction runs, it drops the
+    answers of the entries it walks and indexes their records in `aging` (so that it forgets them
+    without the journal), and an entry archived before that would leave its record behind."""
     return ledger_config.compaction_interval_s > 0
 
 

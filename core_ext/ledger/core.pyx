@@ -33,7 +33,7 @@ from msgspec.structs import replace as _replace
 
 from kassa.core_ext import records as rec
 from kassa.core_ext.compaction import compact
-from kassa.core_ext.journal_archive import ArchiveReader, archive_dir_of, journal_entry
+from kassa.core_ext.journal_archive import ArchiveReader, ArchiveUnreadable, archive_dir_of, journal_entry
 from kassa.core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from kassa.core_ext.map_size import GrowingEnvironment
 from kassa.core_ext.retention import Retention, aging_key, answer_not_kept

@@ -1,11 +1,8 @@
 def _rollback(Ledger self, _Batch batch, op):
     if op.transaction_id:
-        stored = batch.get("journal", id_key(op.transaction_id))
-        if stored is None and self.archive.archived(batch.get, op.transaction_id):
-            return _archived_refusal("transaction_id", op.transaction_id), 0
-        if stored is None:
-            return rejected(Code.NOT_FOUND, f"transaction_id: no transaction {op.transaction_id}"), 0
-        target = _decode_txn(stored)
+        target, rejection = _rollback_target(self, batch, "transaction_id", op.transaction_id)
+        if rejection is not None:
+            return rejection, 0
     else:
         stored = batch.get("idempotency", op.original_request_id.encode())
         if stored is None:
@@ -18,10 +15,9 @@ def _rollback(Ledger self, _Batch batch, op):
             return rejected(Code.FAILED_PRECONDITION,
                             f"original_request_id: '{op.original_request_id}' made no transaction",
                             Reason.NOT_REVERSIBLE), 0
-        stored = batch.get("journal", id_key(original.txn_id))
-        if stored is None:  # archived: the journal keeps what the return window needs
-            return _archived_refusal("original_request_id", original.txn_id), 0
-        target = _decode_txn(stored)
+        target, rejection = _rollback_target(self, batch, "original_request_id", original.txn_id)
+        if rejection is not None:
+            return rejection, 0
     if op.stores and target.store_id not in op.stores:
         return _foreign_store(target, "transaction_id" if op.transaction_id else "original_request_id"), 0
     account = _decode_account(batch.get("accounts", target.account_id.encode()))
@@ -36,9 +32,20 @@ def _rollback(Ledger self, _Batch batch, op):
 
 
 
-def _archived_refusal(str field, long long txn_id):
-    return rejected(Code.FAILED_PRECONDITION, f"{field}: transaction {txn_id} is archived (older than the "
-                    "return window) and can no longer be rolled back", Reason.NOT_REVERSIBLE)
+def _rollback_target(Ledger self, _Batch batch, str field, long long txn_id):
+    """(the entry of transaction `txn_id`, None), from the journal or, once archived (past the
+    replay window), from the archive; or (None, a refusal naming `field`)."""
+    try:
+        target = journal_entry(batch.txn, batch.dbs, self.archive, txn_id)
+    except ArchiveUnreadable as error:
+        # The one case a rollback cannot be made: the entry is archived but its segment cannot be
+        # read here (moved or damaged); the reversal must pin what the purchase recorded.
+        return None, rejected(Code.FAILED_PRECONDITION, f"{field}: transaction {txn_id} is archived and its "
+                              f"segment cannot be read ({error}); restore the archive directory and retry",
+                              Reason.NOT_REVERSIBLE)
+    if target is None:
+        return None, rejected(Code.NOT_FOUND, f"{field}: no transaction {txn_id}")
+    return target, None
 
 
 def _void_hold(Ledger self, _Batch batch, op, account, target):

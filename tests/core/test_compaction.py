@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from kassa.core_ext import Ledger, Program
 from kassa.core_ext import records
+from kassa.core_ext.compaction import (
+    AGING_FROM_TXN_KEY, DROPPED_TXN_KEY, FORGOTTEN_TXN_KEY, journal_done_below_txn_id,
+)
 from kassa.core_ext.model import (
     AccrueOp, Code, CompactOp, CreateAccountOp, Customer, IdKind, Line, Receipt, RedeemOp, RollbackOp,
 )
@@ -77,7 +80,9 @@ class TestSteps:
         assert len(steps) > (PURCHASES + 3) // RECORDS_PER_STEP
         assert sum(step.answers_dropped for step in steps) == PURCHASES + 3
         # The tombstone keeps its stores until the return window ends; the rest keep no answer.
-        assert stored_kinds(ledger) == {"full": 0, "retained": PURCHASES + 3, "tombstone": 1, "aging": 3}
+        # Each record with a transaction (the account's creation, the purchases) is indexed in
+        # `aging` as its answer is dropped: the forget step finds it there, not in the journal.
+        assert stored_kinds(ledger) == {"full": 0, "retained": PURCHASES + 3, "tombstone": 1, "aging": PURCHASES + 4}
         assert ledger.verify(T0_MS + WINDOWS.replay_window_ms + 1) == []
 
     def test_inside_the_replay_window_a_run_changes_nothing(self, tmp_path):
@@ -98,3 +103,115 @@ class TestSteps:
         assert sum(step.requests_forgotten for step in steps) == PURCHASES + 4
         assert stored_kinds(ledger) == {"full": 0, "retained": 0, "tombstone": 0, "aging": 0}
         assert ledger.verify(T0_MS + 400 * DAY_MS) == []
+
+
+FORGET_MS = T0_MS + WINDOWS.return_window_ms + OCCURRED_AT_AHEAD_MAX_S * 1000 + 1  # every request forgettable
+
+
+def meta_mark(ledger, key: bytes) -> int:
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        stored = txn.get(key, db=dbs["meta"])
+    return int.from_bytes(stored, "big") if stored else 0
+
+
+def done_below(ledger) -> int:
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        return journal_done_below_txn_id(lambda name, key: txn.get(key, db=dbs[name]))
+
+
+def empty_the_journal(ledger) -> int:
+    """What the archive does to the entries compaction is done with: they leave the journal."""
+    txn, dbs = ledger.env.begin(write=True), ledger.raw_transaction()[1]
+    with txn:
+        keys = [key for key, _ in txn.cursor(db=dbs["journal"])]
+        for key in keys:
+            txn.delete(key, db=dbs["journal"])
+    return len(keys)
+
+
+def as_before_the_aging_index(ledger) -> int:
+    """The state a ledger compacted before records with a transaction were indexed in `aging`:
+    their aging entries and the `compact_aging_from_txn_id` mark gone. Returns the records unindexed."""
+    txn, dbs = ledger.env.begin(write=True), ledger.raw_transaction()[1]
+    with txn:
+        keys = [key for key, _ in txn.cursor(db=dbs["aging"])
+                if (stored := txn.get(key[8:], db=dbs["idempotency"])) is not None
+                and records.decode_idempotency(stored).txn_id != 0]
+        for key in keys:
+            txn.delete(key, db=dbs["aging"])
+        txn.delete(AGING_FROM_TXN_KEY, db=dbs["meta"])
+    return len(keys)
+
+
+class TestWithoutTheJournal:
+    def test_past_the_replay_window_compaction_is_done_with_every_entry(self, tmp_path):
+        ledger = a_ledger(tmp_path)
+        run_steps(ledger, T0_MS + WINDOWS.replay_window_ms + 1)
+
+        # Every entry below the answers walk's mark: the archive may take them all.
+        assert done_below(ledger) == meta_mark(ledger, DROPPED_TXN_KEY)
+        assert done_below(ledger) > PURCHASES
+
+    def test_records_whose_entries_left_the_journal_are_still_forgotten_after_the_return_window(self, tmp_path):
+        ledger = a_ledger(tmp_path)
+        run_steps(ledger, T0_MS + WINDOWS.replay_window_ms + 1)
+        removed = empty_the_journal(ledger)
+
+        steps = run_steps(ledger, FORGET_MS)
+
+        assert removed > PURCHASES
+        assert sum(step.requests_forgotten for step in steps) == PURCHASES + 4
+        assert stored_kinds(ledger) == {"full": 0, "retained": 0, "tombstone": 0, "aging": 0}
+
+    def test_a_record_retained_before_the_index_is_forgotten_by_the_journal_walk(self, tmp_path):
+        ledger = a_ledger(tmp_path)
+        run_steps(ledger, T0_MS + WINDOWS.replay_window_ms + 1)
+        unindexed = as_before_the_aging_index(ledger)
+        old_rule = done_below(ledger)  # nothing forgotten yet: the archive must wait, as before
+
+        steps = run_steps(ledger, FORGET_MS)
+
+        assert unindexed == PURCHASES + 1
+        assert old_rule == 0
+        assert sum(step.requests_forgotten for step in steps) == PURCHASES + 4
+        assert stored_kinds(ledger) == {"full": 0, "retained": 0, "tombstone": 0, "aging": 0}
+        assert meta_mark(ledger, FORGOTTEN_TXN_KEY) == meta_mark(ledger, AGING_FROM_TXN_KEY)
+        assert done_below(ledger) == meta_mark(ledger, DROPPED_TXN_KEY)
+
+    def test_a_tombstones_aging_entry_leaves_the_original_it_did_not_cancel(self, tmp_path):
+        """A tombstone scoped to another store does not cancel the original: the original's record
+        replaces it, and the tombstone's (older) aging entry must not forget it early."""
+        ledger = Ledger(str(tmp_path / "ledger"), Program(program(CAMPAIGNS)), MAP_SIZE_BYTES, HOLD_TTL_S, sync=False)
+        ledger.apply([CreateAccountOp("create-A1", b"a" * 16, "A1")], T0_MS)
+        ledger.apply([RollbackOp("cancel-early", b"c" * 16, original_request_id="buy-0", stores=("s2",))], T0_MS)
+        later_ms = T0_MS + WINDOWS.return_window_ms - WINDOWS.replay_window_ms
+        (bought,) = ledger.apply([purchase(0)], later_ms)
+        assert bought.code == Code.OK, bought
+        run_steps(ledger, later_ms + WINDOWS.replay_window_ms + 1)  # its answer dropped
+
+        run_steps(ledger, FORGET_MS)  # the tombstone's time is past the return window, the purchase's not
+
+        txn, dbs = ledger.raw_transaction()
+        with txn:
+            kept = records.decode_idempotency(txn.get(b"buy-0", db=dbs["idempotency"]))
+        assert kept.txn_id == bought.body.transaction_id
+        assert type(kept) is records.RetainedRec
+
+    def test_a_refusal_made_after_a_finished_run_has_its_answer_dropped_by_a_later_one(self, tmp_path):
+        """The aging walk goes on from where a finished run's window ended, not from its last entry."""
+        ledger = a_ledger(tmp_path)
+        run_steps(ledger, T0_MS + WINDOWS.replay_window_ms + 1)
+        later_ms = T0_MS + DAY_MS
+        (refusal,) = ledger.apply([RedeemOp("spend-too-much-later", b"s" * 16, Customer(IdKind.ACCOUNT, "A1"),
+                                            10**9, 10**12)], later_ms)
+
+        steps = run_steps(ledger, later_ms + WINDOWS.replay_window_ms + 1)
+
+        txn, dbs = ledger.raw_transaction()
+        with txn:
+            kept = records.decode_idempotency(txn.get(b"spend-too-much-later", db=dbs["idempotency"]))
+        assert refusal.code != Code.OK
+        assert sum(step.answers_dropped for step in steps) == 1
+        assert type(kept) is records.RetainedRec

@@ -15,7 +15,11 @@ from kassa.core_ext.journal_archive import (
     ArchiveReader, archive_dir_of, archive_journal, read_below, read_index, statement_page,
 )
 from kassa.core_ext.journal_archive import segments, state
-from kassa.core_ext.compaction import FORGOTTEN_TXN_KEY
+from kassa.core_ext.compaction import (
+    AGING_FROM_TXN_KEY, COMPACT_RECORDS_PER_TXN_MAX, DROPPED_TXN_KEY, FORGOTTEN_TXN_KEY,
+)
+from kassa.core_ext.model import CompactOp, TxnKind
+from kassa.core_ext.retention import Retention
 from kassa.core_ext.journal_archive.runner import archive_closed_period
 from kassa.core_ext.limits import MS_PER_DAY
 from kassa.core_ext.verify import check_ledger
@@ -249,6 +253,17 @@ class TestFormat:
         assert [segments.entry_of_line(segments.entry_line(entry)) for entry in entries] == entries
 
 
+def compacted(ledger, now_ms: int, ledger_config) -> None:
+    """Compaction to the end at `now_ms` with the config's windows, as the server runs it."""
+    windows = Retention.of_seconds(ledger_config.replay_window_s, ledger_config.return_window_s)
+    op = CompactOp(windows.replay_window_ms, windows.return_window_ms, COMPACT_RECORDS_PER_TXN_MAX)
+    while True:
+        (outcome,) = ledger.apply([op], now_ms)
+        assert outcome.code == 0, outcome
+        if not outcome.body.more:
+            return
+
+
 class TestRunner:
     def test_the_server_runner_archives_what_is_older_than_the_period(self, ledger):
         result = archive_closed_period(ledger, NOW_MS, FOUR_DAYS_NO_COMPACTION)
@@ -268,16 +283,44 @@ class TestRunner:
 
         assert result.entries == 0
 
-    def test_with_compaction_on_only_what_its_walk_has_passed_moves(self, ledger):
+    def test_with_compaction_on_only_what_its_answers_walk_has_passed_moves(self, ledger):
         with_compaction = LedgerSection(archive_after_s=4 * DAY_S, replay_window_s=DAY_S, return_window_s=DAY_S,
                                         compaction_interval_s=600)
         before_the_walk = archive_closed_period(ledger, NOW_MS, with_compaction)
-        with ledger.env.begin(write=True) as txn:  # compaction's walk stopped before transaction 5
-            txn.put(FORGOTTEN_TXN_KEY, (5).to_bytes(8, "big"), db=dbs_of(ledger)["meta"])
+        with ledger.env.begin(write=True) as txn:  # compaction dropped the answers before transaction 5
+            txn.put(AGING_FROM_TXN_KEY, bytes(8), db=dbs_of(ledger)["meta"])
+            txn.put(DROPPED_TXN_KEY, (5).to_bytes(8, "big"), db=dbs_of(ledger)["meta"])
         after_the_walk = archive_closed_period(ledger, NOW_MS, with_compaction)
 
         assert before_the_walk.entries == 0
         assert after_the_walk.archived_below_txn_id == 5
+
+    def test_on_a_ledger_compacted_before_the_aging_index_the_forget_walk_still_leads(self, ledger):
+        with_compaction = LedgerSection(archive_after_s=4 * DAY_S, replay_window_s=DAY_S, return_window_s=DAY_S,
+                                        compaction_interval_s=600)
+        with ledger.env.begin(write=True) as txn:  # answers dropped up to 50, requests forgotten up to 5
+            txn.put(DROPPED_TXN_KEY, (50).to_bytes(8, "big"), db=dbs_of(ledger)["meta"])
+            txn.put(FORGOTTEN_TXN_KEY, (5).to_bytes(8, "big"), db=dbs_of(ledger)["meta"])
+        result = archive_closed_period(ledger, NOW_MS, with_compaction)
+
+        assert result.archived_below_txn_id == 5
+
+    def test_with_compaction_on_entries_leave_once_the_replay_window_has_passed(self, ledger):
+        """Not a return window later: a return of an archived purchase reads it from the archive."""
+        long_return_window = LedgerSection(archive_after_s=0, replay_window_s=DAY_S, return_window_s=30 * DAY_S,
+                                           compaction_interval_s=600)
+        compacted(ledger, NOW_MS, long_return_window)
+
+        result = archive_closed_period(ledger, NOW_MS, long_return_window)
+
+        with ledger.env.begin() as txn:
+            cursor = txn.cursor(db=dbs_of(ledger)["journal"])
+            cursor.first()
+            oldest = rec.decode_txn(cursor.value())
+        assert result.entries > 0
+        assert oldest.txn_id == result.archived_below_txn_id
+        assert oldest.created_at_ms == NOW_MS - MS_PER_DAY  # days 0-4 left; day 5 is not past the window yet
+        assert violations(ledger) == []
 
 class TestWhatStays:
     def test_a_hold_still_capturable_stays_with_everything_after_it(self, tmp_path):
@@ -308,3 +351,43 @@ class TestWhatStays:
             first = rec.decode_txn(txn.get(result.archived_below_txn_id.to_bytes(8, "big"), db=dbs_of(ledger)["journal"]))
         assert first.created_at_ms >= BOUNDARY_MS
         assert result.entries > 0
+
+
+class TestRollbackOfArchived:
+    def test_a_rollback_of_an_archived_purchase_reads_it_from_the_archive_and_verify_passes(self, ledger):
+        from kassa.core_ext.model import Code, RollbackOp
+
+        result = archived(ledger)
+        target = next(entry for entry in map(segments.entry_of_line, archived_entries(ledger, result))
+                      if entry.kind == TxnKind.ACCRUE and entry.earned and not entry.captured_hold_ids)
+
+        (outcome,) = ledger.apply([RollbackOp("undo/archived", b"u", transaction_id=target.txn_id)], NOW_MS)
+
+        assert outcome.code == Code.OK, outcome
+        assert outcome.body.reversed_transaction_id == target.txn_id
+        assert violations(ledger) == []
+
+    def test_a_rollback_is_refused_when_the_segment_holding_its_target_cannot_be_read(self, tmp_path):
+        from kassa.core_ext.model import Code, Reason, RollbackOp
+
+        ledger = open_ledger(tmp_path / "ledger")  # a fresh reader: nothing of the segment cached
+        fill(ledger, range(0, 6))
+        result = archived(ledger)
+        ledger.close()
+        for path in archive_dir_of(tmp_path / "ledger").iterdir():
+            path.unlink()
+        ledger = open_ledger(tmp_path / "ledger")
+        try:
+            (outcome,) = ledger.apply([RollbackOp("undo/lost", b"u", transaction_id=result.archived_below_txn_id - 1)],
+                                      NOW_MS)
+        finally:
+            ledger.close()
+
+        assert outcome.code == Code.FAILED_PRECONDITION
+        assert outcome.reason == Reason.NOT_REVERSIBLE
+        assert "segment cannot be read" in outcome.message
+
+
+def archived_entries(ledger, result) -> list[bytes]:
+    """The JSON lines of the archive's first segment."""
+    return list(segments.segment_lines(archive_dir_of(ledger.path) / result.segments[0]))

@@ -1,14 +1,18 @@
 """Through a real server: compaction forgets the requests past the return window, `kassa archive`
 then moves their entries while it serves; ListTransactions pages across the archive boundary and
 returns every entry once, as before; a very late retry of an archived purchase is refused
-REQUEST_TOO_OLD, never applied again; a Rollback of an archived transaction is refused
-FAILED_PRECONDITION, never applied and never an internal error.
+REQUEST_TOO_OLD, never applied again; a Rollback of an archived transaction reads it from the
+archive and is applied, and `kassa verify` still passes. A purchase archived once the replay window
+has passed can be returned by `original_request_id`, and its record still leaves the ledger after
+the return window.
 """
 
 from __future__ import annotations
 
 import json
 import time
+
+import lmdb
 
 import grpc
 import pytest
@@ -50,6 +54,28 @@ def forgotten(kassa) -> int:
     return sum(line.get("requests_forgotten", 0) for line in lines)
 
 
+def dropped(kassa) -> int:
+    """Answers compaction dropped so far, from the server's log."""
+    lines = [json.loads(line) for line in kassa.log_lines if '"msg":"compaction"' in line]
+    return sum(line.get("answers_dropped", 0) for line in lines)
+
+
+def wait_for(count, at_least: int, kassa) -> None:
+    deadline = time.monotonic() + COMPACTION_WAIT_S_MAX
+    while count(kassa) < at_least:
+        assert time.monotonic() < deadline, "compaction did not get there:\n" + "".join(kassa.log_lines[-20:])
+        time.sleep(POLL_S)
+
+
+def entries(kassa, name: bytes) -> int:
+    env = lmdb.open(str(kassa.ledger_path), readonly=True, lock=True, max_dbs=16, subdir=True)
+    try:
+        with env.begin() as txn:
+            return txn.stat(env.open_db(name, txn=txn, create=False))["entries"]
+    finally:
+        env.close()
+
+
 def test_statements_retries_and_rollbacks_across_the_archive_boundary(start_kassa):
     kassa = start_kassa(env=WINDOWS)
     open_account(kassa, ACCOUNT)
@@ -69,8 +95,8 @@ def test_statements_retries_and_rollbacks_across_the_archive_boundary(start_kass
         kassa.processing.Accrue(processing_pb2.AccrueRequest(
             request_id="old/3", customer=by_account(ACCOUNT), receipt=receipt(line(1, 13 * 20), receipt_no="old/3"),
             occurred_at=timestamp_pb2.Timestamp(seconds=T0_MS // 1000)))
-    with pytest.raises(grpc.RpcError) as refusal:
-        rollback(kassa, "undo/old/2", transaction_id=old[2].transaction_id)
+    undone = rollback(kassa, "undo/old/2", transaction_id=old[2].transaction_id)
+    with_rollback = pages(kassa, ACCOUNT)
     verified = kassa.run_cli("verify", "--config", str(kassa.config_path()))
 
     assert forgotten(kassa) >= OLD_REQUESTS
@@ -80,6 +106,32 @@ def test_statements_retries_and_rollbacks_across_the_archive_boundary(start_kass
     assert len(after) == len(set(after)) == OLD_REQUESTS + NEW_PURCHASES
     assert too_old.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "older than the return window" in too_old.value.details()
-    assert refusal.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "archived" in refusal.value.details()
+    assert undone.reversed_transaction_id == old[2].transaction_id
+    assert undone.clawed_back_points == old[2].calculation.earned_points
+    assert len(with_rollback) == len(after) + 1
     assert verified.returncode == 0, verified.stdout
+
+
+def test_a_return_of_a_purchase_archived_past_the_replay_window_then_its_record_forgotten(start_kassa):
+    kassa = start_kassa(env=WINDOWS)
+    open_account(kassa, ACCOUNT)
+    bought = kassa.processing.Accrue(processing_pb2.AccrueRequest(
+        request_id="buy/1", customer=by_account(ACCOUNT),
+        receipt=receipt(line(1, 10_000), line(2, 30_000, qty_milli=3_000), receipt_no="buy/1")))
+    kassa.clock.advance(seconds=DAY_S * 3 // 2)  # past the replay window, inside the return window
+    wait_for(dropped, 2, kassa)  # the account's creation and the purchase
+    archived = kassa.run_cli("archive", "--older-than-days", "0", "--config", str(kassa.config_path()))
+
+    returned = rollback(kassa, "return/1", original_request_id="buy/1", returns=[(2, 1_000)])
+    verified = kassa.run_cli("verify", "--config", str(kassa.config_path()))
+    kassa.clock.advance(days=3)  # every window of every request passed
+    wait_for(forgotten, 3, kassa)  # the creation, the purchase, the return
+
+    assert archived.returncode == 0, archived.stderr
+    assert json.loads(archived.stdout.strip().splitlines()[-1])["entries"] == 2
+    assert returned.reversed_transaction_id == bought.transaction_id
+    assert 0 < returned.clawed_back_points < bought.calculation.earned_points
+    assert verified.returncode == 0, verified.stdout
+    assert entries(kassa, b"idempotency") == 0
+    assert entries(kassa, b"aging") == 0
+    assert kassa.run_cli("verify", "--config", str(kassa.config_path())).returncode == 0

@@ -114,6 +114,38 @@ class TestReplayWindow:
         assert balance(shop, "A-1").active_points == earned - returned.clawed_back_points
 
 
+class TestArchivePastTheReplayWindow:
+    def test_the_servers_archive_takes_a_purchase_a_replay_window_later_and_it_can_still_be_returned(self, start_kassa):
+        """The default windows and period: a week after a purchase its entry is in the archive, its
+        record retained; a return by original_request_id reads it there, and verify passes."""
+        server = start_kassa(env={"KASSA_LEDGER_COMPACTION_INTERVAL_S": str(COMPACTION_INTERVAL_S),
+                                  "KASSA_LEDGER_ARCHIVE_INTERVAL_S": str(COMPACTION_INTERVAL_S)})
+        open_account(server, "A-1")
+        first = accrue(server, "A-1", PURCHASE, request_id="store-1/term-1/R-9")
+        server.clock.advance(days=REPLAY_WINDOW_DAYS, seconds=60)
+        compact_now(server)
+        archived = archived_below(server)
+
+        returned = rollback(server, "return-1", original_request_id="store-1/term-1/R-9", returns=[(2, 1_000)])
+
+        assert archived > first.transaction_id
+        assert returned.reversed_transaction_id == first.transaction_id
+        assert 0 < returned.clawed_back_points < first.calculation.earned_points
+        assert assert_verifies(server)["archived_below_txn_id"] == archived
+
+
+def archived_below(server) -> int:
+    """Wait for the server's archive chore to have moved the boundary; the boundary."""
+    deadline = time.monotonic() + COMPACTION_WAIT_S
+    while True:
+        runs = [json.loads(text) for text in list(server.log_lines) if '"msg":"journal archived"' in text]
+        below = max((run.get("archived_below_txn_id", 0) for run in runs), default=0)
+        if below:
+            return below
+        assert time.monotonic() < deadline, "no archive run moved the boundary:\n" + "".join(server.log_lines[-20:])
+        time.sleep(COMPACTION_INTERVAL_S / 2)
+
+
 class TestVeryLateRequests:
     def test_a_request_older_than_the_return_window_is_not_applied_twice(self, shop):
         open_account(shop, "A-1")
