@@ -39,3 +39,5 @@ cdef class Ledger:
     cdef dict _counted  # campaign id -> (amount limits [(period, cap)], uses cap), of `program`
     cdef long long _now_ms  # of the group being applied
     cdef bint _sync  # commits are durable before `apply` returns
+
+    cdef object _apply_one(self, _Batch batch, op)
