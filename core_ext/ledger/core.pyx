@@ -240,7 +240,8 @@ cdef class Ledger:
             return _sweep(self, batch, op)
         if kind is SetRulesOp:
             return _set_rules(self, batch, op)
-        stored = batch.get("idempotency", op.request_id.encode())
+        cdef bytes request_key = op.request_id.encode()
+        stored = batch.get("idempotency", request_key)
         if stored is not None:
             record = _decode_idempotency(stored)
             if not _spared_by_tombstone(record, op):
@@ -255,7 +256,7 @@ cdef class Ledger:
             outcome, txn_id = handler(self, batch, op)
         if outcome.code == CODE_OK or outcome.code == Code.FAILED_PRECONDITION:
             # Business outcomes are final: a retry replays them, never flips them.
-            batch.put("idempotency", op.request_id.encode(), _idempotency_record(op.digest, txn_id, outcome))
+            batch.put("idempotency", request_key, _idempotency_record(op.digest, txn_id, outcome))
         return outcome
 
     def adopt_rule_files(self, long long now_ms):

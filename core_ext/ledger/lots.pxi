@@ -111,15 +111,19 @@ cdef object _next_change(Ledger self, object get, account):
     return min(times) if times else 0
 
 
-cdef object _balance(Ledger self, object get, account, long long expiry_at_ms=0):
+cdef object _balance(Ledger self, object get, account, long long expiry_at_ms=0, known_lot=None):
     """The account's balance; with `expiry_at_ms` (now) also the next expiry after it, from its
     lots as a settle at that moment left them. Every balance an answer carries has it (the
     checks inside a write need only the totals): lots kept in expiry order are read only up to
-    the first expiry past the next one, so a write's answer reads a lot or two, not all."""
+    the first expiry past the next one, so a write's answer reads a lot or two, not all.
+    `known_lot`: a lot the caller holds as it last wrote it, used instead of reading it back."""
     cdef long long next_expiry_at_ms = 0, next_expiry_points = 0
     cdef bint ordered = account.lots_by_expiry
     for lot_id in (account.open_lot_ids if expiry_at_ms else ()):
-        lot = _decode_lot(_read(get, "lots", id_key(lot_id)))
+        if known_lot is not None and known_lot.lot_id == lot_id:
+            lot = known_lot  # as this operation wrote it
+        else:
+            lot = _decode_lot(_read(get, "lots", id_key(lot_id)))
         if ordered and next_expiry_at_ms and lot.expires_at_ms != next_expiry_at_ms:
             break
         active = lot.state == LOT_ACTIVE or (

@@ -1,5 +1,5 @@
 cdef tuple _accrue(Ledger self, _Batch batch, op):
-    cdef long long now_ms = batch.now_ms, captured = 0, spent, txn_id
+    cdef long long now_ms = batch.now_ms, captured = 0, spent, txn_id, available
     member, card, rejection = _find_customer(self, batch, op.customer)
     if rejection is not None:
         return rejection, 0
@@ -9,18 +9,20 @@ cdef tuple _accrue(Ledger self, _Batch batch, op):
         return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                         Reason.CARD_BLOCKED), 0
     account = _settle(self, batch, _pool(self, batch, member), now_ms, batch)
-    balance = _balance(self, batch, account)
     holds, rejection = _holds_to_capture(self, batch, op, account)
     if rejection is not None:
         return rejection, 0
     for hold in holds:
         captured += hold.amount
-    calculation, accepted = _evaluate(self, batch, member, card, op.receipt, now_ms, balance.available,
+    available = account.active - account.debt - account.held  # the balance's, without building it
+    calculation, accepted = _evaluate(self, batch, member, card, op.receipt, now_ms, available,
                                       op.redeem_points, False, captured)
-    rejection = _spend_rejection(self, account, balance, op.redeem_points, captured, calculation.redeemable_points)
-    if rejection is not None:
-        return rejection, 0
     spent = op.redeem_points + captured
+    if spent:  # a purchase that spends nothing has nothing to check against the balance
+        rejection = _spend_rejection(self, account, _balance(self, batch, account), op.redeem_points, captured,
+                                     calculation.redeemable_points)
+        if rejection is not None:
+            return rejection, 0
 
     txn_id = batch.take_id()
     for hold in holds:
@@ -61,7 +63,8 @@ cdef tuple _accrue(Ledger self, _Batch batch, op):
     if self.program.grants:
         _grant_tier(self, member, txn_id, calculation, now_ms)
     _journal(self, batch, entry, account, member)
-    result = AccrueResult(txn_id, account.account_id, calculation, _balance(self, batch, account, now_ms),
+    # The lot just earned into is the one the answer's next expiry usually comes from: not read again.
+    result = AccrueResult(txn_id, account.account_id, calculation, _balance(self, batch, account, now_ms, new_lot),
                           captured)
     return Outcome(CODE_OK, body=result), txn_id
 
