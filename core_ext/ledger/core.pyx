@@ -66,6 +66,12 @@ _decode_promo_code = rec.decode_promo_code
 _decode_ruleset = msgspec.msgpack.Decoder(tuple[str, dict[str, str]]).decode
 _decode_ruleset_version = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw]).decode
 _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
+# The record classes a purchase builds, as module names: `rec.X` is a module attribute look-up
+# each time, and a purchase builds one per receipt line.
+_JournalLine = rec.JournalLine
+_Posting = rec.Posting
+_TxnRec = rec.TxnRec
+_LotRec = rec.LotRec
 AccrueOutcomeRec = rec.AccrueOutcomeRec
 AccrueOutcomeRare = rec.AccrueOutcomeRare
 NO_RARE = AccrueOutcomeRare()

@@ -234,12 +234,12 @@ cdef object _earn(Ledger self, _Batch batch, account, long long txn_id, long lon
                 account.active += points
                 _schedule(account, expires_at_ms)
             batch.put("lots", id_key(lot.lot_id), _encode(lot))
-            postings.append(rec.Posting(lot.lot_id, points))
+            postings.append(_Posting(lot.lot_id, points))
             return lot
-    lot = rec.LotRec(txn_id, account.account_id, points, points, activates_at_ms, expires_at_ms, state)
+    lot = _LotRec(txn_id, account.account_id, points, points, activates_at_ms, expires_at_ms, state)
     _add_lot(self, batch, account, lot)
     account.last_lot_id = txn_id
-    postings.append(rec.Posting(txn_id, points))
+    postings.append(_Posting(txn_id, points))
     return lot
 
 

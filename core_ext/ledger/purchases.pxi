@@ -47,10 +47,10 @@ cdef tuple _accrue(Ledger self, _Batch batch, op):
     member.purchases += 1
     _record_activity(self, member, now_ms, calculation.payable_minor, calculation.earned_points)
     receipt = op.receipt
-    lines = [rec.JournalLine(line.line_no, source.qty_milli, line.amount_minor, line.discount_minor,
+    lines = [_JournalLine(line.line_no, source.qty_milli, line.amount_minor, line.discount_minor,
                              line.earned_points, share)
              for line, source, share in zip(calculation.lines, receipt.lines, spent_shares)]
-    entry = rec.TxnRec(
+    entry = _TxnRec(
         txn_id, TXN_ACCRUE, op.request_id, account.account_id, now_ms, receipt.store_id,
         receipt.terminal_id, receipt.receipt_no, calculation.total_minor, calculation.payable_minor,
         lines, earned=calculation.earned_points, redeemed=op.redeem_points, captured=captured,

@@ -49,7 +49,8 @@ cdef void _record_activity(Ledger self, account, long long at_ms, long long spen
         return
     program = self.program
     day = program.local_day(at_ms)
-    first_day = program.local_day(self._now_ms) - program.tier_window_days
+    # (a purchase records at the group's time: its day is the window's last, not computed twice)
+    first_day = (day if at_ms == self._now_ms else program.local_day(self._now_ms)) - program.tier_window_days
     activity = account.activity
     cdef Py_ssize_t newest = len(activity) - 1  # (no negative indexes: the core is built without wraparound)
     if newest >= 0 and activity[newest][0] == day and activity[0][0] > first_day:  # the usual case: today again
