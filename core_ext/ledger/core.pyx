@@ -97,7 +97,7 @@ cdef inline bytes id_key(object number):
     return (<long long>number).to_bytes(8, "big")
 
 
-def ident_key(int kind, str value):
+cpdef bytes ident_key(int kind, str value):
     return (b"c:" if kind == ID_CARD else b"p:") + value.encode()
 
 

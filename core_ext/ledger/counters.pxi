@@ -42,7 +42,7 @@ cdef object _counter(object get, bytes key):
     return 0 if stored is None else int.from_bytes(stored, "big", signed=True)
 
 
-def _allowance(Ledger self, get, str account_id, long long now_ms):
+cdef object _allowance(Ledger self, object get, str account_id, long long now_ms):
     """A function of a campaign id: what its ledger-kept limits have left for this account now
     (None: no such limits). The core asks only about campaigns that apply otherwise."""
     counted = _counting(self)

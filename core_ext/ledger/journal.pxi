@@ -87,7 +87,7 @@ cdef void _journal(Ledger self, _Batch batch, entry, account, member=None) excep
     batch.append("journal", id_key(entry.txn_id), _encode(entry))
 
 
-def _replay(Ledger self, _Batch batch, op, record):
+cdef object _replay(Ledger self, _Batch batch, op, record):
     if record.digest == TOMBSTONE_DIGEST:
         return rejected(Code.FAILED_PRECONDITION,
                         f"request_id '{op.request_id}' was rolled back before it arrived",
