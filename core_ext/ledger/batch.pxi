@@ -34,6 +34,18 @@ cdef class _Batch:
         self.next_id += 1
         return self.next_id - 1
 
+    def __call__(self, str name, bytes key):
+        """The batch is a getter too (`get(db_name, key)`), so the hot paths pass it whole and
+        read through `_read`, a C call, not a bound method made and called per read."""
+        return self.get(name, key)
+
+
+cdef inline object _read(object get, str name, bytes key):
+    """`get(name, key)` for any getter: a C call when it is the write batch itself."""
+    if type(get) is _Batch:
+        return (<_Batch>get).get(name, key)
+    return get(name, key)
+
 
 cdef class _ReadView:
     """A read transaction's getter, with the lots a read-only settle changed laid over it, so

@@ -45,3 +45,5 @@ cdef class Ledger:
     # in its top bits), and the bank of shared counters (None: every counter is this ledger's own).
     cdef public long long first_txn_id
     cdef public object escrow
+
+    cdef object _apply_one(self, _Batch batch, op)

@@ -1,4 +1,4 @@
-def _counting(Ledger self):
+cdef dict _counting(Ledger self):
     """Per campaign with ledger-kept limits: its amount caps [(period, cap)] and its uses cap."""
     program = self.program
     if self._counted_program is not program:
@@ -19,7 +19,7 @@ def _counting(Ledger self):
     return self._counted
 
 
-def _amount_keys(Ledger self, str campaign_id, list caps, str account_id, long long now_ms):
+cdef list _amount_keys(Ledger self, str campaign_id, list caps, str account_id, long long now_ms):
     """[(counter key, cap)] of a campaign's amount limits for this account and moment."""
     keys = []
     periods = None
@@ -37,15 +37,15 @@ def _use_key(str campaign_id, str account_id):
     return b"U:" + campaign_id.encode() + b"\0" + account_id.encode()
 
 
-def _counter(get, bytes key):
-    stored = get("counters", key)
+cdef object _counter(object get, bytes key):
+    stored = _read(get, "counters", key)
     return 0 if stored is None else int.from_bytes(stored, "big", signed=True)
 
 
-def _allowance(Ledger self, get, str account_id, long long now_ms):
+cdef object _allowance(Ledger self, object get, str account_id, long long now_ms):
     """A function of a campaign id: what its ledger-kept limits have left for this account now
     (None: no such limits). The core asks only about campaigns that apply otherwise."""
-    counted = _counting(self, )
+    counted = _counting(self)
     if not counted:
         return None
 
@@ -64,17 +64,17 @@ def _allowance(Ledger self, get, str account_id, long long now_ms):
     return allowance
 
 
-def _left(Ledger self, get, bytes key, long long cap):
+cdef object _left(Ledger self, get, bytes key, long long cap):
     """What a counter has left under its cap; a shared one's (a budget, a code's total uses)
     is this partition's slice and the bank's rest."""
     spent = _counter(get, key)
     return cap - spent if self.escrow is None else self.escrow.left(key, cap, spent)
 
 
-def _count(Ledger self, _Batch batch, entry, limited, accepted, str account_id):
+cdef void _count(Ledger self, _Batch batch, entry, limited, accepted, str account_id) except *:
     """Add what the campaigns with limits gave, their uses and the promo codes' uses to the
     counters, and record on `entry` how to give each back."""
-    counted = _counting(self, )
+    counted = _counting(self)
     for campaign_id, amounts in limited:
         if campaign_id not in counted:
             continue
@@ -94,10 +94,10 @@ def _count(Ledger self, _Batch batch, entry, limited, accepted, str account_id):
         entry.promo_codes.append(code)
 
 
-def _add_counter(Ledger self, _Batch batch, entry, bytes key, long long delta):
+cdef void _add_counter(Ledger self, _Batch batch, entry, bytes key, long long delta) except *:
     if delta == 0:
         return
-    value = _counter(batch.get, key) + delta
+    value = _counter(batch, key) + delta
     if self.escrow is not None:
         self.escrow.spend(key, value, delta)  # a shared counter's slice covers it, or raises
     batch.put("counters", key, value.to_bytes(8, "big", signed=True))

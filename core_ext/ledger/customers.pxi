@@ -1,52 +1,54 @@
-def _find_account(Ledger self, get, customer):
+cdef tuple _find_account(Ledger self, object get, customer):
     """(account, None) or (None, rejection). `get(db_name, key)` reads in any transaction."""
     account, _, rejection = _find_customer(self, get, customer)
     return account, rejection
 
 
-def _find_customer(Ledger self, get, customer):
+cdef tuple _find_customer(Ledger self, object get, customer):
     """(account, card, None) or (None, None, rejection): the presented card's record (None
     without a card) comes from the same read that found the account, not from a second one."""
     ident = None
-    if customer.kind == ID_ACCOUNT:
+    cdef int kind = customer.kind
+    if kind == ID_ACCOUNT:
         account_id = customer.value
     else:
-        stored = get("idents", ident_key(customer.kind, customer.value))
+        stored = _read(get, "idents", ident_key(kind, customer.value))
         if stored is None:
-            field = "card" if customer.kind == ID_CARD else "phone"
+            field = "card" if kind == ID_CARD else "phone"
             return None, None, rejected(Code.NOT_FOUND, f"customer.{field}: no account has {field} '{customer.value}'")
         ident = _decode_ident(stored)
         account_id = ident.account_id
-    stored = get("accounts", account_id.encode())
+    stored = _read(get, "accounts", account_id.encode())
     if stored is None:
         return None, None, rejected(Code.NOT_FOUND, f"customer.account_id: no account '{account_id}'")
-    return _decode_account(stored), ident if customer.kind == ID_CARD else None, None
+    return _decode_account(stored), ident if kind == ID_CARD else None, None
 
 
-def _pool(Ledger self, get, member):
+cdef object _pool(Ledger self, object get, member):
     """The account whose lots a member's operations use: the group's parent, or itself."""
     if not member.parent_id:
         return member
-    return _decode_account(get("accounts", member.parent_id.encode()))
+    return _decode_account(_read(get, "accounts", member.parent_id.encode()))
 
 
-def _load_account(Ledger self, get, str account_id):
-    stored = get("accounts", account_id.encode())
+cdef object _load_account(Ledger self, object get, str account_id):
+    stored = _read(get, "accounts", account_id.encode())
     return None if stored is None else _decode_account(stored)
 
 
-def _touch(Ledger self, account, long long now_ms):
+cdef void _touch(Ledger self, account, long long now_ms) except *:
     """Record activity: it postpones the inactivity burn."""
     account.last_activity_at_ms = now_ms
-    if self.program.inactivity_burn_ms:
-        _schedule(account, now_ms + self.program.inactivity_burn_ms)
+    cdef long long burn_ms = self.program.inactivity_burn_ms
+    if burn_ms:
+        _schedule(account, now_ms + burn_ms)
 
 
-def _save_account(Ledger self, _Batch batch, account):
+cdef void _save_account(Ledger self, _Batch batch, account) except *:
     batch.put("accounts", account.account_id.encode(), _encode(account))
 
 
-def _shopper(Ledger self, member, card, long long now_ms):
+cdef object _shopper(Ledger self, member, card, long long now_ms):
     category = "" if card is None else card.category
     blocked = card is not None and card.blocked
     tier, window_spend = "", 0
@@ -94,7 +96,7 @@ def _create_account(Ledger self, _Batch batch, op):
         batch.put("idents", ident_key(ID_PHONE, op.phone), _encode(rec.IdentRec(account_id)))
     _journal(self, batch, rec.TxnRec(txn_id, TXN_CREATE_ACCOUNT, op.request_id, account_id, batch.now_ms),
              account)
-    return Outcome(CODE_OK, body=_account_view(self, batch.get, account, batch.now_ms, batch)), txn_id
+    return Outcome(CODE_OK, body=_account_view(self, batch, account, batch.now_ms, batch)), txn_id
 
 
 def _issue_card(Ledger self, _Batch batch, op):
@@ -121,7 +123,7 @@ def _issue_card(Ledger self, _Batch batch, op):
     batch.put("idents", key, _encode(rec.IdentRec(account.account_id, op.category)))
     _journal(self, batch, rec.TxnRec(txn_id, TXN_ISSUE_CARD, op.request_id, account.account_id, batch.now_ms),
              account)
-    return Outcome(CODE_OK, body=_account_view(self, batch.get, account, batch.now_ms, batch)), txn_id
+    return Outcome(CODE_OK, body=_account_view(self, batch, account, batch.now_ms, batch)), txn_id
 
 
 def _block_card(Ledger self, _Batch batch, op):
@@ -134,12 +136,12 @@ def _block_card(Ledger self, _Batch batch, op):
     batch.put("idents", key, _encode(ident))
     txn_id = batch.take_id()
     _journal(self, batch, rec.TxnRec(txn_id, TXN_BLOCK_CARD, op.request_id, ident.account_id, batch.now_ms),
-             _load_account(self, batch.get, ident.account_id))
+             _load_account(self, batch, ident.account_id))
     return Outcome(CODE_OK, body=CardResult(CardInfo(op.card, ident.category, True))), txn_id
 
 
 def _set_attributes(Ledger self, _Batch batch, op):
-    account, rejection = _find_account(self, batch.get, op.customer)
+    account, rejection = _find_account(self, batch, op.customer)
     if rejection is not None:
         return rejection, 0
     account.segments = list(op.segments)
@@ -150,4 +152,4 @@ def _set_attributes(Ledger self, _Batch batch, op):
     txn_id = batch.take_id()
     _journal(self, batch, rec.TxnRec(txn_id, TXN_SET_ATTRIBUTES, op.request_id, account.account_id,
                                      batch.now_ms), account)
-    return Outcome(CODE_OK, body=_account_view(self, batch.get, account, batch.now_ms, batch)), txn_id
+    return Outcome(CODE_OK, body=_account_view(self, batch, account, batch.now_ms, batch)), txn_id

@@ -1,24 +1,24 @@
 def _event(Ledger self, _Batch batch, op):
     now_ms = batch.now_ms
-    member, card, rejection = _find_customer(self, batch.get, op.customer)
+    member, card, rejection = _find_customer(self, batch, op.customer)
     if rejection is not None:
         return rejection, 0
     related = None
     if op.related is not None:
-        related, rejection = _find_account(self, batch.get, op.related)
+        related, rejection = _find_account(self, batch, op.related)
         if rejection is not None:
             return rejected(rejection.code, "related." + rejection.message.split(".", 1)[1]), 0
         if related.account_id == member.account_id:
             return rejected(Code.INVALID_ARGUMENT, "related: the related customer is the event's customer"), 0
-    account = _settle(self, batch.get, _pool(self, batch.get, member), now_ms, batch)
+    account = _settle(self, batch, _pool(self, batch, member), now_ms, batch)
     self._now_ms = now_ms
     shopper = _shopper(self, member, card, now_ms)
-    allowances = _allowance(self, batch.get, member.account_id, now_ms) if self.program.limits else None
+    allowances = _allowance(self, batch, member.account_id, now_ms) if self.program.limits else None
     result = self.program.evaluate_event(op.event_type, dict(op.attributes), op.amount_minor, now_ms, shopper,
                                          allowances, related is not None)
     if result.points == 0 and result.related_points == 0:
         body = EventResult(0, member.account_id, 0, 0, "", 0, result.campaigns,
-                           _balance(self, batch.get, account, now_ms))
+                           _balance(self, batch, account, now_ms))
         return Outcome(CODE_OK, body=body), 0
     pooled = member.account_id != account.account_id
     txn_id = batch.take_id()
@@ -32,9 +32,9 @@ def _event(Ledger self, _Batch batch, op):
     if result.related_points:
         related_txn_id = _related_event(self, batch, op, related, result, entry)
     if related_txn_id:  # the related customer may share the pool: show it as it is now
-        account = _load_account(self, batch.get, account.account_id)
+        account = _load_account(self, batch, account.account_id)
     body = EventResult(txn_id, member.account_id, result.points, related_txn_id, related.account_id if related else "",
-                       result.related_points, result.campaigns, _balance(self, batch.get, account, now_ms))
+                       result.related_points, result.campaigns, _balance(self, batch, account, now_ms))
     return Outcome(CODE_OK, body=body), txn_id
 
 
@@ -42,8 +42,8 @@ def _related_event(Ledger self, _Batch batch, op, related, result, shared):
     """The related customer's share of an event (a referrer's points): an entry of its own,
     counted in the same counters as the event's entry `shared`."""
     now_ms = batch.now_ms
-    related = _load_account(self, batch.get, related.account_id)  # the event's entry may have saved it
-    account = _settle(self, batch.get, _pool(self, batch.get, related), now_ms, batch)
+    related = _load_account(self, batch, related.account_id)  # the event's entry may have saved it
+    account = _settle(self, batch, _pool(self, batch, related), now_ms, batch)
     pooled = related.account_id != account.account_id
     txn_id = batch.take_id()
     entry = rec.TxnRec(txn_id, TXN_EVENT, op.request_id, account.account_id, now_ms,
@@ -69,7 +69,7 @@ def _credit_event(Ledger self, _Batch batch, entry, account, member, long long p
         entry.debt_delta = -_repay_debt(self, batch, account, entry.new_lot, entry.postings)
     _touch(self, account, now_ms)
     if member.account_id != account.account_id:
-        member = _load_account(self, batch.get, member.account_id)
+        member = _load_account(self, batch, member.account_id)
         _touch(self, member, now_ms)
     else:
         member = account

@@ -71,11 +71,12 @@ cdef inline long long _previous_of(entry, str account_id):
     return entry.prev_id if entry.account_id == account_id else entry.member_prev_id
 
 
-def _journal(Ledger self, _Batch batch, entry, account, member=None):
+cdef void _journal(Ledger self, _Batch batch, entry, account, member=None) except *:
     """Append `entry` and link it into the statement of `account` (and of the group `member`
     who made it): each account keeps its newest entry's id, each entry the previous one's.
     Saves the account objects, which the caller keeps using."""
-    entry.actor = SYSTEM_ACTOR if entry.kind in (TXN_EXPIRE, TXN_DEBT_REPAID, TXN_WRITE_OFF) else batch.actor
+    cdef int kind = entry.kind
+    entry.actor = SYSTEM_ACTOR if kind == TXN_EXPIRE or kind == TXN_DEBT_REPAID or kind == TXN_WRITE_OFF else batch.actor
     entry.prev_id = account.last_txn_id
     account.last_txn_id = entry.txn_id
     _save_account(self, batch, account)
@@ -86,7 +87,7 @@ def _journal(Ledger self, _Batch batch, entry, account, member=None):
     batch.append("journal", id_key(entry.txn_id), _encode(entry))
 
 
-def _replay(Ledger self, _Batch batch, op, record):
+cdef object _replay(Ledger self, _Batch batch, op, record):
     if record.digest == TOMBSTONE_DIGEST:
         return rejected(Code.FAILED_PRECONDITION,
                         f"request_id '{op.request_id}' was rolled back before it arrived",

@@ -1,11 +1,12 @@
-def _settle(Ledger self, get, account, long long now_ms, batch=None):
+cdef object _settle(Ledger self, object get, account, long long now_ms, _Batch batch=None):
     """Bring `account` to `now_ms`: activate due lots, expire due lots and holds.
 
     With `batch` the changes are written (and expiry journaled); without, `account` is a
     private copy updated for reading only."""
     if batch is not None and not account.lots_by_expiry:
         _order_lots(self, get, account)
-    if account.next_change_at_ms == 0 or now_ms < account.next_change_at_ms:
+    cdef long long next_change_at_ms = account.next_change_at_ms
+    if next_change_at_ms == 0 or now_ms < next_change_at_ms:
         return account
     expired_postings = []
     expired = 0
@@ -19,7 +20,7 @@ def _settle(Ledger self, get, account, long long now_ms, batch=None):
         if batch is not None:
             account.burnt_below_lot_id = batch.next_id
     for lot_id in account.open_lot_ids:
-        lot = _decode_lot(get("lots", id_key(lot_id)))
+        lot = _decode_lot(_read(get, "lots", id_key(lot_id)))
         changed = False
         if burn and lot.state == LOT_PENDING:
             lot.state = LOT_ACTIVE  # burnt below with the active ones
@@ -70,11 +71,11 @@ def _settle(Ledger self, get, account, long long now_ms, batch=None):
     return account
 
 
-def _expire_holds(get, account, long long now_ms, batch):
+cdef void _expire_holds(object get, account, long long now_ms, _Batch batch) except *:
     """Holds of `account` past their expiry give their points back (written with `batch`)."""
     live_hold_ids = []
     for hold_id in account.live_hold_ids:
-        hold = _decode_hold(get("holds", id_key(hold_id)))
+        hold = _decode_hold(_read(get, "holds", id_key(hold_id)))
         if hold.expires_at_ms <= now_ms:
             hold.state = HOLD_EXPIRED
             account.held -= hold.amount
@@ -85,38 +86,44 @@ def _expire_holds(get, account, long long now_ms, batch):
     account.live_hold_ids = live_hold_ids
 
 
-def _schedule(account, long long at_ms):
+cdef void _schedule(account, long long at_ms) except *:
     """Make sure a settle runs by `at_ms`. `next_change_at_ms` may be early, never late: an
     early settle finds nothing due and recomputes it."""
-    if at_ms and (account.next_change_at_ms == 0 or at_ms < account.next_change_at_ms):
+    if at_ms == 0:
+        return
+    cdef long long next_change_at_ms = account.next_change_at_ms
+    if next_change_at_ms == 0 or at_ms < next_change_at_ms:
         account.next_change_at_ms = at_ms
 
 
-def _next_change(Ledger self, get, account):
+cdef object _next_change(Ledger self, object get, account):
     times = []
     for lot_id in account.open_lot_ids:
-        lot = _decode_lot(get("lots", id_key(lot_id)))
+        lot = _decode_lot(_read(get, "lots", id_key(lot_id)))
         if lot.state == LOT_PENDING:
             times.append(lot.activates_at_ms)
         elif lot.expires_at_ms:
             times.append(lot.expires_at_ms)
     for hold_id in account.live_hold_ids:
-        times.append(_decode_hold(get("holds", id_key(hold_id))).expires_at_ms)
+        times.append(_decode_hold(_read(get, "holds", id_key(hold_id))).expires_at_ms)
     if self.program.inactivity_burn_ms and account.last_activity_at_ms:
         times.append(account.last_activity_at_ms + self.program.inactivity_burn_ms)
     return min(times) if times else 0
 
 
-def _balance(Ledger self, get, account, long long expiry_at_ms=0):
+cdef object _balance(Ledger self, object get, account, long long expiry_at_ms=0, known_lot=None):
     """The account's balance; with `expiry_at_ms` (now) also the next expiry after it, from its
     lots as a settle at that moment left them. Every balance an answer carries has it (the
     checks inside a write need only the totals): lots kept in expiry order are read only up to
-    the first expiry past the next one, so a write's answer reads a lot or two, not all."""
-    next_expiry_at_ms = 0
-    next_expiry_points = 0
+    the first expiry past the next one, so a write's answer reads a lot or two, not all.
+    `known_lot`: a lot the caller holds as it last wrote it, used instead of reading it back."""
+    cdef long long next_expiry_at_ms = 0, next_expiry_points = 0
     cdef bint ordered = account.lots_by_expiry
     for lot_id in (account.open_lot_ids if expiry_at_ms else ()):
-        lot = _decode_lot(get("lots", id_key(lot_id)))
+        if known_lot is not None and known_lot.lot_id == lot_id:
+            lot = known_lot  # as this operation wrote it
+        else:
+            lot = _decode_lot(_read(get, "lots", id_key(lot_id)))
         if ordered and next_expiry_at_ms and lot.expires_at_ms != next_expiry_at_ms:
             break
         active = lot.state == LOT_ACTIVE or (
@@ -132,15 +139,15 @@ def _balance(Ledger self, get, account, long long expiry_at_ms=0):
                    next_expiry_at_ms, next_expiry_points)
 
 
-def _order_lots(Ledger self, get, account):
+cdef void _order_lots(Ledger self, object get, account) except *:
     """Put the open lots of an account written before they were kept in order in that order."""
-    lots = sorted((_decode_lot(get("lots", id_key(lot_id))) for lot_id in account.open_lot_ids),
+    lots = sorted([_decode_lot(_read(get, "lots", id_key(lot_id))) for lot_id in account.open_lot_ids],
                   key=rec.lot_expiry_order)
     account.open_lot_ids = [lot.lot_id for lot in lots]
     account.lots_by_expiry = True
 
 
-def _open_lot(Ledger self, get, account, lot):
+cdef void _open_lot(Ledger self, object get, account, lot) except *:
     """Add `lot` to the account's open lots, in expiry order: a new lot usually expires last
     and goes at the end; one that does not (a shorter own lifetime, a lot opened again) is
     placed by a binary search."""
@@ -149,7 +156,7 @@ def _open_lot(Ledger self, get, account, lot):
         open_lot_ids.append(lot.lot_id)
         return
     key = rec.lot_expiry_order(lot)
-    order = lambda lot_id: rec.lot_expiry_order(_decode_lot(get("lots", id_key(lot_id))))
+    order = lambda lot_id: rec.lot_expiry_order(_decode_lot(_read(get, "lots", id_key(lot_id))))
     cdef Py_ssize_t low = 0, high = len(open_lot_ids), middle
     if high and key > order(open_lot_ids[high - 1]):
         low = high
@@ -185,10 +192,13 @@ def _consume(Ledger self, _Batch batch, account, long long points):
     return postings
 
 
-def _repay_debt(Ledger self, _Batch batch, account, lot, list postings):
+cdef long long _repay_debt(Ledger self, _Batch batch, account, lot, list postings) except? -1:
     """New active points pay clawback debt first, so the debt cannot outlive the points that
     covered it (and come back when they expire). Returns the points repaid."""
-    repaid = min(account.debt, lot.remaining) if lot.state == LOT_ACTIVE else 0
+    cdef long long debt = account.debt
+    if debt == 0 or lot.state != LOT_ACTIVE:  # the usual case: no debt, decided on C ints
+        return 0
+    cdef long long repaid = min(debt, <long long>lot.remaining)
     if repaid <= 0:
         return 0
     lot.remaining -= repaid
@@ -201,19 +211,21 @@ def _repay_debt(Ledger self, _Batch batch, account, lot, list postings):
     return repaid
 
 
-def _earn(Ledger self, _Batch batch, account, long long txn_id, long long points, long long activates_at_ms,
-          long long expires_at_ms, list postings):
+cdef object _earn(Ledger self, _Batch batch, account, long long txn_id, long long points,
+                  long long activates_at_ms, long long expires_at_ms, list postings):
     """Put earned points in a lot: the account's newest lot when it activates and expires at
     the same moments (the same day's purchases), else a new lot with id `txn_id`."""
-    state = LOT_PENDING if activates_at_ms > batch.now_ms else LOT_ACTIVE
-    stored = batch.get("lots", id_key(account.last_lot_id)) if account.last_lot_id else None
+    cdef int state = LOT_PENDING if activates_at_ms > batch.now_ms else LOT_ACTIVE
+    cdef bint same_activation
+    last_lot_id = account.last_lot_id
+    stored = batch.get("lots", id_key(last_lot_id)) if last_lot_id else None
     if stored is not None:  # (None: none yet, or compaction removed it once it ended)
         lot = _decode_lot(stored)
         # An active lot's activation is past: only its expiry tells lots apart.
         same_activation = state == LOT_ACTIVE or lot.activates_at_ms == activates_at_ms
         if lot.state == state and same_activation and lot.expires_at_ms == expires_at_ms:
             if lot.remaining == 0 and state == LOT_ACTIVE:
-                _open_lot(self, batch.get, account, lot)  # spent to nothing, open again
+                _open_lot(self, batch, account, lot)  # spent to nothing, open again
             lot.amount += points
             lot.remaining += points
             if state == LOT_PENDING:
@@ -223,17 +235,17 @@ def _earn(Ledger self, _Batch batch, account, long long txn_id, long long points
                 account.active += points
                 _schedule(account, expires_at_ms)
             batch.put("lots", id_key(lot.lot_id), _encode(lot))
-            postings.append(rec.Posting(lot.lot_id, points))
+            postings.append(_Posting(lot.lot_id, points))
             return lot
-    lot = rec.LotRec(txn_id, account.account_id, points, points, activates_at_ms, expires_at_ms, state)
+    lot = _LotRec(txn_id, account.account_id, points, points, activates_at_ms, expires_at_ms, state)
     _add_lot(self, batch, account, lot)
     account.last_lot_id = txn_id
-    postings.append(rec.Posting(txn_id, points))
+    postings.append(_Posting(txn_id, points))
     return lot
 
 
-def _own_lot(Ledger self, _Batch batch, account, long long points, long long activates_at_ms, long long expires_at_ms,
-             list postings):
+cdef object _own_lot(Ledger self, _Batch batch, account, long long points, long long activates_at_ms,
+                     long long expires_at_ms, list postings):
     """A lot for points with their own activation or lifetime (a campaign's), never shared; its
     id is taken from the transaction ids, so that ids keep growing with time."""
     state = LOT_PENDING if activates_at_ms > batch.now_ms else LOT_ACTIVE
@@ -243,8 +255,8 @@ def _own_lot(Ledger self, _Batch batch, account, long long points, long long act
     return lot
 
 
-def _add_lot(Ledger self, _Batch batch, account, lot):
-    _open_lot(self, batch.get, account, lot)
+cdef void _add_lot(Ledger self, _Batch batch, account, lot) except *:
+    _open_lot(self, batch, account, lot)
     batch.put("lots", id_key(lot.lot_id), _encode(lot))
     if lot.state == LOT_PENDING:
         account.pending += lot.remaining
@@ -268,7 +280,7 @@ def _sweep(Ledger self, _Batch batch, op):
     more = len(due) > op.accounts_max
     first_id = batch.next_id
     for account in due[:op.accounts_max]:
-        _settle(self, batch.get, account, batch.now_ms, batch)
+        _settle(self, batch, account, batch.now_ms, batch)
         settled += 1
     expired = 0
     for txn_id in range(first_id, batch.next_id):

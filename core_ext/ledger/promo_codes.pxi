@@ -1,8 +1,8 @@
-def _promo_statuses(Ledger self, get, tuple codes, str account_id, long long now_ms):
+cdef tuple _promo_statuses(Ledger self, object get, codes, str account_id, long long now_ms):
     """[(code, record, refusal or "")] for the presented codes, and the campaigns they unlock."""
     statuses, unlocked = [], set()
     for code in codes:
-        stored = get("codes", code.encode())
+        stored = _read(get, "codes", code.encode())
         record = None if stored is None else _decode_promo_code(stored)
         if record is None:
             refusal = "unknown"

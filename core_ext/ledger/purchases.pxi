@@ -1,6 +1,6 @@
-def _accrue(Ledger self, _Batch batch, op):
-    now_ms = batch.now_ms
-    member, card, rejection = _find_customer(self, batch.get, op.customer)
+cdef tuple _accrue(Ledger self, _Batch batch, op):
+    cdef long long now_ms = batch.now_ms, captured = 0, spent, txn_id, available
+    member, card, rejection = _find_customer(self, batch, op.customer)
     if rejection is not None:
         return rejection, 0
     # A blocked card may not spend; under blocked_card_earns = false it buys for 0 points (the
@@ -8,18 +8,21 @@ def _accrue(Ledger self, _Batch batch, op):
     if card is not None and card.blocked and (op.redeem_points or op.capture_hold_ids):
         return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                         Reason.CARD_BLOCKED), 0
-    account = _settle(self, batch.get, _pool(self, batch.get, member), now_ms, batch)
-    balance = _balance(self, batch.get, account)
+    account = _settle(self, batch, _pool(self, batch, member), now_ms, batch)
     holds, rejection = _holds_to_capture(self, batch, op, account)
     if rejection is not None:
         return rejection, 0
-    captured = sum(hold.amount for hold in holds)
-    calculation, accepted = _evaluate(self, batch.get, member, card, op.receipt, now_ms, balance.available,
-                                      op.redeem_points, captured_points=captured)
-    rejection = _spend_rejection(self, account, balance, op.redeem_points, captured, calculation.redeemable_points)
-    if rejection is not None:
-        return rejection, 0
+    for hold in holds:
+        captured += hold.amount
+    available = account.active - account.debt - account.held  # the balance's, without building it
+    calculation, accepted = _evaluate(self, batch, member, card, op.receipt, now_ms, available,
+                                      op.redeem_points, False, captured)
     spent = op.redeem_points + captured
+    if spent:  # a purchase that spends nothing has nothing to check against the balance
+        rejection = _spend_rejection(self, account, _balance(self, batch, account), op.redeem_points, captured,
+                                     calculation.redeemable_points)
+        if rejection is not None:
+            return rejection, 0
 
     txn_id = batch.take_id()
     for hold in holds:
@@ -35,7 +38,7 @@ def _accrue(Ledger self, _Batch batch, op):
     _touch(self, account, now_ms)
     pooled = member.account_id != account.account_id
     if pooled:
-        member = _load_account(self, batch.get, member.account_id)
+        member = _load_account(self, batch, member.account_id)
         _touch(self, member, now_ms)
     else:
         member = account
@@ -44,10 +47,10 @@ def _accrue(Ledger self, _Batch batch, op):
     member.purchases += 1
     _record_activity(self, member, now_ms, calculation.payable_minor, calculation.earned_points)
     receipt = op.receipt
-    lines = [rec.JournalLine(line.line_no, source.qty_milli, line.amount_minor, line.discount_minor,
+    lines = [_JournalLine(line.line_no, source.qty_milli, line.amount_minor, line.discount_minor,
                              line.earned_points, share)
              for line, source, share in zip(calculation.lines, receipt.lines, spent_shares)]
-    entry = rec.TxnRec(
+    entry = _TxnRec(
         txn_id, TXN_ACCRUE, op.request_id, account.account_id, now_ms, receipt.store_id,
         receipt.terminal_id, receipt.receipt_no, calculation.total_minor, calculation.payable_minor,
         lines, earned=calculation.earned_points, redeemed=op.redeem_points, captured=captured,
@@ -60,14 +63,17 @@ def _accrue(Ledger self, _Batch batch, op):
     if self.program.grants:
         _grant_tier(self, member, txn_id, calculation, now_ms)
     _journal(self, batch, entry, account, member)
-    result = AccrueResult(txn_id, account.account_id, calculation, _balance(self, batch.get, account, now_ms),
+    # The lot just earned into is the one the answer's next expiry usually comes from: not read again.
+    result = AccrueResult(txn_id, account.account_id, calculation, _balance(self, batch, account, now_ms, new_lot),
                           captured)
     return Outcome(CODE_OK, body=result), txn_id
 
 
-def _holds_to_capture(Ledger self, _Batch batch, op, account):
+cdef tuple _holds_to_capture(Ledger self, _Batch batch, op, account):
     """(the holds `op` captures, None) or (None, rejection): each live, of this account, of the caller's stores."""
     holds = []
+    if not op.capture_hold_ids:
+        return holds, None
     for index, hold_id in enumerate(op.capture_hold_ids):
         hold, rejection = _capturable(self, batch, account, hold_id, f"capture_hold_ids[{index}]")
         if rejection is not None:
@@ -80,7 +86,7 @@ def _holds_to_capture(Ledger self, _Batch batch, op, account):
     return holds, None
 
 
-def _earn_calculated(Ledger self, _Batch batch, account, long long txn_id, calculation, list postings):
+cdef tuple _earn_calculated(Ledger self, _Batch batch, account, long long txn_id, calculation, list postings):
     """The lots a purchase earns: the day's lot for its main points, its own lot for each campaign
     with its own activation or lifetime; each pays clawback debt first. (new lot, extra lots, repaid)."""
     new_lot = None
@@ -117,7 +123,8 @@ def _capturable(Ledger self, _Batch batch, account, hold_id, field):
     return hold, None
 
 
-def _spend_rejection(Ledger self, account, balance, long long redeem, long long captured, long long redeemable):
+cdef object _spend_rejection(Ledger self, account, balance, long long redeem, long long captured,
+                            long long redeemable):
     """Why an Accrue may not spend `redeem` points and `captured` held ones on its receipt, or
     None. Captured points count against the receipt's redeemable share as redeemed ones do."""
     if redeem and redeem > balance.available:
@@ -137,7 +144,7 @@ def _spend_rejection(Ledger self, account, balance, long long redeem, long long 
     return None
 
 
-def _redeem_rejection(Ledger self, balance, long long points, long long redeemable):
+cdef object _redeem_rejection(Ledger self, balance, long long points, long long redeemable):
     if points > balance.available:
         reason = Reason.NEGATIVE_BALANCE if balance.debt else Reason.INSUFFICIENT_POINTS
         return rejected(Code.FAILED_PRECONDITION,
@@ -151,14 +158,14 @@ def _redeem_rejection(Ledger self, balance, long long points, long long redeemab
 
 def _redeem(Ledger self, _Batch batch, op):
     now_ms = batch.now_ms
-    member, card, rejection = _find_customer(self, batch.get, op.customer)
+    member, card, rejection = _find_customer(self, batch, op.customer)
     if rejection is not None:
         return rejection, 0
     if card is not None and card.blocked:
         return rejected(Code.FAILED_PRECONDITION, f"customer.card: card '{op.customer.value}' is blocked",
                         Reason.CARD_BLOCKED), 0
-    account = _settle(self, batch.get, _pool(self, batch.get, member), now_ms, batch)
-    balance = _balance(self, batch.get, account)
+    account = _settle(self, batch, _pool(self, batch, member), now_ms, batch)
+    balance = _balance(self, batch, account)
     redeemable = op.receipt_total_minor * self.program.max_redeem_share_bps // 10000
     rejection = _redeem_rejection(self, balance, op.points, redeemable)
     if rejection is not None:
@@ -183,7 +190,7 @@ def _redeem(Ledger self, _Batch batch, op):
         _schedule(account, entry.hold_expires_at_ms)
     _journal(self, batch, entry, account, member)
     result = RedeemResult(txn_id, account.account_id, entry.redeemed, entry.held, entry.hold_expires_at_ms,
-                          _balance(self, batch.get, account, now_ms))
+                          _balance(self, batch, account, now_ms))
     return Outcome(CODE_OK, body=result), txn_id
 
 
@@ -192,12 +199,12 @@ def _adjust(Ledger self, _Batch batch, op):
     the lots, earliest expiry first, at most what is available), journaled with its reason and
     operator; reversible by Rollback."""
     now_ms = batch.now_ms
-    member, rejection = _find_account(self, batch.get, op.customer)
+    member, rejection = _find_account(self, batch, op.customer)
     if rejection is not None:
         return rejection, 0
-    account = _settle(self, batch.get, _pool(self, batch.get, member), now_ms, batch)
+    account = _settle(self, batch, _pool(self, batch, member), now_ms, batch)
     if op.points < 0:
-        balance = _balance(self, batch.get, account)
+        balance = _balance(self, batch, account)
         if -op.points > balance.available:
             return rejected(Code.FAILED_PRECONDITION,
                             f"points: debit of {-op.points} exceeds available {balance.available}",
@@ -216,5 +223,5 @@ def _adjust(Ledger self, _Batch batch, op):
         entry.postings = _consume(self, batch, account, -op.points)
     _touch(self, account, now_ms)
     _journal(self, batch, entry, account, member)
-    balance = _balance(self, batch.get, account, now_ms)
+    balance = _balance(self, batch, account, now_ms)
     return Outcome(CODE_OK, body=AdjustResult(txn_id, account.account_id, balance)), txn_id

@@ -21,7 +21,7 @@ def _rollback(Ledger self, _Batch batch, op):
     if op.stores and target.store_id not in op.stores:
         return _foreign_store(target, "transaction_id" if op.transaction_id else "original_request_id"), 0
     account = _decode_account(batch.get("accounts", target.account_id.encode()))
-    account = _settle(self, batch.get, account, batch.now_ms, batch)
+    account = _settle(self, batch, account, batch.now_ms, batch)
     if target.kind == TXN_HOLD:
         return _void_hold(self, batch, op, account, target)
     if target.kind in (TXN_REDEEM, TXN_ACCRUE, TXN_ADJUST, TXN_EVENT):
@@ -67,9 +67,9 @@ def _void_hold(Ledger self, _Batch batch, op, account, target):
     _journal(self, batch, rec.TxnRec(txn_id, TXN_ROLLBACK, op.request_id, account.account_id,
                                      batch.now_ms, op.store_id, op.terminal_id, restored=hold.amount,
                                     reverses=target.txn_id, member_id=target.member_id),
-                  account, _load_account(self, batch.get, target.member_id) if target.member_id else None)
+                  account, _load_account(self, batch, target.member_id) if target.member_id else None)
     result = RollbackResult(txn_id, account.account_id, RollbackKind.VOID_HOLD, target.txn_id, 0,
-                            hold.amount, 0, _balance(self, batch.get, account, batch.now_ms))
+                            hold.amount, 0, _balance(self, batch, account, batch.now_ms))
     return Outcome(CODE_OK, body=result), txn_id
 
 
@@ -97,8 +97,8 @@ def _reverse(Ledger self, _Batch batch, op, account, target):
     reversal.complete = all(reversal.returned_qty.get(line.line_no, 0) == line.qty_milli for line in target.lines)
     reversal.rollback_ids.append(txn_id)
     batch.put("reversals", id_key(target.txn_id), _encode(reversal))
-    account.next_change_at_ms = _next_change(self, batch.get, account)
-    member = _load_account(self, batch.get, target.member_id) if target.member_id else None
+    account.next_change_at_ms = _next_change(self, batch, account)
+    member = _load_account(self, batch, target.member_id) if target.member_id else None
     spender = member if member is not None else account
     if target.kind in (TXN_ACCRUE, TXN_EVENT):
         spend_back = sum(  # telescoping, like the clawback
@@ -128,7 +128,7 @@ def _reverse(Ledger self, _Batch batch, op, account, target):
                                          forgiven=forgiven, debt_delta=-forgiven, reverses=txn_id,
                                         member_id=target.member_id), account, member)
     result = RollbackResult(txn_id, account.account_id, kind, target.txn_id, clawback, restored, debt,
-                            _balance(self, batch.get, account, batch.now_ms), clawback - debt - forgiven, forgiven)
+                            _balance(self, batch, account, batch.now_ms), clawback - debt - forgiven, forgiven)
     return Outcome(CODE_OK, body=result), txn_id
 
 
@@ -208,7 +208,7 @@ def _restore(Ledger self, _Batch batch, account, target, reversal, long long poi
             expired += give
             continue
         if lot.remaining == 0:
-            _open_lot(self, batch.get, account, lot)
+            _open_lot(self, batch, account, lot)
         lot.remaining += give
         account.active += give
         restored += give

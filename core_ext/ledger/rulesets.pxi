@@ -19,8 +19,8 @@ def _follow_ruleset(Ledger self, stored):
     return True
 
 
-def _evaluate(Ledger self, get, member, card, receipt, long long now_ms, long long available,
-              long long redeem_points, bint explain=False, long long captured_points=0):
+cdef tuple _evaluate(Ledger self, object get, member, card, receipt, long long now_ms, long long available,
+                    long long redeem_points, bint explain=False, long long captured_points=0):
     """The program's result for this customer (`card`: the one presented, or None) and ledger
     state, and the promo codes accepted. `captured_points`: of the holds the purchase captures."""
     program = self.program

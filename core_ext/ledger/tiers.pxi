@@ -1,4 +1,4 @@
-def _window(Ledger self, account, long long now_ms):
+cdef tuple _window(Ledger self, account, long long now_ms):
     """(spend, points earned) over the tier window, from the account's activity."""
     program = self.program
     first_day = program.local_day(now_ms) - program.tier_window_days
@@ -10,7 +10,7 @@ def _window(Ledger self, account, long long now_ms):
     return spend, points
 
 
-def _tier(Ledger self, account, long long now_ms, spend=None, points=None):
+cdef tuple _tier(Ledger self, account, long long now_ms, spend=None, points=None):
     """(tier, next tier, missing): the level the window's metrics reach, or a granted tier
     that has not run out when it ranks higher."""
     if spend is None:
@@ -23,7 +23,7 @@ def _tier(Ledger self, account, long long now_ms, spend=None, points=None):
     return tier, following, missing
 
 
-def _rank(Ledger self, str tier):
+cdef Py_ssize_t _rank(Ledger self, str tier) except? -2:
     """A tier's place in [tiers] file order; -1 for no tier or one the ruleset dropped."""
     for index, level in enumerate(self.program.tier_levels):
         if level.id == tier:
@@ -31,7 +31,7 @@ def _rank(Ledger self, str tier):
     return -1
 
 
-def _grant_tier(Ledger self, account, long long txn_id, calculation, long long now_ms):
+cdef void _grant_tier(Ledger self, account, long long txn_id, calculation, long long now_ms) except *:
     """Record the purchase's grant_tier campaigns on the account: each grant holds its tier
     until it runs out or the purchase is rolled back in full, beside the other grants."""
     grants = [grant for grant in account.tier_grants if grant[1] > now_ms]
@@ -42,14 +42,15 @@ def _grant_tier(Ledger self, account, long long txn_id, calculation, long long n
     account.tier_grants = grants
 
 
-def _record_activity(Ledger self, account, long long at_ms, long long spend, long long points):
+cdef void _record_activity(Ledger self, account, long long at_ms, long long spend, long long points) except *:
     """Add to (or, negative, take from) the tier metrics of the local day of `at_ms`; days
     that left the window are dropped."""
     if not self.program.tracks_activity:
         return
     program = self.program
     day = program.local_day(at_ms)
-    first_day = program.local_day(self._now_ms) - program.tier_window_days
+    # (a purchase records at the group's time: its day is the window's last, not computed twice)
+    first_day = (day if at_ms == self._now_ms else program.local_day(self._now_ms)) - program.tier_window_days
     activity = account.activity
     cdef Py_ssize_t newest = len(activity) - 1  # (no negative indexes: the core is built without wraparound)
     if newest >= 0 and activity[newest][0] == day and activity[0][0] > first_day:  # the usual case: today again

@@ -95,3 +95,32 @@ class TestCallsCounted:
         reads_of(ledger, purchase(by_id, "buy/id"))
 
         assert ledger.last_group_calls[1] == 4
+
+
+class TestNoRecordReadTwice:
+    """A purchase reads each record it needs once: the lot it earns into is not read back for the
+    next expiry its answer shows, and a purchase that spends nothing builds no balance to check."""
+
+    def test_the_first_purchase_reads_its_idempotency_key_and_account_only(self, ledger):
+        by_id, _ = customers()
+
+        reads = reads_of(ledger, purchase(by_id, "buy/first"))
+
+        assert reads == 2
+
+    def test_a_later_purchase_of_the_day_reads_the_days_lot_once(self, ledger):
+        by_id, _ = customers()
+        reads_of(ledger, purchase(by_id, "buy/first"))
+
+        reads = reads_of(ledger, purchase(by_id, "buy/second"))
+
+        assert reads == 3
+
+    def test_the_answer_shows_the_lot_as_written(self, ledger):
+        by_id, _ = customers()
+        reads_of(ledger, purchase(by_id, "buy/first"))
+
+        (outcome,) = ledger.apply([purchase(by_id, "buy/second")], T0_MS)
+
+        assert outcome.body.balance.next_expiry_points == 1000
+        assert outcome.body.balance.next_expiry_at_ms > T0_MS
