@@ -33,6 +33,11 @@ PROMO_SEED_BYTES = 16
 
 
 def digest(request) -> bytes:
+    """The payload's digest: the request as sent, less `occurred_at` (when the POS made it, not what
+    it asks for), as the Accrue digest leaves it out too: a retry stamped anew is the same payload."""
+    if request.DESCRIPTOR.fields_by_name.get("occurred_at") is not None and request.HasField("occurred_at"):
+        request = type(request).FromString(request.SerializeToString())
+        request.ClearField("occurred_at")
     return hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=DIGEST_BYTES).digest()
 
 

@@ -171,6 +171,21 @@ class TestVeryLateRequests:
         assert made.calculation.earned_points > 0
         assert wire(accrue(kassa, "A-1", PURCHASE, request_id="offline-1", **made_at(T0_MS))) == wire(made)
 
+    def test_a_retry_stamped_anew_is_the_same_payload_for_every_operation(self, kassa):
+        """occurred_at is when the POS made the request, not what it asks for: a Redeem retried with
+        another stamp replays, as an Accrue does (one digest scheme)."""
+        open_account(kassa, "A-1")
+        earn(kassa, "A-1", 500, "fill")
+        spend = dict(request_id="spend-9", customer=by_account("A-1"), points=100, receipt_total_minor=10**9,
+                     mode=processing_pb2.REDEEM_MODE_IMMEDIATE)
+        first = kassa.processing.Redeem(processing_pb2.RedeemRequest(**spend, **made_at(T0_MS)))
+        kassa.clock.advance(seconds=60)
+
+        again = kassa.processing.Redeem(processing_pb2.RedeemRequest(**spend, **made_at(T0_MS + 60_000)))
+
+        assert wire(again) == wire(first)
+        assert balance(kassa, "A-1").active_points == 400
+
     def test_an_occurred_at_far_ahead_of_the_server_is_invalid(self, kassa):
         open_account(kassa, "A-1")
         ahead_ms = T0_MS + (OCCURRED_AT_AHEAD_MAX_S + 60) * 1000
