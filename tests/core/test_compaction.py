@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from kassa.core_ext import Ledger, Program
 from kassa.core_ext import records
+from kassa.core_ext.compaction import REMOVED_CODE
 from kassa.core_ext.model import (
-    AccrueOp, Code, CompactOp, CreateAccountOp, Customer, IdKind, Line, Receipt, RedeemOp, RollbackOp,
+    AccrueOp, Code, CompactOp, CreateAccountOp, Customer, IdKind, Line, PromoCodesOp, Receipt, RedeemOp, RollbackOp,
 )
 from kassa.core_ext.retention import OCCURRED_AT_AHEAD_MAX_S, Retention
 from tests.core.programs import program
@@ -98,3 +99,108 @@ class TestSteps:
         assert sum(step.requests_forgotten for step in steps) == PURCHASES + 4
         assert stored_kinds(ledger) == {"full": 0, "retained": 0, "tombstone": 0, "aging": 0}
         assert ledger.verify(T0_MS + 400 * DAY_MS) == []
+
+
+# -- promo codes and counters of closed periods ------------------------------------------------
+
+LIMITED_CAMPAIGNS = """
+[[campaigns]]
+id = "daycap"
+when = { category_prefixes = ["d/"] }
+effect = { kind = "earn_percent", percent_bps = 1000 }
+limits = { account_day_max_points = 50, budget_points = 100000 }
+
+[[campaigns]]
+id = "promo"
+promo_code = true
+when = { category_prefixes = ["p/"] }
+effect = { kind = "earn_fixed", points = 40 }
+"""
+SHOPPERS = [f"S{index}" for index in range(12)]  # more per-account code counters than one step examines
+CODE = "SPRING-1"
+CODE_VALID_DAYS = 10
+PAST_THE_WINDOWS_MS = T0_MS + CODE_VALID_DAYS * DAY_MS + WINDOWS.return_window_ms + OCCURRED_AT_AHEAD_MAX_S * 1000 + DAY_MS
+
+
+def a_limited_ledger(tmp_path) -> tuple[Ledger, list[int]]:
+    """Every shopper buys once at T0 with a day-capped line and the code: (ledger, their txn ids)."""
+    ledger = Ledger(str(tmp_path / "ledger"), Program(program(LIMITED_CAMPAIGNS)), MAP_SIZE_BYTES, HOLD_TTL_S,
+                    sync=False)
+    ledger.apply([CreateAccountOp(f"create-{name}", b"a" * 16, name) for name in SHOPPERS], T0_MS)
+    (made,) = ledger.apply([PromoCodesOp("codes-1", b"c" * 16, "promo", codes=(CODE,),
+                                         valid_to_ms=T0_MS + CODE_VALID_DAYS * DAY_MS, uses_per_account=1)], T0_MS)
+    assert made.code == Code.OK, made
+    outcomes = ledger.apply([limited_purchase(name, f"buy-{name}") for name in SHOPPERS], T0_MS)
+    assert all(outcome.code == Code.OK for outcome in outcomes), outcomes
+    return ledger, [outcome.body.transaction_id for outcome in outcomes]
+
+
+def limited_purchase(account_id: str, request_id: str) -> AccrueOp:
+    basket = Receipt("s1", "t1", request_id, (Line(1, "sku-d", "d/x", 1000, 10_000, 10_000),
+                                              Line(2, "sku-p", "p/x", 1000, 5_000, 5_000)), promo_codes=(CODE,))
+    return AccrueOp(request_id, request_id.encode().ljust(16, b"-"), Customer(IdKind.ACCOUNT, account_id), basket)
+
+
+def counter_kinds(ledger) -> dict[str, int]:
+    """Counters by the first byte of their key (D day cap, B budget, C / c code uses), and codes."""
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        kinds: dict[str, int] = {}
+        for key, _ in txn.cursor(db=dbs["counters"]):
+            kinds[key[:1].decode()] = kinds.get(key[:1].decode(), 0) + 1
+        kinds["codes"] = txn.stat(dbs["codes"])["entries"]
+    return kinds
+
+
+def stored_code(ledger) -> bytes | None:
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        return txn.get(CODE.encode(), db=dbs["codes"])
+
+
+class TestCodesAndCounters:
+    def test_inside_the_windows_codes_and_period_counters_stay(self, tmp_path):
+        ledger, _ = a_limited_ledger(tmp_path)
+        before = counter_kinds(ledger)
+        assert before == {"B": 1, "C": 1, "D": len(SHOPPERS), "c": len(SHOPPERS), "codes": 1}
+
+        run_steps(ledger, T0_MS + WINDOWS.return_window_ms)  # day T0 ended less than the window (and margin) ago
+
+        assert counter_kinds(ledger) == before
+
+    def test_past_their_time_codes_and_closed_period_counters_leave_in_bounded_steps(self, tmp_path):
+        ledger, _ = a_limited_ledger(tmp_path)
+
+        steps = run_steps(ledger, PAST_THE_WINDOWS_MS)
+
+        assert len(steps) > 2 * len(SHOPPERS) // RECORDS_PER_STEP
+        assert sum(step.codes_removed for step in steps) == 1
+        assert sum(step.counters_removed for step in steps) == 1 + 2 * len(SHOPPERS)
+        # The budget never closes; the code is a marker, so the key stays taken.
+        assert counter_kinds(ledger) == {"B": 1, "codes": 1}
+        assert stored_code(ledger) == REMOVED_CODE
+        assert ledger.verify(PAST_THE_WINDOWS_MS) == []
+
+    def test_a_rollback_gives_nothing_back_to_a_removed_counter_and_verify_agrees(self, tmp_path):
+        ledger, txn_ids = a_limited_ledger(tmp_path)
+        run_steps(ledger, PAST_THE_WINDOWS_MS)
+
+        (outcome,) = ledger.apply([RollbackOp("cancel-S0", b"x" * 16, transaction_id=txn_ids[0])],
+                                  PAST_THE_WINDOWS_MS)
+
+        assert outcome.code == Code.OK, outcome
+        assert counter_kinds(ledger) == {"B": 1, "codes": 1}  # no closed-period or code counter came back
+        assert ledger.verify(PAST_THE_WINDOWS_MS) == []
+
+    def test_a_removed_code_cannot_be_imported_again_nor_used(self, tmp_path):
+        ledger, _ = a_limited_ledger(tmp_path)
+        run_steps(ledger, PAST_THE_WINDOWS_MS)
+
+        (again,) = ledger.apply([PromoCodesOp("codes-2", b"d" * 16, "promo", codes=(CODE,), uses_per_account=1)],
+                                PAST_THE_WINDOWS_MS)
+        (presented,) = ledger.apply([limited_purchase("S0", "buy-late")], PAST_THE_WINDOWS_MS)
+
+        assert again.code == Code.ALREADY_EXISTS
+        assert [(code.accepted, code.reason) for code in presented.body.calculation.promo_codes] == [(False, "expired")]
+        assert stored_code(ledger) == REMOVED_CODE
+        assert ledger.verify(PAST_THE_WINDOWS_MS) == []
