@@ -328,6 +328,14 @@ def _remove_counters(step: _Step) -> None:
     step.counters += _walk_records(step, "counters", COUNTERS_KEY, removed, by_key=True)
 
 
+def counters_kept(get, counters: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    """`counters` [(key, sum)] less those compaction has removed from the ledger: the journal
+    archive carries no sum for them (`archive/counters` would otherwise grow with every closed
+    period), and verify compares none."""
+    removed = removed_counters(get)
+    return [(key, total) for key, total in counters if not (removed(key) and get("counters", key) is None)]
+
+
 def removed_counters(get):
     """A function of a counter's key: whether compaction removed it, or may remove it, for good
     (a closed period's, a removed code's). A rollback gives nothing back to such a counter and

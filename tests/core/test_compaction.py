@@ -8,6 +8,8 @@ from __future__ import annotations
 from kassa.core_ext import Ledger, Program
 from kassa.core_ext import records
 from kassa.core_ext.compaction import REMOVED_CODE
+from kassa.core_ext.journal_archive import archive_dir_of, archive_journal, state
+from kassa.core_ext.verify import check_ledger
 from kassa.core_ext.model import (
     AccrueOp, Code, CompactOp, CreateAccountOp, Customer, IdKind, Line, PromoCodesOp, Receipt, RedeemOp, RollbackOp,
 )
@@ -204,3 +206,33 @@ class TestCodesAndCounters:
         assert [(code.accepted, code.reason) for code in presented.body.calculation.promo_codes] == [(False, "expired")]
         assert stored_code(ledger) == REMOVED_CODE
         assert ledger.verify(PAST_THE_WINDOWS_MS) == []
+
+    def test_the_archive_drops_a_removed_counters_sum_and_verify_passes_across_the_boundary(self, tmp_path):
+        ledger, _ = a_limited_ledger(tmp_path)
+        archive_dir = archive_dir_of(ledger.path)
+        archive_journal(ledger.env, ledger.raw_transaction()[1], archive_dir, T0_MS + DAY_MS,
+                        now_ms=PAST_THE_WINDOWS_MS)
+        assert carried_kinds(ledger) == [b"B", b"C"] + [b"D"] * len(SHOPPERS) + [b"c"] * len(SHOPPERS)
+        run_steps(ledger, PAST_THE_WINDOWS_MS)
+        assert archived_violations(ledger, PAST_THE_WINDOWS_MS) == []  # the carried sums of removed counters too
+
+        (later,) = ledger.apply([limited_purchase("S0", "buy-later")], PAST_THE_WINDOWS_MS)
+        archive_journal(ledger.env, ledger.raw_transaction()[1], archive_dir, PAST_THE_WINDOWS_MS + 1,
+                        now_ms=PAST_THE_WINDOWS_MS + DAY_MS)
+
+        assert later.code == Code.OK
+        assert carried_kinds(ledger) == [b"B", b"D"]  # the budget, and the later purchase's own day
+        assert archived_violations(ledger, PAST_THE_WINDOWS_MS + DAY_MS) == []
+
+
+def carried_kinds(ledger) -> list[bytes]:
+    """The first bytes of the counter keys `archive/counters` carries a sum for, in key order."""
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        return [key[:1] for key in state.read_counters(lambda name, key: txn.get(key, db=dbs[name]))]
+
+
+def archived_violations(ledger, now_ms: int) -> list[str]:
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        return check_ledger(txn, dbs, now_ms, archive_dir_of(ledger.path))
