@@ -25,8 +25,9 @@ between the purchases, never inside one. Each step, in order:
    uses per account never close: they stay.
 
 Where each walk stopped is kept in the `meta` database, so a step resumes where the last one
-ended. The journal is in time order (ids grow with time), and a walk stops at the first entry
-too young: a clock that stepped back makes it keep records longer, never shorter.
+ended; a walk over a whole database makes one pass a run (PASS_DONE). The journal is in time
+order (ids grow with time), and a walk stops at the first entry too young: a clock that stepped
+back makes it keep records longer, never shorter.
 
 A marker is what is left of a removed code for good: 6 bytes and its key (the code), where the
 record and its counters took about 40 bytes and 30 more per account that used it.
@@ -48,6 +49,13 @@ LOTS_KEY = b"compact_lots_key"  # the lots walk goes on from here (b"": from the
 HOLDS_KEY = b"compact_holds_key"
 CODES_KEY = b"compact_codes_key"
 COUNTERS_KEY = b"compact_counters_key"
+# A walk over a whole database (lots, holds, codes, counters) that reached its end in this run:
+# it waits for the run's last step, which sets every such walk back to the start for the next run.
+# (Restarting at once would let a walk of more records than a step examines take every step's
+# budget, and the run would never end.)
+PASS_DONE = b"\xff" * 8
+_PASS_KEYS = (LOTS_KEY, HOLDS_KEY, CODES_KEY, COUNTERS_KEY)
+
 # The (day, week, month) numbers below which period counters are closed: 3 x 8 bytes big-endian.
 CLOSED_PERIODS_KEY = b"compact_closed_periods"
 _PERIOD_KINDS = b"DWM"  # the first byte of a period counter's key (counters.pxi `_amount_keys`)
@@ -133,6 +141,9 @@ def compact(txn, dbs, now_ms: int, op, program=None) -> Outcome:
     if program is not None:
         _close_periods(step, program.period_keys(forget_ms))
     _remove_counters(step)
+    if not step.more:
+        for key in _PASS_KEYS:
+            step.set_position(key, b"")
     return Outcome(Code.OK, body=CompactResult(step.dropped, step.forgotten, step.lots, step.holds, step.more,
                                                step.codes, step.counters))
 
@@ -225,9 +236,10 @@ def _drop_aging(step: _Step, before_ms: int) -> None:
 
 def _walk_records(step: _Step, name: str, position_key: bytes, removable, by_key: bool = False) -> int:
     """Delete the records of `name` that `removable(record)` (`removable(key)` when `by_key`)
-    says may go, from the stored position on; at the end, the next step starts again from the
-    first. Returns how many."""
+    says may go, from the stored position on, up to the end (then PASS_DONE). Returns how many."""
     stored = step.position(position_key)
+    if stored == PASS_DONE:
+        return 0
     cursor = step.txn.cursor(db=step.dbs[name])
     removed = 0
     found = cursor.set_range(stored) if stored else cursor.first()
@@ -241,7 +253,7 @@ def _walk_records(step: _Step, name: str, position_key: bytes, removable, by_key
             removed += 1
         else:
             found = cursor.next()
-    step.set_position(position_key, b"")
+    step.set_position(position_key, PASS_DONE)
     return removed
 
 
@@ -285,6 +297,8 @@ def _remove_codes(step: _Step, before_ms: int) -> None:
     """Codes whose validity ended at or before `before_ms` become markers; the counters walk
     then removes their uses (`removed_counters` says they are gone from now on)."""
     stored = step.position(CODES_KEY)
+    if stored == PASS_DONE:
+        return
     cursor = step.txn.cursor(db=step.dbs["codes"])
     found = cursor.set_range(stored) if stored else cursor.first()
     while found:
@@ -296,7 +310,7 @@ def _remove_codes(step: _Step, before_ms: int) -> None:
             cursor.put(cursor.key(), REMOVED_CODE)
             step.codes += 1
         found = cursor.next()
-    step.set_position(CODES_KEY, b"")
+    step.set_position(CODES_KEY, PASS_DONE)
 
 
 def _close_periods(step: _Step, numbers: tuple) -> None:

@@ -49,11 +49,15 @@ def stored_kinds(ledger) -> dict[str, int]:
     return kinds
 
 
+STEPS_PER_RUN_MAX = 500  # a run that takes more never ends
+
+
 def run_steps(ledger, now_ms: int) -> list:
     """Compaction to the end at `now_ms`, one RECORDS_PER_STEP step at a time."""
     op = CompactOp(WINDOWS.replay_window_ms, WINDOWS.return_window_ms, RECORDS_PER_STEP)
     steps = []
     while True:
+        assert len(steps) < STEPS_PER_RUN_MAX, steps[-3:]
         (outcome,) = ledger.apply([op], now_ms)
         assert outcome.code == Code.OK, outcome
         steps.append(outcome.body)
@@ -124,15 +128,15 @@ CODE_VALID_DAYS = 10
 PAST_THE_WINDOWS_MS = T0_MS + CODE_VALID_DAYS * DAY_MS + WINDOWS.return_window_ms + OCCURRED_AT_AHEAD_MAX_S * 1000 + DAY_MS
 
 
-def a_limited_ledger(tmp_path) -> tuple[Ledger, list[int]]:
+def a_limited_ledger(tmp_path, shoppers: list[str] = SHOPPERS) -> tuple[Ledger, list[int]]:
     """Every shopper buys once at T0 with a day-capped line and the code: (ledger, their txn ids)."""
     ledger = Ledger(str(tmp_path / "ledger"), Program(program(LIMITED_CAMPAIGNS)), MAP_SIZE_BYTES, HOLD_TTL_S,
                     sync=False)
-    ledger.apply([CreateAccountOp(f"create-{name}", b"a" * 16, name) for name in SHOPPERS], T0_MS)
+    ledger.apply([CreateAccountOp(f"create-{name}", b"a" * 16, name) for name in shoppers], T0_MS)
     (made,) = ledger.apply([PromoCodesOp("codes-1", b"c" * 16, "promo", codes=(CODE,),
                                          valid_to_ms=T0_MS + CODE_VALID_DAYS * DAY_MS, uses_per_account=1)], T0_MS)
     assert made.code == Code.OK, made
-    outcomes = ledger.apply([limited_purchase(name, f"buy-{name}") for name in SHOPPERS], T0_MS)
+    outcomes = ledger.apply([limited_purchase(name, f"buy-{name}") for name in shoppers], T0_MS)
     assert all(outcome.code == Code.OK for outcome in outcomes), outcomes
     return ledger, [outcome.body.transaction_id for outcome in outcomes]
 
@@ -182,6 +186,16 @@ class TestCodesAndCounters:
         assert counter_kinds(ledger) == {"B": 1, "codes": 1}
         assert stored_code(ledger) == REMOVED_CODE
         assert ledger.verify(PAST_THE_WINDOWS_MS) == []
+
+    def test_a_run_ends_when_a_walk_holds_a_multiple_of_a_steps_records(self, tmp_path):
+        """A walk over a whole database makes one pass a run: restarted at once, the lots walk
+        would take every step's budget and the walks after it would never finish."""
+        for shoppers in (2 * RECORDS_PER_STEP, 3 * RECORDS_PER_STEP):
+            ledger, _ = a_limited_ledger(tmp_path / str(shoppers), [f"S{index}" for index in range(shoppers)])
+
+            run_steps(ledger, PAST_THE_WINDOWS_MS)
+
+            assert counter_kinds(ledger) == {"B": 1, "codes": 1}
 
     def test_a_rollback_gives_nothing_back_to_a_removed_counter_and_verify_agrees(self, tmp_path):
         ledger, txn_ids = a_limited_ledger(tmp_path)
