@@ -17,14 +17,26 @@ between the purchases, never inside one. Each step, in order:
    compaction never reads it again: the archive may take it (`journal_done_below_txn_id`).
 3. Remove lots that can never change again (expired, or spent with their expiry past: a rollback
    would leave their points expired) and holds that ended a return window ago.
+4. Replace promo codes whose validity ended a return window ago by a marker (`REMOVED_CODE`):
+   the code stays taken, so it can never be generated or imported again (a new code of that name
+   would start from no uses, but a rollback of a purchase that used the old one would give a use
+   back to it), and presenting it is refused `expired`, as before.
+5. Remove the counters nothing changes any more: a removed code's uses, and the counters of
+   closed periods: a per-account day, week or month cap's counter whose period ended before the
+   return window began (its number is below `program.period_keys` of the window's start, kept in
+   `meta` under CLOSED_PERIODS_KEY). No purchase counts into a closed period again.
+   A rollback that would give back to a removed counter (a rollback by transaction id of a
+   purchase older than the return window, or of one that used a removed code) skips it: see
+   `removed_counters`, which the ledger's `_uncount` and `kassa verify` both ask. Budgets and
+   uses per account never close: they stay.
 
 Where each walk stopped is kept in the `meta` database, so a step resumes where the last one
-ended. The journal is in time order (ids grow with time), and a walk stops at the first entry
-too young: a clock that stepped back makes it keep records longer, never shorter.
+ended; a walk over a whole database makes one pass a run (PASS_DONE). The journal is in time
+order (ids grow with time), and a walk stops at the first entry too young: a clock that stepped
+back makes it keep records longer, never shorter.
 
-Not done here (yet): promo codes past validity (a removed code could be generated or imported
-again and inherit its old use counter) and counters of closed periods (a rollback of a
-transaction from that period writes its counters back, and `kassa verify` replays them).
+A marker is what is left of a removed code for good: 6 bytes and its key (the code), where the
+record and its counters took about 40 bytes and 30 more per account that used it.
 """
 
 from __future__ import annotations
@@ -44,6 +56,22 @@ DROPPED_AGING_KEY = b"compact_dropped_aging_key"  # aging entries below it hold 
 AGING_FROM_TXN_KEY = b"compact_aging_from_txn_id"
 LOTS_KEY = b"compact_lots_key"  # the lots walk goes on from here (b"": from the start)
 HOLDS_KEY = b"compact_holds_key"
+CODES_KEY = b"compact_codes_key"
+COUNTERS_KEY = b"compact_counters_key"
+# A walk over a whole database (lots, holds, codes, counters) that reached its end in this run:
+# it waits for the run's last step, which sets every such walk back to the start for the next run.
+# (Restarting at once would let a walk of more records than a step examines take every step's
+# budget, and the run would never end.)
+PASS_DONE = b"\xff" * 8
+_PASS_KEYS = (LOTS_KEY, HOLDS_KEY, CODES_KEY, COUNTERS_KEY)
+
+# The (day, week, month) numbers below which period counters are closed: 3 x 8 bytes big-endian.
+CLOSED_PERIODS_KEY = b"compact_closed_periods"
+_PERIOD_KINDS = b"DWM"  # the first byte of a period counter's key (counters.pxi `_amount_keys`)
+
+# What is left of a removed promo code: a record that no campaign owns and that expired at the
+# epoch's first millisecond, so that the ledger refuses it `expired` and counts it taken.
+REMOVED_CODE = msgspec.msgpack.encode(rec.PromoCodeRec("", 0, 1, 0, 0))
 
 # Records one compaction step examines: one write transaction, a median 2.5-7 ms on the 2-core machine.
 COMPACT_RECORDS_PER_TXN_MAX = 1_000  # records
@@ -88,7 +116,7 @@ class _Step:
         self.txn = txn
         self.dbs = dbs
         self.budget = budget
-        self.dropped = self.forgotten = self.lots = self.holds = 0
+        self.dropped = self.forgotten = self.lots = self.holds = self.codes = self.counters = 0
         self.more = False
 
     def spend(self) -> bool:
@@ -106,8 +134,9 @@ class _Step:
         self.txn.put(key, value, db=self.dbs["meta"])
 
 
-def compact(txn, dbs, now_ms: int, op) -> Outcome:
-    """One step of compaction at `now_ms` (see the module's doc)."""
+def compact(txn, dbs, now_ms: int, op, program=None) -> Outcome:
+    """One step of compaction at `now_ms` (see the module's doc); `program` (the ruleset in
+    force) numbers the periods, and without one no period closes."""
     windows = Retention(op.replay_window_ms, op.return_window_ms)
     step = _Step(txn, dbs, op.records_max)
     forget_ms, drop_ms = windows.forget_before_ms(now_ms), now_ms - windows.replay_window_ms
@@ -117,7 +146,15 @@ def compact(txn, dbs, now_ms: int, op) -> Outcome:
     _walk_journal(step, DROPPED_TXN_KEY, drop_ms, _drop_answer)
     _remove_lots(step, now_ms)
     _remove_holds(step, forget_ms)
-    return Outcome(Code.OK, body=CompactResult(step.dropped, step.forgotten, step.lots, step.holds, step.more))
+    _remove_codes(step, forget_ms)
+    if program is not None:
+        _close_periods(step, program.period_keys(forget_ms))
+    _remove_counters(step)
+    if not step.more:
+        for key in _PASS_KEYS:
+            step.set_position(key, b"")
+    return Outcome(Code.OK, body=CompactResult(step.dropped, step.forgotten, step.lots, step.holds, step.more,
+                                               step.codes, step.counters))
 
 
 # -- idempotency records ---------------------------------------------------------------------
@@ -256,10 +293,12 @@ def _drop_aging(step: _Step, before_ms: int) -> None:
 # -- lots and holds --------------------------------------------------------------------------
 
 
-def _walk_records(step: _Step, name: str, position_key: bytes, removable) -> int:
-    """Delete the records of `name` that `removable(record)` says may go, from the stored
-    position on; at the end, the next step starts again from the first. Returns how many."""
+def _walk_records(step: _Step, name: str, position_key: bytes, removable, by_key: bool = False) -> int:
+    """Delete the records of `name` that `removable(record)` (`removable(key)` when `by_key`)
+    says may go, from the stored position on, up to the end (then PASS_DONE). Returns how many."""
     stored = step.position(position_key)
+    if stored == PASS_DONE:
+        return 0
     cursor = step.txn.cursor(db=step.dbs[name])
     removed = 0
     found = cursor.set_range(stored) if stored else cursor.first()
@@ -267,13 +306,13 @@ def _walk_records(step: _Step, name: str, position_key: bytes, removable) -> int
         if not step.spend():
             step.set_position(position_key, cursor.key())
             return removed
-        if removable(cursor.value()):
+        if removable(cursor.key() if by_key else cursor.value()):
             cursor.delete()  # moves to the next record, if there is one
             found = bool(cursor.key())
             removed += 1
         else:
             found = cursor.next()
-    step.set_position(position_key, b"")
+    step.set_position(position_key, PASS_DONE)
     return removed
 
 
@@ -308,3 +347,77 @@ def _remove_holds(step: _Step, before_ms: int) -> None:
         return hold.state != rec.HoldState.LIVE and hold.expires_at_ms <= before_ms
 
     step.holds += _walk_records(step, "holds", HOLDS_KEY, removable)
+
+
+# -- promo codes and counters ----------------------------------------------------------------
+
+
+def _remove_codes(step: _Step, before_ms: int) -> None:
+    """Codes whose validity ended at or before `before_ms` become markers; the counters walk
+    then removes their uses (`removed_counters` says they are gone from now on)."""
+    stored = step.position(CODES_KEY)
+    if stored == PASS_DONE:
+        return
+    cursor = step.txn.cursor(db=step.dbs["codes"])
+    found = cursor.set_range(stored) if stored else cursor.first()
+    while found:
+        if not step.spend():
+            step.set_position(CODES_KEY, cursor.key())
+            return
+        value = cursor.value()
+        if value != REMOVED_CODE and 0 < rec.decode_promo_code(value).valid_to_ms <= before_ms:
+            cursor.put(cursor.key(), REMOVED_CODE)
+            step.codes += 1
+        found = cursor.next()
+    step.set_position(CODES_KEY, PASS_DONE)
+
+
+def _close_periods(step: _Step, numbers: tuple) -> None:
+    """Periods numbered below `numbers` (day, week, month) are closed; never reopened by a clock
+    that stepped back."""
+    closed = [max(old, new) for old, new in zip(_closed_periods(step.position(CLOSED_PERIODS_KEY)), numbers)]
+    step.set_position(CLOSED_PERIODS_KEY, b"".join(number.to_bytes(8, "big") for number in closed))
+
+
+def _closed_periods(stored: bytes | None) -> tuple[int, int, int]:
+    if not stored:
+        return 0, 0, 0
+    return tuple(int.from_bytes(stored[index:index + 8], "big") for index in (0, 8, 16))
+
+
+def _period_closed(key: bytes, closed: tuple[int, int, int]) -> bool:
+    """Whether `key` is a day, week or month counter (`D<number>:<campaign>\\0<account>`) of a
+    closed period."""
+    kind = _PERIOD_KINDS.find(key[:1])
+    end = key.find(b":")
+    if kind < 0 or end < 2 or not key[1:end].isdigit():
+        return False
+    return int(key[1:end]) < closed[kind]
+
+
+def _remove_counters(step: _Step) -> None:
+    """The counters `removed_counters` names: closed periods', removed codes'."""
+    removed = removed_counters(lambda name, key: step.txn.get(key, db=step.dbs[name]))
+    step.counters += _walk_records(step, "counters", COUNTERS_KEY, removed, by_key=True)
+
+
+def counters_kept(get, counters: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    """`counters` [(key, sum)] less those compaction has removed from the ledger: the journal
+    archive carries no sum for them (`archive/counters` would otherwise grow with every closed
+    period), and verify compares none."""
+    removed = removed_counters(get)
+    return [(key, total) for key, total in counters if not (removed(key) and get("counters", key) is None)]
+
+
+def removed_counters(get):
+    """A function of a counter's key: whether compaction removed it, or may remove it, for good
+    (a closed period's, a removed code's). A rollback gives nothing back to such a counter and
+    its journal entry records no change to it; `kassa verify` accepts its absence.
+    `get(db name, key)` reads in any transaction."""
+    closed = _closed_periods(get("meta", CLOSED_PERIODS_KEY))
+
+    def removed(key: bytes) -> bool:
+        if key[:2] in (b"C:", b"c:"):
+            return get("codes", key[2:].split(b"\0", 1)[0]) == REMOVED_CODE
+        return _period_closed(key, closed)
+    return removed

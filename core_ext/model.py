@@ -308,7 +308,8 @@ class SweepOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=11):
 
 class CompactOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=15):
     """One bounded step of compaction (core_ext/compaction.py): drop stored answers past the
-    replay window, forget requests past the return window, remove ended lots and holds. Not
+    replay window, forget requests past the return window, remove ended lots and holds, promo
+    codes past validity and counters of closed periods. Not
     idempotent by request id: like a sweep, it only removes what time has already decided."""
 
     replay_window_ms: int
@@ -543,6 +544,8 @@ class CompactResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=
     lots_removed: int
     holds_removed: int
     more: bool  # the step stopped at `records_max`: run another
+    codes_removed: int = 0  # promo codes past validity and the return window, now markers
+    counters_removed: int = 0  # counters of closed periods and of removed codes
 
 
 Body = (

@@ -137,7 +137,8 @@ async def compact_periodically(committer, retention: Retention, interval_s: floa
             log.exception("compaction failed; the next one retries")
             continue
         event(log, "compaction", answers_dropped=done.answers_dropped, requests_forgotten=done.requests_forgotten,
-              lots_removed=done.lots_removed, holds_removed=done.holds_removed)
+              lots_removed=done.lots_removed, holds_removed=done.holds_removed, codes_removed=done.codes_removed,
+              counters_removed=done.counters_removed)
 
 
 def refresh_rules(ledger) -> None:

@@ -30,7 +30,7 @@ import lmdb
 import msgspec
 
 from kassa.core_ext import records as rec
-from kassa.core_ext.compaction import journal_done_below_txn_id
+from kassa.core_ext.compaction import counters_kept, journal_done_below_txn_id
 from kassa.core_ext.journal_archive import segments, state
 from kassa.core_ext.model import TxnKind
 
@@ -139,7 +139,8 @@ def _list_segment(env, dbs: dict, below: int, manifest: segments.Manifest, entri
                 stored = txn.get(key, db=meta)
                 before = state.decode_checkpoint(stored) if stored else None
                 txn.put(key, state.encode_checkpoint(carried.onto(account_id, before)), db=meta)
-            txn.put(state.COUNTERS_KEY, state.encode_counters(carried.counters_onto(state.read_counters(get))), db=meta)
+            counters = counters_kept(get, carried.counters_onto(state.read_counters(get)))
+            txn.put(state.COUNTERS_KEY, state.encode_counters(counters), db=meta)
             txn.put(state.segment_key(ref.first_txn_id), state.encode_segment(ref), db=meta)
             txn.put(state.BELOW_KEY, state.encode_below(ref.last_txn_id + 1), db=meta)
 

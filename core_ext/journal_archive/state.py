@@ -8,7 +8,8 @@
 - `archive/checkpoint/<account id>`: what the account's archived entries carried forward
   (`Checkpoint`): the points its statement shows, its debt, the postings to each lot (non-zero
   sums only), and the newest archived entry on its statement (the link across the boundary).
-- `archive/counters`: each counter's archived changes summed (non-zero sums only).
+- `archive/counters`: each counter's archived changes summed (non-zero sums only; none for a
+  counter compaction removed: `compaction.counters_kept`).
 
 The index lives in LMDB, not in a file beside the segments, so that listing a segment, carrying its
 entries forward and moving the boundary is one atomic commit, and a backup of the ledger (one LMDB

@@ -32,7 +32,7 @@ import msgspec
 from msgspec.structs import replace as _replace
 
 from kassa.core_ext import records as rec
-from kassa.core_ext.compaction import compact
+from kassa.core_ext.compaction import compact, removed_counters
 from kassa.core_ext.journal_archive import ArchiveReader, ArchiveUnreadable, archive_dir_of, journal_entry
 from kassa.core_ext.limits import MS_PER_DAY, STATEMENT_PAGE_SIZE_DEFAULT, STATEMENT_PAGE_SIZE_MAX
 from kassa.core_ext.map_size import GrowingEnvironment
@@ -264,7 +264,7 @@ cdef class Ledger:
         if kind is SetRulesOp:
             return _set_rules(self, batch, op)
         if kind is CompactOp:
-            return compact(batch.txn, batch.dbs, batch.now_ms, op)
+            return compact(batch.txn, batch.dbs, batch.now_ms, op, self.program)
         if getattr(op, "occurred_at_ms", 0):  # a request that says when it was made may be too old to check
             refusal = self.retention.age_refusal(op, batch.now_ms)
             if refusal is not None:

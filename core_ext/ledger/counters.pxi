@@ -106,7 +106,9 @@ cdef void _add_counter(Ledger self, _Batch batch, entry, bytes key, long long de
 
 def _uncount(Ledger self, _Batch batch, entry, target, dict returns, reversal, bint complete):
     """Give back to the counters what the rolled-back part of `target` consumed: each line's
-    share by returned quantity (telescoping, like the points), the uses on a full rollback."""
+    share by returned quantity (telescoping, like the points), the uses on a full rollback.
+    Nothing goes back to a counter compaction removed (a closed period's, a removed code's)."""
+    removed = removed_counters(batch.get)
     for use in target.limited:
         if target.lines:
             given = 0
@@ -117,7 +119,9 @@ def _uncount(Ledger self, _Batch batch, entry, target, dict returns, reversal, b
         else:
             given = sum(use.amounts)
         for key in use.keys:
-            _add_counter(self, batch, entry, key, -given)
+            if not removed(key):
+                _add_counter(self, batch, entry, key, -given)
     if complete:
         for key in target.use_keys:
-            _add_counter(self, batch, entry, key, -1)
+            if not removed(key):
+                _add_counter(self, batch, entry, key, -1)

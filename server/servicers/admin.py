@@ -66,17 +66,17 @@ async def compact_ledger(committer, retention) -> CompactResult:
     """Run compaction to the end, one step of `COMPACT_RECORDS_PER_TXN_MAX` records per write
     transaction, each queued behind the purchases already waiting. Returns the steps' sums."""
     op = CompactOp(retention.replay_window_ms, retention.return_window_ms, COMPACT_RECORDS_PER_TXN_MAX)
-    totals = [0, 0, 0, 0]
+    totals = [0, 0, 0, 0, 0, 0]
     while True:
         (outcome,) = await committer.submit([op])
         if outcome.code != Code.OK:
             raise CompactionFailed(outcome)
         step = outcome.body
         for index, done in enumerate((step.answers_dropped, step.requests_forgotten, step.lots_removed,
-                                      step.holds_removed)):
+                                      step.holds_removed, step.codes_removed, step.counters_removed)):
             totals[index] += done
         if not step.more:
-            return CompactResult(*totals, more=False)
+            return CompactResult(*totals[:4], False, *totals[4:])
 
 
 CODE_FRAMING_BYTES = 3  # a code in GeneratePromoCodesResponse: its tag and length, besides its text

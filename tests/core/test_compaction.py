@@ -10,8 +10,11 @@ from kassa.core_ext import records
 from kassa.core_ext.compaction import (
     AGING_FROM_TXN_KEY, DROPPED_TXN_KEY, FORGOTTEN_TXN_KEY, journal_done_below_txn_id,
 )
+from kassa.core_ext.compaction import REMOVED_CODE
+from kassa.core_ext.journal_archive import archive_dir_of, archive_journal, state
+from kassa.core_ext.verify import check_ledger
 from kassa.core_ext.model import (
-    AccrueOp, Code, CompactOp, CreateAccountOp, Customer, IdKind, Line, Receipt, RedeemOp, RollbackOp,
+    AccrueOp, Code, CompactOp, CreateAccountOp, Customer, IdKind, Line, PromoCodesOp, Receipt, RedeemOp, RollbackOp,
 )
 from kassa.core_ext.retention import OCCURRED_AT_AHEAD_MAX_S, Retention
 from tests.core.programs import program
@@ -49,11 +52,15 @@ def stored_kinds(ledger) -> dict[str, int]:
     return kinds
 
 
+STEPS_PER_RUN_MAX = 500  # a run that takes more never ends
+
+
 def run_steps(ledger, now_ms: int) -> list:
     """Compaction to the end at `now_ms`, one RECORDS_PER_STEP step at a time."""
     op = CompactOp(WINDOWS.replay_window_ms, WINDOWS.return_window_ms, RECORDS_PER_STEP)
     steps = []
     while True:
+        assert len(steps) < STEPS_PER_RUN_MAX, steps[-3:]
         (outcome,) = ledger.apply([op], now_ms)
         assert outcome.code == Code.OK, outcome
         steps.append(outcome.body)
@@ -215,3 +222,148 @@ class TestWithoutTheJournal:
         assert refusal.code != Code.OK
         assert sum(step.answers_dropped for step in steps) == 1
         assert type(kept) is records.RetainedRec
+
+
+# -- promo codes and counters of closed periods ------------------------------------------------
+
+LIMITED_CAMPAIGNS = """
+[[campaigns]]
+id = "daycap"
+when = { category_prefixes = ["d/"] }
+effect = { kind = "earn_percent", percent_bps = 1000 }
+limits = { account_day_max_points = 50, budget_points = 100000 }
+
+[[campaigns]]
+id = "promo"
+promo_code = true
+when = { category_prefixes = ["p/"] }
+effect = { kind = "earn_fixed", points = 40 }
+"""
+SHOPPERS = [f"S{index}" for index in range(12)]  # more per-account code counters than one step examines
+CODE = "SPRING-1"
+CODE_VALID_DAYS = 10
+PAST_THE_WINDOWS_MS = T0_MS + CODE_VALID_DAYS * DAY_MS + WINDOWS.return_window_ms + OCCURRED_AT_AHEAD_MAX_S * 1000 + DAY_MS
+
+
+def a_limited_ledger(tmp_path, shoppers: list[str] = SHOPPERS) -> tuple[Ledger, list[int]]:
+    """Every shopper buys once at T0 with a day-capped line and the code: (ledger, their txn ids)."""
+    ledger = Ledger(str(tmp_path / "ledger"), Program(program(LIMITED_CAMPAIGNS)), MAP_SIZE_BYTES, HOLD_TTL_S,
+                    sync=False)
+    ledger.apply([CreateAccountOp(f"create-{name}", b"a" * 16, name) for name in shoppers], T0_MS)
+    (made,) = ledger.apply([PromoCodesOp("codes-1", b"c" * 16, "promo", codes=(CODE,),
+                                         valid_to_ms=T0_MS + CODE_VALID_DAYS * DAY_MS, uses_per_account=1)], T0_MS)
+    assert made.code == Code.OK, made
+    outcomes = ledger.apply([limited_purchase(name, f"buy-{name}") for name in shoppers], T0_MS)
+    assert all(outcome.code == Code.OK for outcome in outcomes), outcomes
+    return ledger, [outcome.body.transaction_id for outcome in outcomes]
+
+
+def limited_purchase(account_id: str, request_id: str) -> AccrueOp:
+    basket = Receipt("s1", "t1", request_id, (Line(1, "sku-d", "d/x", 1000, 10_000, 10_000),
+                                              Line(2, "sku-p", "p/x", 1000, 5_000, 5_000)), promo_codes=(CODE,))
+    return AccrueOp(request_id, request_id.encode().ljust(16, b"-"), Customer(IdKind.ACCOUNT, account_id), basket)
+
+
+def counter_kinds(ledger) -> dict[str, int]:
+    """Counters by the first byte of their key (D day cap, B budget, C / c code uses), and codes."""
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        kinds: dict[str, int] = {}
+        for key, _ in txn.cursor(db=dbs["counters"]):
+            kinds[key[:1].decode()] = kinds.get(key[:1].decode(), 0) + 1
+        kinds["codes"] = txn.stat(dbs["codes"])["entries"]
+    return kinds
+
+
+def stored_code(ledger) -> bytes | None:
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        return txn.get(CODE.encode(), db=dbs["codes"])
+
+
+class TestCodesAndCounters:
+    def test_inside_the_windows_codes_and_period_counters_stay(self, tmp_path):
+        ledger, _ = a_limited_ledger(tmp_path)
+        before = counter_kinds(ledger)
+        assert before == {"B": 1, "C": 1, "D": len(SHOPPERS), "c": len(SHOPPERS), "codes": 1}
+
+        run_steps(ledger, T0_MS + WINDOWS.return_window_ms)  # day T0 ended less than the window (and margin) ago
+
+        assert counter_kinds(ledger) == before
+
+    def test_past_their_time_codes_and_closed_period_counters_leave_in_bounded_steps(self, tmp_path):
+        ledger, _ = a_limited_ledger(tmp_path)
+
+        steps = run_steps(ledger, PAST_THE_WINDOWS_MS)
+
+        assert len(steps) > 2 * len(SHOPPERS) // RECORDS_PER_STEP
+        assert sum(step.codes_removed for step in steps) == 1
+        assert sum(step.counters_removed for step in steps) == 1 + 2 * len(SHOPPERS)
+        # The budget never closes; the code is a marker, so the key stays taken.
+        assert counter_kinds(ledger) == {"B": 1, "codes": 1}
+        assert stored_code(ledger) == REMOVED_CODE
+        assert ledger.verify(PAST_THE_WINDOWS_MS) == []
+
+    def test_a_run_ends_when_a_walk_holds_a_multiple_of_a_steps_records(self, tmp_path):
+        """A walk over a whole database makes one pass a run: restarted at once, the lots walk
+        would take every step's budget and the walks after it would never finish."""
+        for shoppers in (2 * RECORDS_PER_STEP, 3 * RECORDS_PER_STEP):
+            ledger, _ = a_limited_ledger(tmp_path / str(shoppers), [f"S{index}" for index in range(shoppers)])
+
+            run_steps(ledger, PAST_THE_WINDOWS_MS)
+
+            assert counter_kinds(ledger) == {"B": 1, "codes": 1}
+
+    def test_a_rollback_gives_nothing_back_to_a_removed_counter_and_verify_agrees(self, tmp_path):
+        ledger, txn_ids = a_limited_ledger(tmp_path)
+        run_steps(ledger, PAST_THE_WINDOWS_MS)
+
+        (outcome,) = ledger.apply([RollbackOp("cancel-S0", b"x" * 16, transaction_id=txn_ids[0])],
+                                  PAST_THE_WINDOWS_MS)
+
+        assert outcome.code == Code.OK, outcome
+        assert counter_kinds(ledger) == {"B": 1, "codes": 1}  # no closed-period or code counter came back
+        assert ledger.verify(PAST_THE_WINDOWS_MS) == []
+
+    def test_a_removed_code_cannot_be_imported_again_nor_used(self, tmp_path):
+        ledger, _ = a_limited_ledger(tmp_path)
+        run_steps(ledger, PAST_THE_WINDOWS_MS)
+
+        (again,) = ledger.apply([PromoCodesOp("codes-2", b"d" * 16, "promo", codes=(CODE,), uses_per_account=1)],
+                                PAST_THE_WINDOWS_MS)
+        (presented,) = ledger.apply([limited_purchase("S0", "buy-late")], PAST_THE_WINDOWS_MS)
+
+        assert again.code == Code.ALREADY_EXISTS
+        assert [(code.accepted, code.reason) for code in presented.body.calculation.promo_codes] == [(False, "expired")]
+        assert stored_code(ledger) == REMOVED_CODE
+        assert ledger.verify(PAST_THE_WINDOWS_MS) == []
+
+    def test_the_archive_drops_a_removed_counters_sum_and_verify_passes_across_the_boundary(self, tmp_path):
+        ledger, _ = a_limited_ledger(tmp_path)
+        archive_dir = archive_dir_of(ledger.path)
+        archive_journal(ledger.env, ledger.raw_transaction()[1], archive_dir, T0_MS + DAY_MS,
+                        now_ms=PAST_THE_WINDOWS_MS)
+        assert carried_kinds(ledger) == [b"B", b"C"] + [b"D"] * len(SHOPPERS) + [b"c"] * len(SHOPPERS)
+        run_steps(ledger, PAST_THE_WINDOWS_MS)
+        assert archived_violations(ledger, PAST_THE_WINDOWS_MS) == []  # the carried sums of removed counters too
+
+        (later,) = ledger.apply([limited_purchase("S0", "buy-later")], PAST_THE_WINDOWS_MS)
+        archive_journal(ledger.env, ledger.raw_transaction()[1], archive_dir, PAST_THE_WINDOWS_MS + 1,
+                        now_ms=PAST_THE_WINDOWS_MS + DAY_MS)
+
+        assert later.code == Code.OK
+        assert carried_kinds(ledger) == [b"B", b"D"]  # the budget, and the later purchase's own day
+        assert archived_violations(ledger, PAST_THE_WINDOWS_MS + DAY_MS) == []
+
+
+def carried_kinds(ledger) -> list[bytes]:
+    """The first bytes of the counter keys `archive/counters` carries a sum for, in key order."""
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        return [key[:1] for key in state.read_counters(lambda name, key: txn.get(key, db=dbs[name]))]
+
+
+def archived_violations(ledger, now_ms: int) -> list[str]:
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        return check_ledger(txn, dbs, now_ms, archive_dir_of(ledger.path))

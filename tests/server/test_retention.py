@@ -14,8 +14,9 @@ import grpc
 import lmdb
 import pytest
 
+from kassa.core_ext.compaction import REMOVED_CODE
 from kassa.core_ext.retention import OCCURRED_AT_AHEAD_MAX_S
-from kassa.v1 import processing_pb2
+from kassa.v1 import admin_pb2, common_pb2, processing_pb2
 from tests.kassa_harness import DAY_MS, T0_MS
 from tests.server.helpers import (
     accrue, balance, by_account, earn, line, open_account, receipt, redeem, refused, rollback, snapshot,
@@ -268,3 +269,95 @@ def _buy(server, day: int) -> None:
         ]
         results = server.processing.ProcessBatch(processing_pb2.ProcessBatchRequest(operations=operations)).results
         assert all(result.WhichOneof("result") == "accrue" for result in results)
+
+
+LIMITED_PROGRAM = """
+[program]
+name = "codes and counters that end"
+points_lifetime_days = 365
+"""
+LIMITED_CAMPAIGNS = """
+[[campaigns]]
+id = "day-30"
+when = { category_prefixes = ["daily/"] }
+effect = { kind = "earn_fixed", points = 30 }
+limits = { account_day_max_points = 100 }
+
+[[campaigns]]
+id = "promo-500"
+promo_code = true
+when = { category_prefixes = ["promo/"] }
+effect = { kind = "earn_fixed", points = 500 }
+"""
+CODE = "SPRING-1"
+CODE_VALID_DAYS = 10
+CODED_PURCHASE = common_pb2.Receipt(
+    store_id="store-1", terminal_id="term-1", receipt_no="R-1",
+    lines=[line(1, 1_000, category="daily/x"), line(2, 1_000, category="promo/x")], promo_codes=[CODE])
+
+
+def _counters_and_code(server) -> tuple[list[bytes], bytes | None]:
+    """The counters' keys and the code's stored value, read beside the running server."""
+    env = lmdb.open(str(server.ledger_path), readonly=True, lock=True, max_dbs=16, subdir=True)
+    try:
+        with env.begin() as txn:
+            counters = [key for key, _ in txn.cursor(db=env.open_db(b"counters", txn=txn, create=False))]
+            code = txn.get(CODE.encode(), db=env.open_db(b"codes", txn=txn, create=False))
+    finally:
+        env.close()
+    return counters, code
+
+
+def _import_code(server, request_id: str, **validity) -> None:
+    server.admin.ImportPromoCodes(admin_pb2.ImportPromoCodesRequest(
+        request_id=request_id, campaign_id="promo-500", codes=[CODE], uses_per_account=1, **validity))
+
+
+class TestCodesAndCounters:
+    @pytest.fixture
+    def coded_shop(self, start_kassa, tmp_path):
+        rules = tmp_path / "rules"
+        rules.mkdir()
+        (rules / "program.toml").write_text(LIMITED_PROGRAM)
+        (rules / "campaigns.toml").write_text(LIMITED_CAMPAIGNS)
+        return start_kassa(rules=rules, env={"KASSA_LEDGER_COMPACTION_INTERVAL_S": str(COMPACTION_INTERVAL_S)})
+
+    def test_past_their_time_a_code_and_its_counters_leave_and_the_code_cannot_come_back(self, coded_shop):
+        open_account(coded_shop, "A-1")
+        valid_to = processing_pb2.AccrueRequest().occurred_at
+        valid_to.FromMilliseconds(T0_MS + CODE_VALID_DAYS * DAY_MS)
+        _import_code(coded_shop, "codes-1", valid_to=valid_to)
+        bought = accrue(coded_shop, "A-1", CODED_PURCHASE, request_id="buy-1")
+        assert [(code.accepted, code.reason) for code in bought.calculation.promo_codes] == [(True, "")]
+        counters, _ = _counters_and_code(coded_shop)
+        assert sorted(key[:1] for key in counters) == [b"C", b"D", b"c"]
+
+        coded_shop.clock.advance(days=CODE_VALID_DAYS + RETURN_WINDOW_DAYS + 2)
+        compact_now(coded_shop, runs=3)
+
+        counters, code = _counters_and_code(coded_shop)
+        assert counters == []
+        assert code == REMOVED_CODE
+        assert sum(run["codes_removed"] for run in compactions(coded_shop)) == 1
+        assert sum(run["counters_removed"] for run in compactions(coded_shop)) == 3
+        assert_verifies(coded_shop)
+        with refused(grpc.StatusCode.ALREADY_EXISTS):
+            _import_code(coded_shop, "codes-2")
+        again = accrue(coded_shop, "A-1", CODED_PURCHASE, request_id="buy-2")
+        assert [(code.accepted, code.reason) for code in again.calculation.promo_codes] == [(False, "expired")]
+
+    def test_a_rollback_across_removed_counters_gives_nothing_back_to_them_and_verify_passes(self, coded_shop):
+        open_account(coded_shop, "A-1")
+        valid_to = processing_pb2.AccrueRequest().occurred_at
+        valid_to.FromMilliseconds(T0_MS + CODE_VALID_DAYS * DAY_MS)
+        _import_code(coded_shop, "codes-1", valid_to=valid_to)
+        bought = accrue(coded_shop, "A-1", CODED_PURCHASE, request_id="buy-1")
+        coded_shop.clock.advance(days=CODE_VALID_DAYS + RETURN_WINDOW_DAYS + 2)
+        compact_now(coded_shop, runs=3)
+
+        cancelled = rollback(coded_shop, "cancel-1", transaction_id=bought.transaction_id)
+
+        assert cancelled.reversed_transaction_id == bought.transaction_id
+        counters, _ = _counters_and_code(coded_shop)
+        assert counters == []  # before, each came back below zero
+        assert_verifies(coded_shop)
