@@ -269,6 +269,24 @@ class EventOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=12):
     amount_minor: int = 0  # top-up or bill amount, for percent campaigns
     related: Customer | None = None  # e.g. the referred friend, for `related_points`
     actor: str = ""
+    # Partitions: `related` (then an account id) is in another partition; its share goes to this
+    # partition's outbox and a relay credits it there (server/relay.py).
+    related_elsewhere: bool = False
+
+
+class RelatedCreditOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=16):
+    """Partitions: the related customer's share of an event made in another partition, relayed
+    from that partition's outbox under a request id derived from the event's (server/relay.py)."""
+
+    request_id: str
+    digest: bytes
+    account_id: str
+    points: int
+    event_type: str
+    ruleset_version: str = ""
+    activate_at_ms: int = 0
+    expire_at_ms: int = 0
+    actor: str = ""
 
 
 class PromoCodesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=13):

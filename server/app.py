@@ -34,6 +34,7 @@ from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
 from kassa.server.commit import GroupCommitter
 from kassa.server.partition_commit import PartitionedCommitter
+from kassa.server.relay import RELAY_INTERVAL_S, Relay
 from kassa.server.interceptors.access_log import AccessLogInterceptor
 from kassa.server.interceptors.auth import AuthInterceptor
 from kassa.server.interceptors.decode import DecodeInterceptor
@@ -372,6 +373,9 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
         chores.append(loop.create_task(archive_periodically(config.ledger, parts.clock)))
     if isinstance(ledger, PartitionedLedger):
         chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
+        relay = Relay(ledger, committer)  # events whose related customer is in another partition
+        committer.on_outbox = relay.kick
+        chores.append(loop.create_task(relay.run_periodically(RELAY_INTERVAL_S)))
     await stop.wait()
     for chore in chores:
         chore.cancel()

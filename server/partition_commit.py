@@ -15,8 +15,8 @@ from msgspec.structs import replace
 
 from kassa.core_ext.model import (
     AccrueOp, AdjustOp, BlockCardOp, Code, CompactOp, CompactResult, CreateAccountOp, Customer, EventOp, IdKind,
-    IssueCardOp, JoinGroupOp, LeaveGroupOp, Outcome, PromoCodesOp, Reason, RedeemOp, RollbackKind, RollbackOp,
-    SetAttributesOp, SweepOp, SweepResult, rejected,
+    IssueCardOp, JoinGroupOp, LeaveGroupOp, Outcome, PromoCodesOp, Reason, RedeemOp, RelatedCreditOp, RollbackKind,
+    RollbackOp, SetAttributesOp, SweepOp, SweepResult, rejected,
 )
 from kassa.core_ext.partitions import partition_of_txn
 from kassa.core_ext.records import decode_idempotency
@@ -40,6 +40,10 @@ class _AllIdle:
 class PartitionedCommitter:
     def __init__(self, ledger, clock, batch_max: int, wait_us_max: int, metrics=None):
         self._ledger = ledger
+        self._clock = clock
+        # Called when a group may have left work in an outbox (an event whose related customer is in
+        # another partition, a rollback of one): server/relay.py's `Relay.kick`.
+        self.on_outbox = None
         self.committers = [GroupCommitter(writer, clock, batch_max, wait_us_max, metrics) for writer in ledger.writers]
         self.idle = _AllIdle(self.committers)
 
@@ -72,7 +76,11 @@ class PartitionedCommitter:
         everywhere = []
         with self._ledger.directory.env.begin() as txn:  # one read transaction for every look-up
             routes = [self._route(op, txn) for op in ops]
+        ops = list(ops)
         for position, route in enumerate(routes):
+            if type(route) is tuple:  # the operation as its partition applies it
+                route, ops[position] = route
+                routes[position] = route
             if isinstance(route, Outcome):
                 outcomes[position] = route
             elif route == EVERY_PARTITION:
@@ -87,6 +95,8 @@ class PartitionedCommitter:
                 outcomes[position] = outcome
         for position in everywhere:
             outcomes[position] = await self._everywhere(ops[position], abort_in_flight)
+        if self.on_outbox is not None and any(_may_leave_outbox_work(op, outcome) for op, outcome in zip(ops, outcomes)):
+            self.on_outbox()
         return outcomes
 
     # -- Routes ------------------------------------------------------------------------------
@@ -111,14 +121,24 @@ class PartitionedCommitter:
             return self._join_route(op, txn)
         if kind is RollbackOp:
             return self._rollback_route(op)
+        if kind is RelatedCreditOp:
+            return ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn)
         return EVERY_PARTITION  # SetRulesOp, SweepOp, CompactOp, PromoCodesOp
 
     def _event_route(self, op, txn):
+        """The customer's partition. A related customer in another one is named by its account id
+        there, and its share goes to the event partition's outbox (server/relay.py credits it)."""
         partition = self._ledger.partition_of(op.customer, txn)
-        if op.related is not None and self._ledger.partition_of(op.related, txn) != partition:
-            return rejected(Code.FAILED_PRECONDITION, "related: the related customer is in another partition; "
-                            "events across partitions are not supported yet")
-        return partition
+        if op.related is None:
+            return partition
+        related_partition = self._ledger.partition_of(op.related, txn)
+        if related_partition == partition:
+            return partition
+        found = self._ledger.parts[related_partition].account(op.related, self._clock.now_ms())
+        if found.code != Code.OK:  # "customer.card: no account ..." as the ledger says it of `related`
+            return rejected(found.code, "related." + found.message.split(".", 1)[1], found.reason)
+        related = _customer(IdKind.ACCOUNT, found.body.account_id)
+        return partition, replace(op, related=related, related_elsewhere=True)
 
     def _create_route(self, op, txn):
         """By the account id, else by the request id (a retry names the same one: the same partition).
@@ -192,6 +212,13 @@ class PartitionedCommitter:
             if other.code != Code.OK:
                 return other
         return outcome
+
+
+def _may_leave_outbox_work(op, outcome: Outcome) -> bool:
+    kind = type(op)
+    if outcome is None or outcome.code != Code.OK:
+        return False
+    return (kind is EventOp and op.related_elsewhere) or (kind is RollbackOp)
 
 
 def _customer(kind: int, value: str) -> Customer:
