@@ -289,6 +289,31 @@ class RelatedCreditOp(msgspec.Struct, array_like=True, gc=False, frozen=True, ta
     actor: str = ""
 
 
+class MoveOutOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=17):
+    """Partitions: take an empty member out of its partition, to join a group in `partition`;
+    what moves (`MoveInOp`) waits in the outbox (core_ext/ledger/moves.pxi)."""
+
+    request_id: str  # the join's and MOVE_OUT_SUFFIX
+    digest: bytes
+    join: JoinGroupOp
+    partition: int
+    actor: str = ""
+
+
+class MoveInOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=18):
+    """Partitions: a member's account record, identifiers, journal entries (oldest first) and their
+    requests' idempotency records, taken out of another partition; then the join (`join`)."""
+
+    request_id: str  # the join's: its retry replays here
+    digest: bytes
+    join: JoinGroupOp
+    account: bytes
+    idents: tuple[tuple[bytes, bytes], ...] = ()
+    entries: tuple[bytes, ...] = ()
+    requests: tuple[tuple[bytes, bytes], ...] = ()
+    actor: str = ""
+
+
 class PromoCodesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=13):
     """Create promo codes bound to a campaign: generated from `pattern`, or the `codes` given."""
 

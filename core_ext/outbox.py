@@ -18,6 +18,8 @@ import msgspec
 
 OUTBOX_DB = b"outbox"
 WORK_PREFIX, DONE_PREFIX = b"w:", b"d:"
+MOVE_PREFIX = b"m:"  # a member moving to its group's partition (core_ext/ledger/moves.pxi), by the join's request id
+MOVE_OUT_SUFFIX = "/move-out"  # the request id of taking it out: the join's and this
 RELATED_SUFFIX = "/related"  # the related credit's request id: the event's and this
 ROLLBACK_SUFFIX = "/rollback"  # the rollback of that credit: the credit's request id and this
 
@@ -67,3 +69,35 @@ def reversed_record(get, str_request_id: str):
     record = decode_outbox(stored)
     record.state = OutboxState.REVERSE
     return key, encode_outbox(record)
+
+
+def read_move(ledger, join_request_id: str):
+    """The `MoveInOp` waiting in `ledger`'s outbox for the join `join_request_id`, or None."""
+    from kassa.core_ext.model import MoveInOp
+
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        stored = txn.get(MOVE_PREFIX + join_request_id.encode(), db=dbs["outbox"])
+    return None if stored is None else msgspec.msgpack.Decoder(MoveInOp).decode(stored)
+
+
+def pending_moves(ledger) -> list:
+    """Every `MoveInOp` waiting in `ledger`'s outbox."""
+    from kassa.core_ext.model import MoveInOp
+
+    decode = msgspec.msgpack.Decoder(MoveInOp).decode
+    txn, dbs = ledger.raw_transaction()
+    moves = []
+    with txn, txn.cursor(db=dbs["outbox"]) as cursor:
+        if cursor.set_range(MOVE_PREFIX):
+            for key, value in cursor:
+                if not key.startswith(MOVE_PREFIX):
+                    break
+                moves.append(decode(value))
+    return moves
+
+
+def forget_move(ledger, join_request_id: str) -> None:
+    _, dbs = ledger.raw_transaction()  # (a transaction not begun until entered)
+    with ledger.env.begin(write=True) as txn:
+        txn.delete(MOVE_PREFIX + join_request_id.encode(), db=dbs["outbox"])

@@ -15,14 +15,19 @@ from msgspec.structs import replace
 
 from kassa.core_ext.model import (
     AccrueOp, AdjustOp, BlockCardOp, Code, CompactOp, CompactResult, CreateAccountOp, Customer, EventOp, IdKind,
-    IssueCardOp, JoinGroupOp, LeaveGroupOp, Outcome, PromoCodesOp, Reason, RedeemOp, RelatedCreditOp, RollbackKind,
+    IssueCardOp, JoinGroupOp, LeaveGroupOp, MoveInOp, MoveOutOp, Outcome, PromoCodesOp, Reason, RedeemOp, RelatedCreditOp, RollbackKind,
     RollbackOp, SetAttributesOp, SweepOp, SweepResult, rejected,
 )
-from kassa.core_ext.partitions import partition_of_txn
+from kassa.core_ext.outbox import MOVE_OUT_SUFFIX, forget_move, read_move
+from kassa.core_ext.partitions import partition_of_txn, place_key
 from kassa.core_ext.records import decode_idempotency
 from kassa.server.commit import GroupCommitter
 
 EVERY_PARTITION = -1  # a route: the operation goes to every partition
+
+
+class _Moving(tuple):
+    """A route: a JoinGroup whose member (in partition `[0]`) moves to the group's (`[1]`)."""
 BY_CUSTOMER = (AccrueOp, RedeemOp, SetAttributesOp, AdjustOp)
 
 
@@ -73,16 +78,18 @@ class PartitionedCommitter:
     async def submit(self, ops: list, abort_in_flight: bool = True) -> list[Outcome]:
         outcomes: list = [None] * len(ops)
         routed: dict[int, list[int]] = {}
-        everywhere = []
+        everywhere, moving = [], []
         with self._ledger.directory.env.begin() as txn:  # one read transaction for every look-up
             routes = [self._route(op, txn) for op in ops]
         ops = list(ops)
         for position, route in enumerate(routes):
-            if type(route) is tuple:  # the operation as its partition applies it
+            if type(route) is tuple and len(route) == 2 and type(route[1]) is not int:  # the op as its partition applies it
                 route, ops[position] = route
                 routes[position] = route
             if isinstance(route, Outcome):
                 outcomes[position] = route
+            elif type(route) is _Moving:
+                moving.append((position, route))
             elif route == EVERY_PARTITION:
                 everywhere.append(position)
             else:
@@ -95,6 +102,8 @@ class PartitionedCommitter:
                 outcomes[position] = outcome
         for position in everywhere:
             outcomes[position] = await self._everywhere(ops[position], abort_in_flight)
+        for position, (source, target) in moving:
+            outcomes[position] = await self._join_moving(ops[position], source, target, abort_in_flight)
         if self.on_outbox is not None and any(_may_leave_outbox_work(op, outcome) for op, outcome in zip(ops, outcomes)):
             self.on_outbox()
         return outcomes
@@ -163,11 +172,44 @@ class PartitionedCommitter:
 
     def _join_route(self, op, txn):
         partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.parent_account_id), txn)
-        if self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn) != partition:
-            return rejected(Code.FAILED_PRECONDITION, f"account_id: '{op.account_id}' is in another partition than "
-                            f"'{op.parent_account_id}'; moving it into the group's is not supported yet",
-                            Reason.ALREADY_IN_GROUP)
+        member_partition = self._ledger.partition_of(_customer(IdKind.ACCOUNT, op.account_id), txn)
+        if member_partition != partition:
+            return _Moving((member_partition, partition))
         return partition
+
+    # -- A member moving to its group's partition (core_ext/ledger/moves.pxi) -------------------
+
+    async def _join_moving(self, op, source: int, target: int, abort_in_flight: bool) -> Outcome:
+        """Take the member out of `source` (its records wait in the outbox), put it into the group's
+        partition and join it there (`finish_move`). A retry after the move replays the join there."""
+        parent = self._ledger.parts[target].account(_customer(IdKind.ACCOUNT, op.parent_account_id),
+                                                    self._clock.now_ms())
+        if parent.code != Code.OK:
+            return rejected(Code.NOT_FOUND, f"parent_account_id: no account '{op.parent_account_id}'")
+        if parent.body.parent_account_id:
+            return rejected(Code.FAILED_PRECONDITION, "account_id: groups are one level deep and an account "
+                            "belongs to at most one", Reason.ALREADY_IN_GROUP)
+        leaving = MoveOutOp(op.request_id + MOVE_OUT_SUFFIX, op.digest, op, target, op.actor)
+        (outcome,) = await self.committers[source].submit([leaving], abort_in_flight)
+        if outcome.code != Code.OK:
+            return outcome
+        moving = read_move(self._ledger.parts[source], op.request_id)
+        if moving is None:  # moved by an earlier try: the join replays in the group's partition
+            return (await self.submit([op], abort_in_flight))[0]
+        return await self.finish_move(source, moving, abort_in_flight)
+
+    async def finish_move(self, source: int, moving: MoveInOp, abort_in_flight: bool = True) -> Outcome:
+        """Into the group's partition, then the directory's forward, then out of `source`'s outbox:
+        each step done again is harmless, so the relay finishes a move a crash cut short."""
+        target = self._ledger.partition_of(_customer(IdKind.ACCOUNT, moving.join.parent_account_id))
+        (outcome,) = await self.committers[target].submit([moving], abort_in_flight)
+        if outcome.code not in (Code.OK, Code.FAILED_PRECONDITION):
+            return outcome  # not applied (the disk, a drain): the outbox keeps it for the relay
+        places = [(place_key(IdKind.ACCOUNT, moving.join.account_id), target)] + \
+            [(key, target) for key, _ in moving.idents]
+        await asyncio.to_thread(self._ledger.directory.record, places)
+        await asyncio.to_thread(forget_move, self._ledger.parts[source], moving.join.request_id)
+        return outcome
 
     def _rollback_route(self, op):
         """By transaction id: its partition. By request id: the partition that holds the original's

@@ -17,7 +17,7 @@ import logging
 
 from kassa.core_ext.model import Code, RelatedCreditOp, RollbackOp
 from kassa.core_ext.outbox import (
-    DONE_PREFIX, ROLLBACK_SUFFIX, WORK_PREFIX, OutboxState, decode_outbox, done_key, encode_outbox,
+    DONE_PREFIX, ROLLBACK_SUFFIX, WORK_PREFIX, OutboxState, decode_outbox, done_key, encode_outbox, pending_moves,
     related_request_id, work_key,
 )
 
@@ -74,7 +74,11 @@ class Relay:
     async def run_once(self) -> int:
         """Relay what every partition's outbox holds; returns the records settled."""
         settled = 0
-        for ledger in self._ledger.parts:
+        for index, ledger in enumerate(self._ledger.parts):
+            for moving in await asyncio.to_thread(pending_moves, ledger):  # members a crash left mid-move
+                outcome = await self._committer.finish_move(index, moving)
+                if outcome.code not in (Code.OK, Code.FAILED_PRECONDITION):
+                    log.warning("outbox relay of the move %r refused: %s", moving.request_id, outcome.message)
             work = await asyncio.to_thread(pending_work, ledger, RELAY_BATCH_MAX)
             if not work:
                 continue

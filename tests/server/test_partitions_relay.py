@@ -8,6 +8,7 @@ tests/reliability/test_partitions_crash.py.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from kassa.core_ext import Program, load_program
@@ -43,11 +44,27 @@ def refer(server, request_id: str, friend: str, referrer: str):
     return server.processing.ProcessEvent(request, timeout=CALL_TIMEOUT_S)
 
 
-def wait_for_points(server, account_id: str, points: int) -> None:
+def wait_until(done) -> None:
     deadline = time.monotonic() + RELAYED_WITHIN_S
-    while balance(server, account_id).active_points != points:
-        assert time.monotonic() < deadline, f"{account_id} never got to {points} points"
+    while not done():
+        assert time.monotonic() < deadline, f"not relayed within {RELAYED_WITHIN_S} s"
         time.sleep(0.05)
+
+
+def wait_for_points(server, account_id: str, points: int) -> None:
+    wait_until(lambda: balance(server, account_id).active_points == points)
+
+
+@contextlib.contextmanager
+def open_partitioned(server):
+    """The stopped server's ledger, opened in this process (to leave it as a crash would)."""
+    program = Program(load_program([REPO / "config" / "rules"]))
+    ledger = PartitionedLedger(str(server.ledger_path), program, LEDGER_MAP_SIZE_BYTES, HOLD_TTL_S,
+                               partitions=PARTITIONS)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
 
 
 def assert_relayed_cleanly(server) -> None:
@@ -118,10 +135,7 @@ class TestReferralAcrossPartitions:
 def commit_event_without_relay(server, request_id: str, friend: str, referrer: str, then_roll_back=False) -> None:
     """What a crash right after the event's commit leaves: the event and its outbox record in the
     friend's partition, nothing yet in the referrer's (the server is stopped meanwhile)."""
-    program = Program(load_program([REPO / "config" / "rules"]))
-    ledger = PartitionedLedger(str(server.ledger_path), program, LEDGER_MAP_SIZE_BYTES, HOLD_TTL_S,
-                               partitions=PARTITIONS)
-    try:
+    with open_partitioned(server) as ledger:
         op = EventOp(request_id, b"direct", Customer(IdKind.ACCOUNT, friend), "referral",
                      related=Customer(IdKind.ACCOUNT, referrer), related_elsewhere=True)
         (outcome,) = ledger.writers[0].apply([op], int(server.clock.path.read_text()))
@@ -131,8 +145,6 @@ def commit_event_without_relay(server, request_id: str, friend: str, referrer: s
             (outcome,) = ledger.writers[0].apply([undo], int(server.clock.path.read_text()))
             assert outcome.code == 0, outcome.message
         assert outbox_counts(ledger.parts[0]) == (1, 0)
-    finally:
-        ledger.close()
 
 
 def test_the_relay_at_start_completes_an_event_a_crash_left_half_done(start_kassa):
