@@ -5,6 +5,11 @@ and gives the outcomes back in the caller's order; the partitions' groups commit
 What every partition must see is sent to each: a ruleset (SetRulesOp), the expiry sweep, compaction,
 new promo codes (generated in partition 0, then imported as the same codes by the others), and a Rollback by
 request id whose original is in no partition (a tombstone in each, DESIGN §6).
+
+Across partitions: an event whose related customer is in another partition goes to the customer's, its
+related share to that partition's outbox (server/relay.py credits it where the related customer is);
+a JoinGroup whose member is in another partition moves the member to the group's first
+(`_join_moving`, core_ext/ledger/moves.pxi).
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ class PartitionedCommitter:
             routes = [self._route(op, txn) for op in ops]
         ops = list(ops)
         for position, route in enumerate(routes):
-            if type(route) is tuple and len(route) == 2 and type(route[1]) is not int:  # the op as its partition applies it
+            if type(route) is tuple:  # (partition, the operation as it applies it); a _Moving is no plain tuple
                 route, ops[position] = route
                 routes[position] = route
             if isinstance(route, Outcome):
