@@ -222,7 +222,11 @@ class PartitionedCommitter:
         partitions = len(self.committers)
         if op.transaction_id:
             partition = partition_of_txn(op.transaction_id)
-            return partition if partition < partitions else 0  # 0 answers NOT_FOUND
+            if partition < partitions and self._holds_entry(partition, op.transaction_id):
+                return partition
+            # Since `kassa partitions split` an entry keeps its id wherever its account went.
+            found = next((index for index in range(partitions) if self._holds_entry(index, op.transaction_id)), None)
+            return found if found is not None else partition if partition < partitions else 0  # 0: NOT_FOUND
         key = op.original_request_id.encode()
         for partition, ledger in enumerate(self._ledger.parts):
             transaction, dbs = ledger.raw_transaction()
@@ -231,6 +235,11 @@ class PartitionedCommitter:
             if stored is not None and decode_idempotency(stored).digest != b"":
                 return partition
         return EVERY_PARTITION
+
+    def _holds_entry(self, partition: int, txn_id: int) -> bool:
+        transaction, dbs = self._ledger.parts[partition].raw_transaction()
+        with transaction as txn:
+            return txn.get(txn_id.to_bytes(8, "big"), db=dbs["journal"]) is not None
 
     # -- Every partition ------------------------------------------------------------------------
 
