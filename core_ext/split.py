@@ -34,7 +34,7 @@ from kassa.core_ext.partitions import (
 )
 
 EVERY = -1  # a placement: every new partition
-SPLIT_MAP_SIZE_BYTES = 1 << 36  # each new partition's map (sparse); the server adopts its own size on open
+MAP_SIZE = "map_size_bytes"  # (in what `_read` returns) the old partition's map: each new one starts at the largest
 ALL_DBS = DB_NAMES + (OUTBOX_DB,)
 
 
@@ -50,7 +50,7 @@ def _read(path: str) -> dict[str, list[tuple[bytes, bytes]]]:
     env = lmdb.open(path, max_dbs=MAX_DBS, readonly=True, lock=False)
     try:
         with env.begin() as txn:
-            tables = {}
+            tables = {MAP_SIZE: env.info()["map_size"]}
             for name in ALL_DBS:
                 try:
                     db = env.open_db(name, txn=txn, create=False)
@@ -153,9 +153,9 @@ def _place_counters(plan: _Plan) -> None:
                 plan.out[index]["counters"][key] = value.to_bytes(8, "big", signed=True)
 
 
-def _write_partition(path: str, index: int, tables: dict) -> None:
+def _write_partition(path: str, index: int, tables: dict, map_size_bytes: int) -> None:
     os.makedirs(path)
-    env = lmdb.open(path, map_size=SPLIT_MAP_SIZE_BYTES, max_dbs=MAX_DBS)
+    env = lmdb.open(path, map_size=map_size_bytes, max_dbs=MAX_DBS)
     try:
         with env.begin(write=True) as txn:
             highest = 0
@@ -201,9 +201,11 @@ def _shared_caps(plan: _Plan, old_escrow: dict[bytes, bytes], program) -> dict[b
         elif key.startswith(b"C:"):
             code = plan.out[0]["codes"].get(key[2:])
             caps[key] = rec.decode_promo_code(code).uses_total if code else 0
-        else:
+        elif key[2:].decode() in program.limits:
             limits, discount = program.limits[key[2:].decode()]
             caps[key] = limits.budget_minor if discount else limits.budget_points
+        else:
+            caps[key] = 0
         if not caps[key]:
             raise SplitRefused(f"the shared counter {key!r} has no cap in the ledger or the rule files")
     return caps
@@ -233,7 +235,7 @@ def split(root: str, partitions_to: int, program) -> dict:
         raise SplitRefused(f"{staging} exists (an earlier split cut short?); remove it and run again")
     os.makedirs(staging)
     for index, tables_out in enumerate(plan.out):
-        _write_partition(partition_path(staging, index), index, tables_out)
+        _write_partition(partition_path(staging, index), index, tables_out, max(t[MAP_SIZE] for t in tables))
     _write_directory(staging, plan, caps)
     kept = f"{root.rstrip('/')}.before-split-{partitions_from}"
     os.rename(root, kept)
