@@ -269,6 +269,49 @@ class EventOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=12):
     amount_minor: int = 0  # top-up or bill amount, for percent campaigns
     related: Customer | None = None  # e.g. the referred friend, for `related_points`
     actor: str = ""
+    # Partitions: `related` (then an account id) is in another partition; its share goes to this
+    # partition's outbox and a relay credits it there (server/relay.py).
+    related_elsewhere: bool = False
+
+
+class RelatedCreditOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=16):
+    """Partitions: the related customer's share of an event made in another partition, relayed
+    from that partition's outbox under a request id derived from the event's (server/relay.py)."""
+
+    request_id: str
+    digest: bytes
+    account_id: str
+    points: int
+    event_type: str
+    ruleset_version: str = ""
+    activate_at_ms: int = 0
+    expire_at_ms: int = 0
+    actor: str = ""
+
+
+class MoveOutOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=17):
+    """Partitions: take an empty member out of its partition, to join a group in `partition`;
+    what moves (`MoveInOp`) waits in the outbox (core_ext/ledger/moves.pxi)."""
+
+    request_id: str  # the join's and MOVE_OUT_SUFFIX
+    digest: bytes
+    join: JoinGroupOp
+    partition: int
+    actor: str = ""
+
+
+class MoveInOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=18):
+    """Partitions: a member's account record, identifiers, journal entries (oldest first) and their
+    requests' idempotency records, taken out of another partition; then the join (`join`)."""
+
+    request_id: str  # the join's: its retry replays here
+    digest: bytes
+    join: JoinGroupOp
+    account: bytes
+    idents: tuple[tuple[bytes, bytes], ...] = ()
+    entries: tuple[bytes, ...] = ()
+    requests: tuple[tuple[bytes, bytes], ...] = ()
+    actor: str = ""
 
 
 class PromoCodesOp(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=13):

@@ -37,6 +37,7 @@ from kassa.server.cluster.forward import ForwardInterceptor
 from kassa.server.cluster.node import ClusterNode, ClusterRefused
 from kassa.server.commit import GroupCommitter
 from kassa.server.partition_commit import PartitionedCommitter
+from kassa.server.relay import RELAY_INTERVAL_S, Relay
 from kassa.server.interceptors.access_log import AccessLogInterceptor
 from kassa.server.interceptors.auth import AuthInterceptor
 from kassa.server.interceptors.decode import DecodeInterceptor
@@ -431,6 +432,9 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
         chores.append(loop.create_task(archive_periodically(config.ledger, parts.clock)))
     if isinstance(ledger, PartitionedLedger):
         chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
+        relay = Relay(ledger, committer)  # events whose related customer is in another partition
+        committer.on_outbox = relay.kick
+        chores.append(loop.create_task(relay.run_periodically(RELAY_INTERVAL_S)))
     if parts.cluster is not None:
         parts.cluster.start(parts.processing.process_events)  # runs until the cluster closes, after the drain
         chores.append(loop.create_task(report_cluster_health(parts)))

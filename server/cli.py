@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     period.add_argument("--older-than-days", type=int, help="archive entries older than this many days "
                         "(default: ledger.archive_after_s)")
 
+    partitions = commands.add_parser("partitions", help="change the ledger's partitions (offline)")
+    partitions_commands = partitions.add_subparsers(dest="partitions_command", required=True)
+    split = partitions_commands.add_parser("split", help="move the stopped ledger to more partitions")
+    split.add_argument("--config", default=DEFAULT_CONFIG)
+    split.add_argument("--to", type=int, required=True, help="the partitions it will have (more than now)")
+
     rules = commands.add_parser("rules", help="work with loyalty program files")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_commands.add_parser("check", help="validate rule files without a server")
@@ -79,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return _init(args)
     if args.command == "cluster":
         return _cluster_status(args)
+    if args.command == "partitions":
+        return _partitions_split(args)
     return _rules_check(args)
 
 
@@ -359,6 +367,35 @@ def _remove_backup(target: Path, created: Path | None) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
+
+
+def _partitions_split(args) -> int:
+    """`kassa partitions split --to P2`: offline; refused while a server holds the ledger."""
+    from kassa.core_ext import Program, load_program
+    from kassa.core_ext.limits import PARTITIONS_MAX
+    from kassa.core_ext.split import SplitRefused, split
+    from kassa.server.startup import StartupRefused, _lock_ledger
+
+    config = _load(args.config)
+    if not 1 < args.to <= PARTITIONS_MAX:
+        print(f"kassa: --to: must be 2 to {PARTITIONS_MAX}, got {args.to}", file=sys.stderr)
+        return 2
+    try:
+        lock = _lock_ledger(config.ledger.path)  # held until the split is done: no server starts meanwhile
+    except StartupRefused as error:
+        print(f"kassa: {error}; stop it before splitting", file=sys.stderr)
+        return 2
+    try:
+        program = Program(load_program([Path(path) for path in config.rules.paths]))
+        summary = split(config.ledger.path, args.to, program)
+    except SplitRefused as error:
+        print(f"kassa: {error}", file=sys.stderr)
+        return 2
+    finally:
+        os.close(lock)
+    print(json.dumps(summary))
+    print(f"kassa: set ledger.partitions = {args.to} in the config before the next start", file=sys.stderr)
+    return 0
 
 
 def _verify(args) -> int:

@@ -22,6 +22,7 @@ This file is the one compiled module; the files beside it are included into it, 
     purchases.pxi    accrue, redeem, adjust
     events.pxi       customer events (referrals, check-ins, ...)
     rollbacks.pxi    rollbacks: reversing purchases, returns by line, voiding holds
+    moves.pxi        partitions: an empty member moving to its group's partition
 """
 
 import os
@@ -41,9 +42,10 @@ from kassa.core_ext.model import (
     AccountView, AccrueOp, AccrueResult, AdjustOp, AdjustResult, Balance, BlockCardOp, Calculation, CalculateResult,
     CardInfo, CardResult, Code, CreateAccountOp, EventOp, EventResult, IdKind, IssueCardOp, JoinGroupOp,
     LeaveGroupOp, LineResult, Outcome, PromoCodeResult, PromoCodesOp, PromoCodesResult, Reason, RedeemOp, RedeemResult,
-    RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, SetRulesOp, Shopper, Statement, SweepOp,
+    MoveInOp, MoveOutOp, RelatedCreditOp, RollbackKind, RollbackOp, RollbackResult, SetAttributesOp, SetRulesOp, Shopper, Statement, SweepOp,
     SweepResult, CompactOp, TransactionView, TxnKind, rejected, store_of,
 )
+from kassa.core_ext.outbox import MOVE_PREFIX, OUTBOX_DB, OutboxRec, OutboxState, encode_outbox, reversed_record, work_key
 from kassa.core_ext.program import parse_program
 from kassa.core_ext.promo import PatternError, allowed_count, check_code, generate, parse_pattern
 from kassa.core_ext.rules import Program, prorate_points
@@ -168,11 +170,13 @@ cdef class Ledger:
                       readahead=False, max_readers=readers_max), map_size_bytes_max, disk_reserve_bytes)
         self.env.reader_check()  # reclaim slots of readers that died
         self.dbs = {name.decode(): self.env.open_db(name) for name in DB_NAMES}
+        self.dbs["outbox"] = self.env.open_db(OUTBOX_DB)  # partitions only; tools that list DB_NAMES skip it
         self._handlers = {
             RedeemOp: _redeem, RollbackOp: _rollback,
             CreateAccountOp: _create_account, IssueCardOp: _issue_card, BlockCardOp: _block_card,
             SetAttributesOp: _set_attributes, AdjustOp: _adjust, JoinGroupOp: _join_group,
             LeaveGroupOp: _leave_group, EventOp: _event, PromoCodesOp: _promo_codes,
+            RelatedCreditOp: _related_credit, MoveOutOp: _move_out, MoveInOp: _move_in,
         }
 
     def close(self):
@@ -418,3 +422,4 @@ include "tiers.pxi"
 include "purchases.pxi"
 include "events.pxi"
 include "rollbacks.pxi"
+include "moves.pxi"

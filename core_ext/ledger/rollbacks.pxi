@@ -123,6 +123,8 @@ def _reverse(Ledger self, _Batch batch, op, account, target):
     if reversal.complete and spender.tier_grants:
         spender.tier_grants = [grant for grant in spender.tier_grants if grant[2] != target.txn_id]
     _journal(self, batch, entry, account, member)
+    if target.kind == TXN_EVENT:
+        _outbox_reversed(self, batch, target)
     if forgiven:
         _journal(self, batch, rec.TxnRec(batch.take_id(), TXN_WRITE_OFF, "", account.account_id, batch.now_ms,
                                          forgiven=forgiven, debt_delta=-forgiven, reverses=txn_id,

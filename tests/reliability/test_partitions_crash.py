@@ -10,20 +10,27 @@ Then once more racing a shared budget and a promo code's uses, killed mid-race.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
 
 import grpc
+import lmdb
 
+from kassa.core_ext.ledger import MAX_DBS
+from kassa.core_ext.outbox import OUTBOX_DB, WORK_PREFIX
 from kassa.core_ext.partitions import PARTITION_SHIFT_BITS
-from kassa.v1 import admin_pb2
+from kassa.server.relay import RELAY_INTERVAL_S
+from kassa.v1 import admin_pb2, processing_pb2, processing_pb2_grpc
 from tests.reliability import (
     CALL_TIMEOUT_S, accounts_stub, assert_verifies, create_account, fresh_channel, processing_stub, purchase,
 )
 from tests.reliability import test_crash as crash
 from tests.server import test_partitions as shared
-from tests.server.helpers import balance, open_account
+from tests.server import test_partitions_relay as relay
+from tests.server.helpers import balance, by_account, open_account
+from tests.server.test_process_event import FRIEND_POINTS, REFERRER_POINTS, customer_event
 from tests.server.test_partitions import spread_accounts
 
 PARTITIONS = 4
@@ -132,3 +139,59 @@ def test_kill_9_while_partitions_refill_from_the_bank_never_overspends(start_kas
     assert sum(balance(server, a).active_points for a in accounts) == shared.BUDGET_POINTS + shared.CODE_USES * 5
     summary = assert_verifies(server)
     assert summary["partitions"] == PARTITIONS
+
+
+REFERRALS = 24  # events acknowledged just before the kill, each with a referrer in the other partition
+
+
+def test_kill_9_right_after_referrals_across_partitions_credits_each_side_once(start_kassa):
+    """24 referrals, each friend in one partition and its referrer in the other, sent at once; kill -9
+    as soon as the last is acknowledged (relays may be in flight or not run yet: the outboxes left
+    are printed), restart: the relay at start completes them, each side once; retries answer the same
+    bytes and credit nothing more; verify passes."""
+    server = start_kassa(env={"KASSA_LEDGER_PARTITIONS": "2"})
+    pairs = [(friend, referrer) if number % 2 else (referrer, friend)
+             for number, (friend, referrer) in enumerate(relay.one_in_each(f"KR{n}") for n in range(REFERRALS))]
+    for friend, referrer in pairs:
+        open_account(server, friend)
+        open_account(server, referrer)
+    requests = [processing_pb2.ProcessEventRequest(
+        request_id=f"crm/kill/{number}", event=customer_event(friend, "referral", related=by_account(referrer)))
+        for number, (friend, referrer) in enumerate(pairs)]
+
+    async def send_all():
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = processing_pb2_grpc.ProcessingStub(channel)
+            return await asyncio.gather(*(stub.ProcessEvent(request, timeout=CALL_TIMEOUT_S) for request in requests))
+
+    replies = asyncio.run(send_all())
+    server.kill9()
+    print(f"\nleft to relay at the kill: {relay_work_left(server.ledger_path)} of {REFERRALS}")
+
+    server.start()
+    for _, referrer in pairs:
+        relay.wait_for_points(server, referrer, REFERRER_POINTS)
+    again = [server.processing.ProcessEvent(request, timeout=CALL_TIMEOUT_S) for request in requests]
+    time.sleep(2 * RELAY_INTERVAL_S)
+
+    assert [r.SerializeToString(deterministic=True) for r in again] == \
+        [r.SerializeToString(deterministic=True) for r in replies]
+    for number, (friend, referrer) in enumerate(pairs):
+        assert balance(server, friend).active_points == FRIEND_POINTS
+        assert balance(server, referrer).active_points == REFERRER_POINTS
+        assert len(relay.entries(server, referrer, f"crm/kill/{number}/related")) == 1
+    relay.assert_relayed_cleanly(server)
+
+
+def relay_work_left(ledger_path) -> int:
+    """Outbox records still to relay in a stopped ledger's partitions."""
+    left = 0
+    for index in range(2):
+        env = lmdb.open(str(ledger_path / f"p{index}"), max_dbs=MAX_DBS, readonly=True)
+        try:
+            with env.begin() as txn:
+                outbox = env.open_db(OUTBOX_DB, txn=txn, create=False)
+                left += sum(key.startswith(WORK_PREFIX) for key in txn.cursor(db=outbox).iternext(values=False))
+        finally:
+            env.close()
+    return left
