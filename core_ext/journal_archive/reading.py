@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import bisect
 import threading
+import zlib
 from collections import OrderedDict
 from pathlib import Path
+
+import msgspec
 
 from kassa.core_ext import records as rec
 from kassa.core_ext.journal_archive import segments, state
@@ -44,10 +47,14 @@ class ArchiveReader:
         starts = [block.first_txn_id for block in manifest.blocks]
         block = manifest.blocks[bisect.bisect_right(starts, txn_id) - 1]
         lines = self._block(ref.name, block)
-        at = bisect.bisect_left(lines, txn_id, key=_txn_id_of)  # lines are in txn id order
-        if at == len(lines) or _txn_id_of(lines[at]) != txn_id:
-            return None  # an id the journal never used (ids of aborted groups are not reused)
-        return segments.entry_of_line(lines[at])
+        try:
+            at = bisect.bisect_left(lines, txn_id, key=_txn_id_of)  # lines are in txn id order
+            if at == len(lines) or _txn_id_of(lines[at]) != txn_id:
+                return None  # an id the journal never used (ids of aborted groups are not reused)
+            return segments.entry_of_line(lines[at])
+        except (ValueError, msgspec.DecodeError) as error:  # a block that decompressed to damaged lines
+            raise ArchiveUnreadable(f"archive segment {ref.name}: a damaged line in the block at byte "
+                                    f"{block.offset_bytes} ({error})") from error
 
     def archived(self, get, txn_id: int) -> bool:
         """Whether `txn_id` is below the archive boundary (its entry, if any, is the archive's).
@@ -79,7 +86,7 @@ class ArchiveReader:
                 return lines
         try:
             raw = segments.read_block_lines(self.directory / name, block)
-        except (OSError, EOFError, ValueError) as error:
+        except (OSError, EOFError, ValueError, zlib.error) as error:
             raise ArchiveUnreadable(f"archive segment {name}: cannot read the block at byte "
                                     f"{block.offset_bytes} ({error})") from error
         with self._lock:

@@ -359,6 +359,9 @@ cdef class Ledger:
                                    before_id)
         except lmdb.Error as error:
             return _read_refusal(error)
+        except ArchiveUnreadable as error:  # the statement continues in a segment that is missing or damaged
+            return rejected(Code.FAILED_PRECONDITION, f"the statement continues in the journal archive, "
+                            f"which cannot be read here ({error}); restore the archive directory and retry")
 
     def _statement(self, customer, int page_size, long long before_id):
         with self.env.begin() as txn:

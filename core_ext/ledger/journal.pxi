@@ -96,7 +96,12 @@ cdef object _replay(Ledger self, _Batch batch, op, record):
         return rejected(Code.ALREADY_EXISTS,
                         f"request_id '{op.request_id}' was used before with a different payload")
     if type(record) is AccrueOutcomeRec:
-        return _rebuilt_accrue(record, journal_entry(batch.txn, batch.dbs, self.archive, record.txn_id))
+        try:
+            entry = journal_entry(batch.txn, batch.dbs, self.archive, record.txn_id)
+        except ArchiveUnreadable as error:  # the answer is rebuilt from an archived entry that cannot be read
+            return rejected(Code.FAILED_PRECONDITION, f"request_id '{op.request_id}': its answer is rebuilt from the journal "
+                            f"archive, which cannot be read here ({error}); restore the archive directory and retry")
+        return _rebuilt_accrue(record, entry)
     if type(record) is RetainedRec:  # past the replay window: refused, never applied again
         return answer_not_kept(op, record)
     return _decode_outcome(record.outcome)

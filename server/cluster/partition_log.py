@@ -5,9 +5,10 @@
   partition's subject. If anything else was appended since (a new owner's marker, another writer's
   group), the stream refuses the publish and `append` raises `StaleWriter`: two owners can never
   both commit, whatever their leases and clocks say.
-- `Nats-Msg-Id` (partition, token, expected sequence): a publish retried after a lost answer (a
-  timeout, a server killed) within the stream's deduplication window is answered with the first
-  one's sequence instead of being stored twice.
+- `Nats-Msg-Id` (partition, token, expected sequence, a digest of the group): a publish retried
+  after a lost answer (a timeout, a server killed) within the stream's deduplication window is
+  answered with the first one's sequence instead of being stored twice; a "duplicate" answer is
+  checked against what the log holds there, so another group is never acknowledged in its place.
 The publish returns once the stream's quorum stored the group; only then may the owner apply it and
 answer the callers.
 """
@@ -15,6 +16,7 @@ answer the callers.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import nats.js.errors
@@ -27,6 +29,7 @@ APPEND_ATTEMPT_S_MAX = 2.0  # one publish request
 APPEND_RETRY_PAUSE_S = 0.1
 READ_REQUEST_S_MAX = 2.0  # one read of the log (a message, or the subject's last sequence)
 WRONG_LAST_SEQUENCE_ERR_CODE = 10071  # JSStreamWrongLastSequenceErr
+MESSAGE_ID_DIGEST_BYTES = 8  # of a group's payload, in its message id
 _TRANSIENT = TRANSIENT_ERRORS
 
 
@@ -62,7 +65,11 @@ class PartitionLog:
         """Store one encoded group after `expected_last_sequence`; its stream sequence."""
         if len(payload) > GROUP_BYTES_MAX:
             raise ValueError(f"a commit group of {len(payload)} bytes exceeds GROUP_BYTES_MAX ({GROUP_BYTES_MAX})")
-        message_id = f"{self.partition}:{token}:{expected_last_sequence}"
+        # Unique per group, the same for a retry of it: an id of the position alone would let another
+        # group sent at the same position (after an unanswered one that was stored late) be answered
+        # as that one's duplicate, and acknowledged though the log holds the other.
+        message_id = (f"{self.partition}:{token}:{expected_last_sequence}:"
+                      f"{hashlib.blake2b(payload, digest_size=MESSAGE_ID_DIGEST_BYTES).hexdigest()}")
         deadline_s = time.monotonic() + APPEND_S_MAX
         while True:
             headers = {Header.MSG_ID: message_id,
@@ -70,6 +77,8 @@ class PartitionLog:
             try:
                 ack = await self._js.publish(self.subject, payload, timeout=APPEND_ATTEMPT_S_MAX, stream=LOG_STREAM,
                                              headers=headers)
+                if ack.duplicate:
+                    await self._check_duplicate(ack.seq, payload)
                 return ack.seq
             except nats.js.errors.APIError as error:
                 if error.err_code == WRONG_LAST_SEQUENCE_ERR_CODE:
@@ -82,6 +91,14 @@ class PartitionLog:
             if time.monotonic() >= deadline_s:
                 raise LogUnavailable(f"partition {self.partition}: no acknowledgement within {APPEND_S_MAX} s")
             await asyncio.sleep(APPEND_RETRY_PAUSE_S)
+
+    async def _check_duplicate(self, sequence: int, payload: bytes) -> None:
+        """A publish answered as a duplicate: the group at `sequence` must be this one (a retry of
+        it); anything else there means this group was not stored."""
+        stored = await self.read(sequence)
+        if stored is None or stored[0] != sequence or stored[1] != payload:
+            raise LogUnavailable(f"partition {self.partition}: sequence {sequence} holds another group than the "
+                                 "one sent; it was not stored")
 
     async def read(self, from_sequence: int) -> tuple[int, bytes] | None:
         """The partition's first group at or after `from_sequence`: (sequence, payload), or None."""

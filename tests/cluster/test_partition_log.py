@@ -12,7 +12,7 @@ from kassa.server.cluster.digest import ledger_digest
 from kassa.server.cluster.group_record import LoggedGroup, decode_group, encode_group
 from kassa.server.cluster.lease import LeaseTiming, PartitionLease
 from kassa.server.cluster.owner import NotOwner, PartitionOwner
-from kassa.server.cluster.partition_log import PartitionLog, StaleWriter
+from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 from kassa.server.cluster.replica import Replica
 from kassa.core_ext.model import Code, PromoCodesOp
 from tests.cluster.support import T0_MS, jetstream, open_ledger, opening, purchase
@@ -157,6 +157,23 @@ class TestFencing:
                 log = PartitionLog(js, partition)
                 sequence, payload = await log.read(await log.end())
                 assert decode_group(payload).token == new.lease.token
+
+        asyncio.run(scenario())
+
+    def test_another_group_sent_at_the_position_of_one_stored_late_is_not_acknowledged(self, shared_nats_three,
+                                                                                      partition):
+        """G1's answer was lost but G1 was stored; G2, sent next at the same position, must not be
+        answered as G1's duplicate (the log holds G1, not G2)."""
+        async def scenario():
+            async with jetstream(shared_nats_three, REPLICAS, TIMING.ttl_ms) as (_, js, _):
+                log = PartitionLog(js, partition)
+                late = encode_group(LoggedGroup(partition, 5, T0_MS, "v", ()))
+                other = encode_group(LoggedGroup(partition, 5, T0_MS + 1, "v", ()))
+                stored_at = await log.append(late, 0, token=5)  # stands in for G1, stored late
+                with pytest.raises((LogUnavailable, StaleWriter)):
+                    await log.append(other, 0, token=5)
+                assert (await log.read(stored_at))[1] == late
+                assert await log.end() == stored_at
 
         asyncio.run(scenario())
 

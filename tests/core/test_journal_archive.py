@@ -24,13 +24,15 @@ from kassa.core_ext.journal_archive.runner import archive_closed_period
 from kassa.core_ext.limits import MS_PER_DAY
 from kassa.core_ext.verify import check_ledger
 from kassa.server.config import LedgerSection
-from tests.core.archive_ledger import ACCOUNTS, BOUNDARY_MS, T0_MS, fill, open_ledger
+from tests.core.archive_ledger import ACCOUNTS, BOUNDARY_MS, T0_MS, by_account, fill, open_ledger
 
 NOW_MS = T0_MS + 6 * MS_PER_DAY
 DAY_S = 86_400  # seconds
 # The server's period rule over days: windows of one day, entries older than four days archived.
 FOUR_DAYS_NO_COMPACTION = LedgerSection(archive_after_s=4 * DAY_S, replay_window_s=DAY_S, return_window_s=DAY_S,
                                         compaction_interval_s=0)
+DAMAGED_BYTES = 4  # bytes flipped in the middle of a segment
+STATEMENT_PAGE_MAX = 500  # a whole statement in one page
 PAGE_SIZE = 7  # small, so that pages start on both sides of the boundary and across it
 
 
@@ -387,6 +389,44 @@ class TestRollbackOfArchived:
         assert outcome.reason == Reason.NOT_REVERSIBLE
         assert "segment cannot be read" in outcome.message
 
+
+class TestADamagedSegment:
+    """Bytes changed inside a compressed block: what reads the archive answers a clear refusal naming
+    the segment, never an internal error."""
+
+    @pytest.fixture
+    def damaged(self, tmp_path):
+        ledger = open_ledger(tmp_path / "ledger")
+        fill(ledger, range(0, 6))
+        result = archived(ledger)
+        ledger.close()
+        segment = archive_dir_of(tmp_path / "ledger") / result.segments[0]
+        data = bytearray(segment.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + DAMAGED_BYTES] = bytes(byte ^ 0xFF for byte in data[middle:middle + DAMAGED_BYTES])
+        segment.write_bytes(bytes(data))
+        ledger = open_ledger(tmp_path / "ledger")  # a fresh reader: nothing of the segment cached
+        yield ledger, result
+        ledger.close()
+
+    def test_a_rollback_of_an_entry_in_it_is_refused_naming_the_segment(self, damaged):
+        from kassa.core_ext.model import Code, RollbackOp
+
+        ledger, result = damaged
+        refusals = [ledger.apply([RollbackOp(f"undo/{txn_id}", b"u", transaction_id=txn_id)], NOW_MS)[0]
+                    for txn_id in range(1, result.archived_below_txn_id)]
+
+        assert {outcome.code for outcome in refusals} <= {Code.OK, Code.FAILED_PRECONDITION, Code.NOT_FOUND}
+        assert any("archive segment" in outcome.message for outcome in refusals if outcome.code != Code.OK)
+
+    def test_a_statement_through_it_is_refused_naming_the_segment(self, damaged):
+        from kassa.core_ext.model import Code
+
+        ledger, _ = damaged
+        outcomes = [ledger.statement(by_account(account), STATEMENT_PAGE_MAX, 0) for account in ACCOUNTS]
+
+        assert {outcome.code for outcome in outcomes} <= {Code.OK, Code.FAILED_PRECONDITION}
+        assert any("archive segment" in outcome.message for outcome in outcomes if outcome.code != Code.OK)
 
 def archived_entries(ledger, result) -> list[bytes]:
     """The JSON lines of the archive's first segment."""
