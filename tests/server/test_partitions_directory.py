@@ -19,7 +19,7 @@ import time
 import grpc
 
 from kassa.core_ext import Program, load_program
-from kassa.core_ext.model import IssueCardOp
+from kassa.core_ext.model import CreateAccountOp, IssueCardOp
 from kassa.core_ext.partitions import PartitionedLedger, home_partition
 from kassa.v1 import accounts_pb2, processing_pb2
 from tests.kassa_harness import REPO, START_TIMEOUT_S
@@ -30,6 +30,8 @@ PARTITIONS = 4
 LEDGER_MAP_SIZE_BYTES = 256 * 1024 * 1024  # as the harness's servers
 HOLD_TTL_S = 900
 CARD = "K-1"
+PHONE = "+15550001818"
+LOST_CREATE = "create/lost"  # a server-named account with PHONE, its directory entries lost too
 PURCHASE_MINOR = 10_000  # earns 500 points at the base 5 % rate
 
 
@@ -55,13 +57,17 @@ def open_partitioned(server):
         ledger.close()
 
 
-def issue_card_without_directory(server, account_id: str, partition: int) -> None:
-    """The card committed in `partition` and its directory entry lost: kill -9 in between."""
+def commit_without_directory(server, account_id: str, partition: int) -> None:
+    """The card committed in `partition`, a server-named account with a phone in its home partition,
+    and their directory entries lost: kill -9 between the commits and the directory writes."""
     server.stop()
     with open_partitioned(server) as ledger:
-        (outcome,) = ledger.parts[partition].apply(
-            [IssueCardOp(f"card/{CARD}", b"\0" * 32, account_id, CARD)], int(time.time() * 1000))
-        assert outcome.code == 0, outcome
+        now_ms = int(time.time() * 1000)
+        (issued,) = ledger.parts[partition].apply([IssueCardOp(f"card/{CARD}", b"\0" * 32, account_id, CARD)], now_ms)
+        assert issued.code == 0, issued
+        (created,) = ledger.parts[home_partition(LOST_CREATE, PARTITIONS)].apply(
+            [CreateAccountOp(LOST_CREATE, b"\0" * 32, phone=PHONE)], now_ms)
+        assert created.code == 0, created
         assert ledger.directory.lookup(2, CARD) is None  # 2: IdKind.CARD
 
 
@@ -78,7 +84,7 @@ def staged(start_kassa):
     (first, first_partition), (second, _) = two_accounts_in_two_partitions()
     open_account(server, first)
     open_account(server, second)
-    issue_card_without_directory(server, first, first_partition)
+    commit_without_directory(server, first, first_partition)
     return server, first, second, first_partition
 
 
@@ -87,9 +93,11 @@ def test_verify_names_a_card_its_partition_has_and_the_directory_lacks(start_kas
     code, summary, output = verify(server)
     assert code != 0, output
     violation = [entry for entry in output.splitlines() if "the directory has no entry" in entry]
-    assert len(violation) == 1, output
-    assert f"partition {first_partition} has" in violation[0], output
-    assert CARD in violation[0], output
+    assert len(violation) == 3, output  # the card, the account and its phone
+    card = [entry for entry in violation if CARD in entry]
+    assert len(card) == 1, output
+    assert f"partition {first_partition} has" in card[0], output
+    assert any(PHONE in entry for entry in violation), output
 
 
 def test_open_puts_the_entry_back_and_the_card_stays_on_one_account(start_kassa):
@@ -99,6 +107,10 @@ def test_open_puts_the_entry_back_and_the_card_stays_on_one_account(start_kassa)
     with refused(grpc.StatusCode.ALREADY_EXISTS):
         server.accounts.IssueCard(accounts_pb2.IssueCardRequest(request_id=f"card/{CARD}/again",
                                                                 account_id=second, card=CARD))
+    elsewhere = next(f"create/other-{n}" for n in itertools.count()
+                     if home_partition(f"create/other-{n}", PARTITIONS) != home_partition(LOST_CREATE, PARTITIONS))
+    with refused(grpc.StatusCode.ALREADY_EXISTS):
+        server.accounts.CreateAccount(accounts_pb2.CreateAccountRequest(request_id=elsewhere, phone=PHONE))
     reply = server.processing.Accrue(processing_pb2.AccrueRequest(
         request_id="buy-by-card", customer=by_card(CARD), receipt=receipt(line(1, PURCHASE_MINOR))))
     assert reply.calculation.earned_points > 0
