@@ -364,8 +364,9 @@ def check_listed(txn, directory, txns) -> list[str]:
         return []
     violations = []
     with directory.env.begin() as fresh:
-        for key, index, named in [(key, index, fresh.get(key, db=directory.places)) for key, index in suspects]:
-            named = None if named is None else int.from_bytes(named, "big")
+        for key, index in suspects:
+            stored = fresh.get(key, db=directory.places)
+            named = None if stored is None else int.from_bytes(stored, "big")
             if named is None:
                 violations.append(f"partition {index} has {key!r} and the directory has no entry for it")
             elif named != index:
