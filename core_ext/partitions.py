@@ -14,6 +14,7 @@ top bits (`partition_of_txn`), so a Rollback by transaction id goes straight the
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import zlib
 
@@ -30,6 +31,9 @@ DIRECTORY_DBS_MAX = 4
 PLACES_DB, META_DB = b"places", b"meta"
 PARTITIONS_KEY = b"partitions"
 ESCROW_RETRIES_MAX = 16  # applications of one group that another partition's refill can cut short
+REPAIRS_LOGGED_MAX = 20  # directory entries put back at open that the log names one by one
+
+log = logging.getLogger("kassa.partitions")
 
 
 def partition_path(root: str, index: int) -> str:
@@ -114,6 +118,13 @@ class Directory:
         with self.env.begin(write=True) as txn:
             for key, partition in places:
                 txn.put(key, partition.to_bytes(2, "big"), db=self.places)
+
+    def record_missing(self, places: list[tuple[bytes, int]]) -> None:
+        """Write the entries of `places` that are still missing: another worker's writer may have
+        written (or moved) one since it was found missing, and its entry stands."""
+        with self.env.begin(write=True) as txn:
+            for key, partition in places:
+                txn.put(key, partition.to_bytes(2, "big"), db=self.places, overwrite=False)
 
     def home(self, name: str) -> int:
         return home_partition(name, self.partitions)
@@ -207,6 +218,7 @@ class PartitionedLedger:
             self.parts.append(ledger)
         if self.directory.created:
             self.directory.made()
+        self.repaired = self.repair_directory()
         self.writers = [PartitionWriter(ledger, self.directory, index) for index, ledger in enumerate(self.parts)]
 
     @property
@@ -273,10 +285,49 @@ class PartitionedLedger:
             txn = stack.enter_context(self.directory.env.begin())
             return check_directory(txn, self.directory, txns)
 
+    def repair_directory(self) -> list[tuple[bytes, int]]:
+        """Put back the directory entries a crash between a partition's commit and `_record_places`
+        left out (issue 18): the partition is the truth. One read pass over every partition's
+        accounts and identifiers; returns the (key, partition) entries written, and logs them."""
+        missing = []
+        for index, ledger in enumerate(self.parts):
+            transaction, dbs = ledger.raw_transaction()
+            with transaction as part_txn, self.directory.env.begin() as txn:
+                missing += [(key, index) for key, named in unlisted(part_txn, dbs, txn, self.directory.places, index)
+                            if named is None]
+        if missing:
+            self.directory.record_missing(missing)
+            log.warning("directory entries put back at open (their partition committed them, the directory "
+                        "write was cut short)", extra={"fields": {
+                            "count": len(missing),
+                            "entries": [f"{key!r} -> p{index}" for key, index in missing[:REPAIRS_LOGGED_MAX]]}})
+        return missing
+
     def close(self) -> None:
         for ledger in self.parts:
             ledger.close()
         self.directory.close()
+
+
+def partition_keys(part_txn, dbs):
+    """Every directory key a partition's records call for: `a:<id>` of each account, each card's and
+    phone's identifier key as it is."""
+    with part_txn.cursor(db=dbs["accounts"]) as cursor:
+        for key in cursor.iternext(values=False):
+            yield b"a:" + bytes(key)
+    with part_txn.cursor(db=dbs["idents"]) as cursor:
+        for key in cursor.iternext(values=False):
+            yield bytes(key)
+
+
+def unlisted(part_txn, dbs, txn, places_db, index: int):
+    """(key, the partition its entry names, or None) of each key of partition `index` whose directory
+    entry (in `txn`) does not name it."""
+    for key in partition_keys(part_txn, dbs):
+        stored = txn.get(key, db=places_db)
+        named = None if stored is None else int.from_bytes(stored, "big")
+        if named != index:
+            yield key, named
 
 
 def check_directory(txn, directory, txns) -> list[str]:
@@ -299,6 +350,27 @@ def check_directory(txn, directory, txns) -> list[str]:
                 part_txn.get(key, db=dbs["idents"])
             if found is None:
                 violations.append(f"directory {key!r}: partition {partition} does not have it")
+    return violations + check_listed(txn, directory, txns)
+
+
+def check_listed(txn, directory, txns) -> list[str]:
+    """Every account, card and phone of a partition has its directory entry naming that partition.
+    A writer records entries just after its commit (`_record_places`), so a key seen unlisted in the
+    snapshot is looked up again in a fresh directory transaction before it counts."""
+    suspects = []
+    for index, (part_txn, dbs) in enumerate(txns):
+        suspects += [(key, index) for key, _ in unlisted(part_txn, dbs, txn, directory.places, index)]
+    if not suspects:
+        return []
+    violations = []
+    with directory.env.begin() as fresh:
+        for key, index in suspects:
+            stored = fresh.get(key, db=directory.places)
+            named = None if stored is None else int.from_bytes(stored, "big")
+            if named is None:
+                violations.append(f"partition {index} has {key!r} and the directory has no entry for it")
+            elif named != index:
+                violations.append(f"partition {index} has {key!r} and the directory names partition {named}")
     return violations
 
 
