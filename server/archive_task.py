@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 
 from kassa.core_ext.journal_archive import ArchiveConflict
 from kassa.core_ext.journal_archive.runner import archive_ledger_at, ledger_paths
@@ -22,27 +21,51 @@ async def archive_periodically(ledger_config, clock) -> None:
     if interval_s <= 0:
         return
     # "spawn": a forked child would inherit this process's open LMDB environment, which LMDB forbids.
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("spawn")
+    while True:
+        await asyncio.sleep(interval_s)
+        for path in ledger_paths(ledger_config):  # the ledger, or each partition
+            await _archive_once(context, path, ledger_config, clock.now_ms())
+
+
+async def _archive_once(context, path: str, ledger_config, now_ms: int) -> None:
+    """One run in a child process. Cancelled (the server drains), the child is killed rather than
+    waited for: a run killed at any point is safe, and the next one finishes what it left."""
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_archive_in_child, args=(send, path, now_ms, ledger_config), daemon=True)
+    child.start()
+    send.close()
     try:
-        while True:
-            await asyncio.sleep(interval_s)
-            for path in ledger_paths(ledger_config):  # the ledger, or each partition
-                await _archive_once(pool, path, ledger_config, clock.now_ms())
+        kind, result = await asyncio.get_running_loop().run_in_executor(None, _outcome_of, receive, child)
+    except asyncio.CancelledError:
+        child.kill()
+        raise
     finally:
-        # Not waiting: a drain must not wait for a run (one killed at any point is safe; the next finishes it).
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-async def _archive_once(pool, path: str, ledger_config, now_ms: int) -> None:
-    loop = asyncio.get_running_loop()
-    try:
-        result = await loop.run_in_executor(pool, archive_ledger_at, path, now_ms, ledger_config)
-    except ArchiveConflict as error:  # `kassa archive` ran meanwhile: the next round goes on
-        event(log, "journal archive skipped", reason=str(error))
-        return
-    except Exception:  # a full disk, an unwritable directory, a dead child: the next round retries
-        log.exception("journal archive failed; the next round retries")
-        return
-    if result.entries or result.deleted:
+        receive.close()
+    if kind == "conflict":  # `kassa archive` ran meanwhile: the next round goes on
+        event(log, "journal archive skipped", reason=result)
+    elif kind == "failed":  # a full disk, an unwritable directory, a dead child: the next round retries
+        log.error("journal archive failed; the next round retries", extra={"fields": {"error": result}})
+    elif result.entries or result.deleted:
         event(log, "journal archived", path=path, segments=result.segments, entries=result.entries,
               archive_bytes=result.bytes, archived_below_txn_id=result.archived_below_txn_id)
+
+
+def _archive_in_child(send, path: str, now_ms: int, ledger_config) -> None:
+    try:
+        send.send(("ok", archive_ledger_at(path, now_ms, ledger_config)))
+    except ArchiveConflict as error:
+        send.send(("conflict", str(error)))
+    except Exception as error:  # noqa: BLE001 - every failure goes back to the server's log
+        send.send(("failed", f"{type(error).__name__}: {error}"))
+
+
+def _outcome_of(receive, child) -> tuple[str, object]:
+    """(kind, result) the child sent; a child that died (killed, out of memory) sent nothing."""
+    try:
+        return receive.recv()
+    except (EOFError, OSError):
+        child.join()
+        return "failed", f"the archive process ended with exit status {child.exitcode} before answering"
+    finally:
+        child.join()
