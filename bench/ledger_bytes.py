@@ -30,7 +30,7 @@ from bench.throughput import REPO, Traffic, seed_ledger
 MAP_SIZE_BYTES = 2 * 1024**3
 HOLD_TTL_S = 900
 GROUP_OPS = 1000  # purchases per commit
-DB_NAMES = ("accounts", "idents", "lots", "holds", "journal", "idempotency", "aging", "counters")
+DB_NAMES = ("accounts", "idents", "lots", "holds", "journal", "idempotency", "retained", "aging", "counters")
 PAGE_BYTES = 4096  # LMDB's page on this platform
 
 

@@ -10,9 +10,12 @@ between the purchases, never inside one. Each step, in order:
    `compact_aging_from_txn_id` mark) are found by walking the journal, as before, until that
    walk passes the mark.
 2. Drop answers past the replay window: walking the journal oldest first, the record each entry
-   owns is replaced by a `RetainedRec` and indexed in `aging` (8 bytes of time and the request
-   key: 25 bytes a purchase in bench.ledger_bytes); walking `aging`, so are the records no
-   journal entry dates.
+   owns leaves `idempotency` for the `retained` database as a `RetainedRec`, and is indexed in
+   `aging` (8 bytes of time and the request key: 25 bytes a purchase in bench.ledger_bytes);
+   walking `aging`, so are the records no journal entry dates. Rewritten in place, the small
+   records would leave `idempotency`'s pages a quarter full (LMDB merges a page only under that);
+   in their own database they fill theirs. Records a ledger retained in place before `retained`
+   existed stay in `idempotency` until they are forgotten: every reader looks in both.
    Tombstones keep their stores until they are forgotten. Once an entry's answer is dropped,
    compaction never reads it again: the archive may take it (`journal_done_below_txn_id`).
 3. Remove lots that can never change again (expired, or spent with their expiry past: a rollback
@@ -204,25 +207,35 @@ def _forget(step: _Step, request_key: bytes, form: int, record: _RecordHead, hea
 
 
 def _drop_answer(step: _Step, request_key: bytes, form: int, record: _RecordHead, head: _TxnHead) -> None:
-    """Keep only the `RetainedRec`, and index it in `aging`: the forget step finds it there, so
-    that the journal entry may leave for the archive."""
+    """Keep only the `RetainedRec` (in `retained`), and index it in `aging`: the forget step finds
+    it there, so that the journal entry may leave for the archive."""
     if form != rec.IDEMPOTENCY_RETAINED_V1:
-        step.txn.put(request_key, retained(record, head.created_at_ms), db=step.dbs["idempotency"])
+        _retain(step, request_key, retained(record, head.created_at_ms))
         step.txn.put(aging_key(head.created_at_ms, request_key), b"", db=step.dbs["aging"])
         step.dropped += 1
+
+
+def _retain(step: _Step, request_key: bytes, value: bytes) -> None:
+    """Move a request's record from `idempotency` to `retained`, in its retained form `value`."""
+    step.txn.delete(request_key, db=step.dbs["idempotency"])
+    step.txn.put(request_key, value, db=step.dbs["retained"])
 
 
 def _forget_aging(step: _Step, before_ms: int) -> None:
     """Remove the records the `aging` index dates at or before `before_ms`, with their aging
     entries: the oldest are always first."""
-    idempotency = step.dbs["idempotency"]
     cursor = step.txn.cursor(db=step.dbs["aging"])
     while cursor.first() and aging_time_ms(cursor.key()) <= before_ms and step.spend():
         request_key = cursor.key()[8:]
-        stored = step.txn.get(request_key, db=idempotency)
-        if stored is not None and _forgettable(stored, before_ms):
-            step.txn.delete(request_key, db=idempotency)
-            step.forgotten += 1
+        # A request's record is in one of the two: `retained` once its answer was dropped (or in
+        # `idempotency`, retained in place by a ledger older than `retained`).
+        for db in (step.dbs["retained"], step.dbs["idempotency"]):
+            stored = step.txn.get(request_key, db=db)
+            if stored is not None:
+                if _forgettable(stored, before_ms):
+                    step.txn.delete(request_key, db=db)
+                    step.forgotten += 1
+                break
         cursor.delete()
 
 
@@ -281,7 +294,7 @@ def _drop_aging(step: _Step, before_ms: int) -> None:
         value = step.txn.get(key[8:], db=idempotency)
         form, record = _record_head(value) if value is not None else (0, None)
         if record is not None and record.txn_id == 0 and record.digest and form != rec.IDEMPOTENCY_RETAINED_V1:
-            step.txn.put(key[8:], retained(record, aging_time_ms(key)), db=idempotency)
+            _retain(step, key[8:], retained(record, aging_time_ms(key)))
             step.dropped += 1
         next_key = key + b"\x00"  # the next key after this one
     if not step.more:

@@ -5,7 +5,7 @@ Two windows, both counted from when the ledger applied the request:
 - Inside the replay window (`ledger.replay_window_s`) a retry is answered from the stored answer,
   byte for byte, as DESIGN §3 promises.
 - Past it, compaction (core_ext/compaction.py) replaces the stored answer by a `RetainedRec`: the
-  digest, the transaction id and the time. A retry then gets FAILED_PRECONDITION ANSWER_NOT_KEPT,
+  digest, the transaction id and the time, kept in the `retained` database (not `idempotency`). A retry then gets FAILED_PRECONDITION ANSWER_NOT_KEPT,
   naming the request id: it is never applied twice, and the POS learns that the original was
   recorded (its transaction id is in the message) but its answer is gone. A return or rollback by
   `original_request_id` still finds the transaction.

@@ -48,6 +48,12 @@ def _records(txn, db, decode):
         yield key, decode(value)
 
 
+def _request_records(txn, dbs):
+    """Every request's record: in `idempotency`, or past the replay window in `retained`."""
+    yield from _records(txn, dbs["idempotency"], _decode_idempotency)
+    yield from _records(txn, dbs["retained"], _decode_idempotency)
+
+
 def check_ledger(txn, dbs, now_ms: int, archive_dir=None) -> list[str]:
     """`archive_dir`: the journal archive's directory (`<ledger path>/archive`); without it the
     segments are not read, and what only they can answer is not checked."""
@@ -99,7 +105,7 @@ def _wanted_from_archive(txn, dbs, holds: list, below: int) -> archive_checking.
     entries: set[int] = set()
     for key, reversal in _records(txn, dbs["reversals"], _decode_reversal):
         entries.update(txn_id for txn_id in (int.from_bytes(key, "big"), *reversal.rollback_ids) if txn_id < below)
-    request_ids = {record.txn_id: key.decode() for key, record in _records(txn, dbs["idempotency"], _decode_idempotency)
+    request_ids = {record.txn_id: key.decode() for key, record in _request_records(txn, dbs)
                    if 0 < record.txn_id < below}
     return archive_checking.Wanted(entries, request_ids, {hold.hold_id for hold in holds if hold.hold_id < below})
 
@@ -207,7 +213,7 @@ def _check_request_ids(txn, dbs, journal: dict, violations: list[str], below: in
     """One request id, one transaction, and the transaction names its request id (below the
     archive boundary `below`, the archive's check looks for the transaction)."""
     owners: dict[int, str] = {}
-    for key, record in _records(txn, dbs["idempotency"], _decode_idempotency):
+    for key, record in _request_records(txn, dbs):
         request_id = key.decode()
         if record.txn_id == 0:
             continue
@@ -310,4 +316,4 @@ def _replay_holds(journal: dict, fates: dict[int, str]) -> dict[int, str]:
 
 
 def ledger_summary(txn, dbs) -> dict[str, int]:
-    return {name: txn.stat(dbs[name])["entries"] for name in ("accounts", "lots", "holds", "journal", "idempotency")}
+    return {name: txn.stat(dbs[name])["entries"] for name in ("accounts", "lots", "holds", "journal", "idempotency", "retained")}

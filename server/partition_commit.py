@@ -230,8 +230,8 @@ class PartitionedCommitter:
         key = op.original_request_id.encode()
         for partition, ledger in enumerate(self._ledger.parts):
             transaction, dbs = ledger.raw_transaction()
-            with transaction as txn:
-                stored = txn.get(key, db=dbs["idempotency"])
+            with transaction as txn:  # past the replay window, the record is in `retained`
+                stored = txn.get(key, db=dbs["idempotency"]) or txn.get(key, db=dbs["retained"])
             if stored is not None and decode_idempotency(stored).digest != b"":
                 return partition
         return EVERY_PARTITION

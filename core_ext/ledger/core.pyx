@@ -50,8 +50,10 @@ from kassa.core_ext.program import parse_program
 from kassa.core_ext.promo import PatternError, allowed_count, check_code, generate, parse_pattern
 from kassa.core_ext.rules import Program, prorate_points
 
+# `retained`: idempotency records past the replay window, in their small form (compaction moves
+# them out of `idempotency`, so that both keep their pages full). 12 databases; a cluster adds one.
 DB_NAMES = (b"accounts", b"idents", b"lots", b"holds", b"journal", b"idempotency",
-            b"reversals", b"meta", b"counters", b"codes", b"aging")
+            b"reversals", b"meta", b"counters", b"codes", b"aging", b"retained")
 NEXT_TXN_KEY = b"next_txn_id"
 RULESET_KEY = b"ruleset"  # the serving ruleset: (version, sources), shared by every worker
 RULE_FILES_KEY = b"rule_files"  # the version of the rule files last adopted at a start
@@ -275,6 +277,8 @@ cdef class Ledger:
                 return refusal
         cdef bytes request_key = op.request_id.encode()
         stored = batch.get("idempotency", request_key)
+        if stored is None:  # past the replay window, its record is in `retained` (compaction)
+            stored = batch.get("retained", request_key)
         if stored is not None:
             record = _decode_idempotency(stored)
             if not _spared_by_tombstone(record, op):

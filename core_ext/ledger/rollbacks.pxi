@@ -4,7 +4,7 @@ def _rollback(Ledger self, _Batch batch, op):
         if rejection is not None:
             return rejection, 0
     else:
-        stored = batch.get("idempotency", op.original_request_id.encode())
+        stored = _request_record(batch, op.original_request_id.encode())
         if stored is None:
             return _tombstone(self, batch, op)
         original = _decode_idempotency(stored)
@@ -30,6 +30,14 @@ def _rollback(Ledger self, _Batch batch, op):
                     f"transaction {target.txn_id} ({TxnKind(target.kind).name.lower()}) cannot be rolled back",
                     Reason.NOT_REVERSIBLE), 0
 
+
+
+cdef object _request_record(_Batch batch, bytes request_key):
+    """The stored record of a request, in `idempotency` or, past the replay window, `retained`."""
+    stored = batch.get("idempotency", request_key)
+    if stored is None:
+        stored = batch.get("retained", request_key)
+    return stored
 
 
 def _rollback_target(Ledger self, _Batch batch, str field, long long txn_id):

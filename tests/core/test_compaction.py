@@ -14,7 +14,8 @@ from kassa.core_ext.compaction import REMOVED_CODE
 from kassa.core_ext.journal_archive import archive_dir_of, archive_journal, state
 from kassa.core_ext.verify import check_ledger
 from kassa.core_ext.model import (
-    AccrueOp, Code, CompactOp, CreateAccountOp, Customer, IdKind, Line, PromoCodesOp, Receipt, RedeemOp, RollbackOp,
+    AccrueOp, Code, CompactOp, CreateAccountOp, Customer, IdKind, Line, PromoCodesOp, Reason, Receipt, RedeemOp,
+    RollbackKind, RollbackOp,
 )
 from kassa.core_ext.retention import OCCURRED_AT_AHEAD_MAX_S, Retention
 from tests.core.programs import program
@@ -40,19 +41,36 @@ def purchase(index: int) -> AccrueOp:
 
 
 def stored_kinds(ledger) -> dict[str, int]:
-    """Idempotency records by kind, and the aging index's entries."""
+    """Idempotency records by kind (in `idempotency` and `retained`), and the aging index's entries."""
     txn, dbs = ledger.raw_transaction()
     with txn:
         kinds = {"full": 0, "retained": 0, "tombstone": 0}
-        for _, value in txn.cursor(db=dbs["idempotency"]):
-            record = records.decode_idempotency(value)
-            kind = "retained" if type(record) is records.RetainedRec else "tombstone" if not record.digest else "full"
-            kinds[kind] += 1
+        for name in ("idempotency", "retained"):
+            for _, value in txn.cursor(db=dbs[name]):
+                record = records.decode_idempotency(value)
+                kind = "retained" if type(record) is records.RetainedRec else "tombstone" if not record.digest else "full"
+                kinds[kind] += 1
         kinds["aging"] = txn.stat(dbs["aging"])["entries"]
     return kinds
 
 
 STEPS_PER_RUN_MAX = 500  # a run that takes more never ends
+
+
+def entries(ledger, name: str) -> int:
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        return txn.stat(dbs[name])["entries"]
+
+
+def request_record(ledger, request_id: bytes):
+    """A request's record, from `idempotency` or `retained` (it is never in both)."""
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        stored = [txn.get(request_id, db=dbs[name]) for name in ("idempotency", "retained")]
+    assert None in stored
+    found = [value for value in stored if value is not None]
+    return records.decode_idempotency(found[0]) if found else None
 
 
 def run_steps(ledger, now_ms: int) -> list:
@@ -90,6 +108,9 @@ class TestSteps:
         # Each record with a transaction (the account's creation, the purchases) is indexed in
         # `aging` as its answer is dropped: the forget step finds it there, not in the journal.
         assert stored_kinds(ledger) == {"full": 0, "retained": PURCHASES + 3, "tombstone": 1, "aging": PURCHASES + 4}
+        # The retained records left `idempotency` for their own database: only the tombstone stays.
+        assert entries(ledger, "retained") == PURCHASES + 3
+        assert entries(ledger, "idempotency") == 1
         assert ledger.verify(T0_MS + WINDOWS.replay_window_ms + 1) == []
 
     def test_inside_the_replay_window_a_run_changes_nothing(self, tmp_path):
@@ -140,9 +161,13 @@ def empty_the_journal(ledger) -> int:
 
 def as_before_the_aging_index(ledger) -> int:
     """The state a ledger compacted before records with a transaction were indexed in `aging`:
-    their aging entries and the `compact_aging_from_txn_id` mark gone. Returns the records unindexed."""
+    retained in place in `idempotency` (no `retained` database then), their aging entries and the
+    `compact_aging_from_txn_id` mark gone. Returns the records unindexed."""
     txn, dbs = ledger.env.begin(write=True), ledger.raw_transaction()[1]
     with txn:
+        for key, value in list(txn.cursor(db=dbs["retained"])):
+            txn.put(key, value, db=dbs["idempotency"])
+            txn.delete(key, db=dbs["retained"])
         keys = [key for key, _ in txn.cursor(db=dbs["aging"])
                 if (stored := txn.get(key[8:], db=dbs["idempotency"])) is not None
                 and records.decode_idempotency(stored).txn_id != 0]
@@ -200,9 +225,7 @@ class TestWithoutTheJournal:
 
         run_steps(ledger, FORGET_MS)  # the tombstone's time is past the return window, the purchase's not
 
-        txn, dbs = ledger.raw_transaction()
-        with txn:
-            kept = records.decode_idempotency(txn.get(b"buy-0", db=dbs["idempotency"]))
+        kept = request_record(ledger, b"buy-0")
         assert kept.txn_id == bought.body.transaction_id
         assert type(kept) is records.RetainedRec
 
@@ -216,9 +239,7 @@ class TestWithoutTheJournal:
 
         steps = run_steps(ledger, later_ms + WINDOWS.replay_window_ms + 1)
 
-        txn, dbs = ledger.raw_transaction()
-        with txn:
-            kept = records.decode_idempotency(txn.get(b"spend-too-much-later", db=dbs["idempotency"]))
+        kept = request_record(ledger, b"spend-too-much-later")
         assert refusal.code != Code.OK
         assert sum(step.answers_dropped for step in steps) == 1
         assert type(kept) is records.RetainedRec
@@ -367,3 +388,88 @@ def archived_violations(ledger, now_ms: int) -> list[str]:
     txn, dbs = ledger.raw_transaction()
     with txn:
         return check_ledger(txn, dbs, now_ms, archive_dir_of(ledger.path))
+
+
+# -- retained records in their own database ----------------------------------------------------
+
+DENSE_PURCHASES = 3_000  # enough records for page counts to mean something (tens of pages)
+# Past the replay window a purchase's record is ~49 bytes of value plus its key: in `retained`,
+# even half-full pages hold it in under 160 bytes. Rewritten in place in `idempotency` it kept
+# the pages of its full answer: bench.ledger_bytes measured 336 page bytes a purchase.
+RETAINED_PAGE_BYTES_PER_PURCHASE_MAX = 160  # bytes
+PAGE_BYTES = 4096  # LMDB's page on this platform
+
+
+def request_page_bytes(ledger) -> int:
+    """Bytes of the pages (leaf, branch, overflow) `idempotency` and `retained` hold together."""
+    txn, dbs = ledger.raw_transaction()
+    with txn:
+        stats = [txn.stat(dbs[name]) for name in ("idempotency", "retained")]
+    return PAGE_BYTES * sum(stat["leaf_pages"] + stat["branch_pages"] + stat["overflow_pages"] for stat in stats)
+
+
+def dense_ledger(tmp_path) -> Ledger:
+    ledger = Ledger(str(tmp_path / "ledger"), Program(program(CAMPAIGNS)), MAP_SIZE_BYTES, HOLD_TTL_S, sync=False)
+    ledger.apply([CreateAccountOp("create-A1", b"a" * 16, "A1")], T0_MS)
+    for first in range(0, DENSE_PURCHASES, 1_000):
+        ledger.apply([purchase(index) for index in range(first, first + 1_000)], T0_MS)
+    return ledger
+
+
+def compact_to_the_end(ledger, now_ms: int) -> None:
+    op = CompactOp(WINDOWS.replay_window_ms, WINDOWS.return_window_ms, 1_000)
+    while True:
+        (outcome,) = ledger.apply([op], now_ms)
+        assert outcome.code == Code.OK, outcome
+        if not outcome.body.more:
+            return
+
+
+class TestRetainedDatabase:
+    def test_past_the_replay_window_the_records_pages_shrink_to_their_small_form(self, tmp_path):
+        ledger = dense_ledger(tmp_path)
+        full_page_bytes = request_page_bytes(ledger)
+
+        compact_to_the_end(ledger, T0_MS + WINDOWS.replay_window_ms + 1)
+
+        # In place, the records kept their full answers' pages (LMDB merges only pages under a
+        # quarter full): the same page bytes. In `retained`, well under half of them.
+        assert request_page_bytes(ledger) * 2 < full_page_bytes
+        assert request_page_bytes(ledger) / DENSE_PURCHASES <= RETAINED_PAGE_BYTES_PER_PURCHASE_MAX
+        assert entries(ledger, "idempotency") == 0
+
+    def test_a_retained_record_refuses_its_retry_answers_its_return_and_is_forgotten(self, tmp_path):
+        ledger = a_ledger(tmp_path)
+        past_replay_ms = T0_MS + WINDOWS.replay_window_ms + 1
+        run_steps(ledger, past_replay_ms)
+
+        (retry,) = ledger.apply([purchase(0)], past_replay_ms)
+        (returned,) = ledger.apply([RollbackOp("return-0", b"z" * 16, original_request_id="buy-0")], past_replay_ms)
+        run_steps(ledger, FORGET_MS + WINDOWS.replay_window_ms)  # the return's answer dropped ...
+        run_steps(ledger, FORGET_MS + WINDOWS.replay_window_ms)  # ... then its record forgotten too
+
+        assert retry.code == Code.FAILED_PRECONDITION
+        assert retry.reason == Reason.ANSWER_NOT_KEPT
+        assert returned.code == Code.OK, returned
+        assert returned.body.kind != RollbackKind.PENDING_ORIGINAL  # it found the original, no tombstone
+        assert entries(ledger, "retained") == 0
+        assert entries(ledger, "idempotency") == 0
+
+    def test_records_retained_in_place_by_an_older_ledger_still_answer(self, tmp_path):
+        """A ledger compacted before `retained` existed kept retained records in `idempotency`."""
+        ledger = a_ledger(tmp_path)
+        past_replay_ms = T0_MS + WINDOWS.replay_window_ms + 1
+        run_steps(ledger, past_replay_ms)
+        moved = as_before_the_aging_index(ledger)
+
+        (retry,) = ledger.apply([purchase(1)], past_replay_ms)
+        (returned,) = ledger.apply([RollbackOp("return-1", b"z" * 16, original_request_id="buy-1")], past_replay_ms)
+        steps = run_steps(ledger, FORGET_MS + WINDOWS.replay_window_ms)  # the return's answer dropped ...
+        steps += run_steps(ledger, FORGET_MS + WINDOWS.replay_window_ms)  # ... then its record forgotten too
+
+        assert moved == PURCHASES + 1
+        assert retry.reason == Reason.ANSWER_NOT_KEPT
+        assert returned.body.kind != RollbackKind.PENDING_ORIGINAL
+        assert sum(step.requests_forgotten for step in steps) == PURCHASES + 5
+        assert entries(ledger, "idempotency") == 0
+        assert entries(ledger, "retained") == 0

@@ -22,8 +22,10 @@ import itertools
 import time
 
 import grpc
+import lmdb
 import pytest
 
+from kassa.core_ext.ledger import MAX_DBS
 from kassa.core_ext.partitions import PARTITION_SHIFT_BITS, home_partition
 from kassa.server.app import ESCROW_RELEASE_INTERVAL_S
 from kassa.v1 import accounts_pb2, admin_pb2, common_pb2, processing_pb2, processing_pb2_grpc
@@ -31,6 +33,7 @@ from tests.kassa_harness import START_TIMEOUT_S
 from tests.reliability import CALL_TIMEOUT_S, assert_verifies
 from tests.server.helpers import balance, by_account, line, open_account
 from tests.server.test_limits_concurrency import free_port
+from tests.server.test_retention import COMPACTION_INTERVAL_S, REPLAY_WINDOW_DAYS, compact_now
 
 PROGRAM = """
 [program]
@@ -61,13 +64,13 @@ PURCHASES_PER_CLIENT = 7  # 168 purchases ask 1,176 points and 168 uses: more th
 _serial = itertools.count(1)
 
 
-def start_partitioned(start_kassa, tmp_path, partitions: int, workers: int = 1):
+def start_partitioned(start_kassa, tmp_path, partitions: int, workers: int = 1, env: dict | None = None):
     """A server on the test program; with 2 workers, two processes serve every partition."""
     rules = tmp_path / f"rules-{partitions}"
     rules.mkdir()
     (rules / "program.toml").write_text(PROGRAM)
     (rules / "campaigns.toml").write_text(CAMPAIGNS)
-    env = {"KASSA_LEDGER_PARTITIONS": str(partitions)}
+    env = {"KASSA_LEDGER_PARTITIONS": str(partitions), **(env or {})}
     if workers > 1:  # the workers share a fixed port (SO_REUSEPORT)
         env |= {"KASSA_SERVER_WORKERS": str(workers), "KASSA_SERVER_LISTEN": f"127.0.0.1:{free_port()}"}
     server = start_kassa(rules=rules, env=env)
@@ -198,6 +201,44 @@ def test_rollbacks_find_purchases_in_any_partition(start_kassa, tmp_path):
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert balance(server, fourth).active_points == bought[fourth].calculation.earned_points
     assert_verifies(server)
+
+
+def test_a_return_past_the_replay_window_finds_the_purchase_in_its_partition(start_kassa, tmp_path):
+    """Past the replay window the original's record is in its partition's `retained` database:
+    the return is routed there, not answered with a tombstone in every partition."""
+    server = start_partitioned(start_kassa, tmp_path, 4,
+                               env={"KASSA_LEDGER_COMPACTION_INTERVAL_S": str(COMPACTION_INTERVAL_S)})
+    accounts = spread_accounts("Q", 4, 4)
+    for account_id in accounts:
+        open_account(server, account_id)
+    requests = {a: purchase(a) for a in accounts}
+    bought = {a: server.processing.Accrue(requests[a], timeout=CALL_TIMEOUT_S) for a in accounts}
+    server.clock.advance(days=REPLAY_WINDOW_DAYS + 1)
+    compact_now(server, runs=8)  # every partition's compaction, twice
+
+    last = max(accounts, key=lambda a: bought[a].transaction_id)  # in the last partition
+    undone = rollback(server, original_request_id=requests[last].request_id)
+
+    assert bought[last].transaction_id >> PARTITION_SHIFT_BITS == 3
+    assert undone.reversed_transaction_id == bought[last].transaction_id
+    assert undone.kind != processing_pb2.ROLLBACK_KIND_PENDING_ORIGINAL
+    assert balance(server, last).active_points == 0
+    # Routed to its partition alone: no other partition took it for a tombstone.
+    assert tombstones_of(server, requests[last].request_id, partitions=3) == 0
+    assert_verifies(server)
+
+
+def tombstones_of(server, request_id: str, partitions: int) -> int:
+    """How many of the first `partitions` partitions hold a record for `request_id`."""
+    found = 0
+    for index in range(partitions):
+        env = lmdb.open(str(server.ledger_path / f"p{index}"), readonly=True, lock=True, max_dbs=MAX_DBS)
+        try:
+            with env.begin() as txn:
+                found += txn.get(request_id.encode(), db=env.open_db(b"idempotency", txn=txn, create=False)) is not None
+        finally:
+            env.close()
+    return found
 
 
 def test_backup_of_a_partitioned_ledger_serves_and_verifies(start_kassa, tmp_path):

@@ -221,6 +221,7 @@ class TestCompaction:
         assert after["lots"] == 0
         assert after["holds"] == 0
         assert after["idempotency"] == 0
+        assert after["retained"] == 0
         assert after["journal"] > before["journal"]  # the journal stays (the archive's, not compaction's)
         # Rollbacks by transaction id still work on the lots compaction removed: their points expired.
         restored = rollback(shop, "cancel-spend", transaction_id=spent.transaction_id)
