@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -143,6 +144,9 @@ def _soak(args, workdir: Path) -> dict:
     environ = {**server_environment(ledger_path, port, args.workers, True), **SOAK_SETTINGS,
                "KASSA_LEDGER_MAP_SIZE_BYTES": str(MAP_START_BYTES)}
     server, _ = start_server(environ, args.workers, [])
+    log_lines: list[str] = []  # the server's log, read as it comes: a full pipe would stall the server
+    reader = threading.Thread(target=lambda: log_lines.extend(server.stderr), daemon=True)
+    reader.start()
     context = multiprocessing.get_context("spawn")
     acked = context.Value("q", 0)
     started = time.time()
@@ -162,8 +166,8 @@ def _soak(args, workdir: Path) -> dict:
         for driver in drivers:
             driver.join(DRIVER_GRACE_S)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=SERVER_STOP_TIMEOUT_S)
+        stop_s = _stop(server)
+        reader.join(SERVER_STOP_TIMEOUT_S)
     verify = subprocess.run(
         [sys.executable, "-m", "kassa.server.cli", "verify", "--config", str(REPO / "config" / "kassa.toml")],
         cwd=REPO, env=environ, capture_output=True, text=True)
@@ -173,7 +177,35 @@ def _soak(args, workdir: Path) -> dict:
             "samples": samples, "levelled_off": levelled_off(samples),
             "live_bytes_per_purchase_in_windows": final["live_bytes_per_purchase_in_windows"],
             "archive_bytes_per_purchase": round(final["archive_bytes"] / acked.value, 1) if acked.value else None,
+            "server_stop_s": stop_s, "log_events": _events(log_lines),
             "verify_ok": verify.returncode == 0, "verify_output": (verify.stdout + verify.stderr)[-2000:]}
+
+
+def _stop(server) -> float | None:
+    """SIGTERM, and the seconds the server took to exit (None: it did not within SERVER_STOP_TIMEOUT_S,
+    and was killed)."""
+    started = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(SERVER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+        return None
+    return round(time.monotonic() - started, 2)
+
+
+def _events(log_lines: list[str]) -> dict[str, int]:
+    """How many times the server logged each lifecycle event (compaction, archive, map growth, failures)."""
+    counts: dict[str, int] = {}
+    for line in log_lines:
+        try:
+            message = json.loads(line).get("msg", "")
+        except ValueError:
+            continue
+        if any(word in message for word in ("compaction", "archive", "map", "failed", "sweep")):
+            counts[message] = counts.get(message, 0) + 1
+    return counts
 
 
 def _sample(ledger_path: Path, started: float, purchases: int, before: list[dict]) -> dict:
