@@ -65,3 +65,31 @@ def test_a_stale_owners_callers_get_unavailable_and_nothing_is_applied(shared_na
             assert ledger_digest(old.replica.ledger) == before
 
     asyncio.run(scenario())
+
+
+LARGE_GROUP_OPERATIONS = 14_000  # purchases in one commit group (about 99 bytes each): over 1 MiB of log record
+LARGE_BATCH_OPERATIONS_MAX = 20_000
+
+
+def test_a_group_larger_than_a_log_message_is_logged_in_parts_and_every_purchase_applied(
+        shared_nats_three, tmp_path, partition):
+    async def scenario():
+        async with jetstream(shared_nats_three, REPLICAS, TIMING.ttl_ms) as (_, js, kv):
+            owner = node(tmp_path, js, kv, "node-a", partition)
+            assert await owner.acquire()
+            committer = GroupCommitter(LoggedLedger(owner, asyncio.get_running_loop()), StepClock(),
+                                       LARGE_BATCH_OPERATIONS_MAX, WAIT_US_MAX)
+            committer.start()
+            try:
+                await committer.submit(opening("A1"))
+                log_end_before = await PartitionLog(js, partition).end()
+                answers = await committer.submit([purchase("A1", n) for n in range(LARGE_GROUP_OPERATIONS)])
+            finally:
+                await committer.stop()
+            assert {outcome.code for outcome in answers} == {Code.OK}
+            assert await PartitionLog(js, partition).end() - log_end_before > 1  # in parts
+            follower = Replica(open_ledger(tmp_path / "node-b"), partition)
+            await follower.catch_up(PartitionLog(js, partition))
+            assert ledger_digest(follower.ledger) == ledger_digest(owner.replica.ledger)
+
+    asyncio.run(scenario())
