@@ -153,7 +153,7 @@ def _identity(data: bytes) -> bytes:
 
 
 async def _drive(mode: str, address: str, slots: int, batch_size: int, window: int, warmup_s: float,
-                 duration_s: float, seed: int, accounts: int, prefix: str) -> dict:
+                 duration_s: float, seed: int, accounts: int, prefix: str, ready=None) -> dict:
     import grpc
 
     from kassa.v1 import processing_pb2
@@ -167,6 +167,8 @@ async def _drive(mode: str, address: str, slots: int, batch_size: int, window: i
         )
         for _ in range(slots)
     ]
+    if ready is not None:  # every driver process starts its clock together, after its traffic is built
+        ready.wait()
     start = time.perf_counter()
     measure_from = start + warmup_s
     measure_to = measure_from + duration_s
@@ -248,12 +250,45 @@ async def _drive(mode: str, address: str, slots: int, batch_size: int, window: i
     return {**counters, "latencies_ms": latencies_ms}
 
 
-def _driver_main(arguments: dict, cpus: list[int], results) -> None:
+def _driver_main(arguments: dict, cpus: list[int], results, ready) -> None:
     import uvloop
 
     if cpus:
         os.sched_setaffinity(0, cpus)
-    results.put({**uvloop.run(_drive(**arguments)), "cpus": sorted(os.sched_getaffinity(0))})
+    results.put({**uvloop.run(_drive(**arguments, ready=ready)), "cpus": sorted(os.sched_getaffinity(0))})
+
+
+def drive(args, address: str, driver_cpus: list[int], prefix: str, sample=None) -> tuple[list[dict], list]:
+    """Drive `address` from driver processes as `args` say (mode, concurrency, warm-up, duration);
+    the drivers' parts. With `sample`, it is called when the measured window opens and when it
+    closes (the drivers start their clocks together), and the two values are returned."""
+    processes = args.driver_processes or min(args.concurrency, len(driver_cpus) or os.cpu_count() or 1)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    counts = [args.concurrency // processes + (1 if index < args.concurrency % processes else 0)
+              for index in range(processes)]
+    counts = [slots for slots in counts if slots]
+    ready = context.Barrier(len(counts) + 1)
+    drivers = []
+    for index, slots in enumerate(counts):
+        arguments = dict(mode=args.mode, address=address, slots=slots, batch_size=args.batch_size,
+                         window=args.window, warmup_s=args.warmup, duration_s=args.duration,
+                         seed=args.seed + index, accounts=args.accounts, prefix=f"{prefix}-d{index}")
+        driver = context.Process(target=_driver_main, args=(arguments, driver_cpus, results, ready))
+        driver.start()
+        drivers.append(driver)
+    ready.wait(SERVER_START_TIMEOUT_S)
+    started = time.perf_counter()
+    samples = []
+    if sample is not None:
+        time.sleep(args.warmup)
+        samples.append(sample([driver.pid for driver in drivers]))
+        time.sleep(max(0.0, started + args.warmup + args.duration - time.perf_counter()))
+        samples.append(sample([driver.pid for driver in drivers]))
+    parts = [results.get(timeout=args.warmup + args.duration + 120) for _ in drivers]
+    for driver in drivers:
+        driver.join()
+    return parts, samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,52 +442,24 @@ def _measure(args, workdir: Path) -> dict:
     environ = server_environment(ledger_path, port, args.workers, not args.no_sync, args.partitions)
     server, worker_cpus = start_server(environ, args.workers, server_cpus)
     try:
-        processes = args.driver_processes or min(args.concurrency, len(driver_cpus) or os.cpu_count() or 1)
-        context = multiprocessing.get_context("spawn")
-        results = context.Queue()
-        drivers = []
-        for index in range(processes):
-            slots = args.concurrency // processes + (1 if index < args.concurrency % processes else 0)
-            if slots == 0:
-                continue
-            arguments = dict(mode=args.mode, address=f"127.0.0.1:{port}", slots=slots, batch_size=args.batch_size,
-                             window=args.window, warmup_s=args.warmup, duration_s=args.duration,
-                             seed=args.seed + index, accounts=args.accounts, prefix=f"{args.mode}-d{index}")
-            driver = context.Process(target=_driver_main, args=(arguments, driver_cpus, results))
-            driver.start()
-            drivers.append(driver)
-        parts = [results.get(timeout=args.warmup + args.duration + 120) for _ in drivers]
-        for driver in drivers:
-            driver.join()
+        parts, _ = drive(args, f"127.0.0.1:{port}", driver_cpus, args.mode)
     finally:
         server.send_signal(signal.SIGTERM)
         _, server_log = server.communicate(timeout=SERVER_STOP_TIMEOUT_S)
     verify = subprocess.run(
         [sys.executable, "-m", "kassa.server.cli", "verify", "--config", str(REPO / "config" / "kassa.toml")],
         cwd=REPO, env=environ, capture_output=True, text=True)
-    latencies = sorted(value for part in parts for value in part["latencies_ms"])
-    purchases = sum(part["purchases"] for part in parts)
-    calls = sum(part["calls"] for part in parts)
     result = {
         "mode": args.mode,
         "workers": args.workers,
         "partitions": args.partitions,
         "concurrency": args.concurrency,
-        "duration_s": args.duration,
-        "purchases": purchases,
-        "purchases_per_min": round(purchases * 60 / args.duration),
-        "calls_per_s": round(calls / args.duration, 1),
-        "latency_ms": {
-            "p50": round(percentile(latencies, 0.50), 3),
-            "p99": round(percentile(latencies, 0.99), 3),
-            "max": round(latencies[-1] if latencies else 0.0, 3),
-        },
+        **summarize(args, parts),
         "durable": not args.no_sync,
         "verify_ok": verify.returncode == 0,
-        "failed": sum(part["failed"] for part in parts),
         "batch_size": args.batch_size if args.mode in ("batch", "stream", "noop-stream") else 1,
         "window": args.window if args.mode in ("stream", "noop-stream") else 1,
-        "driver_processes": len(drivers),
+        "driver_processes": len(parts),
         "cpu_count": os.cpu_count(),
         "server_cpus": server_cpus,
         "worker_cpus": worker_cpus,
@@ -462,6 +469,25 @@ def _measure(args, workdir: Path) -> dict:
     if verify.returncode != 0:
         result["verify_output"] = verify.stdout[-2000:] + verify.stderr[-2000:]
     return result
+
+
+def summarize(args, parts: list[dict]) -> dict:
+    """What the drivers measured, together: purchases a minute, calls a second, latencies, failures."""
+    latencies = sorted(value for part in parts for value in part["latencies_ms"])
+    purchases = sum(part["purchases"] for part in parts)
+    calls = sum(part["calls"] for part in parts)
+    return {
+        "duration_s": args.duration,
+        "purchases": purchases,
+        "purchases_per_min": round(purchases * 60 / args.duration),
+        "calls_per_s": round(calls / args.duration, 1),
+        "latency_ms": {
+            "p50": round(percentile(latencies, 0.50), 3),
+            "p99": round(percentile(latencies, 0.99), 3),
+            "max": round(latencies[-1] if latencies else 0.0, 3),
+        },
+        "failed": sum(part["failed"] for part in parts),
+    }
 
 
 def print_table(results: list[dict]) -> None:
