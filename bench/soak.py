@@ -166,6 +166,9 @@ def _soak(args, workdir: Path) -> dict:
         for driver in drivers:
             driver.join(DRIVER_GRACE_S)
     finally:
+        for driver in drivers:  # still running only if the soak itself failed
+            if driver.is_alive():
+                driver.terminate()
         stop_s = _stop(server)
         reader.join(SERVER_STOP_TIMEOUT_S)
     verify = subprocess.run(
