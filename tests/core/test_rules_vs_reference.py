@@ -8,12 +8,15 @@ around the thresholds), a purchase time somewhere in one week (hour edges
 and validity edges included), receipt fields (store, region, channel, terminal, payment method,
 card bin) from pools holding the program's values, random promo-code unlocks and what the limits
 have left. A failure prints the falsifying example and a `@reproduce_failure` blob; a run is
-repeated with `--hypothesis-seed=N`.
+repeated with `--hypothesis-seed=N`. The sample program's run draws SAMPLE_PROGRAM_EXAMPLES cases
+(4,000 by default, to keep the default suite short; more: `REFERENCE_TEST_EXAMPLES=20000 .venv/bin/python
+-m pytest tests/core/test_rules_vs_reference.py`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import msgspec
@@ -349,10 +352,11 @@ SAMPLE_PROGRAM = Program(SAMPLE_SPEC)
 SPEC_50 = generated_program(50)
 PROGRAM_50 = Program(SPEC_50)
 RANDOM = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SAMPLE_PROGRAM_EXAMPLES = int(os.environ.get("REFERENCE_TEST_EXAMPLES", "4000"))  # 10,000 took 35 s of the default run
 
 
 @pytest.mark.slow
-@settings(max_examples=10_000, **RANDOM)
+@settings(max_examples=SAMPLE_PROGRAM_EXAMPLES, **RANDOM)
 @given(case=cases(SAMPLE_SPEC))
 def test_core_agrees_with_reference_on_the_sample_program(case):
     check_agreement(SAMPLE_SPEC, SAMPLE_PROGRAM, case)
