@@ -37,6 +37,10 @@ class StaleWriter(Exception):
     """The log holds a group this writer has not seen: it is not the partition's only writer."""
 
 
+class GroupTooLarge(ValueError):
+    """A group larger than one log message (GROUP_BYTES_MAX): refused before anything is published."""
+
+
 class LogUnavailable(Exception):
     """The stream did not acknowledge the group in time: it may or may not be in the log."""
 
@@ -64,7 +68,7 @@ class PartitionLog:
     async def append(self, payload: bytes, expected_last_sequence: int, token: int) -> int:
         """Store one encoded group after `expected_last_sequence`; its stream sequence."""
         if len(payload) > GROUP_BYTES_MAX:
-            raise ValueError(f"a commit group of {len(payload)} bytes exceeds GROUP_BYTES_MAX ({GROUP_BYTES_MAX})")
+            raise GroupTooLarge(f"a commit group of {len(payload)} bytes exceeds GROUP_BYTES_MAX ({GROUP_BYTES_MAX})")
         # Unique per group, the same for a retry of it: an id of the position alone would let another
         # group sent at the same position (after an unanswered one that was stored late) be answered
         # as that one's duplicate, and acknowledged though the log holds the other.
