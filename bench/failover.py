@@ -49,9 +49,9 @@ def converge(nodes: KassaNodes, settings: ClusterSection) -> dict:
     deadline_s = time.monotonic() + CONVERGE_S_MAX
     while True:
         status = asyncio.run(read_cluster_status(settings))
-        end = status["partitions"][0]["log_end_sequence"]
-        applied = {node["node_id"]: node["applied_sequence"] for node in status["nodes"]}
-        if len(applied) == len(nodes.nodes) and set(applied.values()) == {end}:
+        end = [partition["log_end_sequence"] for partition in status["partitions"]]
+        applied = {node["node_id"]: node["lags"] for node in status["nodes"]}
+        if len(applied) == len(nodes.nodes) and all(lags == [0] * len(end) for lags in applied.values()):
             return status
         if time.monotonic() >= deadline_s:
             raise TimeoutError(f"the nodes did not reach the log's end {end} in {CONVERGE_S_MAX} s: {applied}")

@@ -35,6 +35,7 @@ from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
 from kassa.server.cluster.forward import ForwardInterceptor
 from kassa.server.cluster.node import ClusterNode, ClusterRefused
+from kassa.server.cluster.routing import Channels, commit_handler, routed_committer
 from kassa.server.commit import GroupCommitter
 from kassa.server.partition_commit import PartitionedCommitter
 from kassa.server.relay import RELAY_INTERVAL_S, Relay
@@ -261,7 +262,7 @@ class Parts:
     rule_paths: list[Path]
     port: int
     cluster: ClusterNode | None = None  # None: the single node of today
-    forward: ForwardInterceptor | None = None
+    forward: ForwardInterceptor | Channels | None = None  # a cluster node's channels to the other nodes
 
 
 def open_ledger_serving(config: ServerConfig, clock) -> Ledger:
@@ -336,13 +337,24 @@ def build(config: ServerConfig, cluster: ClusterNode | None = None) -> Parts:
         ledger = open_ledger_serving(config, clock)
         committing = (PartitionedCommitter if isinstance(ledger, PartitionedLedger) else GroupCommitter)
         committer = committing(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
-    else:  # a cluster node commits through the partition's replicated log
+    elif cluster.partitions == 1:  # a cluster node commits through the partition's replicated log
         clock, ledger = cluster.clock, cluster.ledger
         committer = GroupCommitter(cluster.logged_ledger(), clock, config.commit.batch_max, config.commit.wait_us_max,
                                    metrics)
+    else:  # each operation to its partition's owner (server/cluster/routing.py)
+        clock, ledger = cluster.clock, cluster.ledger
+        channels = Channels(config.server.message_bytes_max)
+        committer, local_committers = routed_committer(cluster, ledger, clock, config.commit.batch_max,
+                                                       config.commit.wait_us_max, metrics, channels)
     committer.start()
-    forward = None if cluster is None else ForwardInterceptor(cluster, config.server.message_bytes_max)
-    server = grpc_server(config, metrics, forward)
+    forward = None
+    if cluster is not None and cluster.partitions == 1:  # one partition: whole calls go to its owner
+        forward = ForwardInterceptor(cluster, config.server.message_bytes_max)
+    elif cluster is not None:
+        forward = channels  # closed after the drain, as the forwarder's are
+    server = grpc_server(config, metrics, forward if isinstance(forward, ForwardInterceptor) else None)
+    if cluster is not None and cluster.partitions > 1:
+        server.add_generic_rpc_handlers((commit_handler(cluster, local_committers),))
     rule_paths = [Path(path) for path in config.rules.paths]
     processing, health_servicer = add_services(server, config, ledger, committer, clock, metrics, rule_paths)
     port = add_port(server, config)
@@ -358,10 +370,12 @@ async def join_cluster(config: ServerConfig) -> ClusterNode:
     if config.tls.cert_file:
         raise StartupRefused("tls.cert_file with [cluster]: nodes forward calls to each other in plaintext "
                              "today; serve the cluster behind a TLS-terminating proxy, or leave tls out")
-    if config.ledger.partitions > 1:
-        raise StartupRefused(f"ledger.partitions = {config.ledger.partitions} with [cluster]: a cluster node "
-                             "serves one partition (cluster.partitions) until partitions are placed on nodes")
     settings = config.cluster
+    if config.ledger.partitions not in (1, settings.partitions):
+        raise StartupRefused(f"ledger.partitions = {config.ledger.partitions} with [cluster]: a cluster's ledger "
+                             f"has cluster.partitions ({settings.partitions}); leave ledger.partitions out")
+    config = msgspec.structs.replace(config, ledger=msgspec.structs.replace(config.ledger,
+                                                                            partitions=settings.partitions))
     host, _, port = settings.advertise.rpartition(":")
     if port == "0":  # the port server.listen bound (itself 0 there: the one the kernel chose)
         settings = msgspec.structs.replace(settings, advertise=f"{host}:{config.server.listen.rpartition(':')[2]}")
@@ -430,8 +444,9 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
     # replicas differ, so there it waits until it goes through the log (docs/cluster.md).
     if worker_index == 0 and parts.cluster is None:  # one archiver a ledger
         chores.append(loop.create_task(archive_periodically(config.ledger, parts.clock)))
-    if isinstance(ledger, PartitionedLedger):
+    if isinstance(ledger, PartitionedLedger) and parts.cluster is None:  # a cluster splits budgets, no banks
         chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
+    if isinstance(ledger, PartitionedLedger):
         relay = Relay(ledger, committer)  # events whose related customer is in another partition
         committer.on_outbox = relay.kick
         chores.append(loop.create_task(relay.run_periodically(RELAY_INTERVAL_S)))
