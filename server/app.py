@@ -35,7 +35,7 @@ from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
 from kassa.server.cluster.forward import ForwardInterceptor
 from kassa.server.cluster.node import ClusterNode, ClusterRefused
-from kassa.server.cluster.routing import Channels, commit_handler, routed_committer
+from kassa.server.cluster.routing import Channels, SyncInterceptor, commit_handler, routed_committer
 from kassa.server.commit import GroupCommitter
 from kassa.server.partition_commit import PartitionedCommitter
 from kassa.server.relay import RELAY_INTERVAL_S, Relay
@@ -352,7 +352,8 @@ def build(config: ServerConfig, cluster: ClusterNode | None = None) -> Parts:
         forward = ForwardInterceptor(cluster, config.server.message_bytes_max)
     elif cluster is not None:
         forward = channels  # closed after the drain, as the forwarder's are
-    server = grpc_server(config, metrics, forward if isinstance(forward, ForwardInterceptor) else None)
+    server = grpc_server(config, metrics, forward if isinstance(forward, ForwardInterceptor) else
+                         None if cluster is None else SyncInterceptor(cluster))
     if cluster is not None and cluster.partitions > 1:
         server.add_generic_rpc_handlers((commit_handler(cluster, local_committers),))
     rule_paths = [Path(path) for path in config.rules.paths]
@@ -447,7 +448,8 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
     if isinstance(ledger, PartitionedLedger) and parts.cluster is None:  # a cluster splits budgets, no banks
         chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
     if isinstance(ledger, PartitionedLedger):
-        relay = Relay(ledger, committer)  # events whose related customer is in another partition
+        owns_partition = None if parts.cluster is None else (lambda index: parts.cluster.owners[index].serving())
+        relay = Relay(ledger, committer, owns_partition)  # events whose related customer is in another partition
         committer.on_outbox = relay.kick
         chores.append(loop.create_task(relay.run_periodically(RELAY_INTERVAL_S)))
     if parts.cluster is not None:

@@ -107,6 +107,7 @@ class ClusterNode:
         self._gave_up_partition: int | None = None
         self._imbalanced_since_s: float | None = None  # monotonic, since a live node was seen holding 2 fewer
         self._live_nodes: set[str] = {self.node_id}
+        self._catching_up = [asyncio.Lock() for _ in range(self.partitions)]
         self._stop = asyncio.Event()
         self._events_stopped = False  # the drain: no more events are read from JetStream
         self._tasks: list[asyncio.Task] = []
@@ -156,15 +157,28 @@ class ClusterNode:
         return self.connected() and all(owner.serving() or address is not None
                                         for owner, address in zip(self.owners, self.owner_addresses))
 
-    async def caught_up(self, partition: int, sequence: int, wait_s: float) -> bool:
-        """Apply partition's log up to `sequence` here (a commit another node made for a call of this
-        one: the caller's next read here sees it); False when it took longer than `wait_s`."""
+    async def caught_up(self, partition: int, sequence: int | None, wait_s: float) -> bool:
+        """Apply the partition's log here up to `sequence` (None: its end now), e.g. a commit its
+        owner made for a call of this node; False when that took longer than `wait_s` (or the log
+        could not be read): the copy is then as far as it got."""
         owner = self.owners[partition]
-        if owner.replica.applied_sequence >= sequence:
+        if sequence is not None and owner.replica.applied_sequence >= sequence:
             return True
-        with contextlib.suppress(asyncio.TimeoutError, LogUnavailable, *TRANSIENT_ERRORS):
-            await asyncio.wait_for(owner.replica.catch_up(owner.log, sequence), wait_s)
+        async with self._catching_up[partition]:  # one reader of the log per partition; the others wait for it
+            try:
+                if sequence is None:
+                    sequence = await asyncio.wait_for(owner.log.end(), wait_s)
+                if owner.replica.applied_sequence < sequence:
+                    await asyncio.wait_for(owner.replica.catch_up(owner.log, sequence), wait_s)
+            except (asyncio.TimeoutError, LogUnavailable, *TRANSIENT_ERRORS):
+                return False
         return owner.replica.applied_sequence >= sequence
+
+    async def read_synced(self, wait_s: float) -> None:
+        """Bring every partition this node does not own up to its log's end: a call then reads
+        (and routes by) copies holding every commit acknowledged before it began."""
+        await asyncio.gather(*(self.caught_up(owner.partition, None, wait_s) for owner in self.owners
+                               if not owner.serving()))
 
     def start(self, process_events) -> None:
         """Run each partition's loop, the reports and the JetStream events consumer (committing

@@ -6,7 +6,8 @@ each partition's operations to a `RoutedCommitter`: the partition's own GroupCom
 log) when this node owns it, else the owner's, over gRPC (`COMMIT_METHOD`, the operations and
 outcomes as msgpack, the way they are logged). After a commit made elsewhere the node applies the
 partition's log up to that commit before it answers, so a caller reading through the same node
-sees its write. Reads are served by each node's own copy of the partition.
+sees its write. Reads are served by each node's own copy of the partition, which `SyncInterceptor`
+first brings to the log's end: a read through any node sees every commit acknowledged before it.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ from __future__ import annotations
 import grpc
 import msgspec
 
-from kassa.core_ext.model import Code, Operation, Outcome, Reason, rejected
+from kassa.core_ext.model import Code, Outcome, Reason, rejected
+from kassa.server.cluster.group_record import LoggedOperation, OutboxSettled
+from kassa.server.partition_commit import PartitionedCommitter
 
 SERVICE = "kassa.cluster.Partitions"
 COMMIT_METHOD = f"/{SERVICE}/Commit"
 REMOTE_COMMIT_S_MAX = 20.0  # an owner's commit (its log's acknowledgement included) for another node
 CATCH_UP_WAIT_S_MAX = 2.0  # after a commit made by the owner, this node applies the log up to it
+SYNC_WAIT_S_MAX = 1.0  # before a call, each partition this node does not own is brought to its log's end
+SYNCED_SERVICES = "/kassa.v1."  # health and reflection answer at once
 
 
 class CommitRequest(msgspec.Struct, array_like=True, frozen=True):
     partition: int
-    ops: tuple[Operation, ...]
+    ops: tuple[LoggedOperation, ...]
 
 
 class CommitReply(msgspec.Struct, array_like=True, frozen=True):
@@ -71,6 +76,20 @@ class RoutedCommitter:
     def __getattr__(self, name):
         """start, drain, stop, idle, the counts: the local committer's."""
         return getattr(self._local, name)
+
+
+class SyncInterceptor(grpc.aio.ServerInterceptor):
+    """Before each kassa.v1 call (a stream: when it opens), the node's copies of the partitions it
+    does not own catch up with their logs (at most SYNC_WAIT_S_MAX; past it the call goes on with
+    the copy as far as it got: NATS is slow or gone, and a write would be refused anyway)."""
+
+    def __init__(self, node):
+        self._node = node
+
+    async def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith(SYNCED_SERVICES):
+            await self._node.read_synced(SYNC_WAIT_S_MAX)
+        return await continuation(handler_call_details)
 
 
 class Channels:
@@ -126,12 +145,23 @@ class _Writers:
         return getattr(self._ledger, name)
 
 
+class ClusterPartitionedCommitter(PartitionedCommitter):
+    """The router whose outbox bookkeeping goes through the source partition's log too."""
+
+    async def mark_relayed(self, index: int, done: list) -> int:
+        if not done:
+            return 0
+        (outcome,) = await self.committers[index].submit([OutboxSettled(relayed=tuple(done))])
+        return len(done) if outcome.code == Code.OK else 0
+
+    async def forget_move(self, source: int, join_request_id: str) -> None:
+        await self.committers[source].submit([OutboxSettled(moves_done=(join_request_id,))])
+
+
 def routed_committer(node, ledger, clock, batch_max: int, wait_us_max: int, metrics, channels):
     """The single-node partition router over RoutedCommitters; (it, each partition's own committer)."""
-    from kassa.server.partition_commit import PartitionedCommitter  # server/ imports cluster/, not the reverse at load
-
     logged = [node.logged_ledger(partition) for partition in range(node.partitions)]
-    committer = PartitionedCommitter(_Writers(ledger, logged), clock, batch_max, wait_us_max, metrics)
+    committer = ClusterPartitionedCommitter(_Writers(ledger, logged), clock, batch_max, wait_us_max, metrics)
     local = list(committer.committers)
     committer.committers[:] = [RoutedCommitter(node, partition, own, channels) for partition, own in enumerate(local)]
     return committer, local

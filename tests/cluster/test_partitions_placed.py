@@ -19,7 +19,8 @@ from tests.cluster.kassa_cluster import (
 )
 from tests.cluster.nats_cluster import NatsCluster
 from tests.server.helpers import by_account
-from kassa.v1 import accounts_pb2
+from kassa.v1 import accounts_pb2, processing_pb2
+from tests.server.test_process_event import REFERRER_POINTS, customer_event
 from bench import failover
 
 PARTITIONS = 4
@@ -30,6 +31,7 @@ SPREAD_WAIT_S_MAX = 20.0  # the first node takes every lease, then gives them up
 LOAD_BEFORE_KILL_S = 1.5
 LOAD_AFTER_KILL_S = 3.0
 FAILOVER_S_MAX = 10.0
+RELAYED_WITHIN_S = 10.0  # the owner of the event's partition relays every second
 PARTITION_ENV = {"KASSA_CLUSTER_PARTITIONS": str(PARTITIONS), "KASSA_LEDGER_PARTITIONS": str(PARTITIONS)}
 
 
@@ -114,6 +116,63 @@ class TestRouting:
             while {balance(node, account) for node in nodes.nodes} != {wanted}:
                 assert time.monotonic() < deadline_s, f"{account}: the nodes' copies disagree"
                 time.sleep(0.05)
+
+
+def in_partitions(prefix: str, first: int, second: int) -> tuple[str, str]:
+    return (next(f"{prefix}{n}" for n in range(1000) if home_partition(f"{prefix}{n}", PARTITIONS) == first),
+            next(f"{prefix}{n}" for n in range(1000) if home_partition(f"{prefix}{n}", PARTITIONS) == second))
+
+
+def wait_on_every_node(nodes: KassaNodes, done, what: str) -> None:
+    deadline_s = time.monotonic() + RELAYED_WITHIN_S
+    for node in nodes.nodes:
+        while not done(node):
+            assert time.monotonic() < deadline_s, f"{node.address}: {what}"
+            time.sleep(0.05)
+
+
+class TestAcrossPartitions:
+    """Work the single-node router does across partitions, each step committed by its partition's
+    owner through its log (the outbox bookkeeping too: the last test compares every copy)."""
+
+    def test_a_referral_credits_the_referrer_in_its_partition_once(self, cluster):
+        _, nodes = cluster
+        friend, referrer = in_partitions("REF", 0, 3)
+        open_accounts(nodes, [friend, referrer], RETRY_S_MAX)
+        request = processing_pb2.ProcessEventRequest(
+            request_id="crm/ref/c1", event=customer_event(friend, "referral", related=by_account(referrer)))
+        reply = call_until_ok(nodes.nodes, 1, lambda node: node.processing.ProcessEvent(request, timeout=5),
+                              time.monotonic() + RETRY_S_MAX)
+        assert reply.related_points == REFERRER_POINTS
+        wait_on_every_node(nodes, lambda node: balance_of(node, referrer).active_points == REFERRER_POINTS,
+                           "the referrer's share not relayed")
+        related = [entry for entry in statement_entries(nodes.nodes[2], referrer)
+                   if entry.request_id == "crm/ref/c1/related"]
+        assert len(related) == 1
+
+    def test_a_member_of_another_partition_moves_into_its_groups(self, cluster):
+        _, nodes = cluster
+        group, member = in_partitions("GRP", 1, 2)
+        open_accounts(nodes, [group, member], RETRY_S_MAX)
+        request = accounts_pb2.JoinGroupRequest(request_id="join/c1", account_id=member, parent_account_id=group)
+        joined = call_until_ok(nodes.nodes, 2, lambda node: node.accounts.JoinGroup(request, timeout=5),
+                               time.monotonic() + RETRY_S_MAX)
+        assert joined.parent_account_id == group
+        wait_on_every_node(nodes, lambda node: account_of(node, member).parent_account_id == group,
+                           "the member's move not applied")
+
+
+def balance_of(node, account: str):
+    return node.accounts.GetBalance(accounts_pb2.GetBalanceRequest(customer=by_account(account)), timeout=5).balance
+
+
+def account_of(node, account: str):
+    return node.accounts.GetAccount(accounts_pb2.GetAccountRequest(customer=by_account(account)), timeout=5)
+
+
+def statement_entries(node, account: str) -> list:
+    return list(node.accounts.ListTransactions(accounts_pb2.ListTransactionsRequest(
+        customer=by_account(account), page_size=100), timeout=5).transactions)
 
 
 class TestKilledOwner:
