@@ -262,7 +262,7 @@ class Parts:
     rule_paths: list[Path]
     port: int
     cluster: ClusterNode | None = None  # None: the single node of today
-    forward: ForwardInterceptor | Channels | None = None  # a cluster node's channels to the other nodes
+    forward: ForwardInterceptor | SyncInterceptor | None = None  # a cluster node's, with its channels to the others
 
 
 def open_ledger_serving(config: ServerConfig, clock) -> Ledger:
@@ -328,34 +328,22 @@ def add_services(server, config: ServerConfig, ledger, committer, clock, metrics
 
 def build(config: ServerConfig, cluster: ClusterNode | None = None) -> Parts:
     """Open everything a worker serves with, listening but not yet serving. A cluster node commits
-    through its partition's log and forwards the calls of partitions it does not own."""
+    through its partitions' logs, and sends what a partition it does not own commits to its owner."""
     metrics = Metrics()
     # First: a metrics address in use stops the start before anything else is opened.
     metrics_endpoint = serve_metrics(metrics, config.metrics.listen)
+    forward, handlers = None, ()
     if cluster is None:
         clock = make_clock(config.clock.file)
         ledger = open_ledger_serving(config, clock)
         committing = (PartitionedCommitter if isinstance(ledger, PartitionedLedger) else GroupCommitter)
         committer = committing(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
-    elif cluster.partitions == 1:  # a cluster node commits through the partition's replicated log
+    else:  # a cluster node commits through its partitions' replicated logs
         clock, ledger = cluster.clock, cluster.ledger
-        committer = GroupCommitter(cluster.logged_ledger(), clock, config.commit.batch_max, config.commit.wait_us_max,
-                                   metrics)
-    else:  # each operation to its partition's owner (server/cluster/routing.py)
-        clock, ledger = cluster.clock, cluster.ledger
-        channels = Channels(config.server.message_bytes_max)
-        committer, local_committers = routed_committer(cluster, ledger, clock, config.commit.batch_max,
-                                                       config.commit.wait_us_max, metrics, channels)
+        committer, forward, handlers = cluster_commit(config, cluster, metrics)
     committer.start()
-    forward = None
-    if cluster is not None and cluster.partitions == 1:  # one partition: whole calls go to its owner
-        forward = ForwardInterceptor(cluster, config.server.message_bytes_max)
-    elif cluster is not None:
-        forward = channels  # closed after the drain, as the forwarder's are
-    server = grpc_server(config, metrics, forward if isinstance(forward, ForwardInterceptor) else
-                         None if cluster is None else SyncInterceptor(cluster))
-    if cluster is not None and cluster.partitions > 1:
-        server.add_generic_rpc_handlers((commit_handler(cluster, local_committers),))
+    server = grpc_server(config, metrics, forward)
+    server.add_generic_rpc_handlers(handlers)
     rule_paths = [Path(path) for path in config.rules.paths]
     processing, health_servicer = add_services(server, config, ledger, committer, clock, metrics, rule_paths)
     port = add_port(server, config)
@@ -363,6 +351,20 @@ def build(config: ServerConfig, cluster: ClusterNode | None = None) -> Parts:
         raise StartupRefused(f"cannot listen on {config.server.listen}")
     return Parts(config, metrics, metrics_endpoint, clock, ledger, committer, server, processing,
                  health_servicer, rule_paths, port, cluster, forward)
+
+
+def cluster_commit(config: ServerConfig, cluster: ClusterNode, metrics: Metrics):
+    """(committer, the interceptor before the servicers, gRPC handlers between nodes). One partition:
+    whole calls are forwarded to its owner. More: every node routes each operation to its
+    partition's owner (server/cluster/routing.py) and reads from its copies, synced first."""
+    batch_max, wait_us_max = config.commit.batch_max, config.commit.wait_us_max
+    if cluster.partitions == 1:
+        committer = GroupCommitter(cluster.logged_ledger(), cluster.clock, batch_max, wait_us_max, metrics)
+        return committer, ForwardInterceptor(cluster, config.server.message_bytes_max), ()
+    channels = Channels(config.server.message_bytes_max)
+    committer, local_committers = routed_committer(cluster, cluster.ledger, cluster.clock, batch_max, wait_us_max,
+                                                   metrics, channels)
+    return committer, SyncInterceptor(cluster, channels), (commit_handler(cluster, local_committers),)
 
 
 async def join_cluster(config: ServerConfig) -> ClusterNode:

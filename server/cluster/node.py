@@ -108,6 +108,7 @@ class ClusterNode:
         self._imbalanced_since_s: float | None = None  # monotonic, since a live node was seen holding 2 fewer
         self._live_nodes: set[str] = {self.node_id}
         self._catching_up = [asyncio.Lock() for _ in range(self.partitions)]
+        self._synced_from_s = [0.0] * self.partitions  # monotonic: when the last catch-up to the log's end asked for it
         self._stop = asyncio.Event()
         self._events_stopped = False  # the drain: no more events are read from JetStream
         self._tasks: list[asyncio.Task] = []
@@ -164,15 +165,23 @@ class ClusterNode:
         owner = self.owners[partition]
         if sequence is not None and owner.replica.applied_sequence >= sequence:
             return True
+        asked_s, started_s = time.monotonic(), None
         async with self._catching_up[partition]:  # one reader of the log per partition; the others wait for it
+            if sequence is None and self._synced_from_s[partition] >= asked_s:
+                return True  # a catch-up to the end that began after this call did is done: calls share it
             try:
                 if sequence is None:
+                    started_s = time.monotonic()
                     sequence = await asyncio.wait_for(owner.log.end(), wait_s)
                 if owner.replica.applied_sequence < sequence:
                     await asyncio.wait_for(owner.replica.catch_up(owner.log, sequence), wait_s)
             except (asyncio.TimeoutError, LogUnavailable, *TRANSIENT_ERRORS):
                 return False
-        return owner.replica.applied_sequence >= sequence
+            if owner.replica.applied_sequence < sequence:
+                return False
+            if started_s is not None:
+                self._synced_from_s[partition] = started_s
+        return True
 
     async def read_synced(self, wait_s: float) -> None:
         """Bring every partition this node does not own up to its log's end: a call then reads

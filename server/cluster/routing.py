@@ -83,13 +83,17 @@ class SyncInterceptor(grpc.aio.ServerInterceptor):
     does not own catch up with their logs (at most SYNC_WAIT_S_MAX; past it the call goes on with
     the copy as far as it got: NATS is slow or gone, and a write would be refused anyway)."""
 
-    def __init__(self, node):
+    def __init__(self, node, channels):
         self._node = node
+        self._channels = channels  # the RoutedCommitters' to the owners: closed with this after the drain
 
     async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(SYNCED_SERVICES):
             await self._node.read_synced(SYNC_WAIT_S_MAX)
         return await continuation(handler_call_details)
+
+    async def close(self) -> None:
+        await self._channels.close()
 
 
 class Channels:
