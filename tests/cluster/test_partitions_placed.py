@@ -31,7 +31,8 @@ SPREAD_WAIT_S_MAX = 20.0  # the first node takes every lease, then gives them up
 LOAD_BEFORE_KILL_S = 1.5
 LOAD_AFTER_KILL_S = 3.0
 FAILOVER_S_MAX = 10.0
-RELAYED_WITHIN_S = 10.0  # the owner of the event's partition relays every second
+RELAYED_WITHIN_S = 10.0
+SNAPSHOT_INTERVAL_S = 1.0  # the owner of the event's partition relays every second
 PARTITION_ENV = {"KASSA_CLUSTER_PARTITIONS": str(PARTITIONS), "KASSA_LEDGER_PARTITIONS": str(PARTITIONS)}
 
 
@@ -53,13 +54,20 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("kassa-parts")
     servers = NatsCluster(NATS_BINARY, root / "nats", 1)
     servers.start()
-    nodes = KassaNodes(root, servers.urls, NODES, LEASE_TTL_MS, replicas=1, extra_env=PARTITION_ENV)
+    env = {**PARTITION_ENV, "KASSA_CLUSTER_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S)}
+    nodes = KassaNodes(root, servers.urls, NODES + 1, LEASE_TTL_MS, replicas=1, extra_env=env)
     try:
-        nodes.start()
+        for node in nodes.nodes[:NODES]:  # the last one joins later (TestJoining)
+            node.start()
+        nodes.wait_serving(nodes.nodes[:NODES])
         yield servers, nodes
     finally:
         nodes.stop()
         servers.stop()
+
+
+def live(nodes: KassaNodes) -> list:
+    return [node for node in nodes.nodes if node.process is not None and node.process.poll() is None]
 
 
 def owners_by_partition(node) -> list[str | None]:
@@ -71,8 +79,7 @@ def wait_spread(nodes: KassaNodes) -> list[str | None]:
     deadline_s = time.monotonic() + SPREAD_WAIT_S_MAX
     while True:
         owners = owners_by_partition(nodes.nodes[0])
-        counts = [owners.count(node.extra_env["KASSA_CLUSTER_NODE_ID"]) for node in nodes.nodes
-                  if node.process is not None and node.process.poll() is None]
+        counts = [owners.count(node.extra_env["KASSA_CLUSTER_NODE_ID"]) for node in live(nodes)]
         if None not in owners and max(counts) - min(counts) <= 1:
             return owners
         assert time.monotonic() < deadline_s, f"leases not spread: {owners}"
@@ -113,7 +120,7 @@ class TestRouting:
         for account in accounts:
             wanted = balance(nodes.nodes[0], account)
             deadline_s = time.monotonic() + 5
-            while {balance(node, account) for node in nodes.nodes} != {wanted}:
+            while {balance(node, account) for node in live(nodes)} != {wanted}:
                 assert time.monotonic() < deadline_s, f"{account}: the nodes' copies disagree"
                 time.sleep(0.05)
 
@@ -125,7 +132,7 @@ def in_partitions(prefix: str, first: int, second: int) -> tuple[str, str]:
 
 def wait_on_every_node(nodes: KassaNodes, done, what: str) -> None:
     deadline_s = time.monotonic() + RELAYED_WITHIN_S
-    for node in nodes.nodes:
+    for node in live(nodes):
         while not done(node):
             assert time.monotonic() < deadline_s, f"{node.address}: {what}"
             time.sleep(0.05)
@@ -175,6 +182,24 @@ def statement_entries(node, account: str) -> list:
         customer=by_account(account), page_size=100), timeout=5).transactions)
 
 
+class TestJoining:
+    def test_a_new_node_restores_every_partitions_snapshot_and_takes_its_share(self, cluster):
+        _, nodes = cluster
+        account = accounts_per_partition(1)[-1]
+        open_accounts(nodes, [account], RETRY_S_MAX)
+        time.sleep(SNAPSHOT_INTERVAL_S * 1.5)  # every owner stored a snapshot since
+        call_until_ok(nodes.nodes, 0, lambda node: node.processing.Accrue(accrue_request("join-after", account),
+                                                                          timeout=5), time.monotonic() + RETRY_S_MAX)
+        joining = nodes.nodes[NODES]
+        joining.start()
+        nodes.wait_serving([joining])
+        restored = [line for line in joining.log_lines if "restored the partition's snapshot" in line]
+        assert len(restored) == PARTITIONS
+        assert "join-after" in statement_request_ids(joining, account)  # and the log after the snapshot
+        owners = wait_spread(nodes)
+        assert joining.extra_env["KASSA_CLUSTER_NODE_ID"] in owners
+
+
 class TestKilledOwner:
     def test_kill9_of_a_node_moves_its_partitions_and_loses_nothing(self, cluster):
         servers, nodes = cluster
@@ -190,11 +215,12 @@ class TestKilledOwner:
         victim.kill9()
         time.sleep(LOAD_AFTER_KILL_S)
         load.stop()
-        moved = owners_by_partition(nodes.nodes[(nodes.nodes.index(victim) + 1) % NODES])
+        survivor = live(nodes)[0]
+        moved = owners_by_partition(survivor)
         assert victim_id not in moved
         assert None not in moved
         assert failover.failover_after(load, killed_s) <= FAILOVER_S_MAX
-        counted = audit(nodes.nodes[(nodes.nodes.index(victim) + 1) % NODES], load)
+        counted = audit(survivor, load)
         assert load.unacked == []
         assert counted["lost"] == 0
         assert counted["duplicated"] == 0
