@@ -376,7 +376,8 @@ async def join_cluster(config: ServerConfig) -> ClusterNode:
     settings = config.cluster
     if config.ledger.partitions not in (1, settings.partitions):
         raise StartupRefused(f"ledger.partitions = {config.ledger.partitions} with [cluster]: a cluster's ledger "
-                             f"has cluster.partitions ({settings.partitions}); leave ledger.partitions out")
+                             f"has cluster.partitions ({settings.partitions}); set ledger.partitions = "
+                             f"{settings.partitions} (kassa verify and backup read it)")
     config = msgspec.structs.replace(config, ledger=msgspec.structs.replace(config.ledger,
                                                                             partitions=settings.partitions))
     host, _, port = settings.advertise.rpartition(":")

@@ -18,6 +18,7 @@ from tests.cluster.kassa_cluster import (
     statement_request_ids,
 )
 from tests.cluster.nats_cluster import NatsCluster
+from tests.kassa_harness import KassaServer
 from tests.server.helpers import by_account
 from kassa.v1 import accounts_pb2, processing_pb2
 from tests.server.test_process_event import REFERRER_POINTS, customer_event
@@ -245,3 +246,16 @@ def partition_digests_equal(nodes: KassaNodes) -> bool:
             ledger.close()
     print(digests)
     return all(digest == digests[0] for digest in digests)
+
+
+class TestRefusal:
+    def test_ledger_partitions_other_than_the_clusters_is_refused_at_start(self, tmp_path):
+        env = {"KASSA_CLUSTER_NODE_ID": "node-x", "KASSA_CLUSTER_ADVERTISE": "127.0.0.1:0",
+               "KASSA_CLUSTER_NATS_URLS": "nats://127.0.0.1:1", "KASSA_CLUSTER_PARTITIONS": "4",
+               "KASSA_LEDGER_PARTITIONS": "2"}
+        server = KassaServer(tmp_path, env=env)
+        with pytest.raises(RuntimeError) as caught:
+            server.start()
+        assert server.process.returncode == 2
+        assert "ledger.partitions = 2 with [cluster]" in str(caught.value)
+        assert "set ledger.partitions = 4" in str(caught.value)
