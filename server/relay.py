@@ -51,9 +51,10 @@ def _settled(outcome) -> bool:
 
 
 class Relay:
-    def __init__(self, ledger, committer):
+    def __init__(self, ledger, committer, owns=None):
         self._ledger = ledger
         self._committer = committer
+        self._owns = owns  # in a cluster, `owns(partition)`: only the partition's owner relays its outbox
         self._wanted = asyncio.Event()
 
     def kick(self) -> None:
@@ -75,6 +76,8 @@ class Relay:
         """Relay what every partition's outbox holds; returns the records settled."""
         settled = 0
         for index, ledger in enumerate(self._ledger.parts):
+            if self._owns is not None and not self._owns(index):
+                continue
             for moving in await asyncio.to_thread(pending_moves, ledger):  # members a crash left mid-move
                 outcome = await self._committer.finish_move(index, moving)
                 if outcome.code not in (Code.OK, Code.FAILED_PRECONDITION):
@@ -89,7 +92,7 @@ class Relay:
                     done.append((request_id, record.state))
                 else:
                     log.warning("outbox relay of %r refused: %s", request_id, outcome.message)
-            settled += await asyncio.to_thread(mark_done, ledger, done)
+            settled += await self._committer.mark_relayed(index, done)
         return settled
 
 

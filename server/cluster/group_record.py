@@ -12,7 +12,23 @@ from __future__ import annotations
 
 import msgspec
 
-from kassa.core_ext.model import Operation
+from kassa.core_ext.model import MoveInOp, MoveOutOp, Operation, RelatedCreditOp
+
+OUTBOX_SETTLED_TAG = 100  # above every tag of core_ext/model.py's operations
+
+
+class OutboxSettled(msgspec.Struct, array_like=True, frozen=True, tag=OUTBOX_SETTLED_TAG):
+    """Partitions in a cluster: outbox records of the group's partition that are done with, which
+    the single-node relay deletes outside any group (server/relay.py `mark_done`, core_ext/outbox.py
+    `forget_move`); logged so that every copy of the partition settles them alike."""
+
+    request_id: str = ""  # none: the group committer never takes it for a retry of another
+    relayed: tuple[tuple[str, int], ...] = ()  # (the event's request id, the state it was relayed in)
+    moves_done: tuple[str, ...] = ()  # the joins whose member's move is finished
+
+
+# Besides the operations a client's call makes: what the partition router writes across partitions.
+LoggedOperation = Operation | RelatedCreditOp | MoveOutOp | MoveInOp | OutboxSettled
 
 
 class LoggedGroup(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -20,7 +36,7 @@ class LoggedGroup(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_f
     token: int
     now_ms: int
     ruleset_version: str
-    ops: tuple[Operation, ...]  # empty: the marker a new owner writes when it takes the lease
+    ops: tuple[LoggedOperation, ...]  # empty: the marker a new owner writes when it takes the lease
 
 
 _encode = msgspec.msgpack.Encoder().encode

@@ -48,6 +48,12 @@ class PartitionOwner:
             return False
         return self.serving()
 
+    async def give_up(self) -> None:
+        """Hand the lease back (placement: another node holds fewer), between two appends, so
+        that no group of this node is in flight when the next owner fences the log."""
+        async with self._appending:
+            await self.lease.release()
+
     async def commit(self, ops: list, now_ms: int | None = None) -> list:
         """Log `ops` as one group (at `now_ms`, default the clock's now), apply them, and return
         their outcomes."""

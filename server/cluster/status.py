@@ -29,6 +29,8 @@ class NodeReport(msgspec.Struct, frozen=True):
     serving: bool  # holds the partition's lease and commits
     connected: bool
     reported_at_ms: int  # the node's wall clock
+    owned: tuple[int, ...] = ()  # the partitions whose lease it holds
+    applied_sequences: tuple[int, ...] = ()  # per partition, the log sequence its copy applied up to
 
 
 _encode = msgspec.json.Encoder().encode
@@ -85,9 +87,16 @@ async def cluster_status(js, partitions: int) -> dict:
             "log_end_sequence": ends[partition],
         })
     taken_ms = now_ms()
-    nodes = [{**msgspec.structs.asdict(report), "lag": max(0, ends.get(report.partition, 0) - report.applied_sequence),
+    nodes = [{**msgspec.structs.asdict(report), **_lags(report, ends),
               "report_age_ms": max(0, taken_ms - report.reported_at_ms)} for report in reports]
     return {"partitions": shown_partitions, "nodes": nodes}
+
+
+def _lags(report: NodeReport, ends: dict[int, int]) -> dict:
+    """`lag`: log sequences the node has still to apply, all partitions together; `lags`: per partition."""
+    applied = dict(enumerate(report.applied_sequences)) or {report.partition: report.applied_sequence}
+    lags = [max(0, end - applied.get(partition, 0)) for partition, end in sorted(ends.items())]
+    return {"lag": sum(lags), "lags": lags}
 
 
 STATUS_CONNECT_S_MAX = 5.0
