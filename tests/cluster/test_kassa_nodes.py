@@ -24,11 +24,13 @@ from tests.cluster.kassa_cluster import (
     call_until_ok,
     cluster_status,
     health,
+    not_serving_report,
     open_accounts,
     statement_request_ids,
 )
 from tests.cluster.nats_cluster import NatsCluster
 from tests.cluster.conftest import NATS_BINARY
+from tests.kassa_harness import KassaServer
 from tests.server.stream_helpers import batches_of, flat_acks, plan_purchases, stream_all
 from tests.server.test_errors import Refusal
 
@@ -220,3 +222,24 @@ class TestFailover:
         assert result["failover_s"] <= failover.FAILOVER_S_REQUIRED
         assert result["verify_ok"]
         assert result["replicas_identical"]
+
+
+class TestRestartedNode:
+    def test_a_node_started_again_on_a_new_port_is_checked_there_not_at_its_old_port(self, tmp_path):
+        # The flake of TestFailover: a load thread asked the killed node for a channel between the
+        # kill and the restart (it had checked that the process ran just before); the harness kept
+        # that channel to the old port, and the restarted node's health "never" said SERVING.
+        node = KassaServer(tmp_path, env={"KASSA_SERVER_LISTEN": "127.0.0.1:0"})
+        try:
+            node.start()
+            old_address = node.address
+            node.kill9()
+            node.channel()  # the racing load thread
+            node.start()
+            assert node.address != old_address
+            deadline_s = time.monotonic() + HEALTH_WAIT_S_MAX
+            while health(node) != health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline_s, not_serving_report(node)
+                time.sleep(0.1)
+        finally:
+            node.stop()
