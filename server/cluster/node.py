@@ -29,8 +29,8 @@ from kassa.server.cluster.lease import PartitionLease, lease_holder
 from kassa.server.cluster.owner import NotOwner, PartitionOwner
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 from kassa.server.cluster.replica import FOLLOW_IDLE_S, Replica, ReplicaDiverged
-from kassa.server.cluster.snapshot import LMDB_DATA_FILE, restore_snapshot, save_snapshot
-from kassa.server.cluster.status import NODE_REPORT_INTERVAL_S, NodeReport, now_ms, write_report
+from kassa.server.cluster.snapshot import LMDB_DATA_FILE, restore_snapshot, snapshot_and_trim
+from kassa.server.cluster.status import NODE_REPORT_INTERVAL_S, NodeReport, now_ms, read_reports, write_report
 from kassa.server.cluster.streams import LEASE_BUCKET, NODES_BUCKET, TRANSIENT_ERRORS, ensure_streams
 from kassa.server.logs import event
 
@@ -199,12 +199,15 @@ class ClusterNode:
             await self._pause(interval_s)
             if not self.owner.serving() or self._stop.is_set():
                 continue
-            try:
-                sequence = await save_snapshot(self.js, self.owner.replica)
+            try:  # the log is then trimmed behind it, keeping what the nodes still need
+                applied = [report.applied_sequence for report in await read_reports(self._nodes_kv)
+                           if report.partition == self.owner.partition]
+                sequence, log_start = await snapshot_and_trim(self.js, self.owner.replica, applied)
             except (OSError, *TRANSIENT_ERRORS) as error:
                 event(log, "snapshot failed; the next one retries", error=f"{type(error).__name__}: {error}")
                 continue
-            event(log, "snapshot stored", partition=self.owner.partition, applied_sequence=sequence)
+            event(log, "snapshot stored", partition=self.owner.partition, applied_sequence=sequence,
+                  log_start_sequence=log_start)
 
     async def report_periodically(self) -> None:
         """Write this node's applied position every NODE_REPORT_INTERVAL_S, for `kassa cluster status`."""
