@@ -12,7 +12,9 @@ of the log before the *log start*: the oldest position any node may still need, 
 - the previous snapshot's sequence (the margin: a node that downloaded the previous snapshot while
   this one was taken still finds the log after it; one snapshot interval of groups is kept), and
 - the lowest applied sequence any node reported for the partition within NODE_REPORT_TTL_S (a
-  follower that is behind, or restarting, still finds the groups it has not applied).
+  follower that is behind, or restarting, still finds the groups it has not applied),
+and never past the snapshot's own group: the subject's last group stays, which the log's fence
+(the expected last sequence per subject) checks the next append against.
 The log start goes into the new snapshot's headers before anything is purged: a replica that has not
 applied the groups before it (a node away longer than NODE_REPORT_TTL_S) cannot follow the log and
 says so (partition_log.LogTrimmed); emptying its ledger directory makes it start from the snapshot.
@@ -66,7 +68,9 @@ async def snapshot_and_trim(js, replica, applied: list[int]) -> tuple[int, int]:
     def log_start(sequence: int) -> int:
         if previous is None:
             return 0
-        return min(previous, sequence, *applied) + 1
+        # Never past the group at `sequence`: the log's fence (the expected last sequence of the
+        # partition's subject) needs the subject's last group, and it is this one or a later one.
+        return min(min(previous, *applied) + 1, sequence)
 
     sequence = await save_snapshot(js, replica, log_start)
     start = log_start(sequence)
@@ -100,4 +104,3 @@ async def restore_snapshot(js, partition: int, directory) -> bool:
         os.remove(path)
         return False
     return True
-
