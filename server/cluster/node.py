@@ -118,8 +118,10 @@ class ClusterNode:
         return self.owner.serving()
 
     def can_serve(self) -> bool:
-        """Health: connected, and the partition has an owner (this node or one it forwards to)."""
-        return self.connected() and (self.serves_here() or self.owner_address is not None)
+        """Health: connected, the partition's loop running, and the partition has an owner (this node
+        or one it forwards to)."""
+        running = bool(self._tasks) and not self._tasks[0].done()
+        return self.connected() and running and (self.serves_here() or self.owner_address is not None)
 
     def start(self, process_events) -> None:
         """Run the partition's loop, the reports and the JetStream events consumer (committing
@@ -129,6 +131,19 @@ class ClusterNode:
         self._tasks = [loop.create_task(self.run()), loop.create_task(self.report_periodically()),
                        loop.create_task(consume_events(self, process_events)),
                        loop.create_task(self.snapshot_periodically())]
+        for task in self._tasks:
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """The loops run until `close`. One that ended before (a cancellation from a library, a
+        BaseException) would leave the node silently neither following nor serving: say it, and
+        stop claiming an owner, so health says NOT_SERVING instead of forwarding to a stale one."""
+        if self._stop.is_set():
+            return
+        self.owner_address = None
+        error = "cancelled" if task.cancelled() else repr(task.exception())
+        log.error("cluster loop ended before the node closed; restart the node",
+                  extra={"fields": {"task": task.get_coro().__qualname__, "error": error}})
 
     def closing(self) -> bool:
         return self._stop.is_set()
