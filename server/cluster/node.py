@@ -22,6 +22,7 @@ import shutil
 import time
 
 import nats
+import nats.js.errors
 
 from kassa.server.cluster.committing import LoggedLedger
 from kassa.server.cluster.events import consume_events
@@ -218,7 +219,7 @@ class ClusterNode:
                 applied = [report.applied_sequence for report in await read_reports(self._nodes_kv)
                            if report.partition == self.owner.partition]
                 sequence, log_start = await snapshot_and_trim(self.js, self.owner.replica, applied)
-            except (OSError, *TRANSIENT_ERRORS) as error:
+            except (OSError, nats.js.errors.APIError, *TRANSIENT_ERRORS) as error:
                 event(log, "snapshot failed; the next one retries", error=f"{type(error).__name__}: {error}")
                 continue
             event(log, "snapshot stored", partition=self.owner.partition, applied_sequence=sequence,

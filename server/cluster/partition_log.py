@@ -38,7 +38,8 @@ APPEND_S_MAX = 10.0  # retries of one publish (through a stream leader's electio
 APPEND_ATTEMPT_S_MAX = 2.0  # one publish request
 APPEND_RETRY_PAUSE_S = 0.1
 READ_REQUEST_S_MAX = 2.0  # one read of the log (a message, or the subject's last sequence)
-READ_BATCH_GROUPS_MAX = 256  # groups one batched read brings (each at most GROUP_BYTES_MAX)
+# Groups one batched read brings: each is at most GROUP_BYTES_MAX, so a batch holds at most 64 MiB.
+READ_BATCH_GROUPS_MAX = 64
 READ_BATCH_WAIT_S = 0.5  # a batched read that finds nothing returns empty after this long
 READER_IDLE_S_MAX = 30.0  # the servers delete a reader's consumer unused for this long
 WRONG_LAST_SEQUENCE_ERR_CODE = 10071  # JSStreamWrongLastSequenceErr

@@ -74,7 +74,8 @@ class Replica:
 
     async def catch_up(self, log, to_sequence: int | None = None) -> int:
         """Apply the log's groups after `applied_sequence` up to `to_sequence` (default: the log's
-        end now). Returns how many groups it applied."""
+        end now), read in batches. Returns how many groups it applied. A replica that needs groups
+        the log was trimmed of (behind a snapshot) cannot follow it: ReplicaDiverged."""
         if to_sequence is None:
             to_sequence = await log.end()
         applied = 0
