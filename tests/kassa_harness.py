@@ -53,6 +53,7 @@ class KassaServer:
         self.address = ""
         self.log_lines: list[str] = []
         self._channel: grpc.Channel | None = None
+        self._channel_address = ""  # the address self._channel connects to
         self._drainer: threading.Thread | None = None
 
     @property
@@ -107,8 +108,13 @@ class KassaServer:
         return code
 
     def channel(self) -> grpc.Channel:
-        if self._channel is None:
+        """A channel to the server's current address. A server started again on port 0 has a new
+        one: a channel made for the old address (by a client thread that raced `kill9`, say) would
+        keep calling a port nothing listens on, so it is replaced, never reused."""
+        if self._channel is None or self._channel_address != self.address:
+            self._close_channel()
             self._channel = grpc.insecure_channel(self.address)
+            self._channel_address = self.address
         return self._channel
 
     @property

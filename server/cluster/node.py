@@ -27,6 +27,7 @@ import shutil
 import time
 
 import nats
+import nats.js.errors
 
 from kassa.core_ext.partitions import partition_path
 from kassa.server.cluster.committing import LoggedLedger
@@ -36,7 +37,7 @@ from kassa.server.cluster.lease import PartitionLease, lease_holder
 from kassa.server.cluster.owner import NotOwner, PartitionOwner
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 from kassa.server.cluster.replica import FOLLOW_IDLE_S, Replica, ReplicaDiverged
-from kassa.server.cluster.snapshot import LMDB_DATA_FILE, restore_snapshot, save_snapshot
+from kassa.server.cluster.snapshot import LMDB_DATA_FILE, restore_snapshot, snapshot_and_trim
 from kassa.server.cluster.status import NODE_REPORT_INTERVAL_S, NodeReport, now_ms, read_reports, write_report
 from kassa.server.cluster.streams import LEASE_BUCKET, NODES_BUCKET, TRANSIENT_ERRORS, ensure_streams
 from kassa.server.logs import event
@@ -154,9 +155,12 @@ class ClusterNode:
         return [owner.partition for owner in self.owners if owner.serving()]
 
     def can_serve(self) -> bool:
-        """Health: connected, and every partition has an owner (this node or one it forwards to)."""
-        return self.connected() and all(owner.serving() or address is not None
-                                        for owner, address in zip(self.owners, self.owner_addresses))
+        """Health: connected, the node's loops running, and every partition has an owner (this node or
+        one it forwards to)."""
+        loops = self._tasks[:self.partitions]
+        running = len(loops) == self.partitions and not any(task.done() for task in loops)
+        return self.connected() and running and all(owner.serving() or address is not None
+                                                    for owner, address in zip(self.owners, self.owner_addresses))
 
     async def caught_up(self, partition: int, sequence: int | None, wait_s: float) -> bool:
         """Apply the partition's log here up to `sequence` (None: its end now), e.g. a commit its
@@ -198,6 +202,19 @@ class ClusterNode:
         self._tasks += [loop.create_task(self.report_periodically()),
                         loop.create_task(consume_events(self, process_events)),
                         loop.create_task(self.snapshot_periodically())]
+        for task in self._tasks[:self.partitions]:  # the partitions' loops (snapshots may be off: that one ends)
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """The loops run until `close`. One that ended before (a cancellation from a library, a
+        BaseException) would leave the node silently neither following nor serving: say it, and
+        stop claiming owners, so health says NOT_SERVING instead of forwarding to stale ones."""
+        if self._stop.is_set():
+            return
+        self.owner_addresses = [None] * self.partitions
+        error = "cancelled" if task.cancelled() else repr(task.exception())
+        log.error("cluster loop ended before the node closed; restart the node",
+                  extra={"fields": {"task": task.get_coro().__qualname__, "error": error}})
 
     def closing(self) -> bool:
         return self._stop.is_set()
@@ -327,12 +344,16 @@ class ClusterNode:
             for owner in self.owners:
                 if not owner.serving() or self._stop.is_set():
                     continue
-                try:
-                    sequence = await save_snapshot(self.js, owner.replica)
-                except (OSError, *TRANSIENT_ERRORS) as error:
-                    event(log, "snapshot failed; the next one retries", error=f"{type(error).__name__}: {error}")
+                try:  # the log is then trimmed behind it, keeping what the nodes still need
+                    applied = [report.applied_sequences[owner.partition] for report in await read_reports(self._nodes_kv)
+                               if len(report.applied_sequences) > owner.partition]
+                    sequence, log_start = await snapshot_and_trim(self.js, owner.replica, applied)
+                except (OSError, nats.js.errors.APIError, *TRANSIENT_ERRORS) as error:
+                    event(log, "snapshot failed; the next one retries", partition=owner.partition,
+                          error=f"{type(error).__name__}: {error}")
                     continue
-                event(log, "snapshot stored", partition=owner.partition, applied_sequence=sequence)
+                event(log, "snapshot stored", partition=owner.partition, applied_sequence=sequence,
+                      log_start_sequence=log_start)
 
     async def report_periodically(self) -> None:
         """Write this node's applied positions every NODE_REPORT_INTERVAL_S (for `kassa cluster

@@ -11,23 +11,37 @@
   checked against what the log holds there, so another group is never acknowledged in its place.
 The publish returns once the stream's quorum stored the group; only then may the owner apply it and
 answer the callers.
+
+A follower reads the log in batches (`read_batch`) through an ephemeral pull consumer of its own on
+the partition's subject (no acks, state in memory, deleted by the servers when unused for
+READER_IDLE_S_MAX): one request brings up to READ_BATCH_GROUPS_MAX groups, in log order, where a
+read by sequence (`read`) brings one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 
+import nats.errors
+import nats.js.api as api
 import nats.js.errors
 from nats.js.api import Header
 
-from kassa.server.cluster.streams import GROUP_BYTES_MAX, LOG_STREAM, TRANSIENT_ERRORS, log_subject
+from kassa.server.cluster.streams import (
+    GROUP_BYTES_MAX, LOG_START_HEADER, LOG_STREAM, SNAPSHOT_BUCKET, TRANSIENT_ERRORS, log_subject, snapshot_name,
+)
 
 APPEND_S_MAX = 10.0  # retries of one publish (through a stream leader's election) end after this
 APPEND_ATTEMPT_S_MAX = 2.0  # one publish request
 APPEND_RETRY_PAUSE_S = 0.1
 READ_REQUEST_S_MAX = 2.0  # one read of the log (a message, or the subject's last sequence)
+# Groups one batched read brings: each is at most GROUP_BYTES_MAX, so a batch holds at most 64 MiB.
+READ_BATCH_GROUPS_MAX = 64
+READ_BATCH_WAIT_S = 0.5  # a batched read that finds nothing returns empty after this long
+READER_IDLE_S_MAX = 30.0  # the servers delete a reader's consumer unused for this long
 WRONG_LAST_SEQUENCE_ERR_CODE = 10071  # JSStreamWrongLastSequenceErr
 MESSAGE_ID_DIGEST_BYTES = 8  # of a group's payload, in its message id
 _TRANSIENT = TRANSIENT_ERRORS
@@ -41,6 +55,10 @@ class GroupTooLarge(ValueError):
     """A group larger than one log message (GROUP_BYTES_MAX): refused before anything is published."""
 
 
+class LogTrimmed(Exception):
+    """The groups a reader needs next were trimmed from the log (behind a snapshot)."""
+
+
 class LogUnavailable(Exception):
     """The stream did not acknowledge the group in time: it may or may not be in the log."""
 
@@ -50,6 +68,9 @@ class PartitionLog:
         self._js = js
         self.partition = partition
         self.subject = log_subject(partition)
+        self._reader = None  # the pull subscription of read_batch, while it reads on
+        self._reader_next = 0  # the sequence the reader's next group must be at or after
+        self._reader_delivered = 0  # the consumer sequence of the last group it delivered
 
     async def end(self) -> int:
         """The sequence of the partition's last group (0: none yet), asked of the stream's leader."""
@@ -119,3 +140,71 @@ class PartitionLog:
                 if time.monotonic() >= deadline_s:
                     raise LogUnavailable(f"partition {self.partition}: the log could not be read")
                 await asyncio.sleep(APPEND_RETRY_PAUSE_S)
+
+    async def start(self) -> int:
+        """The log start the partition's latest snapshot recorded: the groups before it may have been
+        purged (server/cluster/snapshot.py). 0 when it has no snapshot, or the snapshot none."""
+        store = await self._js.object_store(SNAPSHOT_BUCKET)
+        try:
+            info = await store.get_info(snapshot_name(self.partition))
+        except nats.js.errors.ObjectNotFoundError:
+            return 0
+        return int((info.headers or {}).get(LOG_START_HEADER, ["0"])[0])
+
+    async def first(self) -> int:
+        """The sequence of the partition's first group still in the log (0: none)."""
+        found = await self.read(1)
+        return 0 if found is None else found[0]
+
+    async def read_batch(self, from_sequence: int) -> list[tuple[int, bytes]]:
+        """The partition's groups at or after `from_sequence`, in log order, as many as one request
+        brings (READ_BATCH_GROUPS_MAX): [(sequence, payload), ...], [] when there are none yet."""
+        deadline_s = time.monotonic() + APPEND_S_MAX
+        while True:
+            try:
+                return await self._fetch(from_sequence)
+            except (nats.js.errors.NotFoundError, *_TRANSIENT):  # NotFound: the servers dropped the consumer
+                await self.close_reader()
+                if time.monotonic() >= deadline_s:
+                    raise LogUnavailable(f"partition {self.partition}: the log could not be read")
+                await asyncio.sleep(APPEND_RETRY_PAUSE_S)
+
+    async def _fetch(self, from_sequence: int) -> list[tuple[int, bytes]]:
+        if self._reader is None or self._reader_next != from_sequence:
+            await self._open_reader(from_sequence)
+        try:
+            messages = await self._reader.fetch(READ_BATCH_GROUPS_MAX, timeout=READ_BATCH_WAIT_S)
+        except (asyncio.TimeoutError, nats.errors.TimeoutError):
+            return []
+        found = []
+        for message in messages:
+            delivered = message.metadata.sequence.consumer
+            if delivered != self._reader_delivered + 1:  # a gap in what the consumer sent: read again from here
+                await self.close_reader()
+                break
+            self._reader_delivered = delivered
+            found.append((message.metadata.sequence.stream, message.data))
+        if found:
+            self._reader_next = found[-1][0] + 1
+        return found
+
+    async def _open_reader(self, from_sequence: int) -> None:
+        await self.close_reader()
+        start = await self.start()
+        if from_sequence < start:
+            raise LogTrimmed(f"partition {self.partition}: the groups from {from_sequence} on are needed, the log "
+                             f"was trimmed up to {start} behind a snapshot")
+        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=max(1, from_sequence), ack_policy=api.AckPolicy.NONE,
+                                    inactive_threshold=READER_IDLE_S_MAX, mem_storage=True, num_replicas=1)
+        self._reader = await asyncio.wait_for(
+            self._js.pull_subscribe(self.subject, stream=LOG_STREAM, config=config), READ_REQUEST_S_MAX)
+        self._reader_next = from_sequence
+        self._reader_delivered = 0
+
+    async def close_reader(self) -> None:
+        """Stop the batched reader (its consumer goes when unused for READER_IDLE_S_MAX)."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(*_TRANSIENT):
+                await reader.unsubscribe()

@@ -15,6 +15,7 @@ import contextlib
 import threading
 
 from kassa.server.cluster.group_record import LoggedGroup, decode_group
+from kassa.server.cluster.partition_log import LogTrimmed
 
 META_DB = b"meta"  # the ledger's database of its own bookkeeping
 APPLIED_SEQUENCE_KEY = b"cluster.applied_sequence"  # in META_DB
@@ -73,17 +74,25 @@ class Replica:
 
     async def catch_up(self, log, to_sequence: int | None = None) -> int:
         """Apply the log's groups after `applied_sequence` up to `to_sequence` (default: the log's
-        end now). Returns how many groups it applied."""
+        end now), read in batches. Returns how many groups it applied. A replica that needs groups
+        the log was trimmed of (behind a snapshot) cannot follow it: ReplicaDiverged."""
         if to_sequence is None:
             to_sequence = await log.end()
         applied = 0
         while self.applied_sequence < to_sequence:
-            found = await log.read(self.applied_sequence + 1)
-            if found is None:
+            try:
+                batch = await log.read_batch(self.applied_sequence + 1)
+            except LogTrimmed as error:
+                raise ReplicaDiverged(f"{error}: this replica applied up to {self.applied_sequence}. Stop the "
+                                      "node, empty its ledger directory and start it: it starts from the latest "
+                                      "snapshot") from error
+            if not batch:
                 break
-            sequence, payload = found
-            self.apply(sequence, decode_group(payload))
-            applied += 1
+            for sequence, payload in batch:
+                if sequence > to_sequence:
+                    return applied
+                if self.apply(sequence, decode_group(payload)) is not None:
+                    applied += 1
         return applied
 
     async def follow(self, log, stop: asyncio.Event) -> None:

@@ -1,7 +1,7 @@
-"""What `kassa cluster status` shows: per partition its owner, the age of its lease and the log's
-end; per node its applied log position and lag, from the reports each node writes every
-NODE_REPORT_INTERVAL_S to the key-value bucket `kassa_nodes` (a node silent for NODE_REPORT_TTL_S
-drops out of it).
+"""What `kassa cluster status` shows: per partition its owner, the age of its lease, the log's first
+and last sequence and its latest snapshot's sequence; per node its applied log position and lag,
+from the reports each node writes every NODE_REPORT_INTERVAL_S to the key-value bucket `kassa_nodes`
+(a node silent for NODE_REPORT_TTL_S drops out of it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import nats.js.errors
 
 from kassa.server.cluster.lease import lease_holder
 from kassa.server.cluster.partition_log import PartitionLog
+from kassa.server.cluster.snapshot import snapshot_sequence
 from kassa.server.cluster.streams import LEASE_BUCKET, NODES_BUCKET, lease_key
 
 NODE_REPORT_INTERVAL_S = 1.0  # a node writes its report this often
@@ -77,7 +78,8 @@ async def cluster_status(js, partitions: int) -> dict:
     shown_partitions, ends = [], {}
     for partition in range(partitions):
         holder = await lease_holder(leases, partition)
-        ends[partition] = await PartitionLog(js, partition).end()
+        log = PartitionLog(js, partition)
+        ends[partition] = await log.end()
         shown_partitions.append({
             "partition": partition,
             "owner": holder[0].node_id if holder else None,
@@ -85,6 +87,8 @@ async def cluster_status(js, partitions: int) -> dict:
             "token": holder[1] if holder else None,
             "lease_age_ms": await lease_age_ms(js, partition) if holder else None,
             "log_end_sequence": ends[partition],
+            "log_first_sequence": await log.first(),  # the log is trimmed behind snapshots
+            "snapshot_sequence": await snapshot_sequence(js, partition),
         })
     taken_ms = now_ms()
     nodes = [{**msgspec.structs.asdict(report), **_lags(report, ends),

@@ -22,6 +22,8 @@ EVENTS_SUBJECT_PREFIX = "kassa.events"
 EVENTS_DUPLICATE_WINDOW_S = 120  # a second publish of an event id within this long is dropped by the stream
 LEASE_BUCKET = "kassa_leases"
 SNAPSHOT_BUCKET = "kassa_snapshots"
+# A snapshot's header: the partition's log may be purged before this sequence (server/cluster/snapshot.py).
+LOG_START_HEADER = "Kassa-Log-Start"
 NODES_BUCKET = "kassa_nodes"  # each node's last report (server/cluster/status.py)
 NODE_REPORT_TTL_S = 60  # a node that has not reported for this long drops out of `kassa cluster status`
 # A retried publish with the same message id within this window is answered with the first one's

@@ -24,6 +24,7 @@ from tests.server.helpers import by_account, line, receipt
 
 NODE_READY_S_MAX = 60.0  # every node SERVING (an owner is known to all); 30 s was passed on a loaded 2-core machine
 CALL_S_MAX = 5.0  # one call's deadline
+HEALTH_CALL_S_MAX = 1.0  # one health check's deadline
 RETRY_PAUSE_S = 0.05
 POLL_S = 0.1
 PRICE_MINOR = 10_000
@@ -59,7 +60,7 @@ class KassaNodes:
         deadline_s = time.monotonic() + NODE_READY_S_MAX
         for node in nodes:
             while health(node) != health_pb2.HealthCheckResponse.SERVING:
-                assert time.monotonic() < deadline_s, f"{node.address} not SERVING:\n{''.join(node.log_lines[-20:])}"
+                assert time.monotonic() < deadline_s, not_serving_report(node)
                 time.sleep(POLL_S)
 
     def owner(self) -> KassaServer | None:
@@ -80,10 +81,32 @@ class KassaNodes:
 
 def health(node: KassaServer) -> int:
     try:
-        reply = health_pb2_grpc.HealthStub(node.channel()).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        reply = health_pb2_grpc.HealthStub(node.channel()).Check(health_pb2.HealthCheckRequest(),
+                                                                 timeout=HEALTH_CALL_S_MAX)
     except grpc.RpcError:
         return health_pb2.HealthCheckResponse.UNKNOWN
     return reply.status
+
+
+def health_answer(channel: grpc.Channel) -> str:
+    """What a health check on `channel` answers: the status name, or the call's error code."""
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_CALL_S_MAX)
+    except grpc.RpcError as error:
+        return f"no answer ({error.code().name}: {error.details()})"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def not_serving_report(node: KassaServer) -> str:
+    """Which node did not report SERVING, what its health said (on the harness's channel and on a
+    new one), whether the process still runs, and its last log lines."""
+    node_id = node.extra_env.get("KASSA_CLUSTER_NODE_ID", "?")
+    running = node.process is not None and node.process.poll() is None
+    with grpc.insecure_channel(node.address) as fresh:
+        on_new_channel = health_answer(fresh)
+    return (f"{node_id} at {node.address} not SERVING in time: health "
+            f"{health_answer(node.channel())} (a new channel: {on_new_channel}); process "
+            f"{'running' if running else 'exited'}; last log lines:\n{''.join(node.log_lines[-20:])}")
 
 
 def accrue_request(request_id: str, account_id: str) -> processing_pb2.AccrueRequest:

@@ -26,6 +26,7 @@ from tests.server.stream_helpers import FloodingClient, TemplateBatches, flat_ac
 
 GRACE_S = 3
 EXIT_MARGIN_S = 10  # a loaded 2-core machine
+HEALTH_CHECK_S_MAX = 1.0  # one health check during the drain
 POINTS = 10
 THREADS = 6
 ACCOUNT = "DRAIN-1"
@@ -38,15 +39,17 @@ DRAINING = (NOT_SERVING, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 def sigterm_and_watch(server) -> tuple[float, object, float]:
     """SIGTERM; poll health on new connections until it is no longer SERVING.
-    Returns (time of the signal, the first non-SERVING answer, seconds it took)."""
+    Returns (time of the signal, the first non-SERVING answer, seconds it took). A check the server
+    did not answer within its deadline says nothing either way (a worker busy committing the calls in
+    flight on a loaded machine: seen once in CI): it is made again, within the same bound."""
     sent_at = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     while time.monotonic() - sent_at < GRACE_S + EXIT_MARGIN_S:
-        status = health_status(server.address, timeout_s=1)
-        if status != SERVING:
+        status = health_status(server.address, timeout_s=HEALTH_CHECK_S_MAX)
+        if status not in (SERVING, grpc.StatusCode.DEADLINE_EXCEEDED):
             return sent_at, status, time.monotonic() - sent_at
         time.sleep(0.01)
-    raise AssertionError(f"health still SERVING {GRACE_S + EXIT_MARGIN_S}s after SIGTERM")
+    raise AssertionError(f"health still SERVING (or unanswered) {GRACE_S + EXIT_MARGIN_S}s after SIGTERM")
 
 
 def wait_exit(server, sent_at: float) -> tuple[int, float]:
