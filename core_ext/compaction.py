@@ -81,7 +81,8 @@ COMPACT_RECORDS_PER_TXN_MAX = 1_000  # records
 
 
 class _TxnHead(msgspec.Struct, array_like=True, gc=False):
-    """The first fields of a journal entry (`records.TxnRec`): all a walk reads of it."""
+    """The first fields of a journal entry (`records.TxnRec`, in any stored format: read through
+    `records.journal_body`): all a walk reads of it."""
 
     txn_id: int
     kind: int
@@ -177,7 +178,7 @@ def _walk_journal(step: _Step, position_key: bytes, before_ms: int, act, upto_tx
     get, idempotency = step.txn.get, step.dbs["idempotency"]
     next_id = 0
     for value in cursor.iternext(keys=False):
-        head = _decode_head(value)
+        head = _decode_head(rec.journal_body(value))
         if upto_txn_id is not None and head.txn_id >= upto_txn_id:
             next_id = upto_txn_id  # the walk is done for good (ids may skip the mark itself)
             break

@@ -277,9 +277,205 @@ decode_account = msgspec.msgpack.Decoder(AccountRec).decode
 decode_ident = msgspec.msgpack.Decoder(IdentRec).decode
 decode_lot = msgspec.msgpack.Decoder(LotRec).decode
 decode_hold = msgspec.msgpack.Decoder(HoldRec).decode
-decode_txn = msgspec.msgpack.Decoder(TxnRec).decode
+_decode_txn_v0 = msgspec.msgpack.Decoder(TxnRec).decode
 decode_reversal = msgspec.msgpack.Decoder(ReversalRec).decode
 _decode_idempotency_rec = msgspec.msgpack.Decoder(IdempotencyRec).decode
 decode_accrue_outcome = msgspec.msgpack.Decoder(AccrueOutcomeRec).decode
 decode_promo_code = msgspec.msgpack.Decoder(PromoCodeRec).decode
 decode_retained = msgspec.msgpack.Decoder(RetainedRec).decode
+
+
+# -- The journal entry's stored layout ------------------------------------------------------------
+# A journal entry is stored as one byte, its format, then msgpack. Entries written before formats
+# existed start with a msgpack array header (0x90-0x9f, 0xdc): `TxnRec` in its field order.
+JOURNAL_V1 = 0x01  # `_TxnV1`: what a plain purchase sets first, the rest in `_TxnRestV1`
+_JOURNAL_V1_BYTE = bytes([JOURNAL_V1])
+RULESET_VERSION_PREFIX = "v-"  # core_ext/program.py: "v-" and 12 hex digits, stored as their 6 bytes
+_RULESET_VERSION_DIGITS = 12
+_LINE_INTS = 5  # a stored line: qty_milli, amount_minor, discount_minor, earned_points, redeemed_points
+
+
+class _TxnRestV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
+    """The fields of a journal entry a plain purchase leaves at their default, most used first
+    (a record ends at its last field that is not)."""
+
+    redeemed: int = 0
+    captured: int = 0
+    debt_delta: int = 0
+    member_id: str = ""
+    member_prev_id: int = 0
+    counters: list[tuple[bytes, int]] = []
+    limited: list[LimitedUse] = []
+    use_keys: list[bytes] = []
+    promo_codes: list[str] = []
+    extra_lots: list[LotRec] = []
+    captured_hold_ids: list[int] = []
+    held: int = 0
+    hold_expires_at_ms: int = 0
+    clawed: int = 0
+    restored: int = 0
+    expired: int = 0
+    forgiven: int = 0
+    reverses: int = 0
+    returned: list[tuple[int, int]] = []
+    reason: str = ""
+    operator_id: str = ""
+    adjusted: int = 0
+    ruleset_version: str = ""  # one not of the form "v-" and 12 hex digits (those are `_TxnV1.ruleset_digits`)
+
+
+_REST_FIELDS = _TxnRestV1.__struct_fields__[:-1]  # those read from and written to `TxnRec` as they are
+
+
+class _TxnV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
+    """A journal entry as stored after JOURNAL_V1: `TxnRec`'s fields, packed.
+
+    - `lines`: 5 ints a line (`_LINE_INTS`), flat; `line_nos` only when they are not 1, 2, 3...
+    - `lot`: `new_lot` as [lot_id, amount, remaining, created_at_ms - activates_at_ms,
+      expires_at_ms, state] and its account id only when it is not the entry's.
+    - `postings`: lot_id, delta, flat.
+    - `ruleset_digits`: a ruleset version "v-" and 12 hex digits, as their 6 bytes; any other
+      version is `rest.ruleset_version`."""
+
+    txn_id: int
+    kind: int
+    request_id: str
+    account_id: str
+    created_at_ms: int
+    store_id: str = ""
+    terminal_id: str = ""
+    receipt_no: str = ""
+    total_minor: int = 0
+    payable_minor: int = 0
+    lines: list[int] = []
+    line_nos: list[int] = []
+    earned: int = 0
+    lot: list[int | str] = []
+    postings: list[int] = []
+    ruleset_digits: bytes = b""
+    actor: str = ""
+    prev_id: int = 0
+    activity_counted: bool = False
+    spent_postings: int = -1
+    rest: _TxnRestV1 | None = None
+
+
+_encode_msgpack = msgspec.msgpack.Encoder().encode
+_decode_txn_v1 = msgspec.msgpack.Decoder(_TxnV1).decode
+
+
+def _defaults(cls) -> tuple:
+    """Per field of an array-like struct, its default (None for a field without one)."""
+    return tuple(None if field.default is msgspec.NODEFAULT and field.default_factory is msgspec.NODEFAULT
+                 else field.default if field.default is not msgspec.NODEFAULT else field.default_factory()
+                 for field in msgspec.inspect.type_info(cls).fields)
+
+
+_V1_DEFAULTS = _defaults(_TxnV1)
+_REST_DEFAULTS = _defaults(_TxnRestV1)
+
+
+def _trimmed(values: list, defaults: tuple) -> list:
+    """`values` without its trailing defaults: msgspec writes every field of an array-like struct,
+    and reads a shorter array as the leading fields, the others at their default."""
+    end = len(values)
+    while end and type(values[end - 1]) is type(defaults[end - 1]) and values[end - 1] == defaults[end - 1]:
+        end -= 1
+    return values[:end] if end < len(values) else values
+
+
+def _ruleset_digits(version: str) -> bytes | None:
+    """The 6 bytes a version "v-" + 12 lowercase hex digits is stored as; None for any other."""
+    digits = version[len(RULESET_VERSION_PREFIX):]
+    if (len(digits) == _RULESET_VERSION_DIGITS and version.startswith(RULESET_VERSION_PREFIX)
+            and digits == digits.lower()):
+        try:
+            return bytes.fromhex(digits)
+        except ValueError:
+            return None
+    return None
+
+
+def _packed_lot(lot: LotRec, entry: TxnRec) -> list:
+    packed = [lot.lot_id, lot.amount, lot.remaining, entry.created_at_ms - lot.activates_at_ms,
+              lot.expires_at_ms, lot.state]
+    if lot.account_id != entry.account_id:
+        packed.append(lot.account_id)
+    return packed
+
+
+def encode_txn(entry: TxnRec) -> bytes:
+    """The stored form of a journal entry (JOURNAL_V1); `decode_txn` gives it back equal."""
+    lines = entry.lines
+    flat_lines = []
+    line_nos = []
+    for index, line in enumerate(lines):
+        flat_lines += (line.qty_milli, line.amount_minor, line.discount_minor, line.earned_points,
+                       line.redeemed_points)
+        if line.line_no != index + 1:
+            line_nos = [line.line_no for line in lines]
+    flat_postings = []
+    for posting in entry.postings:
+        flat_postings += (posting.lot_id, posting.delta)
+    rest = _trimmed([getattr(entry, name) for name in _REST_FIELDS], _REST_DEFAULTS)
+    digits = _ruleset_digits(entry.ruleset_version) if entry.ruleset_version else b""
+    if digits is None:
+        rest = [getattr(entry, name) for name in _REST_FIELDS] + [entry.ruleset_version]
+        digits = b""
+    packed = _trimmed([
+        entry.txn_id, entry.kind, entry.request_id, entry.account_id, entry.created_at_ms, entry.store_id,
+        entry.terminal_id, entry.receipt_no, entry.total_minor, entry.payable_minor, flat_lines, line_nos,
+        entry.earned, _packed_lot(entry.new_lot, entry) if entry.new_lot is not None else [], flat_postings,
+        digits, entry.actor, entry.prev_id, entry.activity_counted, entry.spent_postings, rest or None],
+        _V1_DEFAULTS)
+    return _JOURNAL_V1_BYTE + _encode_msgpack(packed)
+
+
+def _unpacked_lines(packed: _TxnV1) -> list[JournalLine]:
+    flat = packed.lines
+    count = len(flat) // _LINE_INTS
+    line_nos = packed.line_nos or range(1, count + 1)
+    return [JournalLine(line_no, *flat[index * _LINE_INTS:(index + 1) * _LINE_INTS])
+            for index, line_no in enumerate(line_nos)]
+
+
+def _unpacked_lot(packed: _TxnV1) -> LotRec | None:
+    lot = packed.lot
+    if not lot:
+        return None
+    account_id = lot[6] if len(lot) > 6 else packed.account_id
+    return LotRec(lot[0], account_id, lot[1], lot[2], packed.created_at_ms - lot[3], lot[4], lot[5])
+
+
+def _decode_v1(stored) -> TxnRec:
+    packed = _decode_txn_v1(stored)
+    flat = packed.postings
+    digits = packed.ruleset_digits
+    entry = TxnRec(
+        packed.txn_id, packed.kind, packed.request_id, packed.account_id, packed.created_at_ms, packed.store_id,
+        packed.terminal_id, packed.receipt_no, packed.total_minor, packed.payable_minor, _unpacked_lines(packed),
+        earned=packed.earned, new_lot=_unpacked_lot(packed),
+        postings=[Posting(flat[index], flat[index + 1]) for index in range(0, len(flat), 2)],
+        ruleset_version=RULESET_VERSION_PREFIX + digits.hex() if digits else "",
+        actor=packed.actor, prev_id=packed.prev_id, activity_counted=packed.activity_counted,
+        spent_postings=packed.spent_postings)
+    rest = packed.rest
+    if rest is not None:
+        for name in _REST_FIELDS:
+            setattr(entry, name, getattr(rest, name))
+        if rest.ruleset_version:
+            entry.ruleset_version = rest.ruleset_version
+    return entry
+
+
+def journal_body(stored):
+    """The msgpack array of a stored journal entry, in any format: each begins with txn_id, kind,
+    request_id, account_id, created_at_ms (what a walk over the journal may read alone)."""
+    return memoryview(stored)[1:] if stored[0] == JOURNAL_V1 else stored
+
+
+def decode_txn(stored) -> TxnRec:
+    """A journal entry in any of its stored formats (JOURNAL_V1, or a `TxnRec` array of before)."""
+    if stored[0] == JOURNAL_V1:
+        return _decode_v1(memoryview(stored)[1:])
+    return _decode_txn_v0(stored)

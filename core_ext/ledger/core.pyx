@@ -79,6 +79,7 @@ _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
 _JournalLine = rec.JournalLine
 _Posting = rec.Posting
 _TxnRec = rec.TxnRec
+_encode_txn = rec.encode_txn
 _LotRec = rec.LotRec
 AccrueOutcomeRec = rec.AccrueOutcomeRec
 RetainedRec = rec.RetainedRec

@@ -84,7 +84,7 @@ cdef void _journal(Ledger self, _Batch batch, entry, account, member=None) excep
         entry.member_prev_id = member.last_txn_id
         member.last_txn_id = entry.txn_id
         _save_account(self, batch, member)
-    batch.append("journal", id_key(entry.txn_id), _encode(entry))
+    batch.append("journal", id_key(entry.txn_id), _encode_txn(entry))
 
 
 cdef object _replay(Ledger self, _Batch batch, op, record):
