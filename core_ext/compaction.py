@@ -96,14 +96,14 @@ _decode_head = msgspec.msgpack.Decoder(_TxnHead).decode
 
 class _RecordHead(msgspec.Struct, array_like=True, gc=False):
     """The first fields of every idempotency record format (`IdempotencyRec`, `AccrueOutcomeRec`,
-    `RetainedRec`): a walk decodes no more of a record than these."""
+    `AccrueOutcomeV2`, `RetainedRec`): a walk decodes no more of a record than these."""
 
     digest: bytes
     txn_id: int
 
 
 _decode_record_head = msgspec.msgpack.Decoder(_RecordHead).decode
-_FORMAT_BYTES = (rec.IDEMPOTENCY_ACCRUE_V1, rec.IDEMPOTENCY_RETAINED_V1)
+_FORMAT_BYTES = (rec.IDEMPOTENCY_ACCRUE_V1, rec.IDEMPOTENCY_RETAINED_V1, rec.IDEMPOTENCY_ACCRUE_V2)
 
 
 def _record_head(stored: bytes) -> tuple[int, _RecordHead]:

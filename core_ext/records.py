@@ -15,6 +15,9 @@ import msgspec
 from kassa.core_ext.model import AppliedCampaign, Balance, CampaignExplain, PromoCodeResult, TxnKind
 
 
+_encode_msgpack = msgspec.msgpack.Encoder().encode
+
+
 class LotState(enum.IntEnum):
     PENDING = 0  # earned, not active before activates_at_ms
     ACTIVE = 1
@@ -219,6 +222,7 @@ class IdempotencyRec(msgspec.Struct, array_like=True, gc=False):
 # `IdempotencyRec` (every record written before formats existed), or one of these bytes.
 IDEMPOTENCY_ACCRUE_V1 = 0x01  # an accepted purchase: `AccrueOutcomeRec`, the rest read from its journal entry
 IDEMPOTENCY_RETAINED_V1 = 0x02  # past the replay window: `RetainedRec`, the answer dropped (core_ext/retention.py)
+IDEMPOTENCY_ACCRUE_V2 = 0x03  # an accepted purchase: `AccrueOutcomeV2`, smaller than `AccrueOutcomeRec`
 
 
 class AccrueOutcomeRare(msgspec.Struct, array_like=True, gc=False):
@@ -252,6 +256,58 @@ class AccrueOutcomeRec(msgspec.Struct, array_like=True, gc=False):
     rare: AccrueOutcomeRare | None = None
 
 
+# The effects of the answer's campaigns, stored as their index here: append only (a stored index
+# must keep its name); an effect not in it is stored as its name.
+STORED_EFFECTS = (
+    "earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier",
+    "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y", "bundle",
+    "redeem_share", "grant_tier",
+)
+_IDEMPOTENCY_ACCRUE_V2_BYTE = bytes([IDEMPOTENCY_ACCRUE_V2])
+_EFFECT_INDEX = {effect: index for index, effect in enumerate(STORED_EFFECTS)}
+
+
+class AccrueOutcomeV2(msgspec.Struct, array_like=True, gc=False):
+    """`AccrueOutcomeRec`, smaller: stored after IDEMPOTENCY_ACCRUE_V2, read through
+    `accrue_outcome_fields`. Its times are relative to what the answer usually equals, so that
+    most are 0; its campaigns' effects are indexes into STORED_EFFECTS."""
+
+    digest: bytes  # of the request payload
+    txn_id: int
+    balance: Balance
+    campaigns: tuple[tuple[str, int | str, int, int], ...]  # (campaign id, effect, points, discount minor)
+    discount_minor: int
+    redeemable_points: int
+    redeemed_points: int
+    activate_after_ms: int  # activate_at_ms less the journal entry's created_at_ms
+    expire_after_expiry_ms: int  # expire_at_ms less the balance's next_expiry_at_ms
+    rare: AccrueOutcomeRare | None = None
+
+
+def accrue_outcome_v2(digest: bytes, txn_id: int, balance: Balance, calculation, created_at_ms: int,
+                      rare: AccrueOutcomeRare | None) -> bytes:
+    """The stored record (IDEMPOTENCY_ACCRUE_V2) of a purchase's answer, its entry made at `created_at_ms`."""
+    campaigns = tuple([(campaign.campaign_id, _EFFECT_INDEX.get(campaign.effect, campaign.effect), campaign.points,
+                        campaign.discount_minor) for campaign in calculation.campaigns])
+    record = AccrueOutcomeV2(digest, txn_id, balance, campaigns, calculation.discount_minor,
+                             calculation.redeemable_points, calculation.redeemed_points,
+                             calculation.activate_at_ms - created_at_ms,
+                             calculation.expire_at_ms - balance.next_expiry_at_ms, rare)
+    return _IDEMPOTENCY_ACCRUE_V2_BYTE + _encode_msgpack(record)
+
+
+def accrue_outcome_fields(record, created_at_ms: int) -> tuple:
+    """(campaigns, activate_at_ms, expire_at_ms) of a purchase's answer, from its record in either
+    format (`AccrueOutcomeRec`, `AccrueOutcomeV2`) and its journal entry's created_at_ms."""
+    if type(record) is AccrueOutcomeRec:
+        return record.campaigns, record.activate_at_ms, record.expire_at_ms
+    campaigns = tuple([AppliedCampaign(campaign_id, STORED_EFFECTS[effect] if type(effect) is int else effect,
+                                       points, discount_minor)
+                       for campaign_id, effect, points, discount_minor in record.campaigns])
+    return (campaigns, created_at_ms + record.activate_after_ms,
+            record.balance.next_expiry_at_ms + record.expire_after_expiry_ms)
+
+
 class RetainedRec(msgspec.Struct, array_like=True, gc=False):
     """What is kept of a request past the replay window, for the return window: enough to refuse
     its retry (never apply it twice) and to roll it back by `original_request_id`; the answer is
@@ -263,8 +319,10 @@ class RetainedRec(msgspec.Struct, array_like=True, gc=False):
     at_ms: int  # when the request was applied: the record leaves the ledger a return window later
 
 
-def decode_idempotency(stored: bytes) -> IdempotencyRec | AccrueOutcomeRec | RetainedRec:
+def decode_idempotency(stored: bytes) -> IdempotencyRec | AccrueOutcomeRec | AccrueOutcomeV2 | RetainedRec:
     """Any format of an idempotency record; each has `digest` and `txn_id`."""
+    if stored[0] == IDEMPOTENCY_ACCRUE_V2:
+        return decode_accrue_outcome_v2(memoryview(stored)[1:])
     if stored[0] == IDEMPOTENCY_ACCRUE_V1:
         return decode_accrue_outcome(memoryview(stored)[1:])
     if stored[0] == IDEMPOTENCY_RETAINED_V1:
@@ -283,6 +341,7 @@ _decode_idempotency_rec = msgspec.msgpack.Decoder(IdempotencyRec).decode
 decode_accrue_outcome = msgspec.msgpack.Decoder(AccrueOutcomeRec).decode
 decode_promo_code = msgspec.msgpack.Decoder(PromoCodeRec).decode
 decode_retained = msgspec.msgpack.Decoder(RetainedRec).decode
+decode_accrue_outcome_v2 = msgspec.msgpack.Decoder(AccrueOutcomeV2).decode
 
 
 # -- The journal entry's stored layout ------------------------------------------------------------
@@ -360,7 +419,6 @@ class _TxnV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     rest: _TxnRestV1 | None = None
 
 
-_encode_msgpack = msgspec.msgpack.Encoder().encode
 _decode_txn_v1 = msgspec.msgpack.Decoder(_TxnV1).decode
 
 

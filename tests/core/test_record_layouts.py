@@ -6,6 +6,8 @@
 - A ledger whose journal was written in the older layout (as main's code wrote it: msgpack of
   `TxnRec`) opens, replays its purchases byte for byte, rolls one back by its request id, verifies,
   and compaction walks it.
+- A purchase's idempotency record (`AccrueOutcomeV2`) is smaller than the `AccrueOutcomeRec` of
+  before, and a record in that format still replays byte for byte.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from tests.core.test_idempotency_records import T0_MS, Shop, purchases
 
 # The plain two-line purchase below: 155 bytes in the older layout, 112 packed.
 PLAIN_ENTRY_BYTES_MAX = 120
+# Its idempotency record: 91 bytes as `AccrueOutcomeRec`, 63 as `AccrueOutcomeV2`.
+PLAIN_OUTCOME_BYTES_MAX = 75
 REPLAY_WINDOW_MS = 60_000
 RETURN_WINDOW_MS = 600_000
 COMPACT_RECORDS_MAX = 1_000
@@ -140,3 +144,48 @@ class TestOlderJournal:
 
         assert compacted.body.answers_dropped >= 1
         assert again.code == Code.FAILED_PRECONDITION
+
+
+def as_accrue_outcome_v1(shop: Shop, request_id: str) -> bytes:
+    """The purchase's record as the code before IDEMPOTENCY_ACCRUE_V2 wrote it (`AccrueOutcomeRec`)."""
+    stored = shop.record(request_id)
+    record = records.decode_idempotency(stored)
+    entry = records.decode_txn(journal(shop)[record.txn_id.to_bytes(8, "big")])
+    campaigns, activate_at_ms, expire_at_ms = records.accrue_outcome_fields(record, entry.created_at_ms)
+    older = records.AccrueOutcomeRec(record.digest, record.txn_id, record.balance, campaigns, record.discount_minor,
+                                     record.redeemable_points, record.redeemed_points, activate_at_ms, expire_at_ms,
+                                     record.rare)
+    return bytes([records.IDEMPOTENCY_ACCRUE_V1]) + msgspec.msgpack.encode(older)
+
+
+class TestAccrueOutcomeLayout:
+    def test_a_plain_purchase_record_is_smaller_than_in_the_format_before(self, shop):
+        op = shop.accrue(("grocery", 1_990), ("home", 24_910))
+        shop.one(op)
+
+        stored = shop.record(op.request_id)
+
+        assert stored[0] == records.IDEMPOTENCY_ACCRUE_V2
+        assert len(stored) <= PLAIN_OUTCOME_BYTES_MAX
+        assert len(stored) < len(as_accrue_outcome_v1(shop, op.request_id))
+
+    @pytest.mark.parametrize("kind", ["plain", "promo code", "budget", "redeem", "capture"])
+    def test_a_record_in_the_format_before_replays_byte_for_byte(self, shop, kind):
+        op = purchases(shop)[kind]
+        first = shop.one(op)
+        shop.write_record(op.request_id, as_accrue_outcome_v1(shop, op.request_id))
+        shop.reopen()
+
+        again = shop.one(op)
+
+        assert shop.record(op.request_id)[0] == records.IDEMPOTENCY_ACCRUE_V1
+        assert accrue_response(again.body) == accrue_response(first.body)
+        assert shop.ledger.verify(T0_MS) == []
+
+    def test_an_effect_not_in_the_stored_table_comes_back_by_name(self):
+        record = records.AccrueOutcomeV2(b"d" * 16, 5, records.Balance(next_expiry_at_ms=T0_MS),
+                                         (("c", "some_new_effect", 3, 0), ("d", 1, 4, 0)), 0, 0, 0, 0, 0)
+
+        campaigns, _, _ = records.accrue_outcome_fields(record, T0_MS)
+
+        assert [campaign.effect for campaign in campaigns] == ["some_new_effect", "earn_fixed"]
