@@ -9,6 +9,8 @@ so that LMDB's byte order is their numeric order.
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 
 import msgspec
 
@@ -351,6 +353,7 @@ JOURNAL_V1 = 0x01  # `_TxnV1`: what a plain purchase sets first, the rest in `_T
 _JOURNAL_V1_BYTE = bytes([JOURNAL_V1])
 RULESET_VERSION_PREFIX = "v-"  # core_ext/program.py: "v-" and 12 hex digits, stored as their 6 bytes
 _RULESET_VERSION_DIGITS = 12
+RULESET_VERSIONS_CACHED = 64  # versions whose stored bytes are kept at hand: a ledger uses a few
 _LINE_INTS = 5  # a stored line: qty_milli, amount_minor, discount_minor, earned_points, redeemed_points
 
 
@@ -384,6 +387,7 @@ class _TxnRestV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
 
 
 _REST_FIELDS = _TxnRestV1.__struct_fields__[:-1]  # those read from and written to `TxnRec` as they are
+_rest_of = operator.attrgetter(*_REST_FIELDS)
 
 
 class _TxnV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
@@ -431,17 +435,19 @@ def _defaults(cls) -> tuple:
 
 _V1_DEFAULTS = _defaults(_TxnV1)
 _REST_DEFAULTS = _defaults(_TxnRestV1)
+_REST_FIELD_DEFAULTS = _REST_DEFAULTS[:len(_REST_FIELDS)]
 
 
-def _trimmed(values: list, defaults: tuple) -> list:
+def _trimmed(values: list | tuple, defaults: tuple) -> list | tuple:
     """`values` without its trailing defaults: msgspec writes every field of an array-like struct,
     and reads a shorter array as the leading fields, the others at their default."""
     end = len(values)
-    while end and type(values[end - 1]) is type(defaults[end - 1]) and values[end - 1] == defaults[end - 1]:
+    while end and values[end - 1] == defaults[end - 1]:
         end -= 1
     return values[:end] if end < len(values) else values
 
 
+@functools.lru_cache(maxsize=RULESET_VERSIONS_CACHED)
 def _ruleset_digits(version: str) -> bytes | None:
     """The 6 bytes a version "v-" + 12 lowercase hex digits is stored as; None for any other."""
     digits = version[len(RULESET_VERSION_PREFIX):]
@@ -475,11 +481,15 @@ def encode_txn(entry: TxnRec) -> bytes:
     flat_postings = []
     for posting in entry.postings:
         flat_postings += (posting.lot_id, posting.delta)
-    rest = _trimmed([getattr(entry, name) for name in _REST_FIELDS], _REST_DEFAULTS)
+    rest = _rest_of(entry)
     digits = _ruleset_digits(entry.ruleset_version) if entry.ruleset_version else b""
     if digits is None:
-        rest = [getattr(entry, name) for name in _REST_FIELDS] + [entry.ruleset_version]
+        rest = _rest_of(entry) + (entry.ruleset_version,)
         digits = b""
+    elif rest == _REST_FIELD_DEFAULTS:  # a plain purchase: one tuple comparison, in C
+        rest = ()
+    else:
+        rest = _trimmed(rest, _REST_DEFAULTS)
     packed = _trimmed([
         entry.txn_id, entry.kind, entry.request_id, entry.account_id, entry.created_at_ms, entry.store_id,
         entry.terminal_id, entry.receipt_no, entry.total_minor, entry.payable_minor, flat_lines, line_nos,
