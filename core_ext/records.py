@@ -354,7 +354,6 @@ _JOURNAL_V1_BYTE = bytes([JOURNAL_V1])
 RULESET_VERSION_PREFIX = "v-"  # core_ext/program.py: "v-" and 12 hex digits, stored as their 6 bytes
 _RULESET_VERSION_DIGITS = 12
 RULESET_VERSIONS_CACHED = 64  # versions whose stored bytes are kept at hand: a ledger uses a few
-_LINE_INTS = 5  # a stored line: qty_milli, amount_minor, discount_minor, earned_points, redeemed_points
 
 
 class _TxnRestV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
@@ -393,10 +392,8 @@ _rest_of = operator.attrgetter(*_REST_FIELDS)
 class _TxnV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     """A journal entry as stored after JOURNAL_V1: `TxnRec`'s fields, packed.
 
-    - `lines`: 5 ints a line (`_LINE_INTS`), flat; `line_nos` only when they are not 1, 2, 3...
     - `lot`: `new_lot` as [lot_id, amount, remaining, created_at_ms - activates_at_ms,
       expires_at_ms, state] and its account id only when it is not the entry's.
-    - `postings`: lot_id, delta, flat.
     - `ruleset_digits`: a ruleset version "v-" and 12 hex digits, as their 6 bytes; any other
       version is `rest.ruleset_version`."""
 
@@ -410,11 +407,10 @@ class _TxnV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     receipt_no: str = ""
     total_minor: int = 0
     payable_minor: int = 0
-    lines: list[int] = []
-    line_nos: list[int] = []
+    lines: list[JournalLine] = []
     earned: int = 0
     lot: list[int | str] = []
-    postings: list[int] = []
+    postings: list[Posting] = []
     ruleset_digits: bytes = b""
     actor: str = ""
     prev_id: int = 0
@@ -470,17 +466,6 @@ def _packed_lot(lot: LotRec, entry: TxnRec) -> list:
 
 def encode_txn(entry: TxnRec) -> bytes:
     """The stored form of a journal entry (JOURNAL_V1); `decode_txn` gives it back equal."""
-    lines = entry.lines
-    flat_lines = []
-    line_nos = []
-    for index, line in enumerate(lines):
-        flat_lines += (line.qty_milli, line.amount_minor, line.discount_minor, line.earned_points,
-                       line.redeemed_points)
-        if line.line_no != index + 1:
-            line_nos = [line.line_no for line in lines]
-    flat_postings = []
-    for posting in entry.postings:
-        flat_postings += (posting.lot_id, posting.delta)
     rest = _rest_of(entry)
     digits = _ruleset_digits(entry.ruleset_version) if entry.ruleset_version else b""
     if digits is None:
@@ -492,19 +477,11 @@ def encode_txn(entry: TxnRec) -> bytes:
         rest = _trimmed(rest, _REST_DEFAULTS)
     packed = _trimmed([
         entry.txn_id, entry.kind, entry.request_id, entry.account_id, entry.created_at_ms, entry.store_id,
-        entry.terminal_id, entry.receipt_no, entry.total_minor, entry.payable_minor, flat_lines, line_nos,
-        entry.earned, _packed_lot(entry.new_lot, entry) if entry.new_lot is not None else [], flat_postings,
+        entry.terminal_id, entry.receipt_no, entry.total_minor, entry.payable_minor, entry.lines,
+        entry.earned, _packed_lot(entry.new_lot, entry) if entry.new_lot is not None else [], entry.postings,
         digits, entry.actor, entry.prev_id, entry.activity_counted, entry.spent_postings, rest or None],
         _V1_DEFAULTS)
     return _JOURNAL_V1_BYTE + _encode_msgpack(packed)
-
-
-def _unpacked_lines(packed: _TxnV1) -> list[JournalLine]:
-    flat = packed.lines
-    count = len(flat) // _LINE_INTS
-    line_nos = packed.line_nos or range(1, count + 1)
-    return [JournalLine(line_no, *flat[index * _LINE_INTS:(index + 1) * _LINE_INTS])
-            for index, line_no in enumerate(line_nos)]
 
 
 def _unpacked_lot(packed: _TxnV1) -> LotRec | None:
@@ -517,13 +494,12 @@ def _unpacked_lot(packed: _TxnV1) -> LotRec | None:
 
 def _decode_v1(stored) -> TxnRec:
     packed = _decode_txn_v1(stored)
-    flat = packed.postings
     digits = packed.ruleset_digits
     entry = TxnRec(
         packed.txn_id, packed.kind, packed.request_id, packed.account_id, packed.created_at_ms, packed.store_id,
-        packed.terminal_id, packed.receipt_no, packed.total_minor, packed.payable_minor, _unpacked_lines(packed),
+        packed.terminal_id, packed.receipt_no, packed.total_minor, packed.payable_minor, packed.lines,
         earned=packed.earned, new_lot=_unpacked_lot(packed),
-        postings=[Posting(flat[index], flat[index + 1]) for index in range(0, len(flat), 2)],
+        postings=packed.postings,
         ruleset_version=RULESET_VERSION_PREFIX + digits.hex() if digits else "",
         actor=packed.actor, prev_id=packed.prev_id, activity_counted=packed.activity_counted,
         spent_postings=packed.spent_postings)

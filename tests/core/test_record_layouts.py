@@ -20,7 +20,7 @@ from kassa.core_ext.model import Code, CompactOp, RollbackOp
 from kassa.server.wire import accrue_response
 from tests.core.test_idempotency_records import T0_MS, Shop, purchases
 
-# The plain two-line purchase below: 155 bytes in the older layout, 112 packed.
+# The plain two-line purchase below: 155 bytes in the older layout, 116 packed.
 PLAIN_ENTRY_BYTES_MAX = 120
 # Its idempotency record: 91 bytes as `AccrueOutcomeRec`, 63 as `AccrueOutcomeV2`.
 PLAIN_OUTCOME_BYTES_MAX = 75
@@ -53,7 +53,7 @@ def rewrite_journal_as_before(shop: Shop) -> int:
 
 
 def every_field_set() -> records.TxnRec:
-    """An entry with no field at its default, the lot of another account, lines not numbered 1, 2..."""
+    """An entry with no field at its default, the lot of another account."""
     lot = records.LotRec(7, "POOL", 90, 80, T0_MS - 5_000, T0_MS + 86_400_000, records.LotState.PENDING)
     values = {
         "txn_id": 1 << 60, "kind": 3, "request_id": "r", "account_id": "A", "created_at_ms": T0_MS,
