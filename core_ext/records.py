@@ -1,6 +1,7 @@
 """What the ledger stores in LMDB, one msgspec struct per record kind (msgpack, array-like).
-The big, often written records omit trailing default fields: a plain purchase pays nothing for
-what only the richer rules use.
+msgspec writes every field of an array-like struct, defaults too: the records a purchase writes
+have layouts of their own (a format byte first) that leave out what a plain purchase does not use
+(`JOURNAL_V1`, `IDEMPOTENCY_ACCRUE_V2`); each kind's decoder reads every layout it ever had.
 
 Keys: account ids, cards and request ids as UTF-8; transaction and lot ids as 8-byte big-endian,
 so that LMDB's byte order is their numeric order.
