@@ -1,6 +1,7 @@
 """What a purchase leaves in the ledger: logical bytes (key + value) per database, per purchase.
 
-    python -m bench.ledger_bytes [--accounts 10000] [--purchases 5000] [--past-replay-window [--no-archive]]
+    python -m bench.ledger_bytes [--accounts 10000] [--purchases 5000] [--group-ms 0]
+                                 [--past-replay-window [--no-archive]]
 
 Seeds `--accounts` accounts, applies `--purchases` of the end-to-end driver's purchases (its
 receipts and skewed customers) in groups of GROUP_OPS, and prints, per database, how many bytes of
@@ -14,6 +15,9 @@ server's default period (core_ext/journal_archive/runner.py), and prints what ea
 in LMDB while inside the return window: its answer dropped (its transaction id, digest and time
 kept, indexed in `aging`), its journal entry in the archive (whose compressed bytes a purchase the
 last line gives). `--no-archive` leaves the journal as it is.
+
+`--group-ms` applies each group that many ms after the one before, as a server's groups follow each
+other (0, the default: every group at one time; records keyed by time then interleave).
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ def _compact(ledger, now_ms: int) -> None:
             return
 
 
-def measure(accounts: int, purchases: int, past_replay_window: bool = False, archive: bool = True) -> dict:
+def measure(accounts: int, purchases: int, past_replay_window: bool = False, archive: bool = True,
+            group_ms: int = 0) -> dict:
     from kassa.core_ext import Ledger, Program, load_program
     from kassa.core_ext.retention import Retention
     from kassa.server.wire import accrue_op
@@ -86,7 +91,7 @@ def measure(accounts: int, purchases: int, past_replay_window: bool = False, arc
         ops = [accrue_op(traffic.accrue_request("ledger-bytes")) for _ in range(purchases)]
         ledger = Ledger(str(workdir / "ledger"), program, MAP_SIZE_BYTES, HOLD_TTL_S, sync=False)
         now_ms = time.time_ns() // 1_000_000
-        compact_at_ms = now_ms + Retention().replay_window_ms + 1
+        compact_at_ms = now_ms + Retention().replay_window_ms + 1 + purchases // GROUP_OPS * group_ms
         archived_bytes = 0
         if past_replay_window:  # the seed's records too, so that only the purchases' count
             _compact(ledger, compact_at_ms)
@@ -95,7 +100,7 @@ def measure(accounts: int, purchases: int, past_replay_window: bool = False, arc
         before = _sizes(ledger)
         reads = writes = 0
         for first in range(0, purchases, GROUP_OPS):
-            for outcome in ledger.apply(ops[first:first + GROUP_OPS], now_ms):
+            for outcome in ledger.apply(ops[first:first + GROUP_OPS], now_ms + first // GROUP_OPS * group_ms):
                 if outcome.code != 0:
                     raise RuntimeError(f"a purchase was refused: {outcome}")
             reads += ledger.last_group_calls[0]
@@ -124,11 +129,15 @@ def main(argv=None) -> int:
     parser.add_argument("--past-replay-window", action="store_true",
                         help="measure after compaction and the archive a replay window later (answers dropped, "
                              "entries archived)")
+    parser.add_argument("--group-ms", type=int, default=0,
+                        help="ms between one group's time and the next's (0: all at one time)")
     parser.add_argument("--no-archive", action="store_true", help="with --past-replay-window: no archive run")
     args = parser.parse_args(argv)
+    if args.group_ms < 0:
+        parser.error("--group-ms must be at least 0")
     if min(args.accounts, args.purchases) < 1:
         parser.error("--accounts and --purchases must be at least 1")
-    result = measure(args.accounts, args.purchases, args.past_replay_window, not args.no_archive)
+    result = measure(args.accounts, args.purchases, args.past_replay_window, not args.no_archive, args.group_ms)
     print(f"{'database':<12} {'records/purchase':>17} {'bytes/record':>13} {'bytes added/purchase':>21} "
           f"{'page bytes/purchase':>20}")
     for name, row in result["databases"].items():

@@ -1,6 +1,7 @@
 """What the ledger stores in LMDB, one msgspec struct per record kind (msgpack, array-like).
-The big, often written records omit trailing default fields: a plain purchase pays nothing for
-what only the richer rules use.
+msgspec writes every field of an array-like struct, defaults too: the records a purchase writes
+have layouts of their own (a format byte first) that leave out what a plain purchase does not use
+(`JOURNAL_V1`, `IDEMPOTENCY_ACCRUE_V2`); each kind's decoder reads every layout it ever had.
 
 Keys: account ids, cards and request ids as UTF-8; transaction and lot ids as 8-byte big-endian,
 so that LMDB's byte order is their numeric order.
@@ -9,10 +10,15 @@ so that LMDB's byte order is their numeric order.
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 
 import msgspec
 
 from kassa.core_ext.model import AppliedCampaign, Balance, CampaignExplain, PromoCodeResult, TxnKind
+
+
+_encode_msgpack = msgspec.msgpack.Encoder().encode
 
 
 class LotState(enum.IntEnum):
@@ -219,6 +225,7 @@ class IdempotencyRec(msgspec.Struct, array_like=True, gc=False):
 # `IdempotencyRec` (every record written before formats existed), or one of these bytes.
 IDEMPOTENCY_ACCRUE_V1 = 0x01  # an accepted purchase: `AccrueOutcomeRec`, the rest read from its journal entry
 IDEMPOTENCY_RETAINED_V1 = 0x02  # past the replay window: `RetainedRec`, the answer dropped (core_ext/retention.py)
+IDEMPOTENCY_ACCRUE_V2 = 0x03  # an accepted purchase: `AccrueOutcomeV2`, smaller than `AccrueOutcomeRec`
 
 
 class AccrueOutcomeRare(msgspec.Struct, array_like=True, gc=False):
@@ -252,6 +259,58 @@ class AccrueOutcomeRec(msgspec.Struct, array_like=True, gc=False):
     rare: AccrueOutcomeRare | None = None
 
 
+# The effects of the answer's campaigns, stored as their index here: append only (a stored index
+# must keep its name); an effect not in it is stored as its name.
+STORED_EFFECTS = (
+    "earn_percent", "earn_fixed", "earn_per_step", "earn_multiplier",
+    "discount_percent", "discount_fixed", "fixed_price", "buy_x_get_y", "bundle",
+    "redeem_share", "grant_tier",
+)
+_IDEMPOTENCY_ACCRUE_V2_BYTE = bytes([IDEMPOTENCY_ACCRUE_V2])
+_EFFECT_INDEX = {effect: index for index, effect in enumerate(STORED_EFFECTS)}
+
+
+class AccrueOutcomeV2(msgspec.Struct, array_like=True, gc=False):
+    """`AccrueOutcomeRec`, smaller: stored after IDEMPOTENCY_ACCRUE_V2, read through
+    `accrue_outcome_fields`. Its times are relative to what the answer usually equals, so that
+    most are 0; its campaigns' effects are indexes into STORED_EFFECTS."""
+
+    digest: bytes  # of the request payload
+    txn_id: int
+    balance: Balance
+    campaigns: tuple[tuple[str, int | str, int, int], ...]  # (campaign id, effect, points, discount minor)
+    discount_minor: int
+    redeemable_points: int
+    redeemed_points: int
+    activate_after_ms: int  # activate_at_ms less the journal entry's created_at_ms
+    expire_after_expiry_ms: int  # expire_at_ms less the balance's next_expiry_at_ms
+    rare: AccrueOutcomeRare | None = None
+
+
+def accrue_outcome_v2(digest: bytes, txn_id: int, balance: Balance, calculation, created_at_ms: int,
+                      rare: AccrueOutcomeRare | None) -> bytes:
+    """The stored record (IDEMPOTENCY_ACCRUE_V2) of a purchase's answer, its entry made at `created_at_ms`."""
+    campaigns = tuple([(campaign.campaign_id, _EFFECT_INDEX.get(campaign.effect, campaign.effect), campaign.points,
+                        campaign.discount_minor) for campaign in calculation.campaigns])
+    record = AccrueOutcomeV2(digest, txn_id, balance, campaigns, calculation.discount_minor,
+                             calculation.redeemable_points, calculation.redeemed_points,
+                             calculation.activate_at_ms - created_at_ms,
+                             calculation.expire_at_ms - balance.next_expiry_at_ms, rare)
+    return _IDEMPOTENCY_ACCRUE_V2_BYTE + _encode_msgpack(record)
+
+
+def accrue_outcome_fields(record, created_at_ms: int) -> tuple:
+    """(campaigns, activate_at_ms, expire_at_ms) of a purchase's answer, from its record in either
+    format (`AccrueOutcomeRec`, `AccrueOutcomeV2`) and its journal entry's created_at_ms."""
+    if type(record) is AccrueOutcomeRec:
+        return record.campaigns, record.activate_at_ms, record.expire_at_ms
+    campaigns = tuple([AppliedCampaign(campaign_id, STORED_EFFECTS[effect] if type(effect) is int else effect,
+                                       points, discount_minor)
+                       for campaign_id, effect, points, discount_minor in record.campaigns])
+    return (campaigns, created_at_ms + record.activate_after_ms,
+            record.balance.next_expiry_at_ms + record.expire_after_expiry_ms)
+
+
 class RetainedRec(msgspec.Struct, array_like=True, gc=False):
     """What is kept of a request past the replay window, for the return window: enough to refuse
     its retry (never apply it twice) and to roll it back by `original_request_id`; the answer is
@@ -263,8 +322,10 @@ class RetainedRec(msgspec.Struct, array_like=True, gc=False):
     at_ms: int  # when the request was applied: the record leaves the ledger a return window later
 
 
-def decode_idempotency(stored: bytes) -> IdempotencyRec | AccrueOutcomeRec | RetainedRec:
+def decode_idempotency(stored: bytes) -> IdempotencyRec | AccrueOutcomeRec | AccrueOutcomeV2 | RetainedRec:
     """Any format of an idempotency record; each has `digest` and `txn_id`."""
+    if stored[0] == IDEMPOTENCY_ACCRUE_V2:
+        return decode_accrue_outcome_v2(memoryview(stored)[1:])
     if stored[0] == IDEMPOTENCY_ACCRUE_V1:
         return decode_accrue_outcome(memoryview(stored)[1:])
     if stored[0] == IDEMPOTENCY_RETAINED_V1:
@@ -277,9 +338,189 @@ decode_account = msgspec.msgpack.Decoder(AccountRec).decode
 decode_ident = msgspec.msgpack.Decoder(IdentRec).decode
 decode_lot = msgspec.msgpack.Decoder(LotRec).decode
 decode_hold = msgspec.msgpack.Decoder(HoldRec).decode
-decode_txn = msgspec.msgpack.Decoder(TxnRec).decode
+_decode_txn_v0 = msgspec.msgpack.Decoder(TxnRec).decode
 decode_reversal = msgspec.msgpack.Decoder(ReversalRec).decode
 _decode_idempotency_rec = msgspec.msgpack.Decoder(IdempotencyRec).decode
 decode_accrue_outcome = msgspec.msgpack.Decoder(AccrueOutcomeRec).decode
 decode_promo_code = msgspec.msgpack.Decoder(PromoCodeRec).decode
 decode_retained = msgspec.msgpack.Decoder(RetainedRec).decode
+decode_accrue_outcome_v2 = msgspec.msgpack.Decoder(AccrueOutcomeV2).decode
+
+
+# -- The journal entry's stored layout ------------------------------------------------------------
+# A journal entry is stored as one byte, its format, then msgpack. Entries written before formats
+# existed start with a msgpack array header (0x90-0x9f, 0xdc): `TxnRec` in its field order.
+JOURNAL_V1 = 0x01  # `_TxnV1`: what a plain purchase sets first, the rest in `_TxnRestV1`
+_JOURNAL_V1_BYTE = bytes([JOURNAL_V1])
+RULESET_VERSION_PREFIX = "v-"  # core_ext/program.py: "v-" and 12 hex digits, stored as their 6 bytes
+_RULESET_VERSION_DIGITS = 12
+RULESET_VERSIONS_CACHED = 64  # versions whose stored bytes are kept at hand: a ledger uses a few
+
+
+class _TxnRestV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
+    """The fields of a journal entry a plain purchase leaves at their default, most used first
+    (a record ends at its last field that is not)."""
+
+    redeemed: int = 0
+    captured: int = 0
+    debt_delta: int = 0
+    member_id: str = ""
+    member_prev_id: int = 0
+    counters: list[tuple[bytes, int]] = []
+    limited: list[LimitedUse] = []
+    use_keys: list[bytes] = []
+    promo_codes: list[str] = []
+    extra_lots: list[LotRec] = []
+    captured_hold_ids: list[int] = []
+    held: int = 0
+    hold_expires_at_ms: int = 0
+    clawed: int = 0
+    restored: int = 0
+    expired: int = 0
+    forgiven: int = 0
+    reverses: int = 0
+    returned: list[tuple[int, int]] = []
+    reason: str = ""
+    operator_id: str = ""
+    adjusted: int = 0
+    ruleset_version: str = ""  # one not of the form "v-" and 12 hex digits (those are `_TxnV1.ruleset_digits`)
+
+
+_REST_FIELDS = _TxnRestV1.__struct_fields__[:-1]  # those read from and written to `TxnRec` as they are
+_rest_of = operator.attrgetter(*_REST_FIELDS)
+
+
+class _TxnV1(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
+    """A journal entry as stored after JOURNAL_V1: `TxnRec`'s fields, packed.
+
+    - `lot`: `new_lot` as [lot_id, amount, remaining, created_at_ms - activates_at_ms,
+      expires_at_ms, state] and its account id only when it is not the entry's.
+    - `ruleset_digits`: a ruleset version "v-" and 12 hex digits, as their 6 bytes; any other
+      version is `rest.ruleset_version`."""
+
+    txn_id: int
+    kind: int
+    request_id: str
+    account_id: str
+    created_at_ms: int
+    store_id: str = ""
+    terminal_id: str = ""
+    receipt_no: str = ""
+    total_minor: int = 0
+    payable_minor: int = 0
+    lines: list[JournalLine] = []
+    earned: int = 0
+    lot: list[int | str] = []
+    postings: list[Posting] = []
+    ruleset_digits: bytes = b""
+    actor: str = ""
+    prev_id: int = 0
+    activity_counted: bool = False
+    spent_postings: int = -1
+    rest: _TxnRestV1 | None = None
+
+
+_decode_txn_v1 = msgspec.msgpack.Decoder(_TxnV1).decode
+
+
+def _defaults(cls) -> tuple:
+    """Per field of an array-like struct, its default (None for a field without one)."""
+    return tuple(None if field.default is msgspec.NODEFAULT and field.default_factory is msgspec.NODEFAULT
+                 else field.default if field.default is not msgspec.NODEFAULT else field.default_factory()
+                 for field in msgspec.inspect.type_info(cls).fields)
+
+
+_V1_DEFAULTS = _defaults(_TxnV1)
+_REST_DEFAULTS = _defaults(_TxnRestV1)
+_REST_FIELD_DEFAULTS = _REST_DEFAULTS[:len(_REST_FIELDS)]
+
+
+def _trimmed(values: list | tuple, defaults: tuple) -> list | tuple:
+    """`values` without its trailing defaults: msgspec writes every field of an array-like struct,
+    and reads a shorter array as the leading fields, the others at their default."""
+    end = len(values)
+    while end and values[end - 1] == defaults[end - 1]:
+        end -= 1
+    return values[:end] if end < len(values) else values
+
+
+@functools.lru_cache(maxsize=RULESET_VERSIONS_CACHED)
+def _ruleset_digits(version: str) -> bytes | None:
+    """The 6 bytes a version "v-" + 12 lowercase hex digits is stored as; None for any other."""
+    digits = version[len(RULESET_VERSION_PREFIX):]
+    if (len(digits) == _RULESET_VERSION_DIGITS and version.startswith(RULESET_VERSION_PREFIX)
+            and digits == digits.lower()):
+        try:
+            return bytes.fromhex(digits)
+        except ValueError:
+            return None
+    return None
+
+
+def _packed_lot(lot: LotRec, entry: TxnRec) -> list:
+    packed = [lot.lot_id, lot.amount, lot.remaining, entry.created_at_ms - lot.activates_at_ms,
+              lot.expires_at_ms, lot.state]
+    if lot.account_id != entry.account_id:
+        packed.append(lot.account_id)
+    return packed
+
+
+def encode_txn(entry: TxnRec) -> bytes:
+    """The stored form of a journal entry (JOURNAL_V1); `decode_txn` gives it back equal."""
+    rest = _rest_of(entry)
+    digits = _ruleset_digits(entry.ruleset_version) if entry.ruleset_version else b""
+    if digits is None:
+        rest = _rest_of(entry) + (entry.ruleset_version,)
+        digits = b""
+    elif rest == _REST_FIELD_DEFAULTS:  # a plain purchase: one tuple comparison, in C
+        rest = ()
+    else:
+        rest = _trimmed(rest, _REST_DEFAULTS)
+    packed = _trimmed([
+        entry.txn_id, entry.kind, entry.request_id, entry.account_id, entry.created_at_ms, entry.store_id,
+        entry.terminal_id, entry.receipt_no, entry.total_minor, entry.payable_minor, entry.lines,
+        entry.earned, _packed_lot(entry.new_lot, entry) if entry.new_lot is not None else [], entry.postings,
+        digits, entry.actor, entry.prev_id, entry.activity_counted, entry.spent_postings, rest or None],
+        _V1_DEFAULTS)
+    return _JOURNAL_V1_BYTE + _encode_msgpack(packed)
+
+
+def _unpacked_lot(packed: _TxnV1) -> LotRec | None:
+    lot = packed.lot
+    if not lot:
+        return None
+    account_id = lot[6] if len(lot) > 6 else packed.account_id
+    return LotRec(lot[0], account_id, lot[1], lot[2], packed.created_at_ms - lot[3], lot[4], lot[5])
+
+
+def _decode_v1(stored) -> TxnRec:
+    packed = _decode_txn_v1(stored)
+    digits = packed.ruleset_digits
+    entry = TxnRec(
+        packed.txn_id, packed.kind, packed.request_id, packed.account_id, packed.created_at_ms, packed.store_id,
+        packed.terminal_id, packed.receipt_no, packed.total_minor, packed.payable_minor, packed.lines,
+        earned=packed.earned, new_lot=_unpacked_lot(packed),
+        postings=packed.postings,
+        ruleset_version=RULESET_VERSION_PREFIX + digits.hex() if digits else "",
+        actor=packed.actor, prev_id=packed.prev_id, activity_counted=packed.activity_counted,
+        spent_postings=packed.spent_postings)
+    rest = packed.rest
+    if rest is not None:
+        for name in _REST_FIELDS:
+            setattr(entry, name, getattr(rest, name))
+        if rest.ruleset_version:
+            entry.ruleset_version = rest.ruleset_version
+    return entry
+
+
+def journal_body(stored):
+    """The msgpack array of a stored journal entry, in any format: each begins with txn_id, kind,
+    request_id, account_id, created_at_ms (what a walk over the journal may read alone)."""
+    return memoryview(stored)[1:] if stored[0] == JOURNAL_V1 else stored
+
+
+def decode_txn(stored) -> TxnRec:
+    """A journal entry in any of its stored formats (JOURNAL_V1, or a `TxnRec` array of before)."""
+    if stored[0] == JOURNAL_V1:
+        return _decode_v1(memoryview(stored)[1:])
+    return _decode_txn_v0(stored)

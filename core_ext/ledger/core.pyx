@@ -79,12 +79,15 @@ _decode_outcome = msgspec.msgpack.Decoder(Outcome).decode
 _JournalLine = rec.JournalLine
 _Posting = rec.Posting
 _TxnRec = rec.TxnRec
+_encode_txn = rec.encode_txn
 _LotRec = rec.LotRec
 AccrueOutcomeRec = rec.AccrueOutcomeRec
+AccrueOutcomeV2 = rec.AccrueOutcomeV2
+_accrue_outcome_v2 = rec.accrue_outcome_v2
+_accrue_outcome_fields = rec.accrue_outcome_fields
 RetainedRec = rec.RetainedRec
 AccrueOutcomeRare = rec.AccrueOutcomeRare
 NO_RARE = AccrueOutcomeRare()
-IDEMPOTENCY_ACCRUE_V1_BYTE = bytes([rec.IDEMPOTENCY_ACCRUE_V1])
 
 
 # Enum members the hot paths compare and store, as C ints: an IntEnum attribute lookup costs about
@@ -293,7 +296,7 @@ cdef class Ledger:
             outcome, txn_id = handler(self, batch, op)
         if outcome.code == CODE_OK or outcome.code == Code.FAILED_PRECONDITION:
             # Business outcomes are final: a retry replays them, never flips them.
-            batch.put("idempotency", request_key, _idempotency_record(op.digest, txn_id, outcome))
+            batch.put("idempotency", request_key, _idempotency_record(op.digest, txn_id, outcome, batch.now_ms))
             if txn_id == 0:  # no journal entry dates it: the aging index does, for compaction
                 batch.put("aging", aging_key(batch.now_ms, request_key), b"")
         return outcome

@@ -1,19 +1,16 @@
 # -- Idempotency records ------------------------------------------------------------------------
 
-cdef bytes _idempotency_record(bytes digest, long long txn_id, outcome):
+cdef bytes _idempotency_record(bytes digest, long long txn_id, outcome, long long now_ms):
     """The record a retry is answered from. An accepted purchase keeps only what its journal entry
-    does not (`AccrueOutcomeRec`); any other outcome keeps the whole answer (`IdempotencyRec`).
+    (made at `now_ms`) does not (`AccrueOutcomeV2`); any other outcome keeps the whole answer
+    (`IdempotencyRec`).
     A digest of b"" is a tombstone's: such a request keeps the whole answer too, so that a record
     with an empty digest is always an `IdempotencyRec`."""
     body = outcome.body
     if txn_id == 0 or not digest or type(body) is not AccrueResult:
         return _encode(rec.IdempotencyRec(digest, txn_id, _encode(outcome)))
     calculation = body.calculation
-    compact = AccrueOutcomeRec(
-        digest, txn_id, body.balance, tuple(calculation.campaigns), calculation.discount_minor,
-        calculation.redeemable_points, calculation.redeemed_points, calculation.activate_at_ms,
-        calculation.expire_at_ms, _accrue_outcome_rare(calculation))
-    return IDEMPOTENCY_ACCRUE_V1_BYTE + _encode(compact)
+    return _accrue_outcome_v2(digest, txn_id, body.balance, calculation, now_ms, _accrue_outcome_rare(calculation))
 
 
 cdef _accrue_outcome_rare(calculation):
@@ -33,17 +30,19 @@ cdef _accrue_outcome_rare(calculation):
 
 
 cdef _rebuilt_accrue(record, entry):
-    """The answer `_accrue` gave, from its compact record and its journal entry `entry` (which
-    `_accrue` wrote from the same calculation: lines, totals, points, ruleset, account, captured)."""
+    """The answer `_accrue` gave, from its compact record (either format) and its journal entry
+    `entry` (which `_accrue` wrote from the same calculation: lines, totals, points, ruleset,
+    account, captured, time)."""
     rare = record.rare if record.rare is not None else NO_RARE
+    campaigns, activate_at_ms, expire_at_ms = _accrue_outcome_fields(record, entry.created_at_ms)
     captured_by_line = rare.line_captured_points or (0,) * len(entry.lines)
     lines = tuple([LineResult(line.line_no, line.amount_minor, line.discount_minor, line.earned_points,
                               line.redeemed_points - captured, captured)
                    for line, captured in zip(entry.lines, captured_by_line)])
     calculation = Calculation(
         lines, entry.total_minor, record.discount_minor, entry.payable_minor, entry.earned,
-        record.redeemable_points, record.redeemed_points, record.campaigns, entry.ruleset_version,
-        record.activate_at_ms, record.expire_at_ms, rare.promo_codes, rare.explain, rare.limited,
+        record.redeemable_points, record.redeemed_points, campaigns, entry.ruleset_version,
+        activate_at_ms, expire_at_ms, rare.promo_codes, rare.explain, rare.limited,
         rare.lots, rare.captured_points, rare.no_points_reason)
     return Outcome(CODE_OK, body=AccrueResult(entry.txn_id, entry.account_id, calculation, record.balance,
                                               entry.captured))
@@ -84,7 +83,7 @@ cdef void _journal(Ledger self, _Batch batch, entry, account, member=None) excep
         entry.member_prev_id = member.last_txn_id
         member.last_txn_id = entry.txn_id
         _save_account(self, batch, member)
-    batch.append("journal", id_key(entry.txn_id), _encode(entry))
+    batch.append("journal", id_key(entry.txn_id), _encode_txn(entry))
 
 
 cdef object _replay(Ledger self, _Batch batch, op, record):
@@ -95,7 +94,7 @@ cdef object _replay(Ledger self, _Batch batch, op, record):
     if record.digest != op.digest:
         return rejected(Code.ALREADY_EXISTS,
                         f"request_id '{op.request_id}' was used before with a different payload")
-    if type(record) is AccrueOutcomeRec:
+    if type(record) is AccrueOutcomeV2 or type(record) is AccrueOutcomeRec:
         try:
             entry = journal_entry(batch.txn, batch.dbs, self.archive, record.txn_id)
         except ArchiveUnreadable as error:  # the answer is rebuilt from an archived entry that cannot be read

@@ -75,7 +75,7 @@ def _move_in(Ledger self, _Batch batch, op):
         renumbered[entry.txn_id] = batch.take_id()
         entry.txn_id, entry.prev_id = renumbered[entry.txn_id], previous_id
         previous_id = entry.txn_id
-        batch.put("journal", id_key(entry.txn_id), _encode(entry))
+        batch.put("journal", id_key(entry.txn_id), _encode_txn(entry))
     for key, stored in op.requests:
         record = _decode_idempotency(stored)
         record.txn_id = renumbered.get(record.txn_id, record.txn_id)

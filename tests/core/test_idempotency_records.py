@@ -154,7 +154,7 @@ class TestRecord:
         op = shop.accrue(("grocery", 1_990), ("home", 24_910))
         shop.one(op)
 
-        assert shop.record(op.request_id)[0] == records.IDEMPOTENCY_ACCRUE_V1
+        assert shop.record(op.request_id)[0] == records.IDEMPOTENCY_ACCRUE_V2
 
     def test_a_plain_purchase_record_is_smaller_than_its_answer(self, shop):
         op = shop.accrue(("grocery", 1_990), ("home", 24_910))

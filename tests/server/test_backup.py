@@ -13,10 +13,9 @@ import time
 
 import grpc
 import lmdb
-import msgspec
 
 from kassa.core_ext.ledger import MAX_DBS
-from kassa.core_ext.records import TxnRec
+from kassa.core_ext.records import decode_txn
 from kassa.v1 import accounts_pb2, processing_pb2
 from tests.server.helpers import balance, by_account, earn, line, open_account, receipt, statement
 
@@ -72,7 +71,7 @@ def verify_copy(kassa, copy) -> tuple[subprocess.CompletedProcess, dict]:
 
 def request_ids_in(copy) -> set[str]:
     """The request ids that made a transaction in the ledger at `copy`, from its journal."""
-    decode = msgspec.msgpack.Decoder(TxnRec).decode
+    decode = decode_txn  # every stored format of a journal entry
     env = lmdb.open(str(copy), max_dbs=MAX_DBS, readonly=True, lock=False)
     try:
         journal = env.open_db(b"journal")
