@@ -37,6 +37,8 @@ from kassa.core_ext.model import TxnKind
 ARCHIVE_DIR_NAME = "archive"  # under the ledger's path
 SEGMENT_ENTRIES_MAX = 100_000  # journal entries per segment: bounds the write transaction of step 3
 DELETE_ENTRIES_PER_TXN = 2_000  # journal entries deleted per write transaction (step 4)
+HOLD_KIND = int(TxnKind.HOLD)  # a plain int compares faster than the enum, once an entry
+TXN_ID_NONE_ABOVE = 2**64  # txn ids are 8-byte keys: every one is below this
 
 
 class ArchiveConflict(Exception):
@@ -67,15 +69,12 @@ def archive_journal(env, dbs: dict, archive_dir: Path, before_ms: int, keep_afte
     deleted = _delete_archived(env, dbs, step)  # what an interrupted run left
     written: list[segments.Manifest] = []
     while True:
-        with env.begin() as txn:
-            below = state.read_below(_getter(txn, dbs))
-            upto_txn_id = journal_done_below_txn_id(_getter(txn, dbs)) if after_compaction else None
-            entries = _closed_entries(txn, dbs, below, cutoff_ms, now_ms, segment_entries_max, upto_txn_id)
-        if not entries:
+        made = _write_next_segment(env, dbs, archive_dir, cutoff_ms, now_ms, segment_entries_max, after_compaction)
+        if made is None:
             break
-        manifest = segments.write_segment(archive_dir, entries)
+        below, manifest, carried = made
         step("written")
-        _list_segment(env, dbs, below, manifest, entries)
+        _list_segment(env, dbs, below, manifest, carried)
         step("listed")
         written.append(manifest)
         deleted += _delete_archived(env, dbs, step)
@@ -89,29 +88,54 @@ def _getter(txn, dbs: dict):
     return lambda name, key: txn.get(key, db=dbs[name])
 
 
-def _closed_entries(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int, entries_max: int,
-                    upto_txn_id: int | None = None) -> list:
-    """The journal's entries from `from_txn_id` on (below `upto_txn_id`, if given), up to the first that must stay."""
-    entries = []
+def _write_next_segment(env, dbs: dict, archive_dir: Path, cutoff_ms: int, now_ms: int, entries_max: int,
+                        after_compaction: bool):
+    """Steps 1 and 2 for the next segment, streamed a block at a time (no more than a block of
+    entries is decoded at once: holding a segment's 100,000 entries cost more in the garbage
+    collector than in the encoding). (boundary, manifest, sums), or None when nothing is closed."""
+    writer = segments.SegmentWriter(archive_dir)
+    carried = state.Carried()
+    with env.begin() as txn:
+        below = state.read_below(_getter(txn, dbs))
+        upto_txn_id = journal_done_below_txn_id(_getter(txn, dbs)) if after_compaction else None
+        for block in _closed_blocks(txn, dbs, below, cutoff_ms, now_ms, entries_max, upto_txn_id):
+            carried.add_all(block)
+            writer.add_block(block)
+    if not writer.entries:
+        return None
+    return below, writer.finish(), carried
+
+
+def _closed_blocks(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int, entries_max: int,
+                   upto_txn_id: int | None = None):
+    """The journal's entries from `from_txn_id` on (below `upto_txn_id`, if given), up to the first
+    that must stay and at most `entries_max`, in lists of at most segments.BLOCK_ENTRIES_MAX; one
+    cursor walks the journal in key order."""
+    block: list = []
+    taken = 0
+    upto_txn_id = TXN_ID_NONE_ABOVE if upto_txn_id is None else upto_txn_id
     cursor = txn.cursor(db=dbs["journal"])
     if not cursor.set_range(from_txn_id.to_bytes(8, "big")):
-        return entries
-    for _, value in cursor:
+        return
+    for value in cursor.iternext(keys=False, values=True):
         entry = rec.decode_txn(value)
-        if entry.created_at_ms >= cutoff_ms or _capturable_hold(txn, dbs, entry, now_ms):
+        if entry.created_at_ms >= cutoff_ms or entry.txn_id >= upto_txn_id:
             break
-        if upto_txn_id is not None and entry.txn_id >= upto_txn_id:
+        if entry.kind == HOLD_KIND and _capturable_hold(txn, dbs, entry, now_ms):
             break
-        entries.append(entry)
-        if len(entries) >= entries_max:
+        block.append(entry)
+        taken += 1
+        if len(block) == segments.BLOCK_ENTRIES_MAX:
+            yield block
+            block = []
+        if taken >= entries_max:
             break
-    return entries
+    if block:
+        yield block
 
 
 def _capturable_hold(txn, dbs: dict, entry, now_ms: int) -> bool:
-    """A hold a later Accrue may still capture: its entry is read then (the store check)."""
-    if entry.kind != TxnKind.HOLD:
-        return False
+    """A hold (`entry`'s kind) a later Accrue may still capture: its entry is read then (the store check)."""
     stored = txn.get(entry.txn_id.to_bytes(8, "big"), db=dbs["holds"])
     if stored is None:
         return False
@@ -119,11 +143,8 @@ def _capturable_hold(txn, dbs: dict, entry, now_ms: int) -> bool:
     return hold.state == rec.HoldState.LIVE and hold.expires_at_ms > now_ms
 
 
-def _list_segment(env, dbs: dict, below: int, manifest: segments.Manifest, entries: list) -> None:
+def _list_segment(env, dbs: dict, below: int, manifest: segments.Manifest, carried: state.Carried) -> None:
     """Step 3: list the segment, carry its sums into the checkpoints, move the boundary; one commit."""
-    carried = state.Carried()
-    for entry in entries:
-        carried.add(entry)
     ref = state.SegmentRef(manifest.segment, manifest.first_txn_id, manifest.last_txn_id,
                            manifest.first_created_at_ms, manifest.last_created_at_ms, manifest.entries,
                            manifest.bytes, manifest.sha256)
@@ -154,11 +175,14 @@ def _delete_archived(env, dbs: dict, step) -> int:
     while True:
         def delete_some() -> int:
             with env.begin(write=True) as txn:
-                below = state.read_below(_getter(txn, dbs))
+                below_key = state.encode_below(state.read_below(_getter(txn, dbs)))
                 cursor = txn.cursor(db=dbs["journal"])
                 count = 0
-                while count < DELETE_ENTRIES_PER_TXN and cursor.first() and int.from_bytes(cursor.key(), "big") < below:
-                    cursor.delete()
+                # Keys are 8-byte big-endian txn ids: their byte order is their numeric order.
+                # A delete leaves the cursor on the next entry.
+                positioned = cursor.first()
+                while positioned and count < DELETE_ENTRIES_PER_TXN and cursor.key() < below_key:
+                    positioned = cursor.delete()
                     count += 1
                 return count
 
