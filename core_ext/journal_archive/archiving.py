@@ -51,6 +51,7 @@ class ArchiveResult(msgspec.Struct):
     bytes: int
     archived_below_txn_id: int
     deleted: int  # journal entries deleted (this run's and an interrupted run's)
+    more: bool = False  # it stopped at `segments_max` full segments: closed entries may remain
 
 
 def archive_dir_of(ledger_path: str | Path) -> Path:
@@ -59,16 +60,17 @@ def archive_dir_of(ledger_path: str | Path) -> Path:
 
 def archive_journal(env, dbs: dict, archive_dir: Path, before_ms: int, keep_after_ms: int | None = None,
                     now_ms: int | None = None, segment_entries_max: int = SEGMENT_ENTRIES_MAX,
-                    on_step=None, after_compaction: bool = False) -> ArchiveResult:
+                    on_step=None, after_compaction: bool = False, segments_max: int | None = None) -> ArchiveResult:
     """Archive the journal's entries created before `before_ms` (and before `keep_after_ms`, when
-    given), in segments of at most `segment_entries_max` entries. `on_step(name)`, if given, is
-    called after each step ("written", "listed", "deleting"): the crash tests stop there."""
+    given), in segments of at most `segment_entries_max` entries, at most `segments_max` segments
+    (None: until none is closed). `on_step(name)`, if given, is called after each step
+    ("written", "listed", "deleting"): the crash tests stop there."""
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     cutoff_ms = before_ms if keep_after_ms is None else min(before_ms, keep_after_ms)
     step = on_step or (lambda name: None)
     deleted = _delete_archived(env, dbs, step)  # what an interrupted run left
     written: list[segments.Manifest] = []
-    while True:
+    while segments_max is None or len(written) < segments_max:
         made = _write_next_segment(env, dbs, archive_dir, cutoff_ms, now_ms, segment_entries_max, after_compaction)
         if made is None:
             break
@@ -80,8 +82,9 @@ def archive_journal(env, dbs: dict, archive_dir: Path, before_ms: int, keep_afte
         deleted += _delete_archived(env, dbs, step)
     with env.begin() as txn:
         below = state.read_below(_getter(txn, dbs))
+    more = bool(written) and len(written) == segments_max and written[-1].entries == segment_entries_max
     return ArchiveResult([manifest.segment for manifest in written], sum(m.entries for m in written),
-                         sum(m.bytes for m in written), below, deleted)
+                         sum(m.bytes for m in written), below, deleted, more)
 
 
 def _getter(txn, dbs: dict):
@@ -155,11 +158,7 @@ def _list_segment(env, dbs: dict, below: int, manifest: segments.Manifest, carri
             get = _getter(txn, dbs)
             if state.read_below(get) != below:
                 raise ArchiveConflict("another archive run moved the boundary meanwhile; run it again")
-            for account_id in carried.accounts():
-                key = state.checkpoint_key(account_id)
-                stored = txn.get(key, db=meta)
-                before = state.decode_checkpoint(stored) if stored else None
-                txn.put(key, state.encode_checkpoint(carried.onto(account_id, before)), db=meta)
+            _carry_into_checkpoints(txn, meta, carried)
             counters = counters_kept(get, carried.counters_onto(state.read_counters(get)))
             txn.put(state.COUNTERS_KEY, state.encode_counters(counters), db=meta)
             txn.put(state.segment_key(ref.first_txn_id), state.encode_segment(ref), db=meta)
@@ -167,6 +166,16 @@ def _list_segment(env, dbs: dict, below: int, manifest: segments.Manifest, carri
 
     _with_growth(env, commit)
     env.sync(True)
+
+
+def _carry_into_checkpoints(txn, meta, carried: state.Carried) -> None:
+    """Each account's checkpoint plus its sums in this segment; in key order (B-tree pages that a
+    put left in the cache serve the next account's get)."""
+    get, put, decode, encode, onto = txn.get, txn.put, state.decode_checkpoint, state.encode_checkpoint, carried.onto
+    for account_id in sorted(carried.accounts()):
+        key = state.checkpoint_key(account_id)
+        stored = get(key, db=meta)
+        put(key, encode(onto(account_id, decode(stored) if stored else None)), db=meta)
 
 
 def _delete_archived(env, dbs: dict, step) -> int:

@@ -180,7 +180,8 @@ def _holds_struct(info) -> bool:
 
 _TxnObject = _object_form(rec.TxnRec, omit_defaults=True)
 _TXN_NESTED = _nested_object_forms(rec.TxnRec)
-_encode_object = msgspec.json.Encoder().encode
+_encode_object_into = msgspec.json.Encoder().encode_into
+COMMA_BYTE = ord(",")
 
 
 def block_lines(entries: list[rec.TxnRec]) -> bytes:
@@ -189,9 +190,9 @@ def block_lines(entries: list[rec.TxnRec]) -> bytes:
     records of their own type)."""
     if _TXN_NESTED is None:
         return b"".join(entry_line(entry) for entry in entries)
-    lines = []
+    lines = bytearray()
     for entry in entries:
-        start = _LINE_STARTS.get(entry.kind) or b'{"schema":%d,"kind_name":"%d",' % (SCHEMA_VERSION, entry.kind)
+        lines += _LINE_STARTS.get(entry.kind) or b'{"schema":%d,"kind_name":"%d",' % (SCHEMA_VERSION, entry.kind)
         entry.__class__ = _TxnObject
         for name, many, object_form in _TXN_NESTED:
             value = getattr(entry, name)
@@ -200,8 +201,12 @@ def block_lines(entries: list[rec.TxnRec]) -> bytes:
                     item.__class__ = object_form
             elif value is not None:
                 value.__class__ = object_form
-        lines.append(start + _encode_object(entry)[1:] + b"\n")
-    return b"".join(lines)
+        # The object goes over the line start's last comma, which then comes back over its "{".
+        comma_at = len(lines) - 1
+        _encode_object_into(entry, lines, comma_at)
+        lines[comma_at] = COMMA_BYTE
+        lines += b"\n"
+    return bytes(lines)
 
 
 def compress_block(data: bytes) -> bytes:
