@@ -24,6 +24,7 @@ checksummed segment, or both), and a rerun finish the job:
 from __future__ import annotations
 
 import time
+from itertools import islice
 from pathlib import Path
 
 import lmdb
@@ -39,6 +40,8 @@ SEGMENT_ENTRIES_MAX = 100_000  # journal entries per segment: bounds the write t
 DELETE_ENTRIES_PER_TXN = 2_000  # journal entries deleted per write transaction (step 4)
 HOLD_KIND = int(TxnKind.HOLD)  # a plain int compares faster than the enum, once an entry
 TXN_ID_NONE_ABOVE = 2**64  # txn ids are 8-byte keys: every one is below this
+MSGPACK_ARRAY16 = b"\xdc"  # msgpack's array of up to 65,535 items, its length in the next 2 bytes
+_decode_txns = msgspec.msgpack.Decoder(list[rec.TxnRec]).decode
 
 
 class ArchiveConflict(Exception):
@@ -113,28 +116,30 @@ def _closed_blocks(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int
                    upto_txn_id: int | None = None):
     """The journal's entries from `from_txn_id` on (below `upto_txn_id`, if given), up to the first
     that must stay and at most `entries_max`, in lists of at most segments.BLOCK_ENTRIES_MAX; one
-    cursor walks the journal in key order."""
-    block: list = []
-    taken = 0
+    cursor walks the journal in key order, and a block's records are decoded in one call."""
     upto_txn_id = TXN_ID_NONE_ABOVE if upto_txn_id is None else upto_txn_id
     cursor = txn.cursor(db=dbs["journal"])
     if not cursor.set_range(from_txn_id.to_bytes(8, "big")):
         return
-    for value in cursor.iternext(keys=False, values=True):
-        entry = rec.decode_txn(value)
-        if entry.created_at_ms >= cutoff_ms or entry.txn_id >= upto_txn_id:
-            break
-        if entry.kind == HOLD_KIND and _capturable_hold(txn, dbs, entry, now_ms):
-            break
-        block.append(entry)
-        taken += 1
-        if len(block) == segments.BLOCK_ENTRIES_MAX:
-            yield block
-            block = []
-        if taken >= entries_max:
-            break
-    if block:
+    values = cursor.iternext(keys=False, values=True)
+    taken = 0
+    while taken < entries_max:
+        block = _decode_block(list(islice(values, min(segments.BLOCK_ENTRIES_MAX, entries_max - taken))))
+        for index, entry in enumerate(block):
+            if (entry.created_at_ms >= cutoff_ms or entry.txn_id >= upto_txn_id
+                    or (entry.kind == HOLD_KIND and _capturable_hold(txn, dbs, entry, now_ms))):
+                if index:
+                    yield block[:index]
+                return
+        if not block:
+            return
+        taken += len(block)
         yield block
+
+
+def _decode_block(values: list[bytes]) -> list:
+    """The records of `values` (at most 65,535: a msgpack array 16 header) in one decoder call."""
+    return _decode_txns(MSGPACK_ARRAY16 + len(values).to_bytes(2, "big") + b"".join(values))
 
 
 def _capturable_hold(txn, dbs: dict, entry, now_ms: int) -> bool:
@@ -198,8 +203,7 @@ def _delete_archived(env, dbs: dict, step) -> int:
         count = _with_growth(env, delete_some)
         if not count:
             return deleted
-        env.sync(True)
-        deleted += count
+        deleted += count  # not synced: a deletion lost in a crash is done again by the next run
         step("deleting")
 
 
