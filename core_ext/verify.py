@@ -50,6 +50,17 @@ _decode_reversal = rec.decode_reversal
 _decode_idempotency = rec.decode_idempotency
 
 
+class _TxnRequest(msgspec.Struct, array_like=True, gc=False):
+    """The first fields of a journal entry (`records.TxnRec`): what the request check reads of it."""
+
+    txn_id: int
+    kind: int
+    request_id: str
+
+
+_decode_request = msgspec.msgpack.Decoder(_TxnRequest).decode
+
+
 def _records(txn, db, decode):
     for key, value in txn.cursor(db=db):
         yield key, decode(value)
@@ -117,6 +128,11 @@ class _Journal:
             return self.archived.get(txn_id, default)
         stored = self.txn.get(txn_id.to_bytes(8, "big"), db=self.db)
         return default if stored is None else _decode_txn(stored)
+
+    def request_id_of(self, txn_id: int) -> str | None:
+        """The request id the entry carries (None: no such entry), without decoding the rest of it."""
+        stored = self.txn.get(txn_id.to_bytes(8, "big"), db=self.db) if txn_id >= self.below else None
+        return None if stored is None else _decode_request(stored).request_id
 
     def __contains__(self, txn_id: int) -> bool:
         return self.get(txn_id) is not None
@@ -317,14 +333,14 @@ def _check_request_ids(txn, dbs, journal: _Journal, violations: list[str], below
                                   f"'{archived_owners[record.txn_id]}' and '{request_id}'")
             archived_owners[record.txn_id] = request_id
             continue
-        entry = journal.get(record.txn_id)
-        if entry is None:
+        carried_id = journal.request_id_of(record.txn_id)
+        if carried_id is None:
             violations.append(f"request '{request_id}': transaction {record.txn_id} is missing from the journal")
-        elif entry.request_id != request_id:
-            if _request_txn_id(txn, dbs, entry.request_id) == record.txn_id:
-                violations.append(f"transaction {record.txn_id}: claimed by request ids '{entry.request_id}' "
+        elif carried_id != request_id:
+            if _request_txn_id(txn, dbs, carried_id) == record.txn_id:
+                violations.append(f"transaction {record.txn_id}: claimed by request ids '{carried_id}' "
                                   f"and '{request_id}'")
-            violations.append(f"request '{request_id}': transaction {record.txn_id} carries request id '{entry.request_id}'")
+            violations.append(f"request '{request_id}': transaction {record.txn_id} carries request id '{carried_id}'")
 
 
 def _request_txn_id(txn, dbs, request_id: str) -> int:
