@@ -44,6 +44,8 @@ record and its counters took about 40 bytes and 30 more per account that used it
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from kassa.core_ext import records as rec
@@ -77,7 +79,11 @@ _PERIOD_KINDS = b"DWM"  # the first byte of a period counter's key (counters.pxi
 REMOVED_CODE = msgspec.msgpack.encode(rec.PromoCodeRec("", 0, 1, 0, 0))
 
 # Records one compaction step examines: one write transaction, a median 2.5-7 ms on the 2-core machine.
+# The server starts a pass with steps of this size and sizes each next one by how long the last
+# held the writer (server/servicers/admin.py, `compact_ledger`), within COMPACT_RECORDS_PER_STEP_MAX.
 COMPACT_RECORDS_PER_TXN_MAX = 1_000  # records
+NS_PER_US = 1000
+COMPACT_RECORDS_PER_STEP_MAX = 50_000  # records: the most any step examines, however fast the last one was
 
 
 class _TxnHead(msgspec.Struct, array_like=True, gc=False):
@@ -142,6 +148,7 @@ class _Step:
 def compact(txn, dbs, now_ms: int, op, program=None) -> Outcome:
     """One step of compaction at `now_ms` (see the module's doc); `program` (the ruleset in
     force) numbers the periods, and without one no period closes."""
+    started_ns = time.perf_counter_ns()
     windows = Retention(op.replay_window_ms, op.return_window_ms)
     step = _Step(txn, dbs, op.records_max)
     forget_ms, drop_ms = windows.forget_before_ms(now_ms), now_ms - windows.replay_window_ms
@@ -160,7 +167,8 @@ def compact(txn, dbs, now_ms: int, op, program=None) -> Outcome:
         for key in _PASS_KEYS:
             step.set_position(key, b"")
     return Outcome(Code.OK, body=CompactResult(step.dropped, step.forgotten, step.lots, step.holds, step.more,
-                                               step.codes, step.counters))
+                                               step.codes, step.counters,
+                                               (time.perf_counter_ns() - started_ns) // NS_PER_US))
 
 
 # -- idempotency records ---------------------------------------------------------------------

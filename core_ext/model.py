@@ -589,6 +589,7 @@ class CompactResult(msgspec.Struct, array_like=True, gc=False, frozen=True, tag=
     more: bool  # the step stopped at `records_max`: run another
     codes_removed: int = 0  # promo codes past validity and the return window, now markers
     counters_removed: int = 0  # counters of closed periods and of removed codes
+    step_us: int = 0  # how long the step held the writer (the server sizes the next step by it; not ledger state)
 
 
 Body = (

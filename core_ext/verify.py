@@ -23,11 +23,18 @@ statement points, each counter), and the statement walk ends at the checkpoint's
 the archive's directory, every listed segment is checked (present, sha256, manifest) and read once:
 its entries summed must equal the checkpoints, and they answer what reversals, idempotency records
 and holds ask of archived entries.
+
+Memory: the journal, the lots and the request records are read through cursors (the journal once
+in order, then by key where a check follows a link), never held decoded all at once; what is kept
+is per account (its record, its sums), per lot and per counter (integer sums), and the archived
+entries that reversals name. A 3 GB ledger took 20 GB when every record was decoded at once.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+
+import msgspec
 
 from kassa.core_ext import records as rec
 from kassa.core_ext.compaction import removed_counters
@@ -41,6 +48,17 @@ _decode_hold = rec.decode_hold
 _decode_txn = rec.decode_txn
 _decode_reversal = rec.decode_reversal
 _decode_idempotency = rec.decode_idempotency
+
+
+class _TxnRequest(msgspec.Struct, array_like=True, gc=False):
+    """The first fields of a journal entry (`records.TxnRec`): what the request check reads of it."""
+
+    txn_id: int
+    kind: int
+    request_id: str
+
+
+_decode_request = msgspec.msgpack.Decoder(_TxnRequest).decode
 
 
 def _records(txn, db, decode):
@@ -59,19 +77,21 @@ def check_ledger(txn, dbs, now_ms: int, archive_dir=None) -> list[str]:
     segments are not read, and what only they can answer is not checked."""
     violations: list[str] = []
     accounts = {account.account_id: account for _, account in _records(txn, dbs["accounts"], _decode_account)}
-    lots = {lot.lot_id: lot for _, lot in _records(txn, dbs["lots"], _decode_lot)}
+    lots = _Lots(txn, dbs["lots"])
     holds = [hold for _, hold in _records(txn, dbs["holds"], _decode_hold)]
     carried = _Carried(txn, dbs)
-    journal = _journal_from(txn, dbs, carried.below)
+    journal = _Journal(txn, dbs["journal"], carried.below)
     if carried.below and archive_dir is not None:
         wanted = _wanted_from_archive(txn, dbs, holds, carried.below)
         carried.found = archive_checking.check_archive(archive_dir, txn, dbs, wanted, violations)
 
+    replayed = _replay_journal(journal, carried)
     _check_totals(accounts, lots, holds, violations)
-    _check_replay(txn, dbs, accounts, lots, holds, journal, violations, carried)
+    _check_replay(txn, dbs, accounts, lots, holds, replayed, violations, carried)
     _check_request_ids(txn, dbs, journal, violations, carried.below)
-    _check_reversals(txn, dbs, {**carried.entries(), **journal}, violations, carried.below)
-    _check_statements(accounts, journal, violations, carried)
+    _check_reversals(txn, dbs, _Journal(txn, dbs["journal"], carried.below, carried.entries()), violations,
+                     carried.below)
+    _check_statements(accounts, journal, replayed.naming, violations, carried)
     return violations
 
 
@@ -90,13 +110,62 @@ class _Carried:
         return self.found.entries if self.found is not None else {}
 
 
-def _journal_from(txn, dbs, below: int) -> dict:
-    """The journal's entries from the archive boundary on (an interrupted archive run may have
-    left archived ones below it: they are the archive's)."""
-    cursor = txn.cursor(db=dbs["journal"])
-    if not cursor.set_range(below.to_bytes(8, "big")):
-        return {}
-    return {entry.txn_id: entry for entry in map(_decode_txn, cursor.iternext(keys=False))}
+class _Journal:
+    """The journal from the archive boundary on (an interrupted archive run may have left archived
+    entries below it: they are the archive's), read from LMDB when asked: in order by `values`,
+    by id by `get`. `archived`: entries from below the boundary that the archive gave."""
+
+    def __init__(self, txn, db, below: int, archived: dict | None = None):
+        self.txn, self.db, self.below, self.archived = txn, db, below, archived or {}
+
+    def values(self):
+        cursor = self.txn.cursor(db=self.db)
+        if cursor.set_range(self.below.to_bytes(8, "big")):
+            yield from map(_decode_txn, cursor.iternext(keys=False))
+
+    def get(self, txn_id: int, default=None):
+        if txn_id < self.below:
+            return self.archived.get(txn_id, default)
+        stored = self.txn.get(txn_id.to_bytes(8, "big"), db=self.db)
+        return default if stored is None else _decode_txn(stored)
+
+    def request_id_of(self, txn_id: int) -> str | None:
+        """The request id the entry carries (None: no such entry), without decoding the rest of it."""
+        stored = self.txn.get(txn_id.to_bytes(8, "big"), db=self.db) if txn_id >= self.below else None
+        return None if stored is None else _decode_request(stored).request_id
+
+    def __contains__(self, txn_id: int) -> bool:
+        return self.get(txn_id) is not None
+
+    def __getitem__(self, txn_id: int):
+        entry = self.get(txn_id)
+        if entry is None:
+            raise KeyError(txn_id)
+        return entry
+
+
+class _Lots:
+    """The lots database, read when asked: in key order by `values`, by id by `get`."""
+
+    def __init__(self, txn, db):
+        self.txn, self.db = txn, db
+
+    def values(self):
+        for _, lot in _records(self.txn, self.db, _decode_lot):
+            yield lot
+
+    def get(self, lot_id: int, default=None):
+        stored = self.txn.get(lot_id.to_bytes(8, "big"), db=self.db)
+        return default if stored is None else _decode_lot(stored)
+
+    def __contains__(self, lot_id: int) -> bool:
+        return self.txn.get(lot_id.to_bytes(8, "big"), db=self.db) is not None
+
+    def __getitem__(self, lot_id: int):
+        lot = self.get(lot_id)
+        if lot is None:
+            raise KeyError(lot_id)
+        return lot
 
 
 def _wanted_from_archive(txn, dbs, holds: list, below: int) -> archive_checking.Wanted:
@@ -141,32 +210,85 @@ def _check_totals(accounts: dict, lots: dict, holds: list, violations: list[str]
                                   f"{account.open_lot_ids}")
 
 
-def _check_replay(txn, dbs, accounts: dict, lots: dict, holds: list, journal: dict, violations: list[str],
-                  carried: _Carried) -> None:
-    """The journal replayed from the checkpoints: lots, settles due, holds, counters and debts it rebuilds."""
-    replayed: dict[int, int] = defaultdict(int, carried.lot_postings)
-    debt: dict[str, int] = defaultdict(int, {account_id: checkpoint.debt
-                                             for account_id, checkpoint in carried.checkpoints.items()})
-    created: dict[int, int] = {}  # lot id -> the transaction that created it
+class _Replayed(msgspec.Struct):
+    """What one pass over the journal, in order, from the checkpoints, rebuilds."""
+
+    lot_postings: dict[int, int]  # lot id -> its postings summed
+    debt: dict[str, int]
+    created: dict[int, int]  # lot id -> the transaction that created it
+    counters: dict[bytes, int]
+    hold_fates: dict[int, str]
+    naming: dict[str, int]  # account id -> journal entries that name it (as account or member)
+
+
+def _replay_journal(journal: _Journal, carried: _Carried) -> _Replayed:
+    replayed = _Replayed(defaultdict(int, carried.lot_postings),
+                         defaultdict(int, {account_id: checkpoint.debt
+                                           for account_id, checkpoint in carried.checkpoints.items()}),
+                         {}, defaultdict(int, carried.counters), archive_checking.hold_fates_start(carried.found),
+                         defaultdict(int))
+    postings, debt, created, counters = replayed.lot_postings, replayed.debt, replayed.created, replayed.counters
+    fates, naming = replayed.hold_fates, replayed.naming
     for entry in journal.values():
         for posting in entry.postings:
-            replayed[posting.lot_id] += posting.delta
+            postings[posting.lot_id] += posting.delta
         debt[entry.account_id] += entry.debt_delta
-        for made in ([entry.new_lot] if entry.new_lot is not None else []) + entry.extra_lots:
+        if entry.new_lot is not None:
+            created[entry.new_lot.lot_id] = entry.txn_id
+        for made in entry.extra_lots:
             created[made.lot_id] = entry.txn_id
+        for key, delta in entry.counters:
+            counters[key] += delta
+        _replay_hold(entry, fates)
+        naming[entry.account_id] += 1
+        if entry.member_id and entry.member_id != entry.account_id:
+            naming[entry.member_id] += 1
+    return replayed
+
+
+def _check_replay(txn, dbs, accounts: dict, lots: _Lots, holds: list, replayed: _Replayed, violations: list[str],
+                  carried: _Carried) -> None:
+    """The journal replayed from the checkpoints: lots, settles due, holds, counters and debts it rebuilds."""
+    _check_lots_replayed(lots, replayed, violations)
+    _check_settles_due(accounts, lots, holds, violations)
+    fates = replayed.hold_fates
+    for hold in holds:
+        if hold.hold_id < carried.below and carried.found is None:
+            continue  # its HOLD entry is archived and the segments were not read
+        expected = fates.get(hold.hold_id)
+        found = {rec.HoldState.CAPTURED: "captured", rec.HoldState.VOIDED: "voided"}.get(hold.state, "held")
+        if expected != found:
+            violations.append(f"account {hold.account_id}: hold {hold.hold_id} expected {expected} "
+                              f"(journal replay), found {found}")
+    _check_counters_replayed(txn, dbs, replayed.counters, violations)
+    debt = replayed.debt
+    for account_id, account in accounts.items():
+        if debt.get(account_id, 0) != account.debt:
+            violations.append(f"account {account_id}: debt expected {debt.get(account_id, 0)} (journal replay), "
+                              f"found {account.debt}")
+
+
+def _check_lots_replayed(lots: _Lots, replayed: _Replayed, violations: list[str]) -> None:
+    """Each lot against its postings; then what the journal posts to lots that are gone. The sums
+    are taken out as their lots are read (no lookup per lot): what is left names missing lots."""
+    postings, created = replayed.lot_postings, replayed.created
+    for lot in lots.values():
+        expected = postings.pop(lot.lot_id, 0)
+        created.pop(lot.lot_id, None)
+        if expected != lot.remaining:
+            violations.append(f"account {lot.account_id}: lot {lot.lot_id} remaining expected "
+                              f"{expected} (journal replay), found {lot.remaining}")
     # Compaction removes lots that ended (core_ext/compaction.py): a missing lot is one whose
     # postings took it to nothing; one that the journal leaves with points is missing points.
-    for lot_id in sorted(set(created) | set(replayed)):
-        if lot_id not in lots and replayed[lot_id] != 0:
-            made_by = f"transaction {created[lot_id]}: created" if lot_id in created else "the journal posts to"
-            violations.append(f"{made_by} lot {lot_id}, which is missing with {replayed[lot_id]} points left "
-                              "(journal replay)")
-    for lot in lots.values():
-        if replayed[lot.lot_id] != lot.remaining:
-            violations.append(f"account {lot.account_id}: lot {lot.lot_id} remaining expected "
-                              f"{replayed[lot.lot_id]} (journal replay), found {lot.remaining}")
-    # What time will change must be scheduled: an account settles by its earliest activation,
-    # expiry or hold expiry, or points could outlive their lifetime.
+    for lot_id in sorted(lot_id for lot_id, total in postings.items() if total):
+        made_by = f"transaction {created[lot_id]}: created" if lot_id in created else "the journal posts to"
+        violations.append(f"{made_by} lot {lot_id}, which is missing with {postings[lot_id]} points left "
+                          "(journal replay)")
+
+
+def _check_settles_due(accounts: dict, lots: _Lots, holds: list, violations: list[str]) -> None:
+    """What time will change must be scheduled: an account settles by its earliest activation,
+    expiry or hold expiry, or points could outlive their lifetime."""
     due: dict[str, int] = {}
     for lot in lots.values():
         at = lot.activates_at_ms if lot.state == rec.LotState.PENDING else (
@@ -181,19 +303,8 @@ def _check_replay(txn, dbs, accounts: dict, lots: dict, holds: list, journal: di
         if account is not None and not 0 < account.next_change_at_ms <= at:
             violations.append(f"account {account_id}: next settle expected by {at}, found {account.next_change_at_ms}")
 
-    fates = _replay_holds(journal, archive_checking.hold_fates_start(carried.found))
-    for hold in holds:
-        if hold.hold_id < carried.below and carried.found is None:
-            continue  # its HOLD entry is archived and the segments were not read
-        expected = fates.get(hold.hold_id)
-        found = {rec.HoldState.CAPTURED: "captured", rec.HoldState.VOIDED: "voided"}.get(hold.state, "held")
-        if expected != found:
-            violations.append(f"account {hold.account_id}: hold {hold.hold_id} expected {expected} "
-                              f"(journal replay), found {found}")
-    counted: dict[bytes, int] = defaultdict(int, carried.counters)
-    for entry in journal.values():
-        for key, delta in entry.counters:
-            counted[key] += delta
+
+def _check_counters_replayed(txn, dbs, counted: dict[bytes, int], violations: list[str]) -> None:
     stored = {key: int.from_bytes(value, "big", signed=True) for key, value in txn.cursor(db=dbs["counters"])}
     removed = removed_counters(lambda name, key: txn.get(key, db=dbs[name]))
     for key in sorted(set(counted) | set(stored)):
@@ -204,29 +315,41 @@ def _check_replay(txn, dbs, accounts: dict, lots: dict, holds: list, journal: di
                               f"(journal replay), found {stored.get(key, 0)}")
         if stored.get(key, 0) < 0:
             violations.append(f"counter {key.decode(errors='replace')!r}: below zero ({stored[key]})")
-    for account_id, account in accounts.items():
-        if debt[account_id] != account.debt:
-            violations.append(f"account {account_id}: debt expected {debt[account_id]} (journal replay), found {account.debt}")
 
 
-def _check_request_ids(txn, dbs, journal: dict, violations: list[str], below: int) -> None:
+def _check_request_ids(txn, dbs, journal: _Journal, violations: list[str], below: int) -> None:
     """One request id, one transaction, and the transaction names its request id (below the
-    archive boundary `below`, the archive's check looks for the transaction)."""
-    owners: dict[int, str] = {}
+    archive boundary `below`, the archive's check looks for the transaction). From the boundary
+    on, a transaction claimed twice carries at most one of the two ids: the other is found by
+    reading the transaction, so no map of every request is kept."""
+    archived_owners: dict[int, str] = {}
     for key, record in _request_records(txn, dbs):
         request_id = key.decode()
         if record.txn_id == 0:
             continue
-        if record.txn_id in owners:
-            violations.append(f"transaction {record.txn_id}: claimed by request ids '{owners[record.txn_id]}' and '{request_id}'")
-        owners[record.txn_id] = request_id
         if record.txn_id < below:
+            if record.txn_id in archived_owners:
+                violations.append(f"transaction {record.txn_id}: claimed by request ids "
+                                  f"'{archived_owners[record.txn_id]}' and '{request_id}'")
+            archived_owners[record.txn_id] = request_id
             continue
-        entry = journal.get(record.txn_id)
-        if entry is None:
+        carried_id = journal.request_id_of(record.txn_id)
+        if carried_id is None:
             violations.append(f"request '{request_id}': transaction {record.txn_id} is missing from the journal")
-        elif entry.request_id != request_id:
-            violations.append(f"request '{request_id}': transaction {record.txn_id} carries request id '{entry.request_id}'")
+        elif carried_id != request_id:
+            if _request_txn_id(txn, dbs, carried_id) == record.txn_id:
+                violations.append(f"transaction {record.txn_id}: claimed by request ids '{carried_id}' "
+                                  f"and '{request_id}'")
+            violations.append(f"request '{request_id}': transaction {record.txn_id} carries request id '{carried_id}'")
+
+
+def _request_txn_id(txn, dbs, request_id: str) -> int:
+    """The transaction the request's record names (0: no record)."""
+    for name in ("idempotency", "retained"):
+        stored = txn.get(request_id.encode(), db=dbs[name])
+        if stored is not None:
+            return _decode_idempotency(stored).txn_id
+    return 0
 
 
 def _check_reversals(txn, dbs, journal: dict, violations: list[str], below: int) -> None:
@@ -252,17 +375,19 @@ def _check_reversals(txn, dbs, journal: dict, violations: list[str], below: int)
                               f"of {credited} credited")
 
 
-def _check_statements(accounts: dict, journal: dict, violations: list[str], carried: _Carried) -> None:
-    """Every statement adds up to its balance, and names every entry about its account."""
-    on_statement: dict[str, set[int]] = {}
+def _check_statements(accounts: dict, journal: _Journal, naming: dict[str, int], violations: list[str],
+                      carried: _Carried) -> None:
+    """Every statement adds up to its balance, and names every entry about its account: the walk
+    along its links finds as many entries naming it as the journal holds (`naming`); only when it
+    does not is the journal read again, for that account, to say which."""
     for account in accounts.values():
         checkpoint = carried.checkpoints.get(account.account_id, archive_state.Checkpoint())
-        on_statement[account.account_id] = _check_statement(account, journal, violations, carried.below, checkpoint)
-    for entry in journal.values():
-        for account_id in (entry.account_id, entry.member_id):
-            if account_id in on_statement and entry.txn_id not in on_statement[account_id]:
-                violations.append(f"account {account_id}: transaction {entry.txn_id} names the account but is "
-                                  "not on its statement")
+        seen = _check_statement(account, journal, violations, carried.below, checkpoint)
+        if len(seen) != naming.get(account.account_id, 0):
+            for entry in journal.values():
+                if account.account_id in (entry.account_id, entry.member_id) and entry.txn_id not in seen:
+                    violations.append(f"account {account.account_id}: transaction {entry.txn_id} names the "
+                                      "account but is not on its statement")
 
 
 def _check_statement(account, journal: dict, violations: list[str], below: int, checkpoint) -> set[int]:
@@ -278,7 +403,8 @@ def _check_statement(account, journal: dict, violations: list[str], below: int, 
         if entry is None:
             violations.append(f"account {me}: statement links to transaction {txn_id}, which is missing")
             break
-        seen.add(txn_id)
+        if me in (entry.account_id, entry.member_id):
+            seen.add(txn_id)
         shown = rec.statement_change(entry, me)
         shown_total += shown
         if entry.account_id == me:
@@ -302,17 +428,14 @@ def _check_statement(account, journal: dict, violations: list[str], below: int, 
     return seen
 
 
-def _replay_holds(journal: dict, fates: dict[int, str]) -> dict[int, str]:
-    """`fates` (what the archive decided) with the journal's entries replayed over them."""
-    for txn_id in sorted(journal):
-        entry = journal[txn_id]
-        if entry.kind == TxnKind.HOLD:
-            fates[txn_id] = "held"
-        for hold_id in entry.captured_hold_ids:
-            fates[hold_id] = "captured"
-        if entry.kind == TxnKind.ROLLBACK and fates.get(entry.reverses) == "held":
-            fates[entry.reverses] = "voided"
-    return fates
+def _replay_hold(entry, fates: dict[int, str]) -> None:
+    """`fates` (what the archive and the entries before `entry` decided) with `entry` replayed."""
+    if entry.kind == TxnKind.HOLD:
+        fates[entry.txn_id] = "held"
+    for hold_id in entry.captured_hold_ids:
+        fates[hold_id] = "captured"
+    if entry.kind == TxnKind.ROLLBACK and fates.get(entry.reverses) == "held":
+        fates[entry.reverses] = "voided"
 
 
 def ledger_summary(txn, dbs) -> dict[str, int]:

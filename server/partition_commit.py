@@ -303,7 +303,8 @@ def _compacted(outcomes: list[Outcome]) -> Outcome:
     return Outcome(Code.OK, body=CompactResult(
         sum(body.answers_dropped for body in bodies), sum(body.requests_forgotten for body in bodies),
         sum(body.lots_removed for body in bodies), sum(body.holds_removed for body in bodies),
-        any(body.more for body in bodies)))
+        any(body.more for body in bodies), sum(body.codes_removed for body in bodies),
+        sum(body.counters_removed for body in bodies), max(body.step_us for body in bodies)))
 
 
 def _swept(outcomes: list[Outcome]) -> Outcome:

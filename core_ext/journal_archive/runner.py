@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kassa.core_ext.journal_archive.archiving import ArchiveResult, archive_dir_of, archive_journal
+from kassa.core_ext.journal_archive.archiving import SEGMENT_ENTRIES_MAX, ArchiveResult, archive_dir_of, archive_journal
 from kassa.core_ext.retention import Retention
 
 SECOND_MS = 1000  # milliseconds
+# Segments one run in the server writes before it reports back (1M entries, about 25 s of a core at
+# bench.archive_bytes' 40,000 entries a CPU second): a run is bounded, and the chore starts the next
+# one at once while a run stops at this bound (server/archive_task.py).
+SEGMENTS_PER_RUN_MAX = 10
 
 
 def closed_before_ms(now_ms: int, ledger_config) -> int:
@@ -59,8 +63,10 @@ def archive_closed_period(ledger, now_ms: int, ledger_config) -> ArchiveResult:
                            after_compaction=after_compaction(ledger_config))
 
 
-def archive_ledger_at(path: str, now_ms: int, ledger_config) -> ArchiveResult:
-    """The same for the ledger at `path`, opened here (in the server's archive process)."""
+def archive_ledger_at(path: str, now_ms: int, ledger_config, segment_entries_max: int = SEGMENT_ENTRIES_MAX,
+                      segments_max: int = SEGMENTS_PER_RUN_MAX) -> ArchiveResult:
+    """The same for the ledger at `path`, opened here (in the server's archive process), at most
+    `segments_max` segments of `segment_entries_max` entries."""
     import lmdb
 
     from kassa.core_ext.ledger import DB_NAMES, MAX_DBS
@@ -72,6 +78,7 @@ def archive_ledger_at(path: str, now_ms: int, ledger_config) -> ArchiveResult:
         dbs = {name.decode(): env.open_db(name) for name in DB_NAMES}
         before_ms = closed_before_ms(now_ms, ledger_config)
         return archive_journal(env, dbs, archive_dir_of(Path(path)), before_ms, before_ms, now_ms,
-                               after_compaction=after_compaction(ledger_config))
+                               segment_entries_max, after_compaction=after_compaction(ledger_config),
+                               segments_max=segments_max)
     finally:
         env.close()

@@ -137,17 +137,28 @@ class Carried:
         self.counters: dict[bytes, int] = defaultdict(int)
 
     def add(self, entry: rec.TxnRec) -> None:
-        for account_id in (entry.account_id, entry.member_id):
+        self.add_all((entry,))
+
+    def add_all(self, entries) -> None:
+        """Add each of `entries` (the archiver's and the verifier's inner loop: names bound once)."""
+        points, last_txn_id, counts, debt = self.points, self.last_txn_id, self.entries, self.debt
+        lot_postings, counters, change = self.lot_postings, self.counters, rec.statement_change
+        for entry in entries:
+            account_id, member_id = entry.account_id, entry.member_id
             if account_id:
-                self.points[account_id] += rec.statement_change(entry, account_id)
-                self.last_txn_id[account_id] = entry.txn_id
-                self.entries[account_id] += 1
-        self.debt[entry.account_id] += entry.debt_delta
-        lots = self.lot_postings[entry.account_id]
-        for posting in entry.postings:
-            lots[posting.lot_id] += posting.delta
-        for key, delta in entry.counters:
-            self.counters[key] += delta
+                points[account_id] += change(entry, account_id)
+                last_txn_id[account_id] = entry.txn_id
+                counts[account_id] += 1
+            if member_id:
+                points[member_id] += change(entry, member_id)
+                last_txn_id[member_id] = entry.txn_id
+                counts[member_id] += 1
+            debt[account_id] += entry.debt_delta
+            lots = lot_postings[account_id]
+            for posting in entry.postings:
+                lots[posting.lot_id] += posting.delta
+            for key, delta in entry.counters:
+                counters[key] += delta
 
     def accounts(self) -> set[str]:
         return set(self.points) | set(self.debt) | set(self.lot_postings)
@@ -155,9 +166,9 @@ class Carried:
     def onto(self, account_id: str, before: Checkpoint | None) -> Checkpoint:
         """`before` (None: nothing archived yet) with this account's sums added."""
         before = before or Checkpoint()
-        lots = defaultdict(int, before.lot_postings)
+        lots = dict(before.lot_postings)
         for lot_id, delta in self.lot_postings.get(account_id, {}).items():
-            lots[lot_id] += delta
+            lots[lot_id] = lots.get(lot_id, 0) + delta
         return Checkpoint(
             before.points + self.points.get(account_id, 0), before.debt + self.debt.get(account_id, 0),
             self.last_txn_id.get(account_id, before.last_txn_id), before.entries + self.entries.get(account_id, 0),

@@ -8,6 +8,7 @@ import gzip
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from kassa.core_ext import records as rec
@@ -253,6 +254,26 @@ class TestFormat:
             entries = [rec.decode_txn(value) for _, value in txn.cursor(db=dbs["journal"])]
 
         assert [segments.entry_of_line(segments.entry_line(entry)) for entry in entries] == entries
+
+    def test_a_block_is_written_as_the_lines_of_its_entries(self, ledger):
+        """The archiver's fast path (object-form classes lent to the records) writes each entry's
+        line byte for byte, for every kind this ledger holds: purchases, redemptions, returns,
+        holds and their captures."""
+        dbs = dbs_of(ledger)
+        with ledger.env.begin() as txn:
+            values = [value for _, value in txn.cursor(db=dbs["journal"])]
+        kinds = {rec.decode_txn(value).kind for value in values}
+        every_field = rec.TxnRec(  # every nested record and list a layout has, filled
+            10**9, 1, "r-all", "A-0", 1, lines=[rec.JournalLine(1, 1000, 500, 10, 25, 5)],
+            new_lot=rec.LotRec(10**9, "A-0", 25, 25, 1, 2), extra_lots=[rec.LotRec(10**9 + 1, "A-0", 3, 3, 1, 0, 2)],
+            postings=[rec.Posting(10**9, 25)], returned=[(1, 500)], counters=[(b"B:budget\x00", 25)],
+            limited=[rec.LimitedUse("camp", [25], [b"B:budget\x00"])], use_keys=[b"U:x"], promo_codes=["P1"])
+        values.append(msgspec.msgpack.encode(every_field))
+
+        written = segments.block_lines([rec.decode_txn(value) for value in values])
+
+        assert len(kinds) >= 4
+        assert written == b"".join(segments.entry_line(rec.decode_txn(value)) for value in values)
 
 
 def compacted(ledger, now_ms: int, ledger_config) -> None:

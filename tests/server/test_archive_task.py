@@ -10,7 +10,8 @@ import msgspec
 
 from kassa.core_ext.journal_archive import archive_dir_of, read_below
 from kassa.core_ext.limits import MS_PER_DAY
-from kassa.server.archive_task import archive_periodically
+from kassa.core_ext.journal_archive.runner import archive_closed_period
+from kassa.server.archive_task import archive_periodically, archive_until_caught_up
 from kassa.server.clock import make_clock
 from kassa.server.config import LedgerSection
 from tests.core.archive_ledger import T0_MS, fill, open_ledger
@@ -69,5 +70,29 @@ def test_the_chore_is_off_at_interval_zero(tmp_path):
         run_chore(msgspec.structs.replace(LedgerSection(), path=ledger.path), make_clock(str(tmp_path / "clock")),
                   lambda: False, OFF_WAIT_S)
         assert not archive_dir_of(ledger.path).exists()
+    finally:
+        ledger.close()
+
+
+BEHIND_SEGMENT_ENTRIES = 50  # the first period holds about 135 entries: three segments' worth
+
+
+def test_an_archive_behind_runs_again_at_once_in_bounded_runs_until_caught_up(tmp_path):
+    ledger = open_ledger(tmp_path / "ledger")
+    fill(ledger, range(0, 6))
+    now_ms = T0_MS + 6 * MS_PER_DAY
+    (tmp_path / "clock").write_text(str(now_ms))
+    config = msgspec.structs.replace(LedgerSection(), path=ledger.path, archive_interval_s=DAY_S,
+                                     archive_after_s=3 * DAY_S, replay_window_s=DAY_S, return_window_s=DAY_S,
+                                     compaction_interval_s=0)
+    try:
+        runs = asyncio.run(archive_until_caught_up(config, make_clock(str(tmp_path / "clock")),
+                                                   BEHIND_SEGMENT_ENTRIES, segments_per_run_max=1))
+        assert len(runs) >= 3
+        assert [len(run.segments) for run in runs if run.segments] == [1] * len([run for run in runs if run.segments])
+        assert [run.more for run in runs[:-1]] == [True] * (len(runs) - 1)
+        assert runs[-1].more is False
+        assert archive_closed_period(ledger, now_ms, config).entries == 0  # nothing closed was left behind
+        assert ledger.verify(now_ms) == []
     finally:
         ledger.close()
