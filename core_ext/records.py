@@ -494,7 +494,10 @@ def _unpacked_lot(packed: _TxnV1) -> LotRec | None:
 
 
 def _decode_v1(stored) -> TxnRec:
-    packed = _decode_txn_v1(stored)
+    return _from_v1(_decode_txn_v1(stored))
+
+
+def _from_v1(packed: _TxnV1) -> TxnRec:
     digits = packed.ruleset_digits
     entry = TxnRec(
         packed.txn_id, packed.kind, packed.request_id, packed.account_id, packed.created_at_ms, packed.store_id,
@@ -524,3 +527,28 @@ def decode_txn(stored) -> TxnRec:
     if stored[0] == JOURNAL_V1:
         return _decode_v1(memoryview(stored)[1:])
     return _decode_txn_v0(stored)
+
+
+_MSGPACK_ARRAY16 = b"\xdc"
+_decode_txns_v0 = msgspec.msgpack.Decoder(list[TxnRec]).decode
+_decode_txns_v1 = msgspec.msgpack.Decoder(list[_TxnV1]).decode
+
+
+def decode_txns(stored: list[bytes]) -> list[TxnRec]:
+    """Journal entries (at most 65,535), as `decode_txn` gives each, in one decoder call per run of
+    entries of one format (a walk over the journal, e.g. the archive's, reads them by the block)."""
+    entries: list[TxnRec] = []
+    start = 0
+    while start < len(stored):
+        v1 = stored[start][0] == JOURNAL_V1
+        end = start + 1
+        while end < len(stored) and (stored[end][0] == JOURNAL_V1) == v1:
+            end += 1
+        run = stored[start:end]
+        header = _MSGPACK_ARRAY16 + len(run).to_bytes(2, "big")
+        if v1:
+            entries += map(_from_v1, _decode_txns_v1(header + b"".join(value[1:] for value in run)))
+        else:
+            entries += _decode_txns_v0(header + b"".join(run))
+        start = end
+    return entries

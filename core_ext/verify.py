@@ -132,7 +132,7 @@ class _Journal:
     def request_id_of(self, txn_id: int) -> str | None:
         """The request id the entry carries (None: no such entry), without decoding the rest of it."""
         stored = self.txn.get(txn_id.to_bytes(8, "big"), db=self.db) if txn_id >= self.below else None
-        return None if stored is None else _decode_request(stored).request_id
+        return None if stored is None else _decode_request(rec.journal_body(stored)).request_id
 
     def __contains__(self, txn_id: int) -> bool:
         return self.get(txn_id) is not None

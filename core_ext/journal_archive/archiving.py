@@ -40,8 +40,6 @@ SEGMENT_ENTRIES_MAX = 100_000  # journal entries per segment: bounds the write t
 DELETE_ENTRIES_PER_TXN = 2_000  # journal entries deleted per write transaction (step 4)
 HOLD_KIND = int(TxnKind.HOLD)  # a plain int compares faster than the enum, once an entry
 TXN_ID_NONE_ABOVE = 2**64  # txn ids are 8-byte keys: every one is below this
-MSGPACK_ARRAY16 = b"\xdc"  # msgpack's array of up to 65,535 items, its length in the next 2 bytes
-_decode_txns = msgspec.msgpack.Decoder(list[rec.TxnRec]).decode
 
 
 class ArchiveConflict(Exception):
@@ -138,8 +136,8 @@ def _closed_blocks(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int
 
 
 def _decode_block(values: list[bytes]) -> list:
-    """The records of `values` (at most 65,535: a msgpack array 16 header) in one decoder call."""
-    return _decode_txns(MSGPACK_ARRAY16 + len(values).to_bytes(2, "big") + b"".join(values))
+    """The records of `values` (at most 65,535), in one decoder call per run of one layout."""
+    return rec.decode_txns(values)
 
 
 def _capturable_hold(txn, dbs: dict, entry, now_ms: int) -> bool:
