@@ -18,7 +18,7 @@ MAP_START_BYTES = 1024**2
 MAP_MAX_BYTES = 16 * 1024**2
 HOLD_TTL_S = 900
 T0_MS = 1_780_300_800_000
-GROUP_PURCHASES = 3_000  # some 2 MiB of ledger: more than the starting map holds
+GROUP_PURCHASES = 6_000  # some 2.5 MiB of ledger (one-line purchases of one account): more than the starting map holds
 READ_HELD_S = 1.0  # how long a read stays open while the group that outgrew the map waits
 
 
