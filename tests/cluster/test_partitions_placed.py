@@ -5,6 +5,7 @@ moves only its partitions, loses nothing acknowledged, and every partition's cop
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -34,6 +35,8 @@ LOAD_AFTER_KILL_S = 3.0
 FAILOVER_S_MAX = 10.0
 RELAYED_WITHIN_S = 10.0
 SNAPSHOT_INTERVAL_S = 1.0  # the owner of the event's partition relays every second
+CHORE_INTERVAL_S = 1  # the expiry sweep and compaction, by each partition's owner
+CHORES_WAIT_S_MAX = 10.0
 PARTITION_ENV = {"KASSA_CLUSTER_PARTITIONS": str(PARTITIONS), "KASSA_LEDGER_PARTITIONS": str(PARTITIONS)}
 
 
@@ -55,7 +58,9 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("kassa-parts")
     servers = NatsCluster(NATS_BINARY, root / "nats", 1)
     servers.start()
-    env = {**PARTITION_ENV, "KASSA_CLUSTER_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S)}
+    env = {**PARTITION_ENV, "KASSA_CLUSTER_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S),
+           "KASSA_PROCESSING_EXPIRY_SWEEP_INTERVAL_S": str(CHORE_INTERVAL_S),
+           "KASSA_LEDGER_COMPACTION_INTERVAL_S": str(CHORE_INTERVAL_S)}
     nodes = KassaNodes(root, servers.urls, NODES + 1, LEASE_TTL_MS, replicas=1, extra_env=env)
     try:
         for node in nodes.nodes[:NODES]:  # the last one joins later (TestJoining)
@@ -124,6 +129,23 @@ class TestRouting:
             while {balance(node, account) for node in live(nodes)} != {wanted}:
                 assert time.monotonic() < deadline_s, f"{account}: the nodes' copies disagree"
                 time.sleep(0.05)
+
+
+def logged(node, message: str) -> list[dict]:
+    return [json.loads(line) for line in list(node.log_lines) if f'"msg":"{message}"' in line]
+
+
+class TestChores:
+    def test_each_partitions_owner_sweeps_and_compacts_it(self, cluster):
+        _, nodes = cluster
+        owners = wait_spread(nodes)
+        by_id = {node.extra_env["KASSA_CLUSTER_NODE_ID"]: node for node in live(nodes)}
+        deadline_s = time.monotonic() + CHORES_WAIT_S_MAX
+        for partition, owner_id in enumerate(owners):
+            for message in ("expiry sweep", "compaction"):
+                while not any(line.get("partition") == partition for line in logged(by_id[owner_id], message)):
+                    assert time.monotonic() < deadline_s, f"partition {partition}: no {message} by its owner {owner_id}"
+                    time.sleep(0.1)
 
 
 def in_partitions(prefix: str, first: int, second: int) -> tuple[str, str]:
