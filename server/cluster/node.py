@@ -96,7 +96,7 @@ class ClusterNode:
         self.owners = [PartitionOwner(PartitionLease(kv, index, settings.node_id, settings.advertise, timing),
                                       PartitionLog(js, index), Replica(replica_ledger, index), clock)
                        for index, replica_ledger in enumerate(_replica_ledgers(ledger, self.partitions))]
-        self.owner = self.owners[0]  # the partition whole calls are forwarded for, and the events consumer's
+        self.owner = self.owners[0]  # the partition whole calls are forwarded for
         self.ledger = ledger
         self.clock = clock
         # Per partition: the address of the node that holds its lease when another does, and its id.
@@ -142,8 +142,8 @@ class ClusterNode:
         return self._client.is_connected
 
     def serves_here(self) -> bool:
-        """Whether this node owns partition 0: whole calls (one partition) are served here, and the
-        cluster-wide chores (expiry sweep, compaction, JetStream events) run here."""
+        """Whether this node owns partition 0: whole calls (one partition) are served here, and with
+        one partition the chores (expiry sweep, compaction) run here."""
         return self.owner.serving()
 
     @property
@@ -190,13 +190,14 @@ class ClusterNode:
                                if not owner.serving()))
 
     def start(self, process_events) -> None:
-        """Run each partition's loop, the reports and the JetStream events consumer (committing
-        through `process_events`) until `close`: through the drain too, so the leases are renewed
+        """Run each partition's loop, the reports and each partition's JetStream events consumer
+        (committing through `process_events`) until `close`: through the drain too, so the leases are renewed
         while the calls in flight are committed."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.run(partition)) for partition in range(self.partitions)]
+        self._tasks += [loop.create_task(consume_events(self, process_events, partition))
+                        for partition in range(self.partitions)]  # each partition's subject, by its owner
         self._tasks += [loop.create_task(self.report_periodically()),
-                        loop.create_task(consume_events(self, process_events)),
                         loop.create_task(self.snapshot_periodically())]
 
     def closing(self) -> bool:
