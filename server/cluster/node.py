@@ -28,6 +28,7 @@ import time
 
 import nats
 
+from kassa.core_ext.model import Code
 from kassa.core_ext.partitions import partition_path
 from kassa.server.cluster.committing import LoggedLedger
 from kassa.server.cluster.placed import PlacedLedger, split_budgets
@@ -109,6 +110,7 @@ class ClusterNode:
         self._live_nodes: set[str] = {self.node_id}
         self._catching_up = [asyncio.Lock() for _ in range(self.partitions)]
         self._synced_from_s = [0.0] * self.partitions  # monotonic: when the last catch-up to the log's end asked for it
+        self.catch_ups = [0] * self.partitions  # per partition, the catch-ups to its log's end run for calls
         self._stop = asyncio.Event()
         self._events_stopped = False  # the drain: no more events are read from JetStream
         self._tasks: list[asyncio.Task] = []
@@ -172,6 +174,7 @@ class ClusterNode:
             try:
                 if sequence is None:
                     started_s = time.monotonic()
+                    self.catch_ups[partition] += 1
                     sequence = await asyncio.wait_for(owner.log.end(), wait_s)
                 if owner.replica.applied_sequence < sequence:
                     await asyncio.wait_for(owner.replica.catch_up(owner.log, sequence), wait_s)
@@ -188,6 +191,22 @@ class ClusterNode:
         (and routes by) copies holding every commit acknowledged before it began."""
         await asyncio.gather(*(self.caught_up(owner.partition, None, wait_s) for owner in self.owners
                                if not owner.serving()))
+
+    async def synced_for(self, customer, reads: bool, wait_s: float) -> None:
+        """Before a call naming one customer: a read brings its partition's copy to the log's end; a
+        write needs nothing (the owner commits it). Either brings every copy to its end when the
+        directory does not place the customer yet (created through another node), and a read does
+        when the copy does not hold it (it moved to another partition since, or does not exist)."""
+        partition = self.ledger.directory.lookup(customer.kind, customer.value)
+        if partition is None:
+            await self.read_synced(wait_s)
+            return
+        if not reads:
+            return
+        if not self.owners[partition].serving():
+            await self.caught_up(partition, None, wait_s)
+        if self.ledger.parts[partition].account(customer, self.clock.now_ms()).code != Code.OK:
+            await self.read_synced(wait_s)
 
     def start(self, process_events) -> None:
         """Run each partition's loop, the reports and each partition's JetStream events consumer
@@ -341,7 +360,8 @@ class ClusterNode:
         while not self._stop.is_set():
             report = NodeReport(self.node_id, self.settings.advertise, self.owner.partition,
                                 self.owner.replica.applied_sequence, self.owner.serving(), self.connected(), now_ms(),
-                                tuple(self.owned()), tuple(owner.replica.applied_sequence for owner in self.owners))
+                                tuple(self.owned()), tuple(owner.replica.applied_sequence for owner in self.owners),
+                                tuple(self.catch_ups))
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 await write_report(self._nodes_kv, report)
                 self._note_live(await read_reports(self._nodes_kv))

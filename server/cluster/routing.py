@@ -7,7 +7,8 @@ log) when this node owns it, else the owner's, over gRPC (`COMMIT_METHOD`, the o
 outcomes as msgpack, the way they are logged). After a commit made elsewhere the node applies the
 partition's log up to that commit before it answers, so a caller reading through the same node
 sees its write. Reads are served by each node's own copy of the partition, which `SyncInterceptor`
-first brings to the log's end: a read through any node sees every commit acknowledged before it.
+first brings to the log's end (only what the call reads: server/cluster/sync.py): a read through
+any node sees every commit acknowledged before it.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import msgspec
 
 from kassa.core_ext.model import Code, Outcome, Reason, rejected
 from kassa.server.cluster.group_record import LoggedOperation, OutboxSettled
+from kassa.server.cluster.sync import BY_CUSTOMER, customer_of
 from kassa.server.partition_commit import PartitionedCommitter
 
 SERVICE = "kassa.cluster.Partitions"
 COMMIT_METHOD = f"/{SERVICE}/Commit"
 REMOTE_COMMIT_S_MAX = 20.0  # an owner's commit (its log's acknowledgement included) for another node
 CATCH_UP_WAIT_S_MAX = 2.0  # after a commit made by the owner, this node applies the log up to it
-SYNC_WAIT_S_MAX = 1.0  # before a call, each partition this node does not own is brought to its log's end
+SYNC_WAIT_S_MAX = 1.0  # before a call, each partition it reads that this node does not own is brought to its log's end
 SYNCED_SERVICES = "/kassa.v1."  # health and reflection answer at once
 
 
@@ -79,18 +81,40 @@ class RoutedCommitter:
 
 
 class SyncInterceptor(grpc.aio.ServerInterceptor):
-    """Before each kassa.v1 call (a stream: when it opens), the node's copies of the partitions it
-    does not own catch up with their logs (at most SYNC_WAIT_S_MAX; past it the call goes on with
-    the copy as far as it got: NATS is slow or gone, and a write would be refused anyway)."""
+    """Before each kassa.v1 call (a stream: when it opens), the node's copies of the partitions the
+    call reads catch up with their logs (server/cluster/sync.py says which; at most SYNC_WAIT_S_MAX:
+    past it the call goes on with the copy as far as it got, NATS is slow or gone)."""
 
     def __init__(self, node, channels):
         self._node = node
         self._channels = channels  # the RoutedCommitters' to the owners: closed with this after the drain
 
     async def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.startswith(SYNCED_SERVICES):
+        method = handler_call_details.method
+        if not method.startswith(SYNCED_SERVICES):
+            return await continuation(handler_call_details)
+        by_customer = BY_CUSTOMER.get(method)
+        if by_customer is None:  # reads across partitions: every copy to its log's end
             await self._node.read_synced(SYNC_WAIT_S_MAX)
-        return await continuation(handler_call_details)
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return self._synced_for_customer(handler, *by_customer)
+
+    def _synced_for_customer(self, handler, message_type: type, reads: bool):
+        node, behavior = self._node, handler.unary_unary
+
+        async def unary_unary(request, context):
+            customer = customer_of(request, message_type)
+            if customer is None:
+                await node.read_synced(SYNC_WAIT_S_MAX)
+            else:
+                await node.synced_for(customer, reads, SYNC_WAIT_S_MAX)
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
+                                                   handler.response_serializer)
 
     async def close(self) -> None:
         await self._channels.close()

@@ -6,7 +6,6 @@ moves only its partitions, loses nothing acknowledged, and every partition's cop
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import nats
@@ -40,11 +39,11 @@ LOAD_AFTER_KILL_S = 3.0
 FAILOVER_S_MAX = 10.0
 RELAYED_WITHIN_S = 10.0
 SNAPSHOT_INTERVAL_S = 1.0  # the owner of the event's partition relays every second
-CHORE_INTERVAL_S = 1  # the expiry sweep and compaction, by each partition's owner
-CHORES_WAIT_S_MAX = 10.0
 EVENTS_PER_SUBJECT = 8
 EVENT_PRICE_MINOR = 4_000
 EVENTS_WAIT_S_MAX = 10.0
+CATCH_UP_CALLS = 10
+REPORT_WAIT_S_MAX = 5.0
 PARTITION_ENV = {"KASSA_CLUSTER_PARTITIONS": str(PARTITIONS), "KASSA_LEDGER_PARTITIONS": str(PARTITIONS)}
 
 
@@ -66,9 +65,7 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("kassa-parts")
     servers = NatsCluster(NATS_BINARY, root / "nats", 1)
     servers.start()
-    env = {**PARTITION_ENV, "KASSA_CLUSTER_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S),
-           "KASSA_PROCESSING_EXPIRY_SWEEP_INTERVAL_S": str(CHORE_INTERVAL_S),
-           "KASSA_LEDGER_COMPACTION_INTERVAL_S": str(CHORE_INTERVAL_S)}
+    env = {**PARTITION_ENV, "KASSA_CLUSTER_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S)}
     nodes = KassaNodes(root, servers.urls, NODES + 1, LEASE_TTL_MS, replicas=1, extra_env=env)
     try:
         for node in nodes.nodes[:NODES]:  # the last one joins later (TestJoining)
@@ -137,23 +134,6 @@ class TestRouting:
             while {balance(node, account) for node in live(nodes)} != {wanted}:
                 assert time.monotonic() < deadline_s, f"{account}: the nodes' copies disagree"
                 time.sleep(0.05)
-
-
-def logged(node, message: str) -> list[dict]:
-    return [json.loads(line) for line in list(node.log_lines) if f'"msg":"{message}"' in line]
-
-
-class TestChores:
-    def test_each_partitions_owner_sweeps_and_compacts_it(self, cluster):
-        _, nodes = cluster
-        owners = wait_spread(nodes)
-        by_id = {node.extra_env["KASSA_CLUSTER_NODE_ID"]: node for node in live(nodes)}
-        deadline_s = time.monotonic() + CHORES_WAIT_S_MAX
-        for partition, owner_id in enumerate(owners):
-            for message in ("expiry sweep", "compaction"):
-                while not any(line.get("partition") == partition for line in logged(by_id[owner_id], message)):
-                    assert time.monotonic() < deadline_s, f"partition {partition}: no {message} by its owner {owner_id}"
-                    time.sleep(0.1)
 
 
 def in_partitions(prefix: str, first: int, second: int) -> tuple[str, str]:
@@ -244,6 +224,38 @@ class TestJetStreamEvents:
                 break
             time.sleep(0.2)
         assert recorded == wanted  # every subject's events, each once
+
+
+def node_report(node, since_ms: int) -> dict:
+    """`node`'s report in `kassa cluster status`, the first one written after `since_ms`."""
+    node_id = node.extra_env["KASSA_CLUSTER_NODE_ID"]
+    deadline_s = time.monotonic() + REPORT_WAIT_S_MAX
+    while True:
+        report = next(report for report in cluster_status(node)["nodes"] if report["node_id"] == node_id)
+        if report["reported_at_ms"] > since_ms:
+            return report
+        assert time.monotonic() < deadline_s, f"{node_id} wrote no report"
+        time.sleep(0.2)
+
+
+class TestCatchUp:
+    def test_a_call_brings_up_to_date_only_the_partition_it_reads(self, cluster):
+        _, nodes = cluster
+        owners = wait_spread(nodes)
+        node = next(node for node in live(nodes) if owners.count(node.extra_env["KASSA_CLUSTER_NODE_ID"]) == 1)
+        owned = owners.index(node.extra_env["KASSA_CLUSTER_NODE_ID"])
+        read = (owned + 1) % PARTITIONS  # a partition the node does not own; it owns none of the others either
+        account = accounts_per_partition(1)[read]
+        open_accounts(nodes, [account], RETRY_S_MAX)
+        balance(node, account)  # the node places the account in its directory (a creation made elsewhere)
+        before = node_report(node, time.time_ns() // 1_000_000)["catch_ups"]
+        for number in range(CATCH_UP_CALLS):
+            node.processing.Accrue(accrue_request(f"catch-up-{number}", account), timeout=5)
+            balance(node, account)
+        after = node_report(node, time.time_ns() // 1_000_000)["catch_ups"]
+        grown = [then - now for now, then in zip(before, after)]
+        assert grown[read] >= 1  # the reads caught its copy up (calls in a burst share one)
+        assert [count for partition, count in enumerate(grown) if partition != read] == [0] * (PARTITIONS - 1)
 
 
 class TestJoining:
