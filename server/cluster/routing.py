@@ -13,6 +13,9 @@ any node sees every commit acknowledged before it.
 
 from __future__ import annotations
 
+import contextvars
+import time
+
 import grpc
 import msgspec
 
@@ -23,10 +26,24 @@ from kassa.server.partition_commit import PartitionedCommitter
 
 SERVICE = "kassa.cluster.Partitions"
 COMMIT_METHOD = f"/{SERVICE}/Commit"
-REMOTE_COMMIT_S_MAX = 20.0  # an owner's commit (its log's acknowledgement included) for another node
+REMOTE_COMMIT_S_MAX = 20.0  # an owner's commit (its log's acknowledgement included) for another node,
+# for work no caller waits on with a deadline (a stream's, the relay's, JetStream events); else the caller's
 CATCH_UP_WAIT_S_MAX = 2.0  # after a commit made by the owner, this node applies the log up to it
 SYNC_WAIT_S_MAX = 1.0  # before a call, each partition it reads that this node does not own is brought to its log's end
 SYNCED_SERVICES = "/kassa.v1."  # health and reflection answer at once
+
+
+# The monotonic time by which the kassa.v1 call being served must be answered (its gRPC deadline);
+# None: it has none. An owner's commit for it waits no longer (the deadline travels with the call).
+CALL_DEADLINE_S: contextvars.ContextVar[float | None] = contextvars.ContextVar("kassa_call_deadline_s", default=None)
+
+
+def remote_commit_timeout_s() -> float:
+    """How long an owner's commit may take: the caller's time left, at most REMOTE_COMMIT_S_MAX."""
+    deadline_s = CALL_DEADLINE_S.get()
+    if deadline_s is None:
+        return REMOTE_COMMIT_S_MAX
+    return max(0.0, min(REMOTE_COMMIT_S_MAX, deadline_s - time.monotonic()))
 
 
 class CommitRequest(msgspec.Struct, array_like=True, frozen=True):
@@ -68,7 +85,7 @@ class RoutedCommitter:
         call = self._channels.get(address).unary_unary(COMMIT_METHOD)
         try:
             reply = _decode_reply(await call(_encode(CommitRequest(partition, tuple(ops))),
-                                             timeout=REMOTE_COMMIT_S_MAX))
+                                             timeout=remote_commit_timeout_s()))
         except grpc.aio.AioRpcError as error:
             return _unavailable(ops, f"partition {partition}'s owner cannot be reached ({error.details()}); this "
                                      "may or may not have been recorded: send it again with the same request_id")
@@ -96,21 +113,27 @@ class SyncInterceptor(grpc.aio.ServerInterceptor):
         by_customer = BY_CUSTOMER.get(method)
         if by_customer is None:  # reads across partitions: every copy to its log's end
             await self._node.read_synced(SYNC_WAIT_S_MAX)
-            return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        return self._synced_for_customer(handler, *by_customer)
+        return self._unary_unary(handler, by_customer)
 
-    def _synced_for_customer(self, handler, message_type: type, reads: bool):
+    def _unary_unary(self, handler, by_customer: tuple[type, bool] | None):
+        """The handler, with its call's deadline noted for the owners' commits (CALL_DEADLINE_S) and,
+        for a call naming one customer, the copy it reads brought up to date first."""
         node, behavior = self._node, handler.unary_unary
 
         async def unary_unary(request, context):
-            customer = customer_of(request, message_type)
-            if customer is None:
-                await node.read_synced(SYNC_WAIT_S_MAX)
-            else:
-                await node.synced_for(customer, reads, SYNC_WAIT_S_MAX)
+            remaining_s = context.time_remaining()
+            if remaining_s is not None:
+                CALL_DEADLINE_S.set(time.monotonic() + remaining_s)
+            if by_customer is not None:
+                message_type, reads = by_customer
+                customer = customer_of(request, message_type)
+                if customer is None:
+                    await node.read_synced(SYNC_WAIT_S_MAX)
+                else:
+                    await node.synced_for(customer, reads, SYNC_WAIT_S_MAX)
             return await behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
