@@ -5,8 +5,9 @@ the directory look-up, the outbox relay, moves, what goes to every partition). T
 each partition's operations to a `RoutedCommitter`: the partition's own GroupCommitter (through its
 log) when this node owns it, else the owner's, over gRPC (`COMMIT_METHOD`, the operations and
 outcomes as msgpack, the way they are logged). After a commit made elsewhere the node applies the
-partition's log up to that commit before it answers, so a caller reading through the same node
-sees its write. Reads are served by each node's own copy of the partition, which `SyncInterceptor`
+partition's log up to that commit before it answers (not for a purchase or a redemption: the
+owner's outcome answers them whole, and a read catches up first), so a caller reading through the
+same node sees its write. Reads are served by each node's own copy of the partition, which `SyncInterceptor`
 first brings to the log's end (only what the call reads: server/cluster/sync.py): a read through
 any node sees every commit acknowledged before it.
 """
@@ -19,7 +20,7 @@ import time
 import grpc
 import msgspec
 
-from kassa.core_ext.model import Code, Outcome, Reason, rejected
+from kassa.core_ext.model import AccrueOp, Code, Outcome, Reason, RedeemOp, rejected
 from kassa.server.cluster.group_record import LoggedOperation, OutboxSettled
 from kassa.server.cluster.sync import BY_CUSTOMER, customer_of
 from kassa.server.partition_commit import PartitionedCommitter
@@ -31,6 +32,9 @@ REMOTE_COMMIT_S_MAX = 20.0  # an owner's commit (its log's acknowledgement inclu
 CATCH_UP_WAIT_S_MAX = 2.0  # after a commit made by the owner, this node applies the log up to it
 SYNC_WAIT_S_MAX = 1.0  # before a call, each partition it reads that this node does not own is brought to its log's end
 SYNCED_SERVICES = "/kassa.v1."  # health and reflection answer at once
+# Operations answered whole by the owner's outcome, which the router reads nothing back of: after
+# the owner committed them this node does not wait to apply them (a read through it catches up first).
+ANSWERED_BY_OWNER = (AccrueOp, RedeemOp)
 
 
 # The monotonic time by which the kassa.v1 call being served must be answered (its gRPC deadline);
@@ -89,7 +93,8 @@ class RoutedCommitter:
         except grpc.aio.AioRpcError as error:
             return _unavailable(ops, f"partition {partition}'s owner cannot be reached ({error.details()}); this "
                                      "may or may not have been recorded: send it again with the same request_id")
-        await node.caught_up(partition, reply.sequence, CATCH_UP_WAIT_S_MAX)
+        if not all(type(op) in ANSWERED_BY_OWNER for op in ops):  # e.g. a move: the router reads its record here
+            await node.caught_up(partition, reply.sequence, CATCH_UP_WAIT_S_MAX)
         return list(reply.outcomes)
 
     def __getattr__(self, name):
