@@ -385,10 +385,11 @@ def cluster_commit(config: ServerConfig, cluster: ClusterNode, metrics: Metrics)
     if cluster.partitions == 1:
         committer = GroupCommitter(cluster.logged_ledger(), cluster.clock, batch_max, wait_us_max, metrics)
         return committer, ForwardInterceptor(cluster, config.server.message_bytes_max), ()
-    channels = Channels(config.server.message_bytes_max)
+    internal_key = config.cluster.internal_key
+    channels = Channels(config.server.message_bytes_max, internal_key)
     committer, local_committers = routed_committer(cluster, cluster.ledger, cluster.clock, batch_max, wait_us_max,
                                                    metrics, channels)
-    return committer, SyncInterceptor(cluster, channels), (commit_handler(cluster, local_committers),)
+    return committer, SyncInterceptor(cluster, channels), (commit_handler(cluster, local_committers, internal_key),)
 
 
 async def join_cluster(config: ServerConfig) -> ClusterNode:
@@ -402,6 +403,10 @@ async def join_cluster(config: ServerConfig) -> ClusterNode:
         raise StartupRefused(f"ledger.partitions = {config.ledger.partitions} with [cluster]: a cluster's ledger "
                              f"has cluster.partitions ({settings.partitions}); set ledger.partitions = "
                              f"{settings.partitions} (kassa verify and backup read it)")
+    if config.auth.enabled and settings.partitions > 1 and not settings.internal_key:
+        raise StartupRefused("auth.enabled with cluster.partitions > 1: nodes commit for each other through an "
+                             "internal method that takes no API key; set cluster.internal_key to a secret, the "
+                             "same on every node")
     config = msgspec.structs.replace(config, ledger=msgspec.structs.replace(config.ledger,
                                                                             partitions=settings.partitions))
     host, _, port = settings.advertise.rpartition(":")

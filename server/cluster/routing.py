@@ -15,6 +15,7 @@ any node sees every commit acknowledged before it.
 from __future__ import annotations
 
 import contextvars
+import hmac
 import time
 
 import grpc
@@ -27,6 +28,7 @@ from kassa.server.partition_commit import PartitionedCommitter
 
 SERVICE = "kassa.cluster.Partitions"
 COMMIT_METHOD = f"/{SERVICE}/Commit"
+CLUSTER_KEY_METADATA = "x-kassa-cluster-key"  # cluster.internal_key, on every call between nodes
 REMOTE_COMMIT_S_MAX = 20.0  # an owner's commit (its log's acknowledgement included) for another node,
 # for work no caller waits on with a deadline (a stream's, the relay's, JetStream events); else the caller's
 CATCH_UP_WAIT_S_MAX = 2.0  # after a commit made by the owner, this node applies the log up to it
@@ -89,7 +91,7 @@ class RoutedCommitter:
         call = self._channels.get(address).unary_unary(COMMIT_METHOD)
         try:
             reply = _decode_reply(await call(_encode(CommitRequest(partition, tuple(ops))),
-                                             timeout=remote_commit_timeout_s()))
+                                             timeout=remote_commit_timeout_s(), metadata=self._channels.metadata))
         except grpc.aio.AioRpcError as error:
             return _unavailable(ops, f"partition {partition}'s owner cannot be reached ({error.details()}); this "
                                      "may or may not have been recorded: send it again with the same request_id")
@@ -149,12 +151,14 @@ class SyncInterceptor(grpc.aio.ServerInterceptor):
 
 
 class Channels:
-    """One plaintext channel per owner address seen (a node's address does not change)."""
+    """One plaintext channel per owner address seen (a node's address does not change), and the
+    metadata every call on them carries: the cluster's credential, when it has one."""
 
-    def __init__(self, message_bytes_max: int):
+    def __init__(self, message_bytes_max: int, internal_key: str = ""):
         self._options = [("grpc.max_receive_message_length", message_bytes_max),
                          ("grpc.max_send_message_length", message_bytes_max)]
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.metadata = ((CLUSTER_KEY_METADATA, internal_key),) if internal_key else ()
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -167,11 +171,18 @@ class Channels:
             await channel.close()
 
 
-def commit_handler(node, local_committers) -> grpc.GenericRpcHandler:
+def commit_handler(node, local_committers, internal_key: str = "") -> grpc.GenericRpcHandler:
     """The owner's side of COMMIT_METHOD: commit the operations in the partition's own committer,
-    when this node still owns it (else UNAVAILABLE outcomes: the caller's node retries elsewhere)."""
+    when this node still owns it (else UNAVAILABLE outcomes: the caller's node retries elsewhere).
+    With `internal_key` (cluster.internal_key) only a call carrying it is served: UNAUTHENTICATED."""
+    wanted_key = internal_key.encode()
 
     async def commit(request: bytes, context) -> bytes:
+        if wanted_key:
+            given = dict(context.invocation_metadata() or ()).get(CLUSTER_KEY_METADATA, "")
+            if not hmac.compare_digest(given.encode(), wanted_key):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{CLUSTER_KEY_METADATA}: missing or not this "
+                                    "cluster's cluster.internal_key (calls between nodes only)")
         try:
             wanted = _decode_request(request)
         except msgspec.DecodeError as error:
