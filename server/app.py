@@ -107,9 +107,10 @@ def open_ledger(config: ServerConfig) -> Ledger:
         raise LedgerUnavailable(f"cannot open the ledger at {path}: {error}") from error
 
 
-async def sweep_periodically(committer, interval_s: float, owns=None) -> None:
+async def sweep_periodically(committer, interval_s: float, owns=None, partition: int | None = None) -> None:
     """Write the expiry journal entries of lots and holds that came due (reads never count them).
-    In a cluster only the partition's owner sweeps (`owns()`); the followers apply its sweeps."""
+    In a cluster only the partition's owner sweeps (`owns()`); the followers apply its sweeps.
+    `partition`: the one partition `committer` commits to (a cluster of several), named in the log."""
     if interval_s <= 0:
         return
     while True:
@@ -121,10 +122,11 @@ async def sweep_periodically(committer, interval_s: float, owns=None) -> None:
         except RuntimeError:
             log.exception("expiry sweep failed; the next one retries")
             continue
-        event(log, "expiry sweep", accounts_settled=settled, expired_points=expired)
+        event(log, "expiry sweep", accounts_settled=settled, expired_points=expired, **_named(partition))
 
 
-async def compact_periodically(committer, retention: Retention, interval_s: float, owns=None) -> None:
+async def compact_periodically(committer, retention: Retention, interval_s: float, owns=None,
+                               partition: int | None = None) -> None:
     """Compaction (core_ext/compaction.py) in steps through the committer, between purchases; in a
     cluster only by the partition's owner (`owns()`), through the log."""
     if interval_s <= 0:
@@ -140,7 +142,29 @@ async def compact_periodically(committer, retention: Retention, interval_s: floa
             continue
         event(log, "compaction", answers_dropped=done.answers_dropped, requests_forgotten=done.requests_forgotten,
               lots_removed=done.lots_removed, holds_removed=done.holds_removed, codes_removed=done.codes_removed,
-              counters_removed=done.counters_removed)
+              counters_removed=done.counters_removed, **_named(partition))
+
+
+def _named(partition: int | None) -> dict:
+    return {} if partition is None else {"partition": partition}
+
+
+def sweeps_and_compactions(parts: Parts) -> list:
+    """The expiry sweep's and compaction's loops. In a cluster of one partition its owner runs them;
+    of several, each partition's owner runs them for the partitions it owns, each through that
+    partition's log (`committer.committers[n]`: local while this node owns partition n)."""
+    config, committer, cluster = parts.config, parts.committer, parts.cluster
+    sweep_s, compact_s = config.processing.expiry_sweep_interval_s, config.ledger.compaction_interval_s
+    retention = parts.ledger.retention
+    if cluster is None or cluster.partitions == 1:
+        owns = None if cluster is None else cluster.serves_here
+        return [sweep_periodically(committer, sweep_s, owns), compact_periodically(committer, retention, compact_s, owns)]
+    loops = []
+    for partition, routed in enumerate(committer.committers):
+        owns = cluster.owners[partition].serving
+        loops += [sweep_periodically(routed, sweep_s, owns, partition),
+                  compact_periodically(routed, retention, compact_s, owns, partition)]
+    return loops
 
 
 def refresh_rules(ledger) -> None:
@@ -361,10 +385,11 @@ def cluster_commit(config: ServerConfig, cluster: ClusterNode, metrics: Metrics)
     if cluster.partitions == 1:
         committer = GroupCommitter(cluster.logged_ledger(), cluster.clock, batch_max, wait_us_max, metrics)
         return committer, ForwardInterceptor(cluster, config.server.message_bytes_max), ()
-    channels = Channels(config.server.message_bytes_max)
+    internal_key = config.cluster.internal_key
+    channels = Channels(config.server.message_bytes_max, internal_key)
     committer, local_committers = routed_committer(cluster, cluster.ledger, cluster.clock, batch_max, wait_us_max,
                                                    metrics, channels)
-    return committer, SyncInterceptor(cluster, channels), (commit_handler(cluster, local_committers),)
+    return committer, SyncInterceptor(cluster, channels), (commit_handler(cluster, local_committers, internal_key),)
 
 
 async def join_cluster(config: ServerConfig) -> ClusterNode:
@@ -378,6 +403,10 @@ async def join_cluster(config: ServerConfig) -> ClusterNode:
         raise StartupRefused(f"ledger.partitions = {config.ledger.partitions} with [cluster]: a cluster's ledger "
                              f"has cluster.partitions ({settings.partitions}); set ledger.partitions = "
                              f"{settings.partitions} (kassa verify and backup read it)")
+    if config.auth.enabled and settings.partitions > 1 and not settings.internal_key:
+        raise StartupRefused("auth.enabled with cluster.partitions > 1: nodes commit for each other through an "
+                             "internal method that takes no API key; set cluster.internal_key to a secret, the "
+                             "same on every node")
     config = msgspec.structs.replace(config, ledger=msgspec.structs.replace(config.ledger,
                                                                             partitions=settings.partitions))
     host, _, port = settings.advertise.rpartition(":")
@@ -436,10 +465,8 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    owns = None if parts.cluster is None else parts.cluster.serves_here  # in a cluster, only the owner writes
-    chores = [
-        loop.create_task(sweep_periodically(committer, config.processing.expiry_sweep_interval_s, owns)),
-        loop.create_task(compact_periodically(committer, ledger.retention, config.ledger.compaction_interval_s, owns)),
+    chores = [loop.create_task(chore) for chore in sweeps_and_compactions(parts)]  # in a cluster, owners only
+    chores += [
         loop.create_task(check_readers_periodically(ledger, config.ledger.reader_check_interval_s)),
         loop.create_task(refresh_rules_periodically(ledger, RULES_REFRESH_INTERVAL_S)),
         loop.create_task(parts.metrics.refresh_periodically(GAUGE_REFRESH_INTERVAL_S)),

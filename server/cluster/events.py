@@ -1,11 +1,13 @@
 """Billing events published straight to JetStream: the owner consumes them, commits, then acks.
 
 A billing system publishes each event (a `kassa.v1.Event`, as in StreamEvents) to the subject
-`kassa.events.<partition>` of the stream KASSA_EVENTS, with the header `Nats-Msg-Id: <event_id>`:
-the stream drops a second publish of the same event id within its duplicate window. The
-partition's owner reads them through one durable pull consumer per partition (`kassa-events-<n>`,
-kept by the NATS servers, so a new owner goes on where the old one stopped), commits each batch
-through the same path as StreamEvents (the event id is the request id), and only then acks them.
+`kassa.events.<n>` of the stream KASSA_EVENTS, for any n from 0 to cluster.partitions - 1, with the
+header `Nats-Msg-Id: <event_id>`: the stream drops a second publish of the same event id within its
+duplicate window. The owner of partition n reads subject n through one durable pull consumer per
+partition (`kassa-events-<n>`, kept by the NATS servers, so a new owner goes on where the old one
+stopped), commits each batch through the same path as StreamEvents (the event id is the request id;
+each event is routed to its customer's partition, whichever subject it came on), and only then acks
+them. The subject spreads the reading over the owners; it does not have to be the customer's.
 An event whose commit was not acknowledged (the owner died, lost its lease, the log did not answer)
 is delivered again, to whichever node owns the partition then: its request id replays it if it was
 recorded. So each event takes effect once, as on a StreamEvents stream, across owner changes.
@@ -49,20 +51,20 @@ def consumer_config(partition: int) -> api.ConsumerConfig:
                               filter_subject=events_subject(partition))
 
 
-async def consume_events(node, process_events) -> None:
-    """While `node` owns the partition, commit its events through `process_events(events) -> AckBatch
-    bytes` (ProcessingServicer.process_events) and ack them; until the node closes."""
+async def consume_events(node, process_events, partition: int = 0) -> None:
+    """While `node` owns `partition`, commit the events of its subject through `process_events(events)
+    -> AckBatch bytes` (ProcessingServicer.process_events) and ack them; until the node closes."""
     CALLER.set(JETSTREAM_CALLER)
-    partition = node.owner.partition
+    owns = node.owners[partition].serving
     while node.reading_events():
-        if not node.serves_here():
+        if not owns():
             await node.pause(OWNER_LOOK_INTERVAL_S)
             continue
         try:
             subscription = await node.js.pull_subscribe(events_subject(partition), durable=consumer_name(partition),
                                                         stream=EVENTS_STREAM, config=consumer_config(partition))
             try:
-                while node.serves_here() and node.reading_events():
+                while owns() and node.reading_events():
                     await _consume_batch(subscription, process_events)
             finally:
                 with contextlib.suppress(*TRANSIENT_ERRORS):

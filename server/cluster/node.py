@@ -29,6 +29,7 @@ import time
 import nats
 import nats.js.errors
 
+from kassa.core_ext.model import Code
 from kassa.core_ext.partitions import partition_path
 from kassa.server.cluster.committing import LoggedLedger
 from kassa.server.cluster.placed import PlacedLedger, split_budgets
@@ -97,7 +98,7 @@ class ClusterNode:
         self.owners = [PartitionOwner(PartitionLease(kv, index, settings.node_id, settings.advertise, timing),
                                       PartitionLog(js, index), Replica(replica_ledger, index), clock)
                        for index, replica_ledger in enumerate(_replica_ledgers(ledger, self.partitions))]
-        self.owner = self.owners[0]  # the partition whole calls are forwarded for, and the events consumer's
+        self.owner = self.owners[0]  # the partition whole calls are forwarded for
         self.ledger = ledger
         self.clock = clock
         # Per partition: the address of the node that holds its lease when another does, and its id.
@@ -110,6 +111,7 @@ class ClusterNode:
         self._live_nodes: set[str] = {self.node_id}
         self._catching_up = [asyncio.Lock() for _ in range(self.partitions)]
         self._synced_from_s = [0.0] * self.partitions  # monotonic: when the last catch-up to the log's end asked for it
+        self.catch_ups = [0] * self.partitions  # per partition, the catch-ups to its log's end run for calls
         self._stop = asyncio.Event()
         self._events_stopped = False  # the drain: no more events are read from JetStream
         self._tasks: list[asyncio.Task] = []
@@ -143,8 +145,8 @@ class ClusterNode:
         return self._client.is_connected
 
     def serves_here(self) -> bool:
-        """Whether this node owns partition 0: whole calls (one partition) are served here, and the
-        cluster-wide chores (expiry sweep, compaction, JetStream events) run here."""
+        """Whether this node owns partition 0: whole calls (one partition) are served here, and with
+        one partition the chores (expiry sweep, compaction) run here."""
         return self.owner.serving()
 
     @property
@@ -176,6 +178,7 @@ class ClusterNode:
             try:
                 if sequence is None:
                     started_s = time.monotonic()
+                    self.catch_ups[partition] += 1
                     sequence = await asyncio.wait_for(owner.log.end(), wait_s)
                 if owner.replica.applied_sequence < sequence:
                     await asyncio.wait_for(owner.replica.catch_up(owner.log, sequence), wait_s)
@@ -193,14 +196,31 @@ class ClusterNode:
         await asyncio.gather(*(self.caught_up(owner.partition, None, wait_s) for owner in self.owners
                                if not owner.serving()))
 
+    async def synced_for(self, customer, reads: bool, wait_s: float) -> None:
+        """Before a call naming one customer: a read brings its partition's copy to the log's end; a
+        write needs nothing (the owner commits it). Either brings every copy to its end when the
+        directory does not place the customer yet (created through another node), and a read does
+        when the copy does not hold it (it moved to another partition since, or does not exist)."""
+        partition = self.ledger.directory.lookup(customer.kind, customer.value)
+        if partition is None:
+            await self.read_synced(wait_s)
+            return
+        if not reads:
+            return
+        if not self.owners[partition].serving():
+            await self.caught_up(partition, None, wait_s)
+        if self.ledger.parts[partition].account(customer, self.clock.now_ms()).code != Code.OK:
+            await self.read_synced(wait_s)
+
     def start(self, process_events) -> None:
-        """Run each partition's loop, the reports and the JetStream events consumer (committing
-        through `process_events`) until `close`: through the drain too, so the leases are renewed
+        """Run each partition's loop, the reports and each partition's JetStream events consumer
+        (committing through `process_events`) until `close`: through the drain too, so the leases are renewed
         while the calls in flight are committed."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.run(partition)) for partition in range(self.partitions)]
+        self._tasks += [loop.create_task(consume_events(self, process_events, partition))
+                        for partition in range(self.partitions)]  # each partition's subject, by its owner
         self._tasks += [loop.create_task(self.report_periodically()),
-                        loop.create_task(consume_events(self, process_events)),
                         loop.create_task(self.snapshot_periodically())]
         for task in self._tasks[:self.partitions]:  # the partitions' loops (snapshots may be off: that one ends)
             task.add_done_callback(self._ended)
@@ -361,7 +381,8 @@ class ClusterNode:
         while not self._stop.is_set():
             report = NodeReport(self.node_id, self.settings.advertise, self.owner.partition,
                                 self.owner.replica.applied_sequence, self.owner.serving(), self.connected(), now_ms(),
-                                tuple(self.owned()), tuple(owner.replica.applied_sequence for owner in self.owners))
+                                tuple(self.owned()), tuple(owner.replica.applied_sequence for owner in self.owners),
+                                tuple(self.catch_ups))
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 await write_report(self._nodes_kv, report)
                 self._note_live(await read_reports(self._nodes_kv))

@@ -5,26 +5,51 @@ the directory look-up, the outbox relay, moves, what goes to every partition). T
 each partition's operations to a `RoutedCommitter`: the partition's own GroupCommitter (through its
 log) when this node owns it, else the owner's, over gRPC (`COMMIT_METHOD`, the operations and
 outcomes as msgpack, the way they are logged). After a commit made elsewhere the node applies the
-partition's log up to that commit before it answers, so a caller reading through the same node
-sees its write. Reads are served by each node's own copy of the partition, which `SyncInterceptor`
-first brings to the log's end: a read through any node sees every commit acknowledged before it.
+partition's log up to that commit before it answers (not for a purchase or a redemption: the
+owner's outcome answers them whole, and a read catches up first), so a caller reading through the
+same node sees its write. Reads are served by each node's own copy of the partition, which `SyncInterceptor`
+first brings to the log's end (only what the call reads: server/cluster/sync.py): a read through
+any node sees every commit acknowledged before it.
 """
 
 from __future__ import annotations
 
+import contextvars
+import hmac
+import time
+
 import grpc
 import msgspec
 
-from kassa.core_ext.model import Code, Outcome, Reason, rejected
+from kassa.core_ext.model import AccrueOp, Code, Outcome, Reason, RedeemOp, rejected
 from kassa.server.cluster.group_record import LoggedOperation, OutboxSettled
+from kassa.server.cluster.sync import BY_CUSTOMER, customer_of
 from kassa.server.partition_commit import PartitionedCommitter
 
 SERVICE = "kassa.cluster.Partitions"
 COMMIT_METHOD = f"/{SERVICE}/Commit"
-REMOTE_COMMIT_S_MAX = 20.0  # an owner's commit (its log's acknowledgement included) for another node
+CLUSTER_KEY_METADATA = "x-kassa-cluster-key"  # cluster.internal_key, on every call between nodes
+REMOTE_COMMIT_S_MAX = 20.0  # an owner's commit (its log's acknowledgement included) for another node,
+# for work no caller waits on with a deadline (a stream's, the relay's, JetStream events); else the caller's
 CATCH_UP_WAIT_S_MAX = 2.0  # after a commit made by the owner, this node applies the log up to it
-SYNC_WAIT_S_MAX = 1.0  # before a call, each partition this node does not own is brought to its log's end
+SYNC_WAIT_S_MAX = 1.0  # before a call, each partition it reads that this node does not own is brought to its log's end
 SYNCED_SERVICES = "/kassa.v1."  # health and reflection answer at once
+# Operations answered whole by the owner's outcome, which the router reads nothing back of: after
+# the owner committed them this node does not wait to apply them (a read through it catches up first).
+ANSWERED_BY_OWNER = (AccrueOp, RedeemOp)
+
+
+# The monotonic time by which the kassa.v1 call being served must be answered (its gRPC deadline);
+# None: it has none. An owner's commit for it waits no longer (the deadline travels with the call).
+CALL_DEADLINE_S: contextvars.ContextVar[float | None] = contextvars.ContextVar("kassa_call_deadline_s", default=None)
+
+
+def remote_commit_timeout_s() -> float:
+    """How long an owner's commit may take: the caller's time left, at most REMOTE_COMMIT_S_MAX."""
+    deadline_s = CALL_DEADLINE_S.get()
+    if deadline_s is None:
+        return REMOTE_COMMIT_S_MAX
+    return max(0.0, min(REMOTE_COMMIT_S_MAX, deadline_s - time.monotonic()))
 
 
 class CommitRequest(msgspec.Struct, array_like=True, frozen=True):
@@ -66,11 +91,12 @@ class RoutedCommitter:
         call = self._channels.get(address).unary_unary(COMMIT_METHOD)
         try:
             reply = _decode_reply(await call(_encode(CommitRequest(partition, tuple(ops))),
-                                             timeout=REMOTE_COMMIT_S_MAX))
+                                             timeout=remote_commit_timeout_s(), metadata=self._channels.metadata))
         except grpc.aio.AioRpcError as error:
             return _unavailable(ops, f"partition {partition}'s owner cannot be reached ({error.details()}); this "
                                      "may or may not have been recorded: send it again with the same request_id")
-        await node.caught_up(partition, reply.sequence, CATCH_UP_WAIT_S_MAX)
+        if not all(type(op) in ANSWERED_BY_OWNER for op in ops):  # e.g. a move: the router reads its record here
+            await node.caught_up(partition, reply.sequence, CATCH_UP_WAIT_S_MAX)
         return list(reply.outcomes)
 
     def __getattr__(self, name):
@@ -79,30 +105,60 @@ class RoutedCommitter:
 
 
 class SyncInterceptor(grpc.aio.ServerInterceptor):
-    """Before each kassa.v1 call (a stream: when it opens), the node's copies of the partitions it
-    does not own catch up with their logs (at most SYNC_WAIT_S_MAX; past it the call goes on with
-    the copy as far as it got: NATS is slow or gone, and a write would be refused anyway)."""
+    """Before each kassa.v1 call (a stream: when it opens), the node's copies of the partitions the
+    call reads catch up with their logs (server/cluster/sync.py says which; at most SYNC_WAIT_S_MAX:
+    past it the call goes on with the copy as far as it got, NATS is slow or gone)."""
 
     def __init__(self, node, channels):
         self._node = node
         self._channels = channels  # the RoutedCommitters' to the owners: closed with this after the drain
 
     async def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.startswith(SYNCED_SERVICES):
+        method = handler_call_details.method
+        if not method.startswith(SYNCED_SERVICES):
+            return await continuation(handler_call_details)
+        by_customer = BY_CUSTOMER.get(method)
+        if by_customer is None:  # reads across partitions: every copy to its log's end
             await self._node.read_synced(SYNC_WAIT_S_MAX)
-        return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return self._unary_unary(handler, by_customer)
+
+    def _unary_unary(self, handler, by_customer: tuple[type, bool] | None):
+        """The handler, with its call's deadline noted for the owners' commits (CALL_DEADLINE_S) and,
+        for a call naming one customer, the copy it reads brought up to date first."""
+        node, behavior = self._node, handler.unary_unary
+
+        async def unary_unary(request, context):
+            remaining_s = context.time_remaining()
+            if remaining_s is not None:
+                CALL_DEADLINE_S.set(time.monotonic() + remaining_s)
+            if by_customer is not None:
+                message_type, reads = by_customer
+                customer = customer_of(request, message_type)
+                if customer is None:
+                    await node.read_synced(SYNC_WAIT_S_MAX)
+                else:
+                    await node.synced_for(customer, reads, SYNC_WAIT_S_MAX)
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
+                                                   handler.response_serializer)
 
     async def close(self) -> None:
         await self._channels.close()
 
 
 class Channels:
-    """One plaintext channel per owner address seen (a node's address does not change)."""
+    """One plaintext channel per owner address seen (a node's address does not change), and the
+    metadata every call on them carries: the cluster's credential, when it has one."""
 
-    def __init__(self, message_bytes_max: int):
+    def __init__(self, message_bytes_max: int, internal_key: str = ""):
         self._options = [("grpc.max_receive_message_length", message_bytes_max),
                          ("grpc.max_send_message_length", message_bytes_max)]
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.metadata = ((CLUSTER_KEY_METADATA, internal_key),) if internal_key else ()
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -115,11 +171,18 @@ class Channels:
             await channel.close()
 
 
-def commit_handler(node, local_committers) -> grpc.GenericRpcHandler:
+def commit_handler(node, local_committers, internal_key: str = "") -> grpc.GenericRpcHandler:
     """The owner's side of COMMIT_METHOD: commit the operations in the partition's own committer,
-    when this node still owns it (else UNAVAILABLE outcomes: the caller's node retries elsewhere)."""
+    when this node still owns it (else UNAVAILABLE outcomes: the caller's node retries elsewhere).
+    With `internal_key` (cluster.internal_key) only a call carrying it is served: UNAUTHENTICATED."""
+    wanted_key = internal_key.encode()
 
     async def commit(request: bytes, context) -> bytes:
+        if wanted_key:
+            given = dict(context.invocation_metadata() or ()).get(CLUSTER_KEY_METADATA, "")
+            if not hmac.compare_digest(given.encode(), wanted_key):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{CLUSTER_KEY_METADATA}: missing or not this "
+                                    "cluster's cluster.internal_key (calls between nodes only)")
         try:
             wanted = _decode_request(request)
         except msgspec.DecodeError as error:

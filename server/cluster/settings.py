@@ -26,6 +26,9 @@ class ClusterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     lease_renew_interval_ms: int = LEASE_RENEW_INTERVAL_MS
     lease_margin_ms: int = LEASE_MARGIN_MS
     snapshot_interval_s: float = 300  # the owner stores a snapshot of its partition this often; 0: never
+    # The secret nodes present to each other's internal Partitions/Commit (the same on every node);
+    # required with partitions > 1 when auth is enabled. Empty: the method is open (no auth).
+    internal_key: str = ""
 
     @property
     def enabled(self) -> bool:

@@ -32,6 +32,7 @@ class NodeReport(msgspec.Struct, frozen=True):
     reported_at_ms: int  # the node's wall clock
     owned: tuple[int, ...] = ()  # the partitions whose lease it holds
     applied_sequences: tuple[int, ...] = ()  # per partition, the log sequence its copy applied up to
+    catch_ups: tuple[int, ...] = ()  # per partition, the catch-ups to its log's end run before calls, since the start
 
 
 _encode = msgspec.json.Encoder().encode

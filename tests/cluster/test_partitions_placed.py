@@ -5,13 +5,17 @@ moves only its partitions, loses nothing acknowledged, and every partition's cop
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import nats
 import pytest
+from nats.js.api import Header
 
 from kassa.core_ext.partitions import home_partition
 from kassa.server.app import open_ledger
 from kassa.server.cluster.digest import ledger_digest
+from kassa.server.cluster.streams import EVENTS_STREAM, events_subject
 from tests.cluster.conftest import NATS_BINARY
 from tests.cluster.kassa_cluster import (
     KassaNodes, PurchaseLoad, accrue_request, audit, call_until_ok, cluster_status, open_accounts,
@@ -21,6 +25,7 @@ from tests.cluster.nats_cluster import NatsCluster
 from tests.kassa_harness import KassaServer
 from tests.server.helpers import by_account
 from kassa.v1 import accounts_pb2, processing_pb2
+from tests.server.stream_helpers import purchase_event
 from tests.server.test_process_event import REFERRER_POINTS, customer_event
 from bench import failover
 
@@ -34,6 +39,11 @@ LOAD_AFTER_KILL_S = 3.0
 FAILOVER_S_MAX = 10.0
 RELAYED_WITHIN_S = 10.0
 SNAPSHOT_INTERVAL_S = 1.0  # the owner of the event's partition relays every second
+EVENTS_PER_SUBJECT = 8
+EVENT_PRICE_MINOR = 4_000
+EVENTS_WAIT_S_MAX = 10.0
+CATCH_UP_CALLS = 10
+REPORT_WAIT_S_MAX = 5.0
 PARTITION_ENV = {"KASSA_CLUSTER_PARTITIONS": str(PARTITIONS), "KASSA_LEDGER_PARTITIONS": str(PARTITIONS)}
 
 
@@ -181,6 +191,71 @@ def account_of(node, account: str):
 def statement_entries(node, account: str) -> list:
     return list(node.accounts.ListTransactions(accounts_pb2.ListTransactionsRequest(
         customer=by_account(account), page_size=100), timeout=5).transactions)
+
+
+async def publish_events(urls: list[str], events: list[tuple[int, processing_pb2.Event]]) -> None:
+    client = await nats.connect(servers=urls)
+    try:
+        js = client.jetstream(timeout=5)
+        for subject_partition, billing_event in events:
+            await js.publish(events_subject(subject_partition), billing_event.SerializeToString(),
+                             stream=EVENTS_STREAM, headers={Header.MSG_ID: billing_event.event_id})
+    finally:
+        await client.close()
+
+
+class TestJetStreamEvents:
+    def test_each_partitions_subject_is_read_by_its_owner_and_applied_once(self, cluster):
+        servers, nodes = cluster
+        wait_spread(nodes)
+        accounts = accounts_per_partition(1)
+        open_accounts(nodes, accounts, RETRY_S_MAX)
+        # Each subject carries events of customers of every partition: the subject need not be theirs.
+        events = [(number % PARTITIONS, purchase_event(f"jsp-{number:03d}", accounts[number // PARTITIONS % PARTITIONS],
+                                                       EVENT_PRICE_MINOR))
+                  for number in range(EVENTS_PER_SUBJECT * PARTITIONS)]
+        asyncio.run(publish_events(servers.urls, events))
+        wanted = sorted(billing_event.event_id for _, billing_event in events)
+        deadline_s = time.monotonic() + EVENTS_WAIT_S_MAX
+        while True:
+            recorded = sorted(request_id for account in accounts for request_id in
+                              statement_request_ids(nodes.nodes[1], account) if request_id.startswith("jsp-"))
+            if len(recorded) >= len(wanted) or time.monotonic() > deadline_s:
+                break
+            time.sleep(0.2)
+        assert recorded == wanted  # every subject's events, each once
+
+
+def node_report(node, since_ms: int) -> dict:
+    """`node`'s report in `kassa cluster status`, the first one written after `since_ms`."""
+    node_id = node.extra_env["KASSA_CLUSTER_NODE_ID"]
+    deadline_s = time.monotonic() + REPORT_WAIT_S_MAX
+    while True:
+        report = next(report for report in cluster_status(node)["nodes"] if report["node_id"] == node_id)
+        if report["reported_at_ms"] > since_ms:
+            return report
+        assert time.monotonic() < deadline_s, f"{node_id} wrote no report"
+        time.sleep(0.2)
+
+
+class TestCatchUp:
+    def test_a_call_brings_up_to_date_only_the_partition_it_reads(self, cluster):
+        _, nodes = cluster
+        owners = wait_spread(nodes)
+        node = next(node for node in live(nodes) if owners.count(node.extra_env["KASSA_CLUSTER_NODE_ID"]) == 1)
+        owned = owners.index(node.extra_env["KASSA_CLUSTER_NODE_ID"])
+        read = (owned + 1) % PARTITIONS  # a partition the node does not own; it owns none of the others either
+        account = accounts_per_partition(1)[read]
+        open_accounts(nodes, [account], RETRY_S_MAX)
+        balance(node, account)  # the node places the account in its directory (a creation made elsewhere)
+        before = node_report(node, time.time_ns() // 1_000_000)["catch_ups"]
+        for number in range(CATCH_UP_CALLS):
+            node.processing.Accrue(accrue_request(f"catch-up-{number}", account), timeout=5)
+            balance(node, account)
+        after = node_report(node, time.time_ns() // 1_000_000)["catch_ups"]
+        grown = [then - now for now, then in zip(before, after)]
+        assert grown[read] >= 1  # the reads caught its copy up (calls in a burst share one)
+        assert [count for partition, count in enumerate(grown) if partition != read] == [0] * (PARTITIONS - 1)
 
 
 class TestJoining:
