@@ -14,7 +14,8 @@ then ends that much under its cap); the partitions together never spend past it.
 Each node runs one `Balancer` for the partitions it owns, every BALANCE_INTERVAL_S: a partition whose
 evaluation found nothing left of a counter (`SplitEscrow.short`) marks it wanted in the bank's entry
 and takes what the bank holds (its part when several want it); a partition holding slack of a wanted
-counter that it has not spent for RELEASE_IDLE_S releases all of it to the bank.
+counter that it has not spent for RELEASE_IDLE_S releases all of it to the bank. An entry with
+nothing in the bank and no partition wanting it is deleted, so the bucket holds only what is moving.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ log = logging.getLogger("kassa.escrow")
 BALANCE_INTERVAL_S = 1.0  # how often a node's balancer looks at its partitions' slices and the bank
 RELEASE_IDLE_S = 1.0  # a partition's slack of a wanted counter goes to the bank once unspent this long
 BANK_CAS_TRIES_MAX = 8  # compare-and-set attempts on one bank entry before the round gives up
+BANK_ENTRIES_PER_ROUND_MAX = 256  # bank entries a round reads (the rest in the next rounds)
 BANK_ENTRY_PREFIX = "k."  # the entry's key: this, then the counter's key in hex (bucket keys are subject tokens)
 
 
@@ -73,6 +75,8 @@ async def change_entry(kv, key: bytes, change) -> tuple[BankEntry, BankEntry] | 
         try:
             if revision is None:
                 await kv.create(entry_name(key), _encode(changed))
+            elif changed.units == 0 and not changed.wanted_by:  # nothing in motion: the bucket keeps no entry
+                await kv.delete(entry_name(key), last=revision)
             else:
                 await kv.update(entry_name(key), _encode(changed), last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -100,6 +104,7 @@ class Balancer:
         self._node = node
         self._committers = committers  # per partition: submit([...]) through its log
         self._kv = None
+        self._next_entry = 0  # where the next round's look at the bank's entries starts
 
     async def run_periodically(self, interval_s: float) -> None:
         while True:
@@ -159,10 +164,14 @@ class Balancer:
         return slack
 
     async def _wanted_entries(self) -> list[tuple[bytes, BankEntry]]:
+        """Up to BANK_ENTRIES_PER_ROUND_MAX entries that some partition wants, the next ones each round."""
         try:
-            names = await self._kv.keys()
+            names = sorted(await self._kv.keys())
         except nats.js.errors.NoKeysError:
             return []
+        start = self._next_entry % len(names)
+        names = (names[start:] + names[:start])[:BANK_ENTRIES_PER_ROUND_MAX]
+        self._next_entry = start + len(names)
         entries = []
         for name in names:
             if name.startswith(BANK_ENTRY_PREFIX):

@@ -1,17 +1,22 @@
 """Partitions in a cluster: a partition's slice of a shared budget is its share of the cap plus its
 logged SliceGranted less SliceReleased (server/cluster/placed.py), applied from the log alone, so
-that every copy of the partition reaches the same ledger, and it survives a restart."""
+that every copy of the partition reaches the same ledger, and it survives a restart. The bank's
+entries (server/cluster/escrow_bank.py) change by compare-and-set only."""
 
 from __future__ import annotations
+
+import asyncio
 
 from kassa.core_ext import Program
 from kassa.core_ext.model import AccrueOp, Code, CreateAccountOp, Customer, IdKind, Line, Receipt
 from kassa.core_ext.partitions import PartitionedLedger, home_partition
 from kassa.server.cluster.digest import ledger_digest
+from kassa.server.cluster.escrow_bank import BANK_CAS_TRIES_MAX, BankEntry, change_entry, read_entry, take_share
 from kassa.server.cluster.group_record import SliceGranted, SliceReleased
 from kassa.server.cluster.placed import PlacedLedger, split_budgets
+from kassa.server.cluster.streams import ESCROW_BUCKET
 from tests.core.programs import program
-from tests.cluster.support import HOLD_TTL_S, MAP_SIZE_BYTES, T0_MS
+from tests.cluster.support import HOLD_TTL_S, MAP_SIZE_BYTES, T0_MS, jetstream
 
 PARTITIONS = 2
 BUDGET_POINTS = 10  # partition 0's even share: 5
@@ -96,3 +101,37 @@ class TestSlices:
             assert ledger.parts[0].escrow.nets == {}
         finally:
             ledger.close()
+
+
+class TestTakeShare:
+    def test_a_taker_takes_the_whole_bank_when_alone_and_its_part_when_others_want(self):
+        assert take_share(BankEntry(10, 60, ()), 0, 60) == BankEntry(0, 60, ())
+        assert take_share(BankEntry(10, 60, (1, 2)), 0, 60) == BankEntry(6, 60, (1, 2))  # ceil(10 / 3) taken
+        assert take_share(BankEntry(1, 60, (0, 1)), 0, 60) == BankEntry(0, 60, (1,))  # the last unit goes too
+
+    def test_an_empty_bank_marks_the_counter_wanted_once(self):
+        assert take_share(BankEntry(0, 60, (1,)), 0, 60) == BankEntry(0, 60, (1, 0))
+        assert take_share(BankEntry(0, 60, (1, 0)), 0, 60) is None
+
+
+RACERS = BANK_CAS_TRIES_MAX - 2  # each conflict lets one through: all of them land within the tries
+
+
+def test_concurrent_changes_of_a_bank_entry_are_each_applied_once(nats_one):
+    """Compare-and-set: releases of 1 unit racing on one entry all land, each once; an entry left
+    with nothing in motion is deleted."""
+
+    async def race() -> tuple[list, BankEntry, int | None]:
+        async with jetstream(nats_one, replicas=1) as (_, js, _):
+            kv = await js.key_value(ESCROW_BUCKET)
+            add = lambda entry: BankEntry(entry.units + 1, 60, entry.wanted_by)  # noqa: E731
+            changes = await asyncio.gather(*(change_entry(kv, BUDGET_KEY, add) for _ in range(RACERS)))
+            after_adds, _ = await read_entry(kv, BUDGET_KEY)
+            await change_entry(kv, BUDGET_KEY, lambda entry: take_share(entry, 0, 60))
+            _, revision = await read_entry(kv, BUDGET_KEY)
+            return changes, after_adds, revision
+
+    changes, after_adds, revision = asyncio.run(race())
+    assert None not in changes
+    assert after_adds.units == RACERS
+    assert revision is None  # taken whole, wanted by none: deleted
