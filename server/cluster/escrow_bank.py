@@ -146,10 +146,10 @@ class Balancer:
         return taken
 
     async def _release(self, partition: int, key: bytes, cap: int) -> int:
-        escrow = self._node.ledger.parts[partition].escrow
-        if time.monotonic() - escrow.spent_at_s.get(key, 0.0) < RELEASE_IDLE_S:
+        ledger = self._node.ledger.parts[partition]
+        if time.monotonic() - ledger.escrow.spent_at_s.get(key, 0.0) < RELEASE_IDLE_S:
             return 0  # spending it now: it needs its slack
-        slack = escrow.slice_of(key, cap) - await asyncio.to_thread(read_counter, self._node.ledger.parts[partition], key)
+        slack = ledger.escrow.slice_of(key, cap) - await asyncio.to_thread(read_counter, ledger, key)
         if slack <= 0:
             return 0
         (outcome,) = await self._committers[partition].submit([SliceReleased(key, slack, cap)])

@@ -110,7 +110,7 @@ class SplitEscrow:
             elif type(op) is SliceGranted:
                 nets[op.key] = net + op.units
                 outcomes.append(Outcome(int(Code.OK)))
-            elif op.units > split_share(op.cap, self.partition, self._partitions) + net - read_counter(self._ledger, op.key):
+            elif op.units > self._slack(op.key, op.cap, net):
                 outcomes.append(rejected(Code.FAILED_PRECONDITION, f"{op.key!r}: the slice's slack no longer "
                                                                    f"covers {op.units} units"))
             else:
@@ -119,6 +119,10 @@ class SplitEscrow:
         self._staged = nets
         return outcomes, tuple((SLICE_NET_PREFIX + key, net.to_bytes(8, "big", signed=True))
                                for key, net in nets.items())
+
+    def _slack(self, key: bytes, cap: int, net: int) -> int:
+        """What the slice of `key` at `cap` and `net` holds beyond the committed spends."""
+        return split_share(cap, self.partition, self._partitions) + net - read_counter(self._ledger, key)
 
     def staged_done(self, applied: bool) -> None:
         """After the group's transaction: keep the staged nets if it committed."""
