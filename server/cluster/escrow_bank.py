@@ -31,6 +31,7 @@ from kassa.core_ext.model import Code
 from kassa.server.cluster.group_record import SliceGranted, SliceReleased
 from kassa.server.cluster.placed import read_counter
 from kassa.server.cluster.streams import ESCROW_BUCKET, TRANSIENT_ERRORS
+from kassa.server.logs import event
 
 log = logging.getLogger("kassa.escrow")
 
@@ -139,10 +140,11 @@ class Balancer:
         taken = changed[0].units - changed[1].units
         escrow.short.pop(key, None)  # the next evaluation that finds nothing left marks it again
         (outcome,) = await self._committers[partition].submit([SliceGranted(key, taken)])
-        if outcome.code != Code.OK:
-            log.error("escrow units lost: %d of %r taken from the bank, not granted to partition %d: %s",
+        if outcome.code != Code.OK:  # not granted, or not acknowledged (then maybe granted): never twice
+            log.error("escrow units may be lost: %d of %r taken from the bank, not granted to partition %d: %s",
                       taken, key, partition, outcome.message)
             return 0
+        event(log, "escrow units granted", partition=partition, counter=key.decode(errors="replace"), units=taken)
         return taken
 
     async def _release(self, partition: int, key: bytes, cap: int) -> int:
@@ -153,14 +155,15 @@ class Balancer:
         if slack <= 0:
             return 0
         (outcome,) = await self._committers[partition].submit([SliceReleased(key, slack, cap)])
-        if outcome.code != Code.OK:
-            return 0  # a spend came first, or the owner changed: the slice keeps its units
-        added = await change_entry(self._kv, key, lambda entry: BankEntry(entry.units + slack, entry.cap,
+        if outcome.code != Code.OK:  # a spend came first (the slice keeps its units), or not acknowledged
+            return 0  # (then maybe applied: those units are lost, never added twice)
+        added = await change_entry(self._kv, key, lambda entry: BankEntry(entry.units + slack, entry.cap or cap,
                                                                             entry.wanted_by))
         if added is None:
             log.error("escrow units lost: %d of %r released by partition %d, not added to the bank",
                       slack, key, partition)
             return 0
+        event(log, "escrow units released", partition=partition, counter=key.decode(errors="replace"), units=slack)
         return slack
 
     async def _wanted_entries(self) -> list[tuple[bytes, BankEntry]]:
