@@ -112,6 +112,9 @@ class TestSharedBudget:
         assert uses == CODE_USES
         past = [earned(nodes, number + extra, accounts[0]) for extra in range(PURCHASES_PAST_CAP)]
         assert past == [(0, 0)] * PURCHASES_PAST_CAP
+        logged = [line for node in nodes.nodes for line in node.log_lines if "escrow" in line]
+        assert [line for line in logged if "escrow units released" in line]
+        assert [line for line in logged if "failed" in line or "lost" in line] == []
 
     def test_every_copy_is_equal_and_verifies(self, cluster):
         nodes = cluster
