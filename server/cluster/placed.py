@@ -68,11 +68,11 @@ class SplitEscrow:
     a shared counter is its slice (its share of the cap and its net grants from the bank), read from
     its own log's effects only. What the balancer needs is noted on the side (the owner's copy's)."""
 
-    def __init__(self, ledger, partition: int, partitions: int):
+    def __init__(self, partition: int, partitions: int, ledger=None):
         self.partition = partition
         self._partitions = partitions
-        self._ledger = ledger
-        self.nets = read_nets(ledger)  # updated after each applied group that changed one
+        self._ledger = ledger  # the partition's: None, no grants (and no slice operations to apply)
+        self.nets = {} if ledger is None else read_nets(ledger)  # updated after each applied group that changed one
         self._staged: dict[bytes, int] = {}  # the group being applied: its slices' new nets
         self.short: dict[bytes, int] = {}  # shared key -> its cap, when an evaluation found nothing left
         self.spent_at_s: dict[bytes, float] = {}  # shared key -> monotonic time of its last spend here
@@ -134,7 +134,7 @@ class SplitEscrow:
 def split_budgets(ledger) -> None:
     """Each partition of `ledger` (a PartitionedLedger) spends shared counters from its slice."""
     for index, part in enumerate(ledger.parts):
-        part.escrow = SplitEscrow(part, index, len(ledger.parts))
+        part.escrow = SplitEscrow(index, len(ledger.parts), part)
 
 
 def created_keys(op, outcome) -> list[bytes]:
