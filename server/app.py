@@ -33,6 +33,7 @@ from kassa.v1 import (
 )
 from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
+from kassa.server.cluster.escrow_bank import BALANCE_INTERVAL_S, Balancer
 from kassa.server.cluster.forward import ForwardInterceptor
 from kassa.server.cluster.node import ClusterNode, ClusterRefused
 from kassa.server.cluster.routing import Channels, SyncInterceptor, commit_handler, routed_committer
@@ -475,8 +476,11 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
     # replicas differ, so there it waits until it goes through the log (docs/cluster.md).
     if worker_index == 0 and parts.cluster is None:  # one archiver a ledger
         chores.append(loop.create_task(archive_periodically(config.ledger, parts.clock)))
-    if isinstance(ledger, PartitionedLedger) and parts.cluster is None:  # a cluster splits budgets, no banks
+    if isinstance(ledger, PartitionedLedger) and parts.cluster is None:  # a cluster's bank is in JetStream
         chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
+    elif isinstance(ledger, PartitionedLedger):  # moves shared counters' units between the slices it owns
+        balancer = Balancer(parts.cluster, committer.committers)
+        chores.append(loop.create_task(balancer.run_periodically(BALANCE_INTERVAL_S)))
     if isinstance(ledger, PartitionedLedger):
         owns_partition = None if parts.cluster is None else (lambda index: parts.cluster.owners[index].serving())
         relay = Relay(ledger, committer, owns_partition)  # events whose related customer is in another partition

@@ -15,6 +15,8 @@ import msgspec
 from kassa.core_ext.model import MoveInOp, MoveOutOp, Operation, RelatedCreditOp
 
 OUTBOX_SETTLED_TAG = 100  # above every tag of core_ext/model.py's operations
+SLICE_GRANTED_TAG = 101
+SLICE_RELEASED_TAG = 102
 
 
 class OutboxSettled(msgspec.Struct, array_like=True, frozen=True, tag=OUTBOX_SETTLED_TAG):
@@ -27,8 +29,29 @@ class OutboxSettled(msgspec.Struct, array_like=True, frozen=True, tag=OUTBOX_SET
     moves_done: tuple[str, ...] = ()  # the joins whose member's move is finished
 
 
+class SliceGranted(msgspec.Struct, array_like=True, frozen=True, tag=SLICE_GRANTED_TAG):
+    """Partitions in a cluster: `units` of the shared counter `key` (a budget `B:`, a code's total
+    uses `C:`) taken from the escrow bank (server/cluster/escrow_bank.py) join the group's
+    partition's slice. Logged after the bank gave them, so every copy of the partition grows alike."""
+
+    key: bytes
+    units: int
+    request_id: str = ""  # none: the group committer never takes it for a retry of another
+
+
+class SliceReleased(msgspec.Struct, array_like=True, frozen=True, tag=SLICE_RELEASED_TAG):
+    """Partitions in a cluster: `units` of the partition's unspent slice of `key` leave it, for the
+    escrow bank. Refused (FAILED_PRECONDITION, nothing released) when the slice's slack at `cap`
+    no longer covers them: only an applied release is then added to the bank."""
+
+    key: bytes
+    units: int
+    cap: int  # the shared counter's cap the releaser saw: the slice is this partition's share of it and its grants
+    request_id: str = ""
+
+
 # Besides the operations a client's call makes: what the partition router writes across partitions.
-LoggedOperation = Operation | RelatedCreditOp | MoveOutOp | MoveInOp | OutboxSettled
+LoggedOperation = Operation | RelatedCreditOp | MoveOutOp | MoveInOp | OutboxSettled | SliceGranted | SliceReleased
 
 
 class LoggedGroup(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):

@@ -401,7 +401,7 @@ class ClusterNode:
 
 def _replica_ledgers(ledger, partitions: int) -> list:
     """Each partition's ledger as its replica applies to it: the one ledger; or, partitioned, each
-    part with the directory entries its groups make (PlacedLedger) and budgets split (no bank)."""
+    part with the directory entries its groups make (PlacedLedger) and shared caps in slices (SplitEscrow)."""
     if partitions == 1:
         return [ledger]
     split_budgets(ledger)

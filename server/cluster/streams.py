@@ -4,7 +4,8 @@ One stream holds every partition's log, one subject per partition (`kassa.log.<p
 the expected-last-subject-sequence check fences each partition on its own. Leases live in a
 key-value bucket whose entries expire after the lease time unless renewed: the servers' clock, not
 the nodes', decides when a lease has lapsed. Snapshots go to an object store bucket; each node
-reports its applied log position to a second key-value bucket (`kassa cluster status` reads it).
+reports its applied log position to a second key-value bucket (`kassa cluster status` reads it); a
+third holds the escrow bank of shared counters (server/cluster/escrow_bank.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SNAPSHOT_BUCKET = "kassa_snapshots"
 # A snapshot's header: the partition's log may be purged before this sequence (server/cluster/snapshot.py).
 LOG_START_HEADER = "Kassa-Log-Start"
 NODES_BUCKET = "kassa_nodes"  # each node's last report (server/cluster/status.py)
+ESCROW_BUCKET = "kassa_escrow"  # the bank of shared counters' units, one entry a counter (server/cluster/escrow_bank.py)
 NODE_REPORT_TTL_S = 60  # a node that has not reported for this long drops out of `kassa cluster status`
 # A retried publish with the same message id within this window is answered with the first one's
 # acknowledgement instead of being stored twice (JetStream's deduplication window).
@@ -93,3 +95,4 @@ async def ensure_streams(js, replicas: int, lease_ttl_ms: int) -> None:
     await js.create_object_store(SNAPSHOT_BUCKET, replicas=replicas, storage=api.StorageType.FILE)
     await js.create_key_value(bucket=NODES_BUCKET, history=1, ttl=NODE_REPORT_TTL_S, replicas=replicas,
                               storage=api.StorageType.FILE)
+    await js.create_key_value(bucket=ESCROW_BUCKET, history=1, replicas=replicas, storage=api.StorageType.FILE)

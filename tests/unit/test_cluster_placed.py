@@ -1,5 +1,6 @@
-"""A partitioned ledger in a cluster (server/cluster/placed.py): shared caps split once, evenly,
-so that what a partition may spend depends on its own log only."""
+"""A partitioned ledger in a cluster (server/cluster/placed.py): shared caps split evenly, so that
+what a partition may spend depends on its own log only (its grants from the escrow bank:
+tests/cluster/test_escrow_slices.py)."""
 
 from __future__ import annotations
 
