@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kassa.server.cluster.lease import LeaseTiming, PartitionLease
+from kassa.server.cluster.lease import PartitionLease
+from kassa.server.cluster.lease_timing import LeaseTiming
 from kassa.server.cluster.owner import PartitionOwner
 from kassa.server.cluster.partition_log import PartitionLog
 from kassa.server.cluster.replica import Replica

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from bench import throughput
 from bench.failover import compare, converge, node_config, stop_owner_last
-from kassa.server.cluster.lease import LEASE_TTL_MS
+from kassa.server.cluster.lease_timing import LEASE_TTL_MS
 from tests.cluster.kassa_cluster import KassaNodes
 from tests.cluster.nats_cluster import NatsCluster, nats_server_binary
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import lmdb
@@ -33,10 +34,6 @@ from kassa.v1 import (
 )
 from kassa.server.archive_task import archive_periodically
 from kassa.server.clock import make_clock
-from kassa.server.cluster.escrow_bank import BALANCE_INTERVAL_S, Balancer
-from kassa.server.cluster.forward import ForwardInterceptor
-from kassa.server.cluster.node import ClusterNode, ClusterRefused
-from kassa.server.cluster.routing import Channels, SyncInterceptor, commit_handler, routed_committer
 from kassa.server.commit import GroupCommitter
 from kassa.server.partition_commit import PartitionedCommitter
 from kassa.server.relay import RELAY_INTERVAL_S, Relay
@@ -54,6 +51,11 @@ from kassa.server.servicers.bench import BenchServicer
 from kassa.server.servicers.processing import ProcessingServicer
 from kassa.server.servicers.processing import add_to_server as add_processing
 from kassa.server.startup import StartupRefused, read_tls_files
+
+if TYPE_CHECKING:  # a single node never imports the cluster (nats-py and the cluster's modules: ~0.1 s a start)
+    from kassa.server.cluster.forward import ForwardInterceptor
+    from kassa.server.cluster.node import ClusterNode
+    from kassa.server.cluster.routing import SyncInterceptor
 
 log = logging.getLogger("kassa.server")
 
@@ -382,6 +384,9 @@ def cluster_commit(config: ServerConfig, cluster: ClusterNode, metrics: Metrics)
     """(committer, the interceptor before the servicers, gRPC handlers between nodes). One partition:
     whole calls are forwarded to its owner. More: every node routes each operation to its
     partition's owner (server/cluster/routing.py) and reads from its copies, synced first."""
+    from kassa.server.cluster.forward import ForwardInterceptor
+    from kassa.server.cluster.routing import Channels, SyncInterceptor, commit_handler, routed_committer
+
     batch_max, wait_us_max = config.commit.batch_max, config.commit.wait_us_max
     if cluster.partitions == 1:
         committer = GroupCommitter(cluster.logged_ledger(), cluster.clock, batch_max, wait_us_max, metrics)
@@ -396,6 +401,8 @@ def cluster_commit(config: ServerConfig, cluster: ClusterNode, metrics: Metrics)
 async def join_cluster(config: ServerConfig) -> ClusterNode:
     """A cluster node's ledger is its partition's replica: every change to it comes through the log,
     the ruleset too (every node starts with the same rule files; ReloadRules is logged)."""
+    from kassa.server.cluster.node import ClusterNode, ClusterRefused
+
     if config.tls.cert_file:
         raise StartupRefused("tls.cert_file with [cluster]: nodes forward calls to each other in plaintext "
                              "today; serve the cluster behind a TLS-terminating proxy, or leave tls out")
@@ -479,6 +486,8 @@ async def wait_for_signal(parts: Parts, worker_index: int = 0) -> set[asyncio.Ta
     if isinstance(ledger, PartitionedLedger) and parts.cluster is None:  # a cluster's bank is in JetStream
         chores.append(loop.create_task(release_escrow_periodically(ledger, ESCROW_RELEASE_INTERVAL_S)))
     elif isinstance(ledger, PartitionedLedger):  # moves shared counters' units between the slices it owns
+        from kassa.server.cluster.escrow_bank import BALANCE_INTERVAL_S, Balancer
+
         balancer = Balancer(parts.cluster, committer.committers)
         chores.append(loop.create_task(balancer.run_periodically(BALANCE_INTERVAL_S)))
     if isinstance(ledger, PartitionedLedger):

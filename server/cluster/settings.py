@@ -9,7 +9,7 @@ import re
 import msgspec
 
 from kassa.core_ext.limits import PARTITIONS_MAX  # a cluster's partitions are its ledgers' (a lease and a log each)
-from kassa.server.cluster.lease import LEASE_MARGIN_MS, LEASE_RENEW_INTERVAL_MS, LEASE_TTL_MS, LeaseTiming
+from kassa.server.cluster.lease_timing import LEASE_MARGIN_MS, LEASE_RENEW_INTERVAL_MS, LEASE_TTL_MS, LeaseTiming
 
 REPLICAS_ALLOWED = (1, 3, 5)  # JetStream's replica counts that keep a majority (R1: tests and one machine)
 SNAPSHOT_INTERVAL_S_MAX = 7 * 86_400  # a week

@@ -19,7 +19,8 @@ import time
 import nats
 
 from kassa.server.clock import SystemClock
-from kassa.server.cluster.lease import LeaseTiming, PartitionLease
+from kassa.server.cluster.lease import PartitionLease
+from kassa.server.cluster.lease_timing import LeaseTiming
 from kassa.server.cluster.owner import NotOwner, PartitionOwner
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 from kassa.server.cluster.replica import Replica

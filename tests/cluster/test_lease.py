@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from kassa.server.cluster.lease import LeaseTiming, PartitionLease, lease_holder
+from kassa.server.cluster.lease import PartitionLease, lease_holder
+from kassa.server.cluster.lease_timing import LeaseTiming
 from tests.cluster.support import jetstream
 
 TIMING = LeaseTiming(ttl_ms=1_000, renew_interval_ms=300, margin_ms=200)

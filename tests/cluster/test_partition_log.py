@@ -10,7 +10,8 @@ import pytest
 
 from kassa.server.cluster.digest import ledger_digest
 from kassa.server.cluster.group_record import LoggedGroup, decode_group, encode_group
-from kassa.server.cluster.lease import LeaseTiming, PartitionLease
+from kassa.server.cluster.lease import PartitionLease
+from kassa.server.cluster.lease_timing import LeaseTiming
 from kassa.server.cluster.owner import NotOwner, PartitionOwner
 from kassa.server.cluster.partition_log import LogUnavailable, PartitionLog, StaleWriter
 from kassa.server.cluster.replica import Replica
