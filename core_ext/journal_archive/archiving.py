@@ -114,7 +114,7 @@ def _closed_blocks(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int
                    upto_txn_id: int | None = None):
     """The journal's entries from `from_txn_id` on (below `upto_txn_id`, if given), up to the first
     that must stay and at most `entries_max`, in lists of at most segments.BLOCK_ENTRIES_MAX; one
-    cursor walks the journal in key order, and a block's records are decoded in one call."""
+    cursor walks the journal in key order, and a block is decoded by records.decode_txns (one call per run of one layout)."""
     upto_txn_id = TXN_ID_NONE_ABOVE if upto_txn_id is None else upto_txn_id
     cursor = txn.cursor(db=dbs["journal"])
     if not cursor.set_range(from_txn_id.to_bytes(8, "big")):
@@ -122,7 +122,7 @@ def _closed_blocks(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int
     values = cursor.iternext(keys=False, values=True)
     taken = 0
     while taken < entries_max:
-        block = _decode_block(list(islice(values, min(segments.BLOCK_ENTRIES_MAX, entries_max - taken))))
+        block = rec.decode_txns(list(islice(values, min(segments.BLOCK_ENTRIES_MAX, entries_max - taken))))
         for index, entry in enumerate(block):
             if (entry.created_at_ms >= cutoff_ms or entry.txn_id >= upto_txn_id
                     or (entry.kind == HOLD_KIND and _capturable_hold(txn, dbs, entry, now_ms))):
@@ -133,11 +133,6 @@ def _closed_blocks(txn, dbs: dict, from_txn_id: int, cutoff_ms: int, now_ms: int
             return
         taken += len(block)
         yield block
-
-
-def _decode_block(values: list[bytes]) -> list:
-    """The records of `values` (at most 65,535), in one decoder call per run of one layout."""
-    return rec.decode_txns(values)
 
 
 def _capturable_hold(txn, dbs: dict, entry, now_ms: int) -> bool:
